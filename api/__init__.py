@@ -1,0 +1,1 @@
+"""The audit REST service (a later issue builds it)."""

@@ -1,0 +1,1 @@
+"""Stage 4: LightGBM heads, the HSPI-LD baseline, evidence over queries, evaluation."""

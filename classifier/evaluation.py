@@ -1,0 +1,378 @@
+"""`hspi evaluate`: every split x tier x head x method x queries, measured on probes never trained on.
+
+Splits (per reference model):
+- reference-match: targets are the *replay* runs (an independent process, other batch
+  compositions); their pool probes are split into train / calibrate / test.  LightGBM learns on
+  reference-relative features of the train probes; everything is scored on the test probes.
+- heldout-probes: fresh probes (never stored as references): intrinsic features only; trained on
+  the reference pool's outputs.
+- transfer-model: intrinsic features, trained on the two other models, tested on this one's
+  fresh probes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from hspi.dataset import Dataset
+from hspi.equivalence import EquivalenceClass, equivalence_classes, joint_classes
+from hspi.errors import DatasetError
+from hspi.platform import HEADS
+from hspi.features.intrinsic import intrinsic_features
+from hspi.features.relative import relative_features
+from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
+from hspi.classifier.baseline import ENCODINGS, HSPILDBaseline
+from hspi.classifier.intrinsic import IntrinsicClassifier
+from hspi.classifier.reference import ReferenceMatcher
+
+QUERIES = (1, 4, 16)
+SPLIT_SEED = 11
+TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest is the test set
+INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
+BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
+OPEN_SET_TREES = 60
+
+
+@dataclass
+class ModelData:
+    model: str
+    classes: list[EquivalenceClass]
+    class_of: dict[str, int]  # config id -> class index
+    config_labels: dict[str, dict[str, str]]
+    reference: dict[int, np.ndarray]  # class index -> (pool, V) float32 logits
+    replay_ids: np.ndarray
+    replay: dict[str, np.ndarray]  # config -> (R, V) float32 logits, rows follow replay_ids
+    fresh_ids: np.ndarray
+    fresh: dict[str, np.ndarray]
+    pool_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fresh_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def load_model_data(dataset: Dataset, model: str) -> ModelData:
+    from hspi.collector.models import model_spec
+    from hspi.collector.probes import ProbeSet
+    from hspi.collector.targets.oracle import float64_outputs
+
+    classes = equivalence_classes(dataset, model)
+    if len(classes) < 2:
+        raise DatasetError(f"{dataset.directory}: model {model} has one equivalence class only; nothing to tell apart")
+    configs = [c for cls in classes for c in cls.members if c in dataset.complete_configs(model, ("reference", "replay", "fresh"))]
+    class_of = {c: i for i, cls in enumerate(classes) for c in cls.members}
+    reference = {i: dataset.responses(cls.members[0], "reference", model).as_float32() for i, cls in enumerate(classes)}
+    first = dataset.responses(configs[0], "replay", model)
+    replay_ids, fresh_ids = first.probe_ids, dataset.responses(configs[0], "fresh", model).probe_ids
+    replay, fresh = {}, {}
+    for cid in configs:
+        r, f = dataset.responses(cid, "replay", model), dataset.responses(cid, "fresh", model)
+        if not (np.array_equal(r.probe_ids, replay_ids) and np.array_equal(f.probe_ids, fresh_ids)):
+            raise DatasetError(f"{dataset.directory}: {cid} was run on other probes than {configs[0]} ({model})")
+        replay[cid], fresh[cid] = r.as_float32(), f.as_float32()
+    spec = model_spec(model)
+    pool_size = reference[0].shape[0]
+    fresh_version = first.probe_set.replace("/pool", "/fresh")
+    fresh_size = max(dataset.manifest.probe_sets[model].get(fresh_version, int(fresh_ids.max()) + 1), int(fresh_ids.max()) + 1)
+    # truth is the class: members of one class are indistinguishable by construction
+    data = ModelData(model, classes, class_of, {c: dict(classes[class_of[c]].labels) for c in configs},
+                     reference, replay_ids, replay, fresh_ids, fresh)
+    data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), np.arange(pool_size))
+    data.fresh_f64 = float64_outputs(ProbeSet(spec, "fresh", fresh_size), fresh_ids)
+    return data
+
+
+def split_replay(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the replayed probes for train / calibrate / test (disjoint, seeded)."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    a, b = int(n * TRAIN_SHARE), int(n * (TRAIN_SHARE + CALIBRATE_SHARE))
+    return np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:])
+
+
+def query_groups(n: int, q: int) -> np.ndarray:
+    """Group id per probe: consecutive runs of q probes (a remainder that does not fill a group is dropped)."""
+    usable = (n // q) * q
+    return np.concatenate([np.repeat(np.arange(n // q), q), -np.ones(n - usable, dtype=np.int64)]).astype(np.int64)
+
+
+def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, candidates: list[int],
+                  ref_full: dict[int, np.ndarray]) -> np.ndarray:
+    """(len(rows), C, F) features of one config's replayed answers against each candidate class."""
+    view = tier_view(data.replay[config][rows], tier)
+    probe_ids = data.replay_ids[rows]
+    return np.stack([relative_features(view, ref_full[c][probe_ids]) for c in candidates], axis=1)
+
+
+class Evaluation:
+    def __init__(self, dataset: Dataset, *, models: list[str] | None = None, tiers: list[str] | None = None,
+                 open_set: bool = True, log: Callable[[str], None] = lambda _: None) -> None:
+        self.dataset = dataset
+        self.models = models or dataset.models
+        self.tiers = tiers or list(TIERS)
+        self.open_set = open_set
+        self.log = log
+        self.results: list[dict[str, Any]] = []
+        self.open_set_rows: list[dict[str, Any]] = []
+        self.confusions: dict[str, dict[str, Any]] = {}
+        self.throughput: dict[str, float] = {}
+
+    def _row(self, model: str, split: str, tier: str, head: str, method: str, q: int, correct: np.ndarray, **extra: Any) -> None:
+        self.results.append({"model": model, "split": split, "tier": tier, "head": head, "method": method,
+                             "queries": q, "accuracy": round(float(np.mean(correct)) if len(correct) else 0.0, 4),
+                             "n_test": int(len(correct)), **extra})
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        data = {}
+        for model in self.models:
+            self.log(f"loading {model}")
+            data[model] = load_model_data(self.dataset, model)
+        for model in self.models:
+            for tier in self.tiers:
+                self.log(f"{model} {tier}: reference-match")
+                self._reference_match(data[model], tier)
+                self.log(f"{model} {tier}: heldout-probes")
+                self._heldout(data[model], tier)
+                if len(self.models) >= 3:
+                    self.log(f"{model} {tier}: transfer-model")
+                    self._transfer(data, model, tier)
+        classes = joint_classes(self.dataset)
+        return {
+            "dataset": self.dataset.manifest.name,
+            "n_classes": len(classes),
+            "classes": {c.name: list(c.members) for c in classes},
+            "models": {m: {"n_classes": len(d.classes), "classes": {c.name: list(c.members) for c in d.classes},
+                           "n_configs": len(d.replay)} for m, d in data.items()},
+            "results": self.results,
+            "open_set": self.open_set_rows,
+            "throughput": self.throughput,
+            "_confusions": self.confusions,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+    # -- reference-match -------------------------------------------------------------------
+    def _reference_match(self, data: ModelData, tier: str) -> None:
+        train, calib, test = split_replay(len(data.replay_ids))
+        candidates = list(range(len(data.classes)))
+        cand_labels = [c.labels for c in data.classes]
+        ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
+        configs = list(data.replay)
+        t0 = time.perf_counter()
+        feats = {cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full) for cid in configs}
+        n_pairs = sum(f.shape[0] * f.shape[1] for f in feats.values())
+        if tier == "logits" and data.model == "lm-small":
+            self.throughput["features_per_s"] = round(float(n_pairs) / (time.perf_counter() - t0), 1)
+        same = {h: [] for h in HEADS}
+        X = []
+        for cid in configs:
+            X.append(feats[cid][train].reshape(-1, feats[cid].shape[2]))
+            truth = data.config_labels[cid]
+            for h in HEADS:
+                same[h].append(np.tile([truth[h] == cl[h] for cl in cand_labels], len(train)))
+        matcher = ReferenceMatcher().fit(np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
+        calib_scores = np.concatenate([
+            ReferenceMatcher.match_scores(matcher.pair_probabilities(feats[cid][calib])["full"], np.arange(len(calib)))
+            for cid in configs])
+        matcher.calibrate(calib_scores)
+        # exact-match lookup and the baseline share the same test groups
+        baselines = self._fit_baselines(
+            np.concatenate([tier_view(data.replay[c][train], tier).values for c in configs]
+                           + [tier_view(data.reference[data.class_of[c]][data.replay_ids[train]], tier).values for c in configs]),
+            [data.config_labels[c] for c in configs for _ in train] * 2)
+        for q in QUERIES:
+            groups = query_groups(len(test), q)
+            keep = groups >= 0
+            if not keep.any():  # fewer probes than queries: no audit of this size fits
+                continue
+            correct: dict[tuple[str, str], list[np.ndarray]] = {}
+            confusion_pairs: dict[str, list[tuple[str, str]]] = {h: [] for h in HEADS}
+            for cid in configs:
+                truth = data.config_labels[cid]
+                t1 = time.perf_counter()
+                probs = matcher.pair_probabilities(feats[cid][test][keep])
+                post = matcher.posteriors(probs, cand_labels, groups[keep])
+                if q == 1 and tier == "logits" and data.model == "lm-small":
+                    self.throughput.setdefault("_pred_n", 0.0)
+                    self.throughput["_pred_n"] += keep.sum()
+                    self.throughput.setdefault("_pred_s", 0.0)
+                    self.throughput["_pred_s"] += time.perf_counter() - t1
+                for h in HEADS:
+                    values, p = post[h]
+                    predicted = np.asarray(values)[p.argmax(axis=1)]
+                    correct.setdefault((h, "lightgbm"), []).append(predicted == truth[h])
+                    if q == 1:
+                        confusion_pairs[h] += [(truth[h], str(v)) for v in predicted]
+                exact = self._exact_match(data, tier, cid, test[keep], groups[keep], ref_full)
+                for h in HEADS:
+                    predicted = np.array([data.classes[e].labels[h] if e >= 0 else "no-match" for e in exact])
+                    correct.setdefault((h, "exact-match"), []).append(predicted == truth[h])
+                values = tier_view(data.replay[cid][test[keep]], tier).values
+                for h in HEADS:
+                    best = self._baseline_predictions(baselines[h], values, groups[keep])
+                    correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
+            for (h, method), parts in correct.items():
+                if method == "hspi-ld-svm":
+                    continue
+                self._row(data.model, "reference-match", tier, h, method, q, np.concatenate(parts))
+            self._baseline_rows(data.model, "reference-match", tier, q, correct)
+            if q == 1 and tier == "logits":
+                for h in HEADS:
+                    self.confusions[f"{data.model}/reference-match/{h}"] = {"pairs": confusion_pairs[h]}
+        if tier == "logits" and data.model == "lm-small" and "_pred_s" in self.throughput:
+            self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
+        if self.open_set:
+            self._open_set(data, tier, feats, train, calib, test, cand_labels)
+
+    def _exact_match(self, data: ModelData, tier: str, cid: str, rows: np.ndarray, groups: np.ndarray,
+                     ref_full: dict[int, np.ndarray]) -> np.ndarray:
+        """Per group: the class whose stored answer is bit-identical on most probes (-1: none)."""
+        view = tier_view(data.replay[cid][rows], tier)
+        probe_ids = data.replay_ids[rows]
+        hits = np.zeros((len(rows), len(data.classes)), dtype=bool)
+        for c in range(len(data.classes)):
+            ref_view = tier_view(data.reference[c][probe_ids], tier)
+            hits[:, c] = (view.ids == ref_view.ids).all(axis=1) & (view.values.view(np.uint32) == ref_view.values.view(np.uint32)).all(axis=1)
+        votes = np.zeros((int(groups.max()) + 1, len(data.classes)))
+        np.add.at(votes, groups, hits)
+        return np.where(votes.max(axis=1) > 0, votes.argmax(axis=1), -1)
+
+    def _fit_baselines(self, values: np.ndarray, labels: list[dict[str, str]]) -> dict[str, dict[str, HSPILDBaseline]]:
+        rng = np.random.default_rng(SPLIT_SEED)
+        rows = rng.permutation(len(values))[:BASELINE_TRAIN_ROWS]
+        out: dict[str, dict[str, HSPILDBaseline]] = {}
+        for h in HEADS:
+            y = np.array([labels[i][h] for i in rows])
+            out[h] = {enc: HSPILDBaseline(encoding=enc).fit(values[rows], y) for enc in ENCODINGS}
+        return out
+
+    @staticmethod
+    def _baseline_predictions(models: dict[str, HSPILDBaseline], values: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for enc, model in models.items():
+            classes, post = model.posteriors(values, groups)
+            out[enc] = np.asarray(classes)[post.argmax(axis=1)]
+        return out
+
+    def _baseline_rows(self, model: str, split: str, tier: str, q: int, correct: dict) -> None:
+        """The baseline's row per head: the better of its two encodings, named in the row."""
+        for h in HEADS:
+            parts = correct.get((h, "hspi-ld-svm"))
+            if not parts:
+                continue
+            scores = {}
+            for enc in ENCODINGS:
+                hits = np.concatenate([p[enc] for p in parts])
+                scores[enc] = hits
+            best = max(ENCODINGS, key=lambda e: scores[e].mean())
+            self._row(model, split, tier, h, "hspi-ld-svm", q, scores[best], encoding=best,
+                      other_encoding_accuracy=round(float(scores[[e for e in ENCODINGS if e != best][0]].mean()), 4))
+
+    def _open_set(self, data: ModelData, tier: str, feats: dict[str, np.ndarray], train: np.ndarray, calib: np.ndarray,
+                  test: np.ndarray, cand_labels: list[dict[str, str]]) -> None:
+        configs = list(data.replay)
+        for held in range(len(data.classes)):
+            keep_c = [c for c in range(len(data.classes)) if c != held]
+            known = [cid for cid in configs if data.class_of[cid] != held]
+            X = np.concatenate([feats[cid][train][:, keep_c].reshape(-1, feats[cid].shape[2]) for cid in known])
+            y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
+            m = ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
+
+            def scores(cid: str, rows: np.ndarray) -> np.ndarray:
+                p = m.pair_probabilities(feats[cid][rows][:, keep_c])["full"]
+                return ReferenceMatcher.match_scores(p, np.arange(len(rows)))
+
+            m.calibrate(np.concatenate([scores(cid, calib) for cid in known]))
+            inside = np.concatenate([scores(cid, test) for cid in known])
+            outside = np.concatenate([scores(cid, test) for cid in configs if data.class_of[cid] == held])
+            labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+            auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
+            self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier,
+                                       "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
+                                       "unknown_rate": round(float((outside < m.threshold_).mean()), 4),
+                                       "known_rejected_rate": round(float((inside < m.threshold_).mean()), 4),
+                                       "threshold": round(m.threshold_, 6)})
+
+    # -- intrinsic splits ------------------------------------------------------------------
+    @staticmethod
+    def _intrinsic_rows(logits: np.ndarray, f64_logits: np.ndarray, tier: str) -> tuple[np.ndarray, np.ndarray]:
+        view = tier_view(logits, tier)
+        if tier == "logits":
+            f64 = f64_logits
+        else:
+            f64 = np.take_along_axis(log_softmax_f64(f64_logits), view.ids.astype(np.int64), axis=1)
+        return intrinsic_features(view, f64), view.values
+
+    def _heldout(self, data: ModelData, tier: str) -> None:
+        probes = np.random.default_rng(SPLIT_SEED).permutation(data.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES]
+        X, V, y = [], [], {h: [] for h in HEADS}
+        for c, cls in enumerate(data.classes):
+            f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
+            X.append(f), V.append(v)
+            for h in HEADS:
+                y[h] += [cls.labels[h]] * len(probes)
+        clf = IntrinsicClassifier().fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()})
+        baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
+        test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
+        for q in QUERIES:
+            groups = query_groups(len(data.fresh_ids), q)
+            keep = groups >= 0
+            if not keep.any():  # fewer probes than queries: no audit of this size fits
+                continue
+            correct: dict[tuple[str, str], list] = {}
+            for cid, (f, v) in test_feats.items():
+                truth = data.config_labels[cid]
+                post = clf.posteriors(f[keep], groups[keep])
+                for h in HEADS:
+                    values, p = post[h]
+                    correct.setdefault((h, "lightgbm"), []).append(np.asarray(values)[p.argmax(axis=1)] == truth[h])
+                    best = self._baseline_predictions(baselines[h], v[keep], groups[keep])
+                    correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
+            for h in HEADS:
+                self._row(data.model, "heldout-probes", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]))
+            self._baseline_rows(data.model, "heldout-probes", tier, q, correct)
+
+    def _transfer(self, data: dict[str, ModelData], model: str, tier: str) -> None:
+        heads = ("hardware", "dtype", "engine", "kernel")
+        X, V, y = [], [], {h: [] for h in heads}
+        for other, d in data.items():
+            if other == model:
+                continue
+            probes = np.random.default_rng(SPLIT_SEED).permutation(d.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES // 3]
+            for cid in d.replay:
+                f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
+                X.append(f), V.append(v)
+                for h in heads:
+                    y[h] += [d.config_labels[cid][h]] * len(probes)
+        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()})
+        widths = {v.shape[1] for v in V}
+        target = data[model]
+        baselines = None
+        if len(widths) == 1 and tier_view(target.fresh[next(iter(target.fresh))][:1], tier).values.shape[1] in widths:
+            labels = [{h: y[h][i] for h in heads} for i in range(len(y["dtype"]))]
+            rows = np.random.default_rng(SPLIT_SEED).permutation(len(labels))[:BASELINE_TRAIN_ROWS]
+            values = np.concatenate(V)
+            baselines = {h: {e: HSPILDBaseline(encoding=e).fit(values[rows], np.array([labels[i][h] for i in rows]))
+                             for e in ENCODINGS} for h in heads}
+        for q in QUERIES:
+            groups = query_groups(len(target.fresh_ids), q)
+            keep = groups >= 0
+            if not keep.any():  # fewer probes than queries: no audit of this size fits
+                continue
+            correct: dict[tuple[str, str], list] = {}
+            for cid, logits in target.fresh.items():
+                f, v = self._intrinsic_rows(logits[keep], target.fresh_f64[keep], tier)
+                post = clf.posteriors(f, groups[keep])
+                # a class merges configs; in transfer the truth is this config's own label
+                truth = self.dataset.manifest.configs[cid].labels
+                for h in heads:
+                    values, p = post[h]
+                    correct.setdefault((h, "lightgbm"), []).append(np.asarray(values)[p.argmax(axis=1)] == truth[h])
+                    if baselines is not None:
+                        best = self._baseline_predictions(baselines[h], v, groups[keep])
+                        correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
+            for h in heads:
+                self._row(model, "transfer-model", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]))
+            self._baseline_rows(model, "transfer-model", tier, q, correct)

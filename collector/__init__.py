@@ -1,0 +1,1 @@
+"""Stage 1: probe sets, reference models, targets and collection jobs."""

@@ -1,0 +1,162 @@
+"""Reference models, defined in code with seeded weights: nothing is downloaded.
+
+Every engine runs the same weights: torch builds them from the seed, ONNX Runtime runs an export
+of the same module.  `forward` returns one output vector per probe (class logits, or the LM's
+next-token logits at the last position).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hspi.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+MODEL_SEED = 20250101  # the weights are part of the reference: never change without a new version
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    input_kind: str  # "vector" | "image" | "tokens"
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    has_attention: bool = False
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec("mlp", "mlp-v1", "vector", (64,), 128),
+    "cnn": ModelSpec("cnn", "cnn-v1", "image", (3, 16, 16), 100),
+    "lm-small": ModelSpec("lm-small", "lm-small-v1", "tokens", (16,), 512, has_attention=True),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODEL_SPECS:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_SPECS)}")
+    return MODEL_SPECS[name]
+
+
+def resolve_models(names: str) -> list[str]:
+    """`all` or a comma-separated list, validated."""
+    if names.strip() == "all":
+        return list(MODEL_SPECS)
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for name in chosen:
+        model_spec(name)
+    if not chosen:
+        raise ConfigError("no model named: use 'all' or a comma-separated list of " + ", ".join(MODEL_SPECS))
+    return chosen
+
+
+def build_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
+    """The float32 reference module with its seeded weights, in eval mode."""
+    import torch
+
+    spec = model_spec(name)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(MODEL_SEED + sum(map(ord, spec.version)))
+    try:
+        if name == "mlp":
+            module: torch.nn.Module = _mlp()
+        elif name == "cnn":
+            module = _cnn()
+        else:
+            module = TinyDecoderLM(vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return module.eval()
+
+
+def _mlp() -> torch.nn.Module:
+    import torch.nn as nn
+
+    module = nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 128))
+    _spread_logits(module[-1])
+    return module
+
+
+def _cnn() -> torch.nn.Module:
+    import torch.nn as nn
+
+    module = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 100),
+    )
+    _spread_logits(module[-1])
+    return module
+
+
+def _spread_logits(layer: torch.nn.Linear, target_std: float = 2.0) -> None:
+    """Scale a seeded output layer so logits spread like a trained model's (a few nats), not ~0."""
+    import torch
+
+    with torch.no_grad():
+        layer.weight.mul_(target_std / 0.07)
+        layer.bias.mul_(target_std / 0.07)
+
+
+def _lm_classes() -> tuple[type, type]:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, dim: int, heads: int, attention: str) -> None:
+            super().__init__()
+            self.heads, self.attention = heads, attention
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, d = x.shape
+            q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            if self.attention == "manual":
+                scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+                att = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
+            elif self.attention == "sdpa-math":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.MATH):
+                    att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+            return x + self.mlp(self.norm2(x))
+
+    class LM(nn.Module):
+        """A 4-layer decoder-only LM over a 512-token vocabulary (no tokenizer needed: ids are the input)."""
+
+        def __init__(self, vocab: int, seq_len: int, attention: str, dim: int = 128, layers: int = 4, heads: int = 4) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.pos = nn.Parameter(torch.randn(seq_len, dim) * 0.02)
+            self.blocks = nn.ModuleList(Block(dim, heads, attention) for _ in range(layers))
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, vocab)
+            with torch.no_grad():  # spread the logits like a trained LM's (std of a few nats)
+                self.head.weight.mul_(4.0)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x[:, -1, :]))
+
+    return Block, LM
+
+
+def TinyDecoderLM(vocab: int, seq_len: int, attention: str) -> Any:  # noqa: N802 - a factory named as the class it builds
+    if attention not in ("sdpa", "sdpa-math", "manual"):
+        raise ConfigError(f"unknown attention {attention!r}; allowed: sdpa, sdpa-math, manual")
+    _, lm = _lm_classes()
+    return lm(vocab, seq_len, attention)

@@ -1,0 +1,1 @@
+"""Targets: anything that answers probes."""

@@ -1,0 +1,143 @@
+"""`LocalTarget`: a reference model run white-box in this process under one `Platform`.
+
+Knobs read at library load (ISA caps, MKL_CBWR) must already be in this process's environment:
+the collector starts a fresh subprocess per configuration for that.  Runtime knobs (threads,
+quantised engine, matmul precision, attention implementation, batch size, engine) are applied here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hspi.errors import ConfigError, TargetError
+from hspi.platform import Platform
+from hspi.responses import Responses, float32_to_bfloat16_bits
+from hspi.collector.models import build_model, model_spec
+from hspi.collector.probes import ProbeSet
+from hspi.collector.targets.base import Target
+
+
+def check_supported(platform: Platform, model: str) -> None:
+    """Refuse combinations this target cannot run, naming the value."""
+    if platform.engine.startswith("onnxruntime") and platform.dtype != "fp32":
+        raise ConfigError(f"{platform.id}: ONNX Runtime runs the fp32 export only, not {platform.dtype}")
+    if platform.dtype == "int8-dyn" and platform.engine != "torch-eager":
+        raise ConfigError(f"{platform.id}: dynamic int8 runs on torch-eager only")
+    if (platform.dtype == "int8-dyn") != (platform.quant_engine is not None):
+        raise ConfigError(f"{platform.id}: a quantised engine goes with dtype int8-dyn and only with it")
+    model_spec(model)
+
+
+class LocalTarget(Target):
+    kind: ClassVar[str] = "local"
+
+    def __init__(self, model: str, platform: Platform, *, export_dir: Path | None = None) -> None:
+        check_supported(platform, model)
+        self.model, self.platform, self.export_dir = model, platform, export_dir
+        self.spec = model_spec(model)
+        self._runner: Any = None
+
+    def _prepare(self) -> Any:
+        import torch
+
+        p = self.platform
+        torch.set_num_threads(p.threads)
+        torch.set_float32_matmul_precision(p.matmul_precision)
+        module = build_model(self.model, attention=p.attention)
+        if p.engine.startswith("onnxruntime"):
+            return self._onnx_runner(module)
+        if p.dtype == "int8-dyn":
+            if p.quant_engine not in torch.backends.quantized.supported_engines:
+                raise ConfigError(f"{p.id}: quantised engine {p.quant_engine} is not built into this torch "
+                                  f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+            torch.backends.quantized.engine = p.quant_engine
+            module = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        elif p.dtype in ("bf16", "fp16"):
+            module = module.to(torch.bfloat16 if p.dtype == "bf16" else torch.float16)
+        if p.engine == "torch-compile":
+            module = torch.compile(module)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.dtype, torch.float32)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(batch)
+            if x.is_floating_point():
+                x = x.to(dtype)
+            with torch.inference_mode():
+                y = module(x)
+            if y.dtype == torch.bfloat16:
+                return float32_to_bfloat16_bits(y.float().numpy())
+            return y.numpy().copy()
+
+        return run
+
+    def _onnx_runner(self, module: Any) -> Any:
+        import onnxruntime as ort
+        import torch
+
+        directory = self.export_dir or Path(tempfile.mkdtemp(prefix="hspi-onnx-"))
+        path = export_onnx(module, self.model, self.platform.attention, directory)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+                                            if self.platform.engine == "onnxruntime-basic"
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        options.intra_op_num_threads = self.platform.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        del torch  # the export used torch; the runs do not
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(["y"], {"x": batch})[0]
+
+        return run
+
+    @property
+    def native_dtype(self) -> str:
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(self.platform.dtype, "float32")
+
+    def answer(self, probes: ProbeSet, ids: np.ndarray) -> Responses:
+        if probes.spec.name != self.model:
+            raise ConfigError(f"probe set {probes.version} is not for model {self.model}")
+        if self._runner is None:
+            self._runner = self._prepare()
+        bs = self.platform.batch_size
+        inputs = probes.inputs(ids)
+        chunks = []
+        for start in range(0, len(ids), bs):
+            chunk = inputs[start:start + bs]
+            try:
+                chunks.append(self._runner(chunk))
+            except Exception as exc:  # a kernel failure is this target's failure, named with its platform
+                raise TargetError(f"{self.platform.id} failed on {self.model}: {type(exc).__name__}: {exc}") from exc
+        native = np.concatenate(chunks)
+        responses = Responses(self.model, probes.version, ids.astype(np.int32), native, self.native_dtype)
+        if not np.isfinite(responses.as_float32()).all():
+            raise TargetError(f"{self.platform.id} produced NaN/Inf outputs on {self.model}")
+        return responses
+
+
+def export_onnx(module: Any, model: str, attention: str, directory: Path) -> Path:
+    """Export the fp32 reference module (same seeded weights) once; reuse the file afterwards."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{model}-{attention}.onnx"
+    if path.exists():
+        return path
+    spec = model_spec(model)
+    if spec.input_kind == "tokens":
+        example = torch.zeros((2, *spec.input_shape), dtype=torch.int64)
+    else:
+        example = torch.zeros((2, *spec.input_shape), dtype=torch.float32)
+    tmp = directory / f".{path.name}.{id(module)}.tmp"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(tmp), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Stage 3: rounding signatures, from responses to feature vectors."""

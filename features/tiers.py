@@ -1,0 +1,71 @@
+"""Access tiers derived from full logits exactly as a float32 server would.
+
+| tier   | what a target returns per probe                    |
+| logits | the whole output vector (float32 or native)        |
+| topk20 | the 20 highest log-probabilities and their ids     |
+| topk5  | the 5 highest                                      |
+| top1   | the greedy token's log-probability only            |
+
+Log-probabilities are computed in float32 (max-shifted log-softmax), ties broken by the lower id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hspi.errors import ConfigError
+
+TIERS: dict[str, int | None] = {"logits": None, "topk20": 20, "topk5": 5, "top1": 1}
+
+
+def check_tier(tier: str) -> str:
+    if tier not in TIERS:
+        raise ConfigError(f"unknown tier {tier!r}; allowed: {', '.join(TIERS)}")
+    return tier
+
+
+@dataclass(frozen=True)
+class TierView:
+    """What one tier shows for n probes: `values` (n, k) float32 and the output `ids` (n, k)."""
+
+    tier: str
+    ids: np.ndarray
+    values: np.ndarray
+
+
+def log_softmax_f32(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float32)
+    shifted = x - x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True, dtype=np.float32))
+    return (shifted - lse).astype(np.float32)
+
+
+def log_softmax_f64(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def top_ids(values: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest values per row, largest first, ties to the lower id."""
+    order = np.argsort(-values, axis=1, kind="stable")
+    return order[:, :k].astype(np.int32)
+
+
+def tier_view(logits: np.ndarray, tier: str) -> TierView:
+    check_tier(tier)
+    logits = np.asarray(logits, dtype=np.float32)
+    n, width = logits.shape
+    if tier == "logits":
+        return TierView(tier, np.broadcast_to(np.arange(width, dtype=np.int32), (n, width)), logits)
+    k = min(int(TIERS[tier] or width), width)
+    logprobs = log_softmax_f32(logits)
+    ids = top_ids(logprobs, k)
+    return TierView(tier, ids, np.take_along_axis(logprobs, ids, axis=1))
+
+
+def reference_values(logits: np.ndarray, tier: str) -> np.ndarray:
+    """The full vector a reference compares in: raw logits, or float32 log-probabilities."""
+    return np.asarray(logits, dtype=np.float32) if tier == "logits" else log_softmax_f32(logits)

@@ -1,0 +1,3 @@
+from hspi.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""Equivalence classes: configurations whose outputs are bit-identical on every probe of a model.
+
+A class is named after its first member in collection order; its label for a head lists the
+members' labels joined by '|', so a class that merges torch-eager and torch-compile says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hspi.dataset import Dataset
+from hspi.errors import DatasetError
+from hspi.platform import HEADS
+
+
+@dataclass(frozen=True)
+class EquivalenceClass:
+    name: str
+    members: tuple[str, ...]
+    labels: dict[str, str]  # head -> label (full -> name)
+
+
+def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
+    configs = dataset.complete_configs(model, ("reference", "fresh"))
+    if not configs:
+        raise DatasetError(f"{dataset.directory}: no complete configuration for model {model}")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for cid in configs:
+        runs = dataset.manifest.configs[cid].runs
+        key = (runs["reference"].shards[model].shard, runs["fresh"].shards[model].shard)
+        groups.setdefault(key, []).append(cid)
+    classes = []
+    for members in groups.values():
+        labels = {h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members}))
+                  for h in HEADS if h != "full"}
+        labels["full"] = members[0]
+        classes.append(EquivalenceClass(members[0], tuple(members), labels))
+    return classes
+
+
+def joint_classes(dataset: Dataset) -> list[EquivalenceClass]:
+    """Classes over every model at once: identical on every probe of every model."""
+    per_model = {m: {c: cls.name for cls in equivalence_classes(dataset, m) for c in cls.members} for m in dataset.models}
+    configs = [c for c in dataset.manifest.configs if all(c in per_model[m] for m in dataset.models)]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for cid in configs:
+        groups.setdefault(tuple(per_model[m][cid] for m in dataset.models), []).append(cid)
+    out = []
+    for members in groups.values():
+        labels = {h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"}
+        labels["full"] = members[0]
+        out.append(EquivalenceClass(members[0], tuple(members), labels))
+    return out

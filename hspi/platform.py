@@ -1,0 +1,175 @@
+"""`Platform`: a frozen description of one hardware + software configuration, and its head labels.
+
+A platform id reads like ``cpu:avx2/bf16/torch-eager/attn=manual/bs=8``: device and requested
+CPU profile, dtype, engine, then only the knobs that differ from their defaults.  The labels each
+classifier head learns come from the platform *and* the provenance measured where it ran, so an
+ISA cap the machine could not honour is labelled with what really ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from hspi.errors import ConfigError
+
+HEADS: tuple[str, ...] = ("hardware", "dtype", "engine", "kernel", "full")
+
+# Coherent CPU-generation profiles: MKL, oneDNN and ATen capped together, as an older CPU would
+# dispatch.  "native" sets no cap.  These variables are read when the libraries load, so a
+# profile only takes effect in a fresh process.
+PROFILES: dict[str, dict[str, str]] = {
+    "native": {},
+    "sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512"},
+    "avx512_bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512"},
+    "amx": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512"},
+}
+# Ordered from the oldest kernel path to the newest; measured ISA labels use these names.
+ISA_LEVELS: tuple[str, ...] = ("sse42", "avx2", "avx512", "avx512_bf16", "amx")
+
+DTypes = Literal["fp32", "bf16", "fp16", "int8-dyn"]
+Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all"]
+Attentions = Literal["sdpa", "sdpa-math", "manual"]
+QuantEngines = Literal["x86", "onednn", "qnnpack"]
+MatmulPrecisions = Literal["highest", "medium"]
+
+
+class Platform(BaseModel):
+    """One configuration to run a reference model under.  Frozen and hashable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: Literal["cpu"] = "cpu"
+    profile: str = "native"
+    dtype: DTypes = "fp32"
+    engine: Engines = "torch-eager"
+    attention: Attentions = "sdpa"
+    batch_size: int = 1
+    quant_engine: QuantEngines | None = None
+    matmul_precision: MatmulPrecisions = "highest"
+    mkl_cbwr: str | None = None
+    threads: int = 2
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown CPU profile {value!r}; allowed: {', '.join(PROFILES)}")
+        return value
+
+    @field_validator("batch_size", "threads")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @property
+    def id(self) -> str:
+        parts = [f"{self.device}:{self.profile}", self.dtype, self.engine]
+        if self.attention != "sdpa":
+            parts.append(f"attn={self.attention}")
+        if self.batch_size != 1:
+            parts.append(f"bs={self.batch_size}")
+        if self.quant_engine is not None:
+            parts.append(f"qengine={self.quant_engine}")
+        if self.matmul_precision != "highest":
+            parts.append(f"mm={self.matmul_precision}")
+        if self.mkl_cbwr is not None:
+            parts.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
+        if self.threads != 2:
+            parts.append(f"threads={self.threads}")
+        return "/".join(parts)
+
+    @classmethod
+    def parse(cls, platform_id: str) -> Platform:
+        """Inverse of `id`: ``cpu:avx2/bf16/torch-eager/bs=8``."""
+        try:
+            head, *rest = platform_id.strip().split("/")
+            device, profile = head.split(":")
+            dtype, engine, *knobs = rest
+        except ValueError:
+            raise ConfigError(
+                f"bad platform id {platform_id!r}: expected DEVICE:PROFILE/DTYPE/ENGINE[/knob=value...]"
+            ) from None
+        fields: dict[str, Any] = {"device": device, "profile": profile, "dtype": dtype, "engine": engine}
+        names = {"attn": "attention", "bs": "batch_size", "qengine": "quant_engine", "mm": "matmul_precision",
+                 "mkl-cbwr": "mkl_cbwr", "threads": "threads"}
+        for knob in knobs:
+            key, _, value = knob.partition("=")
+            if key not in names or not value:
+                raise ConfigError(f"bad knob {knob!r} in platform id {platform_id!r}; known: {', '.join(names)}")
+            fields[names[key]] = value.upper() if key == "mkl-cbwr" else value
+        try:
+            return cls(**fields)
+        except ValueError as exc:
+            first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc)}  # type: ignore[union-attr]
+            raise ConfigError(f"bad platform id {platform_id!r}: {first['msg']}") from None
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables read at library load time; set them in a fresh subprocess."""
+        env = dict(PROFILES[self.profile])
+        if self.mkl_cbwr is not None:
+            env["MKL_CBWR"] = self.mkl_cbwr
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        env["MKL_NUM_THREADS"] = str(self.threads)
+        return env
+
+    @property
+    def kernel(self) -> str:
+        """The kernel knobs that are not dtype, engine or ISA, as one label."""
+        knobs = [f"attn={self.attention}", f"bs={self.batch_size}", f"mm={self.matmul_precision}"]
+        if self.quant_engine is not None:
+            knobs.append(f"qengine={self.quant_engine}")
+        if self.mkl_cbwr is not None:
+            knobs.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
+        return ",".join(knobs)
+
+
+def _isa_named_by_kernels(kernels: list[str]) -> str:
+    """The highest ISA named in oneDNN kernel names (e.g. 'matmul:brg_matmul:avx512_core_bf16')."""
+    for marker, text in (("amx", "amx"), ("avx512_core_bf16", "avx-512 bfloat16"), ("avx512", "avx-512"),
+                         ("avx2", "avx2"), ("sse41", "sse4.1")):
+        if any(marker in k for k in kernels):
+            return text
+    return ""
+
+
+def measured_isa_level(provenance: dict[str, Any]) -> str:
+    """The ISA level the kernels really used, from what oneDNN and ATen reported in that process."""
+    onednn = str(provenance.get("onednn_isa", "")).lower()
+    if not onednn:  # the info header is printed once per process; the kernels it ran name their ISA too
+        kernels = [k.lower() for d in dict(provenance.get("native_dispatch") or {}).values()
+                   for k in d.get("onednn_kernels", [])]
+        onednn = _isa_named_by_kernels(kernels)
+    if "amx" in onednn:
+        level = "amx"
+    elif "bfloat16" in onednn:
+        level = "avx512_bf16"
+    elif "avx-512" in onednn or "avx512" in onednn:
+        level = "avx512"
+    elif "avx2" in onednn:
+        level = "avx2"
+    elif onednn:
+        level = "sse42"
+    else:  # oneDNN said nothing in that process: ATen's own report is the measurement left
+        level = {"DEFAULT": "sse42", "AVX2": "avx2", "AVX512": "avx512"}.get(str(provenance.get("aten_capability")), "unreported")
+    # ATen's AVX512 is its top level, so it caps nothing
+    aten = {"DEFAULT": "sse42", "AVX2": "avx2", "AVX512": "amx"}.get(str(provenance.get("aten_capability")))
+    if aten is not None and level != "unreported" and ISA_LEVELS.index(aten) < ISA_LEVELS.index(level):
+        level = aten
+    return level
+
+
+def platform_labels(platform: Platform, provenance: dict[str, Any]) -> dict[str, str]:
+    """Labels per head except `full` (the equivalence class, known only once outputs are compared)."""
+    vendor = str(provenance.get("cpu_vendor", "unknown"))
+    return {
+        "hardware": f"{vendor}-x86-{measured_isa_level(provenance)}",
+        "dtype": platform.dtype,
+        "engine": platform.engine,
+        "kernel": platform.kernel,
+    }

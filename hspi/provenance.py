@@ -1,0 +1,152 @@
+"""Provenance measured in the process that ran the probes.
+
+What a configuration *asked* for (environment caps) is not evidence; what the libraries report
+they dispatched is.  `capture_native_output` runs a call with oneDNN and MKL verbose output on and
+reads what the C libraries printed, so a cap the CPU could not honour shows up as what really ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform as pyplatform
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Any
+
+# Library versions worth recording next to every output; missing ones are recorded as absent.
+_VERSIONED = ("torch", "numpy", "onnxruntime", "onnx", "lightgbm", "scikit-learn", "pyarrow")
+# CPU flags that decide kernel paths; the full list is long and says nothing more.
+_RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                   "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+def cpu_info() -> dict[str, Any]:
+    model, vendor_id, flags = pyplatform.processor() or "unknown", "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "vendor_id":
+                    vendor_id = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor_id, vendor_id.lower() or "unknown")
+    return {
+        "cpu_model": model,
+        "cpu_vendor": vendor,
+        "cpu_flags": sorted(flag for flag in _RELEVANT_FLAGS if flag in flags),
+        "cpu_count": os.cpu_count(),
+        "machine": pyplatform.machine(),
+        "os": f"{pyplatform.system()} {pyplatform.release()}",
+        "python": sys.version.split()[0],
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _captured_fds() -> Iterator[list[str]]:
+    """Capture what C code writes to file descriptors 1 and 2 (Python's sys.stdout cannot see it)."""
+    captured: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _flush_c_stdio()  # oneDNN/MKL printf into C buffers: flush them before the fds go back
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            captured.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+def capture_native_output(call: Callable[[], object]) -> dict[str, Any]:
+    """Run `call` once with oneDNN and MKL verbose on; return what the libraries said they used."""
+    import torch
+
+    with _captured_fds() as lines:
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.backends.mkl.verbose(1):
+            call()
+    return parse_native_verbose(lines)
+
+
+def parse_native_verbose(lines: list[str]) -> dict[str, Any]:
+    """Pull the ISA oneDNN runs at, the kernels it executed, and MKL's build/dispatch header."""
+    onednn_isa, implementations, mkl_header, mkl_calls = "", set(), "", set()
+    for line in lines:
+        if line.startswith("onednn_verbose") or line.startswith("dnnl_verbose"):
+            fields = line.split(",")
+            if ",info,cpu,isa:" in line:
+                onednn_isa = line.split("isa:", 1)[1].strip()
+            elif len(fields) > 6 and fields[2] == "primitive" and fields[3] == "exec":
+                implementations.add(f"{fields[5]}:{fields[6]}")
+        elif line.startswith("MKL_VERBOSE"):
+            if ("Product build" in line or "oneMKL" in line) and not mkl_header:
+                mkl_header = line[len("MKL_VERBOSE"):].strip()
+            else:
+                match = re.match(r"MKL_VERBOSE\s+(\w+)\(", line)
+                if match:
+                    mkl_calls.add(match.group(1))
+    return {
+        "onednn_isa": onednn_isa,
+        "onednn_kernels": sorted(implementations),
+        "mkl_header": mkl_header,
+        "mkl_calls": sorted(mkl_calls),
+    }
+
+
+def torch_runtime() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "onednn_version": ".".join(str(v) for v in torch.backends.mkldnn.version()) if hasattr(torch.backends.mkldnn, "version") else None,
+        "mkl_available": torch.backends.mkl.is_available(),
+        "quantized_engine": torch.backends.quantized.engine,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():  # measured, never assumed
+        props = torch.cuda.get_device_properties(0)
+        info.update({"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
+                     "cuda": torch.version.cuda, "gpu_sm_count": props.multi_processor_count})
+    return info
+
+
+def requested_environment() -> dict[str, str]:
+    keys = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "OMP_NUM_THREADS")
+    return {key: os.environ[key] for key in keys if key in os.environ}

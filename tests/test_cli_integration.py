@@ -1,0 +1,156 @@
+"""End to end through the real CLI: collect a small grid in fresh subprocesses, inspect, resume,
+merge, evaluate, train, identify; and bad input ends in one clear line with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hspi.dataset import load_manifest, save_manifest
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--pool", "40", "--fresh", "24", "--replay", "32"]
+
+
+def hspi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hspi", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "smoke"
+    proc = hspi("collect", "--grid", "cpu-smoke", "--models", "mlp,lm-small", "--out", str(out), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_collect_records_measured_provenance(smoke: Path) -> None:
+    manifest = load_manifest(smoke)
+    assert len(manifest.configs) == 4
+    capped = manifest.configs["cpu:sse42/fp32/torch-eager"]
+    provenance = capped.runs["reference"].provenance
+    assert provenance["requested_env"]["ONEDNN_MAX_CPU_ISA"] == "SSE41"
+    assert provenance["aten_capability"] == "DEFAULT"  # what ATen reported, not what was asked
+    assert provenance["onednn_isa"]  # oneDNN said which ISA it runs at
+    assert capped.labels["hardware"].endswith("x86-sse42")
+    for config_id, record in manifest.configs.items():  # every process reported what it ran at
+        assert record.runs["reference"].provenance["aten_capability"], config_id
+        assert "unreported" not in record.labels["hardware"], config_id
+    native = manifest.configs["cpu:native/fp32/torch-eager"].runs["reference"].provenance
+    assert native["onednn_isa"] != provenance["onednn_isa"] or native["aten_capability"] != "DEFAULT"
+
+
+def test_platforms_lists_distinct_classes(smoke: Path) -> None:
+    proc = hspi("platforms", "--dataset", str(smoke), "--model", "lm-small")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 equivalence classes" in proc.stdout
+
+
+def test_dataset_info_verifies_every_shard(smoke: Path) -> None:
+    proc = hspi("dataset", "info", str(smoke))
+    assert proc.returncode == 0, proc.stderr
+    assert "all hashes verified" in proc.stdout
+
+
+def test_interrupted_collection_resumes_and_reproduces_bits(smoke: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke, copy)
+    manifest = load_manifest(copy)
+    lost = "cpu:native/bf16/torch-eager"
+    before = manifest.configs.pop(lost)  # as if the run stopped before this configuration was recorded
+    save_manifest(copy, manifest)
+    proc = hspi("collect", "--grid", "cpu-smoke", "--models", "mlp,lm-small", "--out", str(copy), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    after = load_manifest(copy)
+    assert set(after.configs) == set(load_manifest(smoke).configs)
+    for run in ("reference", "replay", "fresh"):  # a fresh process reproduces the stored outputs bit for bit
+        assert {m: r.shard for m, r in after.configs[lost].runs[run].shards.items()} == \
+               {m: r.shard for m, r in before.runs[run].shards.items()}
+    untouched = "cpu:native/fp32/torch-eager"
+    assert after.configs[untouched].runs["reference"].seconds == load_manifest(smoke).configs[untouched].runs["reference"].seconds
+
+
+def test_evaluate_writes_the_contract(smoke: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = hspi("evaluate", "--dataset", str(smoke), "--json", str(out), "--models", "lm-small,mlp",
+                "--tiers", "logits,top1", "--no-open-set", "--plots", str(tmp_path / "plots"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert {"dataset", "n_classes", "classes", "results", "open_set", "throughput"} <= set(result)
+    rows = result["results"]
+    assert {r["split"] for r in rows} == {"reference-match", "heldout-probes"}
+    assert {r["method"] for r in rows} == {"lightgbm", "hspi-ld-svm", "exact-match"}
+    best = {(r["model"], r["split"], r["tier"], r["head"], r["method"], r["queries"]): r["accuracy"] for r in rows}
+    assert best[("lm-small", "reference-match", "logits", "full", "lightgbm", 1)] >= 0.95
+    assert best[("lm-small", "heldout-probes", "logits", "dtype", "lightgbm", 1)] >= 0.95
+    assert list((tmp_path / "plots").glob("confusion-*.png"))
+
+
+def test_train_then_demo_identifies_a_hidden_platform(smoke: Path, tmp_path: Path) -> None:
+    proc = hspi("train", "--dataset", str(smoke), "--out", str(tmp_path / "clf"), "--tiers", "logits")
+    assert proc.returncode == 0, proc.stderr
+    assert not list((tmp_path / "clf").rglob("*.pkl"))
+    proc = hspi("demo", "--dataset", str(smoke), "--classifier", str(tmp_path / "clf"), "--model", "lm-small",
+                "--queries", "4", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "the hidden platform was" in proc.stdout
+    full_row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("│ full"))
+    assert "✓" in full_row
+
+
+def test_merge_keeps_every_configuration(smoke: Path, tmp_path: Path) -> None:
+    proc = hspi("dataset", "merge", str(tmp_path / "merged"), str(smoke))
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_manifest(tmp_path / "merged").configs) == 4
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["collect", "--grid", "nope", "--out", "X"], "unknown grid 'nope'", 2),
+    (["collect", "--grid", "cpu-smoke", "--models", "gpt9", "--out", "X"], "unknown model 'gpt9'", 2),
+    (["evaluate", "--dataset", "does-not-exist", "--json", "x.json"], "no dataset at does-not-exist", 3),
+    (["evaluate", "--dataset", ".", "--json", "x.json", "--tiers", "top3"], "unknown tier 'top3'", 2),
+])
+def test_bad_input_is_one_line(args: list[str], needle: str, code: int, tmp_path: Path) -> None:
+    proc = hspi(*args, cwd=tmp_path)
+    assert proc.returncode == code
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_shard_is_named(smoke: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke, copy)
+    victim = sorted((copy / "shards").glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    proc = hspi("dataset", "info", str(copy))
+    assert proc.returncode == 3
+    assert victim.name in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_class_dataset_is_refused(smoke: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "one"
+    shutil.copytree(smoke, copy)
+    manifest = load_manifest(copy)
+    manifest.configs = {k: v for k, v in manifest.configs.items() if k == "cpu:native/fp32/torch-eager"}
+    save_manifest(copy, manifest)
+    proc = hspi("evaluate", "--dataset", str(copy), "--json", str(tmp_path / "x.json"), "--models", "mlp", "--no-open-set")
+    assert proc.returncode == 3
+    assert "one equivalence class" in proc.stderr
+
+
+def test_mismatched_probe_sets_refuse_to_merge(smoke: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(smoke, other)
+    manifest = load_manifest(other)
+    manifest.probe_sets = {m: {k.replace("probes-v1", "probes-v0"): n for k, n in s.items()} for m, s in manifest.probe_sets.items()}
+    save_manifest(other, manifest)
+    proc = hspi("dataset", "merge", str(tmp_path / "m"), str(smoke), str(other))
+    assert proc.returncode == 3
+    assert "probe sets" in proc.stderr and "Traceback" not in proc.stderr
