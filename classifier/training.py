@@ -20,8 +20,9 @@ def train(dataset: Dataset, out: Path, *, tiers: list[str] | None = None, models
     written = []
     for model in models or dataset.models:
         data = load_model_data(dataset, model)
-        train_rows, calib_rows, _ = split_replay(len(data.replay_ids))
-        fit_rows = np.sort(np.r_[train_rows, _])  # everything but the calibration rows
+        train_rows, calib_rows, test_rows = split_replay(len(data.replay_ids))
+        # the shipped heads learn from every replayed probe except those that calibrate "unknown"
+        fit_rows = np.sort(np.r_[train_rows, test_rows])
         candidates = list(range(len(data.classes)))
         cand_labels = [c.labels for c in data.classes]
         for tier in tiers or list(TIERS):
