@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hspi.dataset import ConfigRecord, Manifest, load_manifest, save_manifest
 from hspi.errors import ConfigError, DatasetError
-from hspi.platform import Platform, platform_labels
+from hspi.platform import platform_labels
 from hspi.collector.grid import grid_platforms
 from hspi.collector.models import model_spec, resolve_models
 from hspi.collector.probes import ProbeSet
