@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hspi.errors import ConfigError
-from hspi.platform import Platform
+from hspi.platform import GGUF_TYPES, Platform
 
 CPU_PROFILES = ("sse42", "avx2", "avx512", "avx512_bf16", "amx", "native")
 
@@ -26,7 +26,41 @@ def _cpu_smoke() -> list[Platform]:
             Platform(mkl_cbwr="COMPATIBLE")]
 
 
-GRIDS = {"cpu-default": _cpu_default, "cpu-smoke": _cpu_smoke}
+def _llama(dtype: str, **knobs: object) -> Platform:
+    return Platform(dtype=dtype, engine="llama.cpp", **knobs)  # type: ignore[arg-type]
+
+
+def _llama_cpp() -> list[Platform]:
+    """llama.cpp (llama-cpp-python, CPU) on the lm-gpt2 GGUF export.
+
+    Every GGUF type at llama.cpp's defaults (fa off, f16 KV cache, n_batch 1); then each knob against
+    that baseline for one float type (F16: flash attention, f32 KV cache, n_batch 8, q8_0 KV cache,
+    whose V half needs flash attention) and one quantised type (Q4_0: the same but the f32 cache);
+    then combinations measured bit-identical to a listed one (f32 KV under fa, n_batch under fa for
+    Q4_0, one thread instead of two): shards are content-addressed, so they cost no storage and show
+    which knobs merge.  Every knob for every type would be 60 configurations and 44 distinct
+    classes, about 80 MB at these pool sizes: too heavy for a dataset shipped in the repository.
+    """
+    grid = [_llama(t) for t in GGUF_TYPES]
+    grid += [_llama("F16", flash_attn=True), _llama("F16", kv_type="f32"), _llama("F16", batch_size=8),
+             _llama("F16", flash_attn=True, kv_type="q8_0")]
+    grid += [_llama("Q4_0", flash_attn=True), _llama("Q4_0", batch_size=8), _llama("Q4_0", flash_attn=True, kv_type="q8_0")]
+    # expected to merge with a configuration above
+    grid += [_llama("F16", flash_attn=True, kv_type="f32"), _llama("F16", threads=1)]
+    grid += [_llama("Q4_0", flash_attn=True, kv_type="f32"), _llama("Q4_0", threads=1),
+             _llama("Q4_0", batch_size=8, flash_attn=True), _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="f32"),
+             _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="q8_0")]
+    return grid
+
+
+def _llama_cpp_smoke() -> list[Platform]:
+    """Three llama.cpp configurations for tests: two types and a knob (three classes).  One thread:
+    it changes no number, and two threads' spin-waits crawl on a busy two-core machine."""
+    return [_llama("F32", threads=1), _llama("Q8_0", threads=1), _llama("F32", batch_size=8, threads=1)]
+
+
+GRIDS = {"cpu-default": _cpu_default, "cpu-smoke": _cpu_smoke, "llama-cpp": _llama_cpp,
+         "llama-cpp-smoke": _llama_cpp_smoke}
 
 
 def grid_platforms(name: str) -> list[Platform]:

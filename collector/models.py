@@ -27,12 +27,16 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     n_outputs: int
     has_attention: bool = False
+    in_all: bool = True  # part of `--models all` (the torch grids' set)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "mlp": ModelSpec("mlp", "mlp-v1", "vector", (64,), 128),
     "cnn": ModelSpec("cnn", "cnn-v1", "image", (3, 16, 16), 100),
     "lm-small": ModelSpec("lm-small", "lm-small-v1", "tokens", (16,), 512, has_attention=True),
+    # GPT-2's layout exactly (tanh GELU, no output bias), so llama.cpp runs the same weights from GGUF
+    # named explicitly (it is the llama.cpp grid's model), so `all` keeps meaning the CPU dataset's models
+    "lm-gpt2": ModelSpec("lm-gpt2", "lm-gpt2-v1", "tokens", (16,), 512, has_attention=True, in_all=False),
 }
 
 
@@ -45,7 +49,7 @@ def model_spec(name: str) -> ModelSpec:
 def resolve_models(names: str) -> list[str]:
     """`all` or a comma-separated list, validated."""
     if names.strip() == "all":
-        return list(MODEL_SPECS)
+        return [name for name, spec in MODEL_SPECS.items() if spec.in_all]
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     for name in chosen:
         model_spec(name)
@@ -66,6 +70,9 @@ def build_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
             module: torch.nn.Module = _mlp()
         elif name == "cnn":
             module = _cnn()
+        elif name == "lm-gpt2":
+            module = TinyDecoderLM(vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention,
+                                   gpt2_layout=True)
         else:
             module = TinyDecoderLM(vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention)
     finally:
@@ -109,12 +116,12 @@ def _lm_classes() -> tuple[type, type]:
     import torch.nn.functional as F
 
     class Block(nn.Module):
-        def __init__(self, dim: int, heads: int, attention: str) -> None:
+        def __init__(self, dim: int, heads: int, attention: str, gelu: str = "none") -> None:
             super().__init__()
             self.heads, self.attention = heads, attention
             self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
             self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate=gelu), nn.Linear(4 * dim, dim))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, t, d = x.shape
@@ -136,13 +143,15 @@ def _lm_classes() -> tuple[type, type]:
     class LM(nn.Module):
         """A 4-layer decoder-only LM over a 512-token vocabulary (no tokenizer needed: ids are the input)."""
 
-        def __init__(self, vocab: int, seq_len: int, attention: str, dim: int = 128, layers: int = 4, heads: int = 4) -> None:
+        def __init__(self, vocab: int, seq_len: int, attention: str, dim: int = 128, layers: int = 4, heads: int = 4,
+                     gpt2_layout: bool = False) -> None:
             super().__init__()
             self.embed = nn.Embedding(vocab, dim)
             self.pos = nn.Parameter(torch.randn(seq_len, dim) * 0.02)
-            self.blocks = nn.ModuleList(Block(dim, heads, attention) for _ in range(layers))
+            gelu = "tanh" if gpt2_layout else "none"
+            self.blocks = nn.ModuleList(Block(dim, heads, attention, gelu) for _ in range(layers))
             self.norm = nn.LayerNorm(dim)
-            self.head = nn.Linear(dim, vocab)
+            self.head = nn.Linear(dim, vocab, bias=not gpt2_layout)
             with torch.no_grad():  # spread the logits like a trained LM's (std of a few nats)
                 self.head.weight.mul_(4.0)
 
@@ -155,8 +164,8 @@ def _lm_classes() -> tuple[type, type]:
     return Block, LM
 
 
-def TinyDecoderLM(vocab: int, seq_len: int, attention: str) -> Any:  # noqa: N802 - a factory named as the class it builds
+def TinyDecoderLM(vocab: int, seq_len: int, attention: str, gpt2_layout: bool = False) -> Any:  # noqa: N802 - a factory named as the class it builds
     if attention not in ("sdpa", "sdpa-math", "manual"):
         raise ConfigError(f"unknown attention {attention!r}; allowed: sdpa, sdpa-math, manual")
     _, lm = _lm_classes()
-    return lm(vocab, seq_len, attention)
+    return lm(vocab, seq_len, attention, gpt2_layout=gpt2_layout)

@@ -20,7 +20,7 @@ from hspi.platform import Platform
 from hspi.provenance import capture_native_output, cpu_info, library_versions, requested_environment, torch_runtime
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
-from hspi.collector.targets.local import LocalTarget
+from hspi.collector.targets.local import make_target
 
 
 class RunPlan(BaseModel):
@@ -30,6 +30,7 @@ class RunPlan(BaseModel):
     subset: int | None = None  # run only this many ids, drawn with `seed`
     shuffle: bool = False  # another order, hence another batch composition
     seed: int = 0
+    ids: list[int] | None = None  # explicit probe ids (e.g. a border selection) instead of 0..size-1
 
 
 class WorkerJob(BaseModel):
@@ -45,10 +46,10 @@ class WorkerResult(BaseModel):
 
 
 def plan_ids(plan: RunPlan) -> np.ndarray:
-    ids = np.arange(plan.size, dtype=np.int32)
+    ids = np.arange(plan.size, dtype=np.int32) if plan.ids is None else np.asarray(plan.ids, dtype=np.int32)
     rng = np.random.default_rng(plan.seed)
     if plan.subset is not None:
-        ids = np.sort(rng.choice(ids, size=min(plan.subset, plan.size), replace=False)).astype(np.int32)
+        ids = np.sort(rng.choice(ids, size=min(plan.subset, len(ids)), replace=False)).astype(np.int32)
     if plan.shuffle:
         ids = rng.permutation(ids).astype(np.int32)
     return ids
@@ -59,12 +60,15 @@ def run_job(job: WorkerJob) -> WorkerResult:
     provenance = {**cpu_info(), "versions": library_versions(), "requested_env": requested_environment()}
     shards: dict[str, dict] = {plan.name: {} for plan in job.runs}
     native: dict[str, dict] = {}
+    llama_cpp = job.platform.engine == "llama.cpp"
     for model in job.models:
-        target = LocalTarget(model, job.platform, export_dir=Path(job.export_dir))
+        target = make_target(model, job.platform, export_dir=Path(job.export_dir))
         spec = model_spec(model)
         first = ProbeSet(spec, job.runs[0].probe_set, job.runs[0].size)
-        # one batch under verbose output: what oneDNN/MKL really dispatched for this model
-        native[model] = capture_native_output(lambda: target.answer(first, first.ids[: job.platform.batch_size]))
+        if llama_cpp:  # llama.cpp states its compiled CPU features itself; torch's libraries do not run
+            native[model] = target.provenance()  # type: ignore[attr-defined]
+        else:  # one batch under verbose output: what oneDNN/MKL really dispatched for this model
+            native[model] = capture_native_output(lambda: target.answer(first, first.ids[: job.platform.batch_size]))
         for plan in job.runs:
             probes = ProbeSet(spec, plan.probe_set, plan.size)
             ids = plan_ids(plan)
@@ -72,6 +76,8 @@ def run_job(job: WorkerJob) -> WorkerResult:
             order = np.argsort(responses.probe_ids, kind="stable")  # stored sorted: same content, same shard
             responses = responses.select(responses.probe_ids[order])
             shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
+    if llama_cpp:
+        return _llama_cpp_result(job, provenance, native, shards, started)
     import torch
 
     # a tiny fp32 convolution always goes through oneDNN: it makes the library state its ISA
@@ -81,6 +87,17 @@ def run_job(job: WorkerJob) -> WorkerResult:
     provenance["native_dispatch"] = native
     # the ISA line is process-wide; keep the first model's report at top level for labelling
     provenance["onednn_isa"] = next((n["onednn_isa"] for n in native.values() if n["onednn_isa"]), "")
+    seconds = time.perf_counter() - started
+    return WorkerResult(runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds)
+                              for name, s in shards.items()})
+
+
+def _llama_cpp_result(job: WorkerJob, provenance: dict, native: dict, shards: dict, started: float) -> WorkerResult:
+    first = native[job.models[0]]
+    provenance["native_dispatch"] = native
+    # process-wide facts at top level, for labelling (hspi.platform.measured_isa_level reads them)
+    provenance["llama_cpp_system_info"] = first["llama_cpp_system_info"]
+    provenance["llama_cpp_python"] = first["llama_cpp_python"]
     seconds = time.perf_counter() - started
     return WorkerResult(runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds)
                               for name, s in shards.items()})

@@ -30,8 +30,11 @@ PROFILES: dict[str, dict[str, str]] = {
 # Ordered from the oldest kernel path to the newest; measured ISA labels use these names.
 ISA_LEVELS: tuple[str, ...] = ("sse42", "avx2", "avx512", "avx512_bf16", "amx")
 
-DTypes = Literal["fp32", "bf16", "fp16", "int8-dyn"]
-Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all"]
+# torch/ONNX dtypes, then llama.cpp's GGUF tensor types (named as GGUF names them)
+DTypes = Literal["fp32", "bf16", "fp16", "int8-dyn", "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M"]
+GGUF_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M")
+Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all", "llama.cpp"]
+KVTypes = Literal["f32", "f16", "q8_0"]
 Attentions = Literal["sdpa", "sdpa-math", "manual"]
 QuantEngines = Literal["x86", "onednn", "qnnpack"]
 MatmulPrecisions = Literal["highest", "medium"]
@@ -52,6 +55,9 @@ class Platform(BaseModel):
     matmul_precision: MatmulPrecisions = "highest"
     mkl_cbwr: str | None = None
     threads: int = 2
+    # llama.cpp only: flash attention and the KV-cache type (batch_size is its n_batch = n_ubatch)
+    flash_attn: bool = False
+    kv_type: KVTypes | None = None
 
     @field_validator("profile")
     @classmethod
@@ -82,6 +88,10 @@ class Platform(BaseModel):
             parts.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
         if self.threads != 2:
             parts.append(f"threads={self.threads}")
+        if self.flash_attn:
+            parts.append("fa=on")
+        if self.kv_type is not None:
+            parts.append(f"kv={self.kv_type}")
         return "/".join(parts)
 
     @classmethod
@@ -97,12 +107,12 @@ class Platform(BaseModel):
             ) from None
         fields: dict[str, Any] = {"device": device, "profile": profile, "dtype": dtype, "engine": engine}
         names = {"attn": "attention", "bs": "batch_size", "qengine": "quant_engine", "mm": "matmul_precision",
-                 "mkl-cbwr": "mkl_cbwr", "threads": "threads"}
+                 "mkl-cbwr": "mkl_cbwr", "threads": "threads", "fa": "flash_attn", "kv": "kv_type"}
         for knob in knobs:
             key, _, value = knob.partition("=")
-            if key not in names or not value:
+            if key not in names or not value or (key == "fa" and value not in ("on", "off")):
                 raise ConfigError(f"bad knob {knob!r} in platform id {platform_id!r}; known: {', '.join(names)}")
-            fields[names[key]] = value.upper() if key == "mkl-cbwr" else value
+            fields[names[key]] = value.upper() if key == "mkl-cbwr" else (value == "on") if key == "fa" else value
         try:
             return cls(**fields)
         except ValueError as exc:
@@ -126,6 +136,8 @@ class Platform(BaseModel):
             knobs.append(f"qengine={self.quant_engine}")
         if self.mkl_cbwr is not None:
             knobs.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
+        if self.engine == "llama.cpp":
+            knobs = [f"bs={self.batch_size}", f"fa={'on' if self.flash_attn else 'off'}", f"kv={self.kv_type or 'f16'}"]
         return ",".join(knobs)
 
 
@@ -138,8 +150,28 @@ def _isa_named_by_kernels(kernels: list[str]) -> str:
     return ""
 
 
+def llama_cpp_isa_level(system_info: str) -> str:
+    """The ISA level llama.cpp's CPU kernels were compiled for, from `llama_print_system_info()`
+    ('CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | ...').  It names the CPU backend that was loaded (a
+    GGML_NATIVE=OFF build has one, for AVX2), so a CPU with AVX-512 still runs the AVX2 kernels
+    under such a build: the label is what llama.cpp ran, not what the CPU offers."""
+    features = {part.split("=")[0].split(":")[-1].strip().upper() for part in system_info.split("|") if part.strip().endswith("= 1")}
+    if features & {"AMX_INT8", "AMX_BF16"}:
+        return "amx"
+    if "AVX512_BF16" in features:
+        return "avx512_bf16"
+    if "AVX512" in features:
+        return "avx512"
+    if "AVX2" in features:
+        return "avx2"
+    return "sse42" if features else "unreported"
+
+
 def measured_isa_level(provenance: dict[str, Any]) -> str:
-    """The ISA level the kernels really used, from what oneDNN and ATen reported in that process."""
+    """The ISA level the kernels really used, from what oneDNN and ATen reported in that process
+    (or, for llama.cpp, from what llama.cpp reported it was built for)."""
+    if "llama_cpp_system_info" in provenance:
+        return llama_cpp_isa_level(str(provenance["llama_cpp_system_info"]))
     onednn = str(provenance.get("onednn_isa", "")).lower()
     if not onednn:  # the info header is printed once per process; the kernels it ran name their ISA too
         kernels = [k.lower() for d in dict(provenance.get("native_dispatch") or {}).values()

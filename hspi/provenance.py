@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 # Library versions worth recording next to every output; missing ones are recorded as absent.
-_VERSIONED = ("torch", "numpy", "onnxruntime", "onnx", "lightgbm", "scikit-learn", "pyarrow")
+_VERSIONED = ("torch", "numpy", "onnxruntime", "onnx", "lightgbm", "scikit-learn", "pyarrow", "llama-cpp-python", "gguf")
 # CPU flags that decide kernel paths; the full list is long and says nothing more.
 _RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hspi.errors import ConfigError, TargetError
-from hspi.platform import Platform
+from hspi.platform import GGUF_TYPES, Platform
 from hspi.responses import Responses, float32_to_bfloat16_bits
 from hspi.collector.models import build_model, model_spec
 from hspi.collector.probes import ProbeSet
@@ -22,7 +22,17 @@ from hspi.collector.targets.base import Target
 
 
 def check_supported(platform: Platform, model: str) -> None:
-    """Refuse combinations this target cannot run, naming the value."""
+    """Refuse combinations no target can run, naming the value (llama.cpp's rules live with its target)."""
+    if platform.engine == "llama.cpp":
+        from hspi.collector.targets.llama_cpp import check_llama_cpp_supported
+
+        check_llama_cpp_supported(platform, model)
+        return
+    if platform.dtype in GGUF_TYPES:
+        raise ConfigError(f"{platform.id}: GGUF type {platform.dtype} runs on engine llama.cpp only, not {platform.engine}")
+    if platform.flash_attn or platform.kv_type is not None:
+        knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}"
+        raise ConfigError(f"{platform.id}: knob {knob} is a llama.cpp knob; {platform.engine} has no such setting")
     if platform.engine.startswith("onnxruntime") and platform.dtype != "fp32":
         raise ConfigError(f"{platform.id}: ONNX Runtime runs the fp32 export only, not {platform.dtype}")
     if platform.dtype == "int8-dyn" and platform.engine != "torch-eager":
@@ -32,10 +42,21 @@ def check_supported(platform: Platform, model: str) -> None:
     model_spec(model)
 
 
+def make_target(model: str, platform: Platform, *, export_dir: Path | None = None) -> Target:
+    """The in-process target for a platform's engine: llama.cpp, or torch/ONNX Runtime."""
+    if platform.engine == "llama.cpp":
+        from hspi.collector.targets.llama_cpp import LlamaCppTarget
+
+        return LlamaCppTarget(model, platform, export_dir=export_dir)
+    return LocalTarget(model, platform, export_dir=export_dir)
+
+
 class LocalTarget(Target):
     kind: ClassVar[str] = "local"
 
     def __init__(self, model: str, platform: Platform, *, export_dir: Path | None = None) -> None:
+        if platform.engine == "llama.cpp":
+            raise ConfigError(f"{platform.id}: LocalTarget runs torch and ONNX Runtime; use make_target for llama.cpp")
         check_supported(platform, model)
         self.model, self.platform, self.export_dir = model, platform, export_dir
         self.spec = model_spec(model)
@@ -97,6 +118,15 @@ class LocalTarget(Target):
     @property
     def native_dtype(self) -> str:
         return {"bf16": "bfloat16", "fp16": "float16"}.get(self.platform.dtype, "float32")
+
+    def run_inputs(self, batch: np.ndarray) -> np.ndarray:
+        """Native outputs for raw model inputs, run as one batch (a server decides the batches)."""
+        if self._runner is None:
+            self._runner = self._prepare()
+        try:
+            return self._runner(batch)
+        except Exception as exc:  # a kernel failure is this target's failure, named with its platform
+            raise TargetError(f"{self.platform.id} failed on {self.model}: {type(exc).__name__}: {exc}") from exc
 
     def answer(self, probes: ProbeSet, ids: np.ndarray) -> Responses:
         if probes.spec.name != self.model:
