@@ -26,13 +26,15 @@ from hspi.errors import DatasetError
 from hspi.platform import HEADS
 from hspi.features.intrinsic import intrinsic_features
 from hspi.features.relative import relative_features
-from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
+from hspi.features.tiers import TIERS, TierView, log_softmax_f64, reference_values, tier_view
 from hspi.classifier.baseline import ENCODINGS, HSPILDBaseline
 from hspi.classifier.intrinsic import IntrinsicClassifier
 from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
 
 QUERIES = (1, 4, 16)
 SPLIT_SEED = 11
+SEQUENTIAL_AUDITS = 2  # sequential audits per configuration (different first probes)
 TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest is the test set
 INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
 BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
@@ -221,10 +223,42 @@ class Evaluation:
             if q == 1 and tier == "logits":
                 for h in HEADS:
                     self.confusions[f"{data.model}/reference-match/{h}"] = {"pairs": confusion_pairs[h]}
+        self._sequential(data, tier, matcher, test, cand_labels)
         if tier == "logits" and data.model == "lm-small" and "_pred_s" in self.throughput:
             self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
         if self.open_set:
             self._open_set(data, tier, feats, train, calib, test, cand_labels)
+
+    def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, test: np.ndarray,
+                    cand_labels: list[dict[str, str]]) -> None:
+        """Method `lightgbm-sequential`: audits that choose each next probe to split the likely candidates.
+
+        The same matcher and held-out replay answers as `lightgbm`; only the order differs: each
+        probe is the test probe on which the candidates' stored answers disagree most under the
+        current posterior, the first under a uniform prior (what `hspi audit` does live).
+        """
+        probe_ids = data.replay_ids[test]
+        book = ReferenceBook([data.reference[c][probe_ids] for c in range(len(data.classes))], cand_labels, tier, probe_ids)
+        correct: dict[tuple[str, int], list[bool]] = {}
+        for k, cid in enumerate(data.replay):
+            answers = tier_view(data.replay[cid][test], tier)
+            truth = data.config_labels[cid]
+            for seed in range(SEQUENTIAL_AUDITS):
+                rng = np.random.default_rng([SPLIT_SEED, k, seed])
+                evidence = ReferenceEvidence(matcher, book)
+                probe: int | None = most_splitting_probe(book, None, rng)
+                decision: dict[str, str] = {}
+                for step in range(1, max(QUERIES) + 1):
+                    if probe is not None:  # once nothing splits the candidates, the decision stands
+                        r = evidence.row_of(probe)
+                        evidence.update(probe, TierView(tier, answers.ids[r:r + 1], answers.values[r:r + 1]))
+                        decision = {h: v[int(np.argmax(p))] for h, (v, p) in evidence.head_posteriors().items()}
+                        probe = evidence.next_probe(rng)
+                    if step in QUERIES:
+                        for h in HEADS:
+                            correct.setdefault((h, step), []).append(decision.get(h) == truth[h])
+        for (h, q), hits in correct.items():
+            self._row(data.model, "reference-match", tier, h, "lightgbm-sequential", q, np.asarray(hits))
 
     def _exact_match(self, data: ModelData, tier: str, cid: str, rows: np.ndarray, groups: np.ndarray,
                      ref_full: dict[int, np.ndarray]) -> np.ndarray:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from hspi.verdict import Verdict
+
+if TYPE_CHECKING:
+    from hspi.audit import AuditReport
 
 
 def render_verdict(verdict: Verdict, console: Console, truth: dict[str, str] | None = None) -> None:
@@ -24,3 +29,33 @@ def render_verdict(verdict: Verdict, console: Console, truth: dict[str, str] | N
             row.append(f"{mark} {truth.get(head, '')}")
         table.add_row(*row)
     console.print(table)
+
+
+def render_audit(report: AuditReport, console: Console) -> None:
+    """nmap-style: the verdict, then ranked guesses per head, then what it cost and why it stopped."""
+    colour = {"consistent": "green", "inconsistent": "red", "unknown-platform": "yellow"}.get(report.verdict or "", "white")
+    console.print(f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), "
+                  f"tier {report.tier or 'none'}")
+    if report.verdict is not None:
+        claim = ",".join(f"{k}={v}" for k, v in report.claim.items())
+        console.print(f"Claim {claim}: [{colour}][bold]{report.verdict}[/bold][/{colour}]")
+    if report.status == "unknown":
+        console.print(f"[yellow]No exact platform match.[/yellow] {report.reason}")
+    elif report.status == "no-evidence":
+        console.print(f"[yellow]No evidence.[/yellow] {report.reason}")
+    else:
+        console.print(f"Match score {report.match_score:.3f} (threshold {report.threshold:.3f})")
+    if report.heads:
+        table = Table("head", "guess", "probability", "2nd guess", "claim")
+        for head, h in report.heads.items():
+            g = h.guesses
+            second = f"{g[1].label} ({g[1].probability:.1%})" if len(g) > 1 else ""
+            claim_cell = f"{h.claimed}: {h.verdict}" if h.claimed else ""
+            table.add_row(head, g[0].label, f"{g[0].probability:.1%}", second, claim_cell)
+        console.print(table)
+    for head, h in report.heads.items():
+        if h.claimed:
+            console.print(f"  {head}: {h.why}")
+    console.print(f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
+                  f"{report.seconds:.1f} s; stopped: {report.stop}"
+                  + (f" ({report.reason})" if report.stop in ("target-error", "interrupted") else ""))

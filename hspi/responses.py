@@ -48,3 +48,36 @@ class Responses:
         index = {int(p): i for i, p in enumerate(self.probe_ids)}
         rows = np.array([index[int(p)] for p in ids], dtype=np.int64)
         return Responses(self.model, self.probe_set, self.probe_ids[rows], self.native[rows], self.native_dtype)
+
+
+@dataclass(frozen=True)
+class TierAnswers:
+    """What a black-box target showed for n probes at one access tier.
+
+    `ids` (n, k) are output/token ids best first and `values` (n, k) their float32 log-probabilities
+    exactly as sent; the `text` tier has k = 1 and NaN values (the greedy token only).  A row with
+    fewer entries than k (a server that merged duplicate token texts, or stopped early) is not
+    `complete`: its missing slots hold id -1 and NaN, and features skip it.
+    """
+
+    model: str
+    probe_set: str
+    probe_ids: np.ndarray  # int32 (n,)
+    tier: str
+    ids: np.ndarray  # int32 (n, k), -1 where missing
+    values: np.ndarray  # float32 (n, k), NaN where missing or not shown
+
+    def __post_init__(self) -> None:
+        n = self.probe_ids.shape[0]
+        if self.ids.shape != self.values.shape or self.ids.ndim != 2 or self.ids.shape[0] != n:
+            raise ValueError(f"ids {self.ids.shape} / values {self.values.shape} do not match {n} probes")
+
+    @property
+    def complete(self) -> np.ndarray:
+        if self.tier == "text":
+            return self.ids[:, 0] >= 0
+        return (self.ids >= 0).all(axis=1) & np.isfinite(self.values).all(axis=1)
+
+    def greedy(self) -> np.ndarray:
+        """The first-ranked id per probe (-1 where none was shown)."""
+        return self.ids[:, 0]

@@ -85,7 +85,7 @@ def test_evaluate_writes_the_contract(smoke: Path, tmp_path: Path) -> None:
     assert {"dataset", "n_classes", "classes", "results", "open_set", "throughput"} <= set(result)
     rows = result["results"]
     assert {r["split"] for r in rows} == {"reference-match", "heldout-probes"}
-    assert {r["method"] for r in rows} == {"lightgbm", "hspi-ld-svm", "exact-match"}
+    assert {r["method"] for r in rows} == {"lightgbm", "lightgbm-sequential", "hspi-ld-svm", "exact-match"}
     best = {(r["model"], r["split"], r["tier"], r["head"], r["method"], r["queries"]): r["accuracy"] for r in rows}
     assert best[("lm-small", "reference-match", "logits", "full", "lightgbm", 1)] >= 0.95
     assert best[("lm-small", "heldout-probes", "logits", "dtype", "lightgbm", 1)] >= 0.95

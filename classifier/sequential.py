@@ -1,0 +1,144 @@
+"""Sequential evidence over pool probes: update after each answer, pick the next probe that splits.
+
+`ReferenceEvidence` holds, for one model and tier, every candidate class's stored view of every
+pool probe.  After each answer it scores all candidates with the trained `ReferenceMatcher`, sums
+log-odds over the answers so far and exposes the posterior.  `next_probe` picks the unused probe on
+which the current candidates' stored answers disagree most (expected Gini impurity of what the
+target will show under the posterior): probes where every likely candidate answers identically say
+nothing, so an audit does not spend budget on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hspi.errors import ConfigError
+from hspi.classifier.evidence import group_sum, log_odds, softmax
+from hspi.classifier.reference import ReferenceMatcher
+from hspi.features.relative import relative_features
+from hspi.features.tiers import TierView, reference_values, tier_view
+
+
+def answer_signatures(view: TierView) -> np.ndarray:
+    """(n,) int64 hash of each row's shown ids and value bits: equal rows, equal signatures."""
+    ids = np.ascontiguousarray(view.ids, dtype=np.int64)
+    bits = np.ascontiguousarray(view.values, dtype=np.float32).view(np.uint32).astype(np.int64)
+    mixed = ids * np.int64(0x9E3779B1) ^ bits
+    weights = np.int64(1_000_003) ** np.arange(mixed.shape[1], dtype=np.int64)  # wraps: a hash, not a number
+    return (mixed * weights).sum(axis=1)
+
+
+class ReferenceBook:
+    """Every candidate's stored answers at one tier, precomputed once and shared by many audits."""
+
+    def __init__(self, references: Sequence[np.ndarray], labels: Sequence[dict[str, str]], tier: str,
+                 pool_ids: np.ndarray) -> None:
+        """`references[c]` (n_pool, V): candidate c's stored outputs, rows in `pool_ids` order."""
+        if not references:
+            raise ConfigError("no candidate platforms to compare with")
+        self.labels, self.tier = list(labels), tier
+        self.pool_ids = np.asarray(pool_ids)
+        self.row = {int(p): i for i, p in enumerate(self.pool_ids)}
+        self.reference_full = [reference_values(r, tier) for r in references]  # tier units (logits or logprobs)
+        # what each candidate would show for each probe, hashed: where candidates split
+        self.signatures = np.stack([answer_signatures(tier_view(r, tier)) for r in references])  # (C, n_pool)
+        self._prior_scores: np.ndarray | None = None
+
+    def prior_split_scores(self) -> np.ndarray:
+        """Split scores before any answer (uniform prior), computed once."""
+        if self._prior_scores is None:
+            n = self.signatures.shape[0]
+            self._prior_scores = split_scores(self.signatures, np.full(n, 1.0 / n))
+        return self._prior_scores
+
+
+class ReferenceEvidence:
+    def __init__(self, matcher: ReferenceMatcher, book: ReferenceBook) -> None:
+        self.matcher, self.book = matcher, book
+        self.labels, self.tier, self.pool_ids = book.labels, book.tier, book.pool_ids
+        self.reference_full, self.signatures, self._row = book.reference_full, book.signatures, book.row
+        self.probs: dict[str, list[np.ndarray]] = {}
+        self.used: list[int] = []
+        self.asked: set[int] = set()  # probes asked whose answers could not be scored: not asked again
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.labels)
+
+    def row_of(self, probe_id: int) -> int:
+        if int(probe_id) not in self._row:
+            raise ConfigError(f"probe {probe_id} is not in the reference pool")
+        return self._row[int(probe_id)]
+
+    def update(self, probe_id: int, view: TierView) -> None:
+        """Add one complete answer (a one-row `TierView`) to the evidence."""
+        row = self.row_of(probe_id)
+        features = np.stack([relative_features(view, ref[row:row + 1]) for ref in self.reference_full], axis=1)
+        for head, p in self.matcher.pair_probabilities(features).items():
+            self.probs.setdefault(head, []).append(p[0])
+        self.used.append(int(probe_id))
+
+    def _stacked(self) -> dict[str, np.ndarray]:
+        return {h: np.stack(v) for h, v in self.probs.items()}
+
+    def posterior(self) -> np.ndarray:
+        """(C,) posterior over candidates from the answers so far (uniform before any)."""
+        if not self.used:
+            return np.full(self.n_candidates, 1.0 / self.n_candidates)
+        evidence = group_sum(log_odds(self._stacked()["full"]), np.zeros(len(self.used), dtype=np.int64))[0]
+        return softmax(evidence)
+
+    def match_score(self) -> float:
+        if not self.used:
+            return 0.0
+        return float(ReferenceMatcher.match_scores(self._stacked()["full"], np.zeros(len(self.used), dtype=np.int64))[0])
+
+    def head_posteriors(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per head: label values and their posterior; each head's own model when nothing matches."""
+        known = self.match_score() >= self.matcher.threshold_
+        groups = np.zeros(len(self.used), dtype=np.int64)
+        return {h: (values, post[0]) for h, (values, post)
+                in self.matcher.posteriors(self._stacked(), self.labels, groups, from_full=known).items()}
+
+    def split_scores(self, posterior: np.ndarray | None = None) -> np.ndarray:
+        """(n_pool,) expected disagreement Σ_{i<j} p_i p_j [answers differ] per probe; 0 once used."""
+        used_rows = [self._row[u] for u in (set(self.used) | self.asked) if u in self._row]
+        return split_scores(self.signatures, self.posterior() if posterior is None else posterior, used_rows)
+
+    def next_probe(self, rng: np.random.Generator, *, exclude_first_token: int | None = None,
+                   first_tokens: np.ndarray | None = None) -> int | None:
+        """The unused pool probe that best splits the likely candidates (ties at random); None if none splits.
+
+        `exclude_first_token` keeps consecutive prompts from sharing a first token, so a server's
+        prefix cache cannot serve part of a prompt from the previous one.
+        """
+        return most_splitting_probe(self.book, self.split_scores(), rng, exclude_first_token=exclude_first_token,
+                                    first_tokens=first_tokens)
+
+
+def split_scores(signatures: np.ndarray, posterior: np.ndarray, used_rows: Sequence[int] = ()) -> np.ndarray:
+    """Per probe: the chance two candidates drawn from `posterior` would answer it differently."""
+    scores = np.zeros(signatures.shape[1])
+    for n in range(signatures.shape[1]):
+        _, inverse = np.unique(signatures[:, n], return_inverse=True)
+        mass = np.bincount(inverse, weights=posterior)
+        scores[n] = (1.0 - (mass ** 2).sum()) / 2.0
+    scores[list(used_rows)] = 0.0
+    return scores
+
+
+def most_splitting_probe(book: ReferenceBook, scores: np.ndarray | None, rng: np.random.Generator, *,
+                         exclude_first_token: int | None = None, first_tokens: np.ndarray | None = None) -> int | None:
+    """The probe with the highest split score (ties at random: an endpoint cannot predict the audit's
+    prompts); with no scores yet, under a uniform prior.  None when no probe splits anything."""
+    if scores is None:
+        scores = book.prior_split_scores()
+    if exclude_first_token is not None and first_tokens is not None:
+        scores = np.where(first_tokens == exclude_first_token, 0.0, scores)
+    best = scores.max()
+    if best <= 1e-12:
+        return None
+    choices = np.flatnonzero(scores >= best * (1 - 1e-9))
+    return int(book.pool_ids[rng.choice(choices)])

@@ -1,0 +1,196 @@
+"""`BudgetedHTTPClient`: the one way hspi talks to a black-box target.
+
+Every request sent counts against a hard `QueryBudget` (retries included: a provider bills them);
+responses are read with a size cap and an overall deadline, so a trickling or huge answer cannot
+hang an audit; timeouts, connection failures, 429 (`Retry-After` honoured) and 5xx are retried
+with exponential backoff; other 4xx are the caller's to handle.  The API key is sent in a header
+and appears in no message, log or repr.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from hspi.errors import ConfigError, TargetError
+from hspi.collector.targets.openai_parse import load_json
+
+MAX_RESPONSE_BYTES = 4_000_000  # a one-token answer with 20 alternatives is a few kB
+MAX_RETRY_AFTER_S = 30.0
+
+
+class BudgetExhausted(Exception):
+    """The next request would exceed the audit's budget of queries or tokens: nothing was sent."""
+
+
+@dataclass
+class QueryBudget:
+    """A hard cap on requests and billed tokens (prompt + completion) sent to a target."""
+
+    max_queries: int
+    max_tokens: int
+    queries: int = 0
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_queries < 1 or self.max_tokens < 1:
+            raise ConfigError(f"a budget needs at least 1 query and 1 token, got {self.max_queries} / {self.max_tokens}")
+
+    def spend(self, tokens: int) -> None:
+        if self.queries + 1 > self.max_queries or self.tokens + tokens > self.max_tokens:
+            raise BudgetExhausted(f"budget spent: {self.queries}/{self.max_queries} queries, "
+                                  f"{self.tokens}/{self.max_tokens} tokens")
+        self.queries += 1
+        self.tokens += tokens
+
+
+class BudgetedHTTPClient:
+    def __init__(self, base_url: str, budget: QueryBudget, *, api_key: str | None = None, timeout_s: float = 10.0,
+                 retries: int = 2, backoff_s: float = 0.2, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url, self.budget = base_url.rstrip("/"), budget
+        try:
+            parsed = httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"endpoint {base_url!r} is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(f"endpoint {base_url!r} is not an http(s) URL with a host")
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.max_response_bytes = max_response_bytes
+        self._secret = api_key.encode() if api_key else None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers, transport=transport,
+                                    follow_redirects=False)
+        self._local = threading.local()  # the overall deadline of the request this thread is sending
+        _install_deadline(self._client, self._local)
+
+    def __repr__(self) -> str:  # never the key
+        return f"BudgetedHTTPClient({self.base_url!r}, {self.budget})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def post(self, path: str, payload: dict, *, billed: int) -> bytes:
+        """POST JSON, return the body of a 2xx answer; every attempt is billed to the budget."""
+        url = self.base_url + path
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            self.budget.spend(billed)
+            wait = self.backoff_s * (2 ** attempt)
+            try:
+                status, headers, body = self._send(url, payload)
+                if self._secret:  # a server that echoes the key must not put it in a message
+                    body = body.replace(self._secret, b"[redacted]")
+            except httpx.TimeoutException:
+                last = f"no answer within {self.timeout_s:g}s"
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__})"
+            else:
+                if status < 300:
+                    return body
+                last = f"HTTP {status}{_error_message(body)}"
+                if status == 429:
+                    wait = _retry_after(headers.get("retry-after"), default=wait)
+                elif status < 500:
+                    raise TargetError(f"target-error: {url} answered {last}")
+            if attempt < self.retries:
+                time.sleep(wait)
+        raise TargetError(f"target-error: {url}: {last} (after {self.retries + 1} attempts)")
+
+    def _send(self, url: str, payload: dict) -> tuple[int, httpx.Headers, bytes]:
+        deadline = time.monotonic() + self.timeout_s
+        self._local.deadline = deadline  # bounds every socket read, the status line and headers included
+        try:
+            with self._client.stream("POST", url, json=payload) as response:
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        raise TargetError(f"target-error: {url} sent more than {self.max_response_bytes} bytes for one token")
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("overall deadline passed")  # a trickling server must not hang us
+                    chunks.append(chunk)
+                return response.status_code, response.headers, b"".join(chunks)
+        finally:
+            self._local.deadline = None
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose reads and writes end at the current request's overall deadline.
+
+    httpx's timeouts bound each read only: a server trickling its status line or headers one byte
+    at a time would otherwise hold a request open for hours.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream, local: threading.local) -> None:
+        self._inner, self._local = inner, local
+
+    def _timeout(self, timeout: float | None, error: type[Exception]) -> float | None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise error("overall deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._timeout(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._timeout(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:  # type: ignore[no-untyped-def]
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._local)
+
+    def get_extra_info(self, info: str):  # type: ignore[no-untyped-def]
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend, local: threading.local) -> None:
+        self._inner, self._local = inner, local
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._local)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options), self._local)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _install_deadline(client: httpx.Client, local: threading.local) -> None:
+    """Wrap the socket layer of httpx's own transports (a caller's transport is left alone)."""
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend, local)  # type: ignore[union-attr]
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        payload = load_json(body)
+    except TargetError:
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else payload.get("detail") if isinstance(payload, dict) else None
+    return f": {' '.join(str(message).split())[:160]}" if message else ""  # one line, whatever the server sent
+
+

@@ -1,0 +1,72 @@
+"""A provider's claim ("dtype=fp32,hardware=x86-avx2") and its verdict against an audit's posteriors.
+
+A claimed value matches a label when each of its comma-separated parts equals a part of the label
+or ends it after a '-' (so `hardware=x86-avx2` matches `amd-x86-avx2`, `kernel=bs=8` matches
+`attn=sdpa,bs=8,mm=highest`).  A class label that joins members with '|' matches if any member does.
+"""
+
+from __future__ import annotations
+
+from hspi.errors import ConfigError
+from hspi.platform import HEADS
+
+CONSISTENT_AT = 0.95  # the claim's labels hold at least this much posterior
+INCONSISTENT_AT = 0.05  # ... or at most this much
+
+
+def parse_claim(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    claim = {}
+    for part in _split_pairs(text):
+        head, sep, value = part.partition("=")
+        head, value = head.strip(), value.strip()
+        if not sep or not value:
+            raise ConfigError(f"bad claim {part!r}: expected HEAD=VALUE with HEAD one of {', '.join(HEADS)}")
+        if head not in HEADS:
+            raise ConfigError(f"bad claim head {head!r}; allowed: {', '.join(HEADS)}")
+        claim[head] = value
+    return claim
+
+
+def _split_pairs(text: str) -> list[str]:
+    """Split on commas that start a new HEAD=... pair (kernel values contain commas themselves)."""
+    pairs: list[str] = []
+    for piece in text.split(","):
+        if pairs and "=" in piece and piece.split("=", 1)[0].strip() not in HEADS:
+            pairs[-1] += "," + piece  # e.g. the "bs=8" of "kernel=attn=sdpa,bs=8"
+        elif pairs and "=" not in piece:
+            pairs[-1] += "," + piece
+        else:
+            pairs.append(piece)
+    return pairs
+
+
+def label_matches(claimed: str, label: str) -> bool:
+    members = label.lower().split("|")
+    parts = [p.strip() for p in claimed.lower().split(",") if p.strip()]
+    return any(all(any(p == q or q.endswith("-" + p) for q in member.split(",")) for p in parts) or member == claimed.lower()
+               for member in members)
+
+
+def head_verdict(claimed: str, values: list[str], posterior: list[float]) -> tuple[str, float | None, str]:
+    """(verdict, probability of the claim, why) for one head."""
+    matching = [i for i, v in enumerate(values) if label_matches(claimed, v)]
+    if not matching:
+        return ("inconclusive", None,
+                f"no reference platform has {claimed!r}; the known labels are {', '.join(values)}")
+    p = float(sum(posterior[i] for i in matching))
+    if p >= CONSISTENT_AT:
+        return "consistent", p, f"the answers fit {claimed!r} with probability {p:.3f}"
+    if p <= INCONSISTENT_AT:
+        best = values[max(range(len(values)), key=lambda i: posterior[i])]
+        return "inconsistent", p, f"the answers fit {best!r}, not {claimed!r} (p = {p:.3f})"
+    return "inconclusive", p, f"the answers fit {claimed!r} with probability {p:.3f} only"
+
+
+def overall_verdict(head_verdicts: dict[str, str]) -> str:
+    if any(v == "inconsistent" for v in head_verdicts.values()):
+        return "inconsistent"
+    if head_verdicts and all(v == "consistent" for v in head_verdicts.values()):
+        return "consistent"
+    return "inconclusive"

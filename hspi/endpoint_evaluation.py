@@ -1,0 +1,248 @@
+"""The `endpoint` split: audit live local endpoints, one per equivalence class, and score the reports.
+
+Each class's first member is served by `hspi target serve` in its own process (its ISA caps set at
+load), without and with dynamic batching; with batching, background clients keep the server busy
+so audited requests share batches with strangers, as on a production endpoint.  Every audit runs
+with the largest budget once and records each head's leading guess after every answer, so the
+accuracy "within budget b" is the decision the audit held after at most b billed queries (an
+audit that stopped early keeps its decision).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from hspi.audit import AuditReport, AuditSettings, run_audit
+from hspi.dataset import Dataset
+from hspi.equivalence import EquivalenceClass, equivalence_classes
+from hspi.errors import TargetError
+from hspi.platform import HEADS
+from hspi.collector.models import model_spec
+from hspi.collector.probes import ProbeSet
+from hspi.collector.vocabulary import decode
+
+BUDGETS = (1, 4, 16, 64)
+START_TIMEOUT_S = 120.0  # torch import + (for torch.compile) the first compilation on 2 cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def served_target(model: str, platform_id: str, *, top_logprobs: int = 20, dynamic_batching: bool = False,
+                  log_path: Path | None = None) -> Iterator[str]:
+    """`hspi target serve` in a subprocess on a free loopback port; yields its /v1 URL, always stops it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "hspi", "target", "serve", "--model", model, "--platform", platform_id,
+           "--port", str(port), "--top-logprobs", str(top_logprobs)]
+    if dynamic_batching:
+        cmd.append("--dynamic-batching")
+    log = open(log_path or os.devnull, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise TargetError(f"target-error: hspi target serve for {platform_id} exited {proc.returncode}")
+            try:
+                if httpx.get(url + "/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TargetError(f"target-error: hspi target serve for {platform_id} not ready in {START_TIMEOUT_S:g}s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def warm_up(url: str, model: str) -> None:
+    """One request with a generous timeout: torch.compile compiles on the first call."""
+    spec = model_spec(model)
+    prompt = decode(ProbeSet(spec, "fresh", 1).inputs(np.array([0]))[0], spec.n_outputs)
+    httpx.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0}, timeout=300.0)
+
+
+@contextmanager
+def background_load(url: str, model: str, clients: int = 3) -> Iterator[None]:
+    """Strangers' traffic (fresh probes, never pool ones) so dynamic batches mix audited and other requests."""
+    spec = model_spec(model)
+    fresh = ProbeSet(spec, "fresh", 400)
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(timeout=10.0) as http:
+            while not stop.is_set():
+                prompt = decode(fresh.inputs(np.array([int(rng.integers(0, 400))]))[0], spec.n_outputs)
+                try:
+                    http.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0})
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+
+
+def decision_at(report: AuditReport, budget: int) -> dict[str, str]:
+    """Each head's leading guess after at most `budget` billed queries ({} if none was scored by then)."""
+    leading: dict[str, str] = {}
+    for record in report.evidence:
+        if record.complete and record.queries_so_far <= budget:
+            leading = record.leading
+    return leading
+
+
+def score_audits(audits: Sequence[tuple[EquivalenceClass, AuditReport]], budgets: Sequence[int]) -> dict:
+    """Per head and budget: (correct, n)."""
+    out: dict = {}
+    for head in HEADS:
+        for b in budgets:
+            correct = sum(decision_at(r, b).get(head) == cls.labels[head] for cls, r in audits)
+            out[(head, b)] = (correct, len(audits))
+    return out
+
+
+def hspi_target_server(model: str) -> Callable[[str, bool], AbstractContextManager[str]]:
+    def serve(platform_id: str, dynamic_batching: bool) -> AbstractContextManager[str]:
+        return served_target(model, platform_id, dynamic_batching=dynamic_batching)
+    return serve
+
+
+def llama_cpp_target_server(model: str) -> Callable[[str, bool], AbstractContextManager[str]]:
+    """The real `llama_cpp.server` (it batches nothing across requests: `dynamic_batching` must be False)."""
+    from hspi.platform import Platform
+    from hspi.collector.llama_cpp_server import llama_cpp_server
+
+    def serve(platform_id: str, dynamic_batching: bool) -> AbstractContextManager[str]:
+        if dynamic_batching:
+            raise TargetError("target-error: llama_cpp.server has no dynamic batching to measure")
+        return llama_cpp_server(Platform.parse(platform_id), model)
+    return serve
+
+
+def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm-small", *,
+                       tiers: Sequence[str] = ("topk20", "topk5", "top1", "text"), batching: Sequence[bool] = (False, True),
+                       batching_tiers: Sequence[str] = ("topk20",), seeds: int = 3, budgets: Sequence[int] = BUDGETS,
+                       only: Sequence[str] | None = None, target: str = "hspi-target",
+                       log: Callable[[str], None] = lambda _: None) -> dict:
+    """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
+
+    `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
+    """
+    serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
+    classes = [c for c in equivalence_classes(Dataset(dataset_dir), model) if only is None or c.name in only]
+    audits: dict[tuple[str, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
+    seconds: dict[tuple[str, bool], list[float]] = {}
+    failures: list[str] = []
+    for i, cls in enumerate(classes):
+        for dyn in batching:
+            run_tiers = batching_tiers if dyn else tiers
+            log(f"[{i + 1}/{len(classes)}] {cls.name} {'dynamic batching' if dyn else 'static batches'}")
+            try:
+                with serve(cls.members[0], dyn) as url:
+                    warm_up(url, model)
+                    with background_load(url, model) if dyn else _nothing():
+                        for tier in run_tiers:
+                            for seed in range(seeds):
+                                settings = AuditSettings(endpoint=url, model=model, budget_queries=max(budgets),
+                                                         max_tier=tier, seed=1000 * i + seed, dataset=dataset_dir,
+                                                         classifier=classifier_dir, timeout_s=30.0)
+                                report = run_audit(settings)
+                                audits.setdefault((tier, dyn), []).append((cls, report))
+                                seconds.setdefault((tier, dyn), []).append(report.seconds)
+            except TargetError as exc:
+                failures.append(f"{cls.name}: {exc}")
+                log(f"  failed: {exc}")
+    rows = []
+    for (tier, dyn), items in audits.items():
+        for (head, b), (correct, n) in score_audits(items, budgets).items():
+            rows.append({"split": "endpoint", "model": model, "tier": tier, "head": head,
+                         "method": "lightgbm-sequential", "queries": b, "accuracy": round(correct / n, 4),
+                         "n_test": n, "target": target, "batching": dyn})
+    timing = [{"tier": t, "batching": d, "audits": len(v), "seconds_p50": round(float(np.median(v)), 3),
+               "seconds_max": round(float(np.max(v)), 3),
+               "queries_mean": round(float(np.mean([r.queries for _, r in audits[(t, d)]])), 2)}
+              for (t, d), v in seconds.items()]
+    return {"rows": rows, "timing": timing, "failures": failures}
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def merge_endpoint_rows(result: dict, measured: dict, *, target: str) -> None:
+    """Replace `result`'s endpoint rows for this target, model, tier and batching mode with the measured ones."""
+    models = {r["model"] for r in measured["rows"]}
+    replaced = {(r["model"], r["tier"], r["batching"]) for r in measured["rows"]}  # only what was measured again
+    result["results"] = [r for r in result.get("results", [])
+                         if not (r["split"] == "endpoint" and r.get("target") == target
+                                 and (r["model"], r["tier"], r.get("batching")) in replaced)]
+    result["results"].extend(measured["rows"])
+    timing = [t for t in result.get("endpoint_timing", [])
+              if not (t.get("target") == target and (t.get("model"), t["tier"], t["batching"]) in replaced)]
+    timing += [{**t, "target": target, "model": m} for m in models for t in measured["timing"]]
+    result["endpoint_timing"] = timing
+    result["endpoint_failures"] = measured["failures"] + [f for f in result.get("endpoint_failures", [])
+                                                          if not any(f.startswith(m) for m in models)]
+
+
+def plot_endpoint_accuracy(result: dict, path: Path) -> None:
+    """Accuracy vs budget per tier and head for every endpoint target (one panel per target x batching)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.get("results", []) if r["split"] == "endpoint"]
+    panels = sorted({(r["target"], r["model"], bool(r.get("batching"))) for r in rows})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (target, model, batching) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["target"], r["model"], bool(r.get("batching"))) == (target, model, batching)]
+        for tier in sorted({r["tier"] for r in mine}):
+            for head, style in (("full", "-"), ("dtype", "--")):
+                pts = sorted((r["queries"], r["accuracy"]) for r in mine if r["tier"] == tier and r["head"] == head)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{tier} {head}")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("budget (queries)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{target} / {model}{' / dynamic batching' if batching else ''}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""Pure parts of the audit: claims, the sequential evidence and probe choice, budget decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hspi.audit import AuditReport, QueryRecord
+from hspi.claims import head_verdict, label_matches, overall_verdict, parse_claim
+from hspi.endpoint_evaluation import decision_at
+from hspi.errors import ConfigError
+from hspi.features.tiers import tier_view
+from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, answer_signatures
+from hspi.features.relative import relative_features
+
+
+def test_parse_claim_splits_pairs_and_keeps_kernel_commas() -> None:
+    assert parse_claim("dtype=fp32,hardware=x86-amx") == {"dtype": "fp32", "hardware": "x86-amx"}
+    assert parse_claim("kernel=attn=sdpa,bs=8,dtype=bf16") == {"kernel": "attn=sdpa,bs=8", "dtype": "bf16"}
+    assert parse_claim(None) == {}
+
+
+@pytest.mark.parametrize("bad", ["dtype", "gpu=h100", "dtype=", "=fp32"])
+def test_parse_claim_names_the_bad_part(bad: str) -> None:
+    with pytest.raises(ConfigError, match="claim"):
+        parse_claim(bad)
+
+
+def test_label_matching() -> None:
+    assert label_matches("x86-avx2", "amd-x86-avx2")
+    assert not label_matches("x86-avx2", "amd-x86-avx512")
+    assert label_matches("bs=8", "attn=sdpa,bs=8,mm=highest")
+    assert label_matches("fp32", "bf16|fp32")
+    assert not label_matches("fp16", "bf16|fp32")
+
+
+def test_head_verdicts() -> None:
+    values = ["bf16", "fp32"]
+    assert head_verdict("fp32", values, [0.01, 0.99])[0] == "consistent"
+    assert head_verdict("fp32", values, [0.99, 0.01])[0] == "inconsistent"
+    assert head_verdict("fp32", values, [0.5, 0.5])[0] == "inconclusive"
+    verdict, p, why = head_verdict("x86-amx", ["amd-x86-avx2"], [1.0])
+    assert verdict == "inconclusive" and p is None and "no reference" in why
+    assert overall_verdict({"dtype": "consistent", "hardware": "inconsistent"}) == "inconsistent"
+    assert overall_verdict({"dtype": "consistent"}) == "consistent"
+    assert overall_verdict({"dtype": "consistent", "hardware": "inconclusive"}) == "inconclusive"
+
+
+def _toy_candidates(rng: np.random.Generator) -> list[np.ndarray]:
+    """Three candidates: B differs from A on probes 0-9 by one ulp, C differs everywhere by more."""
+    base = rng.standard_normal((60, 32)).astype(np.float32) * 3
+    b = base.copy()
+    b[:10] = np.nextafter(b[:10], np.float32(np.inf))
+    c = base + np.float32(0.01)
+    return [base, b, c]
+
+
+def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]]) -> ReferenceMatcher:
+    X, same = [], {h: [] for h in labels[0]}
+    for t, target in enumerate(refs):
+        view = tier_view(target, "logits")
+        feats = np.stack([relative_features(view, r) for r in refs], axis=1)
+        X.append(feats.reshape(-1, feats.shape[2]))
+        for h in same:
+            same[h].append(np.tile([labels[t][h] == lab[h] for lab in labels], len(target)))
+    return ReferenceMatcher(heads=tuple(same), n_estimators=20).fit(
+        np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
+
+
+def test_signatures_equal_exactly_when_rows_are_bit_identical() -> None:
+    refs = _toy_candidates(np.random.default_rng(0))
+    a, b = (answer_signatures(tier_view(r, "topk5")) for r in refs[:2])
+    assert (a[10:] == b[10:]).all()
+    assert (a[:10] != b[:10]).sum() >= 1  # a one-ulp change shows in the shown values at least somewhere
+
+
+def test_evidence_picks_splitting_probes_and_finds_the_true_candidate() -> None:
+    rng = np.random.default_rng(1)
+    refs = _toy_candidates(rng)
+    labels = [{"dtype": d, "full": f} for d, f in (("fp32", "A"), ("fp32", "B"), ("bf16", "C"))]
+    matcher = _fitted_matcher(refs, labels)
+    book = ReferenceBook(refs, labels, "logits", np.arange(60))
+    evidence = ReferenceEvidence(matcher, book)
+    assert evidence.posterior() == pytest.approx(np.full(3, 1 / 3))
+    # with A and B still likely, only probes 0-9 split them
+    evidence.update(30, tier_view(refs[1][30:31], "logits"))  # the target is B
+    scores = evidence.split_scores()
+    assert scores[30] == 0.0
+    probe = evidence.next_probe(rng)
+    assert probe is not None and probe < 10
+    evidence.update(probe, tier_view(refs[1][probe:probe + 1], "logits"))
+    post = evidence.posterior()
+    assert int(np.argmax(post)) == 1 and post[1] > 0.9
+    heads = evidence.head_posteriors()
+    values, p = heads["dtype"]
+    assert values[int(np.argmax(p))] == "fp32"
+
+
+def test_next_probe_is_none_when_nothing_splits() -> None:
+    refs = _toy_candidates(np.random.default_rng(2))
+    same = [refs[0], refs[0].copy()]
+    labels = [{"full": "A"}, {"full": "B"}]
+    book = ReferenceBook(same, labels, "logits", np.arange(60))
+    evidence = ReferenceEvidence(_fitted_matcher(refs[:2], labels), book)
+    assert evidence.next_probe(np.random.default_rng(0)) is None
+
+
+def test_decision_at_budget_uses_the_last_decision_within_it() -> None:
+    def rec(i: int, q: int, guess: str, complete: bool = True) -> QueryRecord:
+        return QueryRecord(index=i, probe_set="p", probe_id=i, tier="topk20", complete=complete,
+                           queries_so_far=q, leading={"full": guess} if complete else {})
+
+    report = AuditReport(endpoint="x", model="lm-small", api="completions", tier="topk20", status="match",
+                         verdict=None, reason="", stop="confident", queries=5, tokens=85, budget_queries=64,
+                         budget_tokens=1088, answers_used=3, match_score=1, threshold=0.5, claim={}, heads={},
+                         evidence=[rec(0, 2, "A"), rec(1, 3, "B", complete=False), rec(2, 5, "C")],
+                         dataset="d", classifier="c", seconds=1)
+    assert decision_at(report, 1) == {}
+    assert decision_at(report, 4) == {"full": "A"}
+    assert decision_at(report, 64) == {"full": "C"}
