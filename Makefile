@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.installed-llama
 
-.PHONY: setup run test evaluate collect clean
+.PHONY: setup run demo test evaluate collect bench-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +14,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# the llama.cpp engine (tests and collection of its grid): llama-cpp-python builds from source,
+# without -march=native (gcc-12's native build crashes in the AMX path on quantised models)
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e '.[dev,llama]'
+	touch $(LLAMA_STAMP)
 
+setup: $(STAMP) $(LLAMA_STAMP)
+
+# the audit service on 127.0.0.1:8000 (SQLite and keys under .hspi/), the shipped classifier and a
+# demo target on loopback; prints a curl line that audits it; Ctrl-C stops
 run: $(STAMP)
+	mkdir -p .hspi && chmod 700 .hspi
+	HSPI_SECRET_KEY_FILE=.hspi/secret.key HSPI_BOOTSTRAP_KEY_FILE=.hspi/admin.key \
+	  $(VENV)/bin/hspi serve --database sqlite:///.hspi/hspi.db --host 127.0.0.1 --port 8000 --demo
+
+# the previous `make run`: a random platform of the grid in a fresh process, identified from 4 answers
+demo: $(STAMP)
 	$(VENV)/bin/hspi demo --tier topk20 --queries 4
 
-test: $(STAMP)
+# the audit service under load and faults (loopback only): benchmarks/results/service-load.{json,png}
+bench-service: $(STAMP)
+	$(PY) benchmarks/service_load.py --out benchmarks/results/
+
+test: $(LLAMA_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200
 
 evaluate: $(STAMP)

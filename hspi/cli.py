@@ -19,21 +19,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hspi.errors import ConfigError, HspiError
+from hspi.cli_border import border_app
+from hspi.shipped import CPU_CLASSIFIER, CPU_DATASET
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware and software platform inference.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Inspect and merge fingerprint datasets.")
 app.add_typer(dataset_app, name="dataset")
+target_app = typer.Typer(no_args_is_help=True, help="Serve reference models as known targets.")
+app.add_typer(target_app, name="target")
+app.add_typer(border_app, name="border")
 # Reports piped to a file or another program keep their long labels on one line.
 console = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True)
 
-SHIPPED_DATASET = Path("datasets/cpu-amd-epyc")
-SHIPPED_CLASSIFIER = Path("models/cpu-amd-epyc")
+SHIPPED_DATASET = CPU_DATASET
+SHIPPED_CLASSIFIER = CPU_CLASSIFIER
 
 
-def _progress() -> Progress:
+def _progress(transient: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False)
+                    console=err, transient=transient)
 
 
 @app.command()
@@ -83,8 +88,14 @@ def evaluate(
     models: Annotated[Optional[str], typer.Option(help="comma-separated models (default: all)")] = None,
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated tiers (default: all)")] = None,
     open_set: Annotated[bool, typer.Option(help="leave each class out in turn (slower)")] = True,
+    endpoints: Annotated[bool, typer.Option(help="instead: audit live local endpoints (split 'endpoint'); "
+                                                 "their rows replace earlier endpoint rows in --json")] = False,
+    seeds: Annotated[int, typer.Option(help="endpoint audits per class, tier and batching mode")] = 4,
 ) -> None:
     """Measure every split x tier x head x method x queries; write JSON (and plots)."""
+    if endpoints:
+        _evaluate_endpoints(dataset, json_path, plots, models, seeds)
+        return
     from hspi.dataset import Dataset
     from hspi.classifier.evaluation import Evaluation
     from hspi.features.tiers import check_tier
@@ -94,6 +105,12 @@ def evaluate(
                         open_set=open_set, log=lambda s: err.print(s)).run()
     json_path.parent.mkdir(parents=True, exist_ok=True)
     confusions = result.pop("_confusions", None)
+    if json_path.exists():  # live-endpoint rows come from `--endpoints` runs: keep them
+        previous = json.loads(json_path.read_text(encoding="utf-8"))
+        result["results"] += [r for r in previous.get("results", []) if r.get("split") == "endpoint"]
+        for key in ("endpoint_timing", "endpoint_failures"):
+            if key in previous:
+                result[key] = previous[key]
     json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
     if plots is not None:
         from hspi.classifier.plots import write_plots
@@ -101,6 +118,27 @@ def evaluate(
         write_plots(result, plots, confusions)
     _summary(result)
     console.print(f"results: {json_path} ({result['seconds']} s)")
+
+
+def _evaluate_endpoints(dataset: Path, json_path: Path, plots: Path | None, models: str | None, seeds: int) -> None:
+    from hspi.endpoint_evaluation import evaluate_endpoints, merge_endpoint_rows, plot_endpoint_accuracy
+    from hspi.shipped import shipped_classifier, shipped_dataset
+
+    result: dict = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else {"results": []}
+    for model in _split(models) or ["lm-small"]:
+        target = "llama.cpp" if model == "lm-gpt2" else "hspi-target"  # lm-gpt2's references are llama.cpp runs
+        # lm-gpt2 has no border-prompt vote yet: no text tier for llama.cpp
+        kwargs = {"batching": (False,), "tiers": ("topk20", "topk5", "top1")} if target == "llama.cpp" else {}
+        measured = evaluate_endpoints(shipped_dataset(model) if target == "llama.cpp" else dataset,
+                                      shipped_classifier(model), model, seeds=seeds, target=target,
+                                      log=lambda s: err.print(s), **kwargs)
+        merge_endpoint_rows(result, measured, target=target)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if plots is not None:
+        plot_endpoint_accuracy(result, plots / f"{json_path.stem}-endpoint-accuracy.png")
+    _summary({"results": [r for r in result["results"] if r["split"] == "endpoint"]})
+    console.print(f"endpoint rows written to {json_path}")
 
 
 @app.command()
@@ -188,17 +226,213 @@ def demo(
     console.print(f"the hidden platform was [bold]{platform.id}[/bold] (class {cls.name})")
 
 
+@target_app.command("serve")
+def target_serve(
+    model: Annotated[str, typer.Option(help="reference model to serve")] = "lm-small",
+    platform: Annotated[str, typer.Option(help="platform id, e.g. cpu:avx2/bf16/torch-eager")] = "cpu:native/fp32/torch-eager",
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8801,
+    top_logprobs: Annotated[int, typer.Option(help="tier cap: 20, 5, 1 (sampled token only) or 0 (text only)")] = 20,
+    dynamic_batching: Annotated[bool, typer.Option(help="run requests that arrive together as one batch")] = False,
+    max_batch: Annotated[int, typer.Option(help="largest dynamic batch")] = 8,
+    batch_window_ms: Annotated[float, typer.Option(help="how long a dynamic batch waits for company")] = 5.0,
+) -> None:
+    """An OpenAI-compatible endpoint running a reference model on one platform of the grid."""
+    import os
+
+    from hspi.platform import Platform
+    from hspi.collector.models import model_spec
+    from hspi.collector.target_server import TIER_CAPS
+
+    parsed = Platform.parse(platform)
+    model_spec(model)
+    if top_logprobs not in TIER_CAPS:
+        raise ConfigError(f"--top-logprobs {top_logprobs}: allowed {', '.join(map(str, TIER_CAPS))}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port")
+    wanted = parsed.environment()
+    if any(os.environ.get(k) != v for k, v in wanted.items()):
+        # ISA caps are read when torch loads: start again in a process that has them from the start
+        from hspi.collector.local_run import LOAD_TIME_VARIABLES
+
+        env = {k: v for k, v in os.environ.items() if k not in LOAD_TIME_VARIABLES}
+        env.update(wanted)
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "hspi", *sys.argv[1:]], env)
+    import uvicorn
+
+    from hspi.collector.target_server import create_target_app
+
+    app_ = create_target_app(model, parsed, top_logprobs=top_logprobs, dynamic_batching=dynamic_batching,
+                             max_batch=max_batch, batch_window_ms=batch_window_ms)
+    err.print(f"serving {model} on {parsed.id} at http://{host}:{port}/v1 (logprobs cap {top_logprobs}"
+              f"{', dynamic batching' if dynamic_batching else ''})")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def audit(
+    endpoint: Annotated[str, typer.Option(help="base URL of the endpoint, e.g. http://127.0.0.1:8801/v1")],
+    model: Annotated[str, typer.Option(help="the reference model the endpoint claims to serve")] = "lm-small",
+    claim: Annotated[Optional[str], typer.Option(help="what the provider claims, e.g. dtype=fp32,hardware=x86-avx2")] = None,
+    budget: Annotated[int, typer.Option(help="most queries to send (retries count)")] = 64,
+    max_tokens: Annotated[Optional[int], typer.Option(help="most tokens to be billed (default: what the queries cost)")] = None,
+    api: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    served_model: Annotated[Optional[str], typer.Option(help="the model name the endpoint expects")] = None,
+    order: Annotated[str, typer.Option(help="split (most informative probe next) or random")] = "split",
+    max_tier: Annotated[str, typer.Option(help="richest tier to ask for: topk20, topk5, top1 or text")] = "topk20",
+    seed: Annotated[Optional[int], typer.Option(help="probe-order seed (default: random)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 10.0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
+    evidence: Annotated[Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="reference dataset (default: the shipped one)")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="classifier directory (default: the shipped one)")] = None,
+) -> None:
+    """Audit a black-box endpoint: which platform served it, and does that fit the claim?
+
+    The API key, if any, is read from the HSPI_TARGET_API_KEY environment variable, never from argv.
+    """
+    import os
+
+    from pydantic import ValidationError
+
+    from hspi.audit import AuditSettings, run_audit, write_report
+    from hspi.claims import parse_claim
+    from hspi.report import render_audit
+
+    try:
+        settings = AuditSettings(endpoint=endpoint, model=model, claim=parse_claim(claim), budget_queries=budget,
+                                 budget_tokens=max_tokens, api=api, served_model=served_model, order=order,
+                                 max_tier=max_tier, seed=seed, timeout_s=timeout, dataset=dataset, classifier=classifier)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first['loc'][0])  # named as the option the user typed
+        flag = {"budget_queries": "budget", "budget_tokens": "max-tokens", "timeout_s": "timeout"}.get(field, field)
+        raise ConfigError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
+    with _progress(transient=True) as progress:
+        task = progress.add_task("auditing", total=budget)
+        report = run_audit(settings, api_key=os.environ.get("HSPI_TARGET_API_KEY"), evidence_path=evidence,
+                           on_query=lambda r, _: progress.update(task, completed=r.index + 1,
+                                                                 description=f"auditing ({r.tier})"))
+    if json_path is not None:
+        write_report(report, json_path)
+    render_audit(report, console)
+    if report.stop == "interrupted":
+        sys.exit(130)
+    if report.stop == "target-error" and report.status == "no-evidence":
+        sys.exit(5)
+
+
+@app.command()
+def serve(
+    database: Annotated[Optional[str], typer.Option(help="sqlite:///hspi.db or postgresql+psycopg://user@host/db "
+                                                         "(default: HSPI_DATABASE_URL, else sqlite:///hspi.db)")] = None,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[Optional[int], typer.Option(help="audits running at once (default 8)")] = None,
+    per_host: Annotated[Optional[int], typer.Option(help="audits running at once per target host:port (default 2)")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(help="network (CIDR) or host name the SSRF guard admits "
+                                                                 "although not public; repeatable")] = None,
+    demo: Annotated[bool, typer.Option(help="also serve a demo target on loopback and print a curl line that audits it")] = False,
+) -> None:
+    """The audit REST API (/v1, OpenAPI at /docs) with background workers; Ctrl-C stops it.
+
+    Other settings come from HSPI_* environment variables (HSPI_SECRET_KEY, HSPI_RATE_PER_MINUTE, ...).
+    """
+    from pydantic import ValidationError
+
+    from hspi.api.server import serve as run_server
+    from hspi.api.settings import ServiceSettings
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port")
+    given = {"database_url": database, "workers": workers, "per_host": per_host}
+    try:
+        settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = {"database_url": "database"}.get(field, field).replace("_", "-")
+        raise ConfigError(f"--{flag} (or HSPI_{field.upper()}): {first['msg'].lower()}") from None
+    if allow_host:
+        settings = settings.model_copy(update={"allow_hosts": [*settings.allow_hosts, *allow_host]})
+    run_server(settings, host=host, port=port, demo=demo)
+
+
+@app.command()
+def scan(
+    targets: Annotated[Path, typer.Argument(help="YAML or CSV list of targets: endpoint, model, claim, budget, name, "
+                                                 "api_key_env, ...")],
+    out: Annotated[Path, typer.Option(help="JSONL results, one line per target (resumed if it exists)")] = Path("scan.jsonl"),
+    report: Annotated[Optional[Path], typer.Option(help="write an HTML report with a plot per head here")] = None,
+    concurrency: Annotated[int, typer.Option(help="audits running at once")] = 16,
+    per_host: Annotated[int, typer.Option(help="audits running at once per target host:port")] = 4,
+    budget: Annotated[int, typer.Option(help="queries per target unless its entry says otherwise")] = 64,
+    database: Annotated[Optional[str], typer.Option(help="where audits and answers are stored "
+                                                         "(default: HSPI_DATABASE_URL, else sqlite:///hspi.db)")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(help="only these networks/host names may be scanned "
+                                                                 "(default: any but cloud metadata); repeatable")] = None,
+) -> None:
+    """Audit many endpoints at once; interrupted, the same command resumes where it stopped."""
+    import os
+
+    from hspi.api.db import Database
+    from hspi.api.scan import ScanOptions, load_targets, run_scan, target_secret
+    from hspi.api.scan_report import write_html
+    from hspi.api.security import Vault
+    from hspi.api.settings import DEFAULT_DATABASE
+
+    if concurrency < 1 or per_host < 1 or budget < 1:
+        raise ConfigError("--concurrency, --per-host and --budget must be at least 1")
+    entries = load_targets(targets)
+    for entry in entries:
+        target_secret(entry)  # a missing key fails before any progress bar is drawn
+    db = Database(database or os.environ.get("HSPI_DATABASE_URL") or DEFAULT_DATABASE)
+    db.migrate()
+    vault = Vault.from_settings(os.environ.get("HSPI_SECRET_KEY"),
+                                Path(os.environ.get("HSPI_SECRET_KEY_FILE", "hspi-secret.key")))
+    options = ScanOptions(out=out, concurrency=concurrency, per_host=per_host, budget=budget,
+                          **({"allow": tuple(allow_host)} if allow_host else {}))
+    with _progress() as progress:
+        audits = progress.add_task("audits", total=len(entries))
+        queries = progress.add_task("queries", total=None)
+
+        def on_progress(state) -> None:  # type: ignore[no-untyped-def]
+            progress.update(audits, completed=state.finished,
+                            description=f"audits ({state.skipped} from before)" if state.skipped else "audits")
+            progress.update(queries, completed=state.queries, total=state.budget or None)
+
+        try:
+            state = run_scan(entries, targets, db, vault, options, on_progress=on_progress)
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(f"interrupted: the answers so far are stored; run the same command again to resume ({out})")
+            sys.exit(130)
+    table = Table("target", "status", "verdict", "platform (full)", "queries", "stopped", title=f"scan of {targets}")
+    for r in state.results:
+        full = r["heads"].get("full")
+        table.add_row(r["target"], r["status"], r["verdict"] or "-",
+                      f"{full['guess']} ({full['probability']:.0%})" if full else "-",
+                      f"{r['queries']}/{r['budget_queries']}", r["stop"] or "-")
+    console.print(table)
+    if report is not None:
+        write_html(state.results, report, title=f"hspi scan of {targets.name}")
+        console.print(f"report: {report}")
+    console.print(f"results: {out} (scan {state.scan_id}, database {db.safe_url})")
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def _summary(result: dict) -> None:
-    table = Table("model", "split", "tier", "head", "method", "q=1", "q=4", "q=16", title="accuracy")
+    table = Table("model", "split", "tier", "head", "method", "q=1", "q=4", "q=16", "q=64", title="accuracy")
     rows: dict[tuple, dict[int, float]] = {}
     for r in result["results"]:
-        rows.setdefault((r["model"], r["split"], r["tier"], r["head"], r["method"]), {})[r["queries"]] = r["accuracy"]
+        method = r["method"] + (f" ({r['target']}{', batching' if r.get('batching') else ''})" if "target" in r else "")
+        rows.setdefault((r["model"], r["split"], r["tier"], r["head"], method), {})[r["queries"]] = r["accuracy"]
     for key, acc in rows.items():
-        table.add_row(*key, *(f"{acc[q]:.3f}" if q in acc else "-" for q in (1, 4, 16)))
+        table.add_row(*key, *(f"{acc[q]:.3f}" if q in acc else "-" for q in (1, 4, 16, 64)))
     console.print(table)
 
 

@@ -1,0 +1,185 @@
+"""Request and response bodies of the audit API (pydantic), apart from the SQLAlchemy models.
+
+Families per resource, as in the FastAPI template: `AuditCreate` in, `AuditPublic` out (with the
+report), `AuditSummary` in lists, `AuditList` = `{data, next_cursor}`.  No response model has a
+field that could carry a target credential or an API key's hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from hspi.audit import AuditReport, HeadReport, QueryRecord
+
+AuditStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
+Scope = Literal["read", "write", "admin"]
+ClassifyTier = Literal["logits", "topk20", "topk5", "top1"]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong, in a sentence")
+
+
+class AuditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "endpoint": "http://127.0.0.1:8801/v1", "model": "lm-small", "claim": {"dtype": "fp32"}, "budget": 32}]})
+
+    endpoint: str = Field(max_length=2048, description="base URL of an OpenAI-compatible endpoint, ending in /v1 "
+                                                       "(or a JSON logits URL for vision models)")
+    model: str = Field(default="lm-small", max_length=64, description="the reference model it claims to serve")
+    claim: dict[str, str] | str | None = Field(default=None, description="what the provider claims: "
+                                               "{\"dtype\": \"fp32\"} or \"dtype=fp32,hardware=x86-avx2\"")
+    budget: int = Field(default=64, description="most queries to send, retries included (1 to the service's maximum)")
+    budget_tokens: int | None = Field(default=None, ge=1, description="most billed tokens (default: what the queries cost)")
+    api: Literal["completions", "chat"] = "completions"
+    served_model: str | None = Field(default=None, max_length=200, description="the model name the endpoint expects")
+    max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="probe-order seed")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds per request to the target")
+    target_api_key: SecretStr | None = Field(default=None, max_length=4096, description=(
+        "the target's API key: sent as a Bearer token, encrypted at rest, never returned or logged"))
+    label: str | None = Field(default=None, max_length=200, description="free text to find the audit by")
+
+
+class Progress(BaseModel):
+    queries: int = Field(description="billed queries so far, retries included")
+    budget_queries: int
+    answers: int = Field(description="answers stored so far")
+    leading: dict[str, str] = Field(default_factory=dict, description="each head's leading guess after the last answer")
+
+
+class AuditSummary(BaseModel):
+    id: str
+    status: AuditStatus
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    endpoint: str
+    model: str
+    claim: dict[str, str]
+    label: str | None
+    scan_id: str | None
+    owner: str | None = Field(description="id of the API key that created it (none for scans)")
+    attempts: int = Field(description="times a worker started it (a resumed audit starts again)")
+    has_credential: bool = Field(description="a target credential is stored (encrypted) for it")
+    cancel_requested: bool
+    progress: Progress
+    verdict: str | None
+    stop: str | None
+    error: str | None = Field(description="why it failed, was cancelled or interrupted")
+
+
+class AuditPublic(AuditSummary):
+    report: AuditReport | None = Field(description="the report, as `hspi audit --json` writes it, once finished")
+
+
+class AuditList(BaseModel):
+    data: list[AuditSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class AnswerList(BaseModel):
+    data: list[QueryRecord]
+    next_index: int | None = Field(description="pass as ?after= to read on; null when nothing more is stored yet")
+
+
+class PlatformClass(BaseModel):
+    name: str
+    members: list[str] = Field(description="platforms of the grid with bit-identical outputs")
+    labels: dict[str, str] = Field(description="the label of each classifier head")
+
+
+class PlatformList(BaseModel):
+    model: str
+    dataset: str
+    data: list[PlatformClass]
+
+
+class ClassifierInfo(BaseModel):
+    model: str
+    tier: str
+    kind: str
+    heads: list[str]
+    threshold: float
+    classes: int
+    dataset: str | None
+    versions: dict[str, str]
+
+
+class ClassifierList(BaseModel):
+    data: list[ClassifierInfo]
+
+
+class ClassifyAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    probe_id: int = Field(ge=0, description="the reference-pool probe that was answered")
+    ids: list[int] = Field(max_length=4096, description="token ids shown, best first (logits tier: 0..V-1)")
+    values: list[float] = Field(max_length=4096, description="their exact float32 values (logprobs or logits)")
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(default="lm-small", max_length=64)
+    tier: ClassifyTier
+    probe_set: str | None = Field(default=None, max_length=200, description="default: the model's reference pool")
+    answers: list[ClassifyAnswer] = Field(min_length=1, max_length=512)
+    claim: dict[str, str] | str | None = None
+
+
+class ClassifyResult(BaseModel):
+    model: str
+    tier: str
+    status: Literal["match", "unknown", "no-evidence"]
+    verdict: Literal["consistent", "inconsistent", "inconclusive", "unknown-platform"] | None
+    reason: str
+    answers_used: int
+    match_score: float
+    threshold: float
+    claim: dict[str, str]
+    heads: dict[str, HeadReport]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Scope] = Field(min_length=1, description="read < write < admin: each includes the ones before")
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the API key: shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    data: list[KeyPublic]
+
+
+class ScanPublic(BaseModel):
+    id: str
+    name: str
+    source: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    total: int
+    counts: dict[str, int] = Field(description="its audits by status")
+
+
+class ScanList(BaseModel):
+    data: list[ScanPublic]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

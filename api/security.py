@@ -1,0 +1,351 @@
+"""What keeps the audit service safe to expose: API keys, the credential vault, the SSRF guard, limits.
+
+- API keys look like `hspi_<id>_<secret>` (256 random bits).  Only the SHA-256 of the whole key is
+  stored: with that much entropy a slow password hash adds nothing, and a fast one keeps every
+  request cheap.  Scopes are ordered: `read` < `write` < `admin`, each including the ones before.
+- Target credentials are encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256).  The key comes
+  from `HSPI_SECRET_KEY` (comma-separated for rotation: the first encrypts, all decrypt) or from a
+  key file created with mode 0600 on first use.  A credential is decrypted only in the worker, right
+  before its audit runs, and wiped from the database when the audit ends.
+- The SSRF guard refuses endpoints whose host resolves to any address that is not public (loopback,
+  private, link-local, CGNAT, reserved, multicast, cloud metadata) unless the allowlist admits it.
+  It runs when an audit is created, again right before it runs, and at every connection the audit
+  opens (the guarded transport connects to the very address it checked, so DNS rebinding cannot
+  slip in between); redirects are never followed.
+- `BodyLimit` answers 413 to oversized requests; `RateLimiter` is a token bucket per API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from fastapi import HTTPException
+
+from hspi.errors import ConfigError, TargetError
+
+SCOPES = ("read", "write", "admin")  # each scope includes the ones before it
+KEY_PREFIX = "hspi_"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# cloud instance-metadata services: refused even inside an allowlisted network, unless named exactly
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+# -- API keys ---------------------------------------------------------------------------------
+
+def expand_scopes(scopes: Sequence[str]) -> set[str]:
+    """Every scope a key holds, the implied ones included."""
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ConfigError(f"unknown scope {bad[0]!r}; allowed: {', '.join(SCOPES)}")
+    top = max((SCOPES.index(s) for s in scopes), default=-1)
+    return set(SCOPES[: top + 1])
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(public id, the whole key shown once to its owner, the hash that is stored)."""
+    key_id = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, key, hash_key(key)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The public id inside a presented key, or None if it is not shaped like one of ours."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
+    return key_id if sep and secret and len(key_id) == 12 and all(c in "0123456789abcdef" for c in key_id) else None
+
+
+def key_matches(key: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_key(key), stored_hash)
+
+
+# -- the credential vault -----------------------------------------------------------------------
+
+class Vault:
+    """Encrypts target credentials at rest; never logs or returns them."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        try:
+            self._fernet = MultiFernet([Fernet(k) for k in keys])
+        except (ValueError, TypeError):
+            raise ConfigError("the secret key is not a Fernet key (32 url-safe base64-encoded bytes; "
+                              "make one with: python -c 'from cryptography.fernet import Fernet; "
+                              "print(Fernet.generate_key().decode())')") from None
+
+    def __repr__(self) -> str:
+        return "Vault(...)"
+
+    @classmethod
+    def from_settings(cls, secret_key: str | None, key_file: Path) -> Vault:
+        if secret_key:
+            return cls([k.strip().encode() for k in secret_key.split(",") if k.strip()])
+        return cls([_key_file(key_file)])
+
+    def encrypt(self, secret: str) -> bytes:
+        return self._fernet.encrypt(secret.encode())
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._fernet.decrypt(token).decode()
+        except InvalidToken:
+            raise ConfigError("the target credential cannot be decrypted with the service's secret key "
+                              "(was HSPI_SECRET_KEY or the key file changed?)") from None
+
+
+def _key_file(path: Path) -> bytes:
+    """Read the key file, or create it (mode 0600, atomically) on first use."""
+    path = path.expanduser()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"secret key file {path} is readable by others (mode {mode:04o}): "
+                              f"chmod 600 {path}") from None
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot create the secret key file {path}: {exc.strerror}") from None
+    key = Fernet.generate_key()
+    with os.fdopen(fd, "wb") as f:
+        f.write(key + b"\n")
+    return key
+
+
+# -- the SSRF guard -------------------------------------------------------------------------------
+
+class EndpointRefused(ConfigError):
+    """An endpoint the service will not connect to (its message says why, for a person)."""
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class EndpointGuard:
+    """Admits public addresses, and private ones only where `allow` (networks and host names) says so."""
+
+    def __init__(self, allow: Sequence[str] = (), *, resolver: Resolver | None = None) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.hosts: set[str] = set()
+        for item in allow:
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                if not item or any(c in item for c in "/:@ "):
+                    raise ConfigError(f"allowlist entry {item!r} is neither a network (CIDR) nor a host name") from None
+                self.hosts.add(item.lower().rstrip("."))
+        self.resolve: Resolver = resolver or _system_resolver
+
+    def __repr__(self) -> str:
+        return f"EndpointGuard(networks={[str(n) for n in self.networks]}, hosts={sorted(self.hosts)})"
+
+    def split(self, url: str) -> tuple[str, int]:
+        """(host, port) of an http(s) URL; refuses anything else, and credentials inside URLs."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise EndpointRefused(f"endpoint {url!r} is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise EndpointRefused(f"endpoint {url!r} is not an http(s) URL with a host")
+        if parsed.userinfo:
+            raise EndpointRefused("endpoint URLs must not carry credentials (user:password@); "
+                                  "send the target's key as target_api_key")
+        return parsed.host.lower().rstrip("."), parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    def check(self, url: str) -> list[str]:
+        """The addresses `url`'s host resolves to, all admitted; `EndpointRefused` otherwise."""
+        host, port = self.split(url)
+        return self.check_host(host, port)
+
+    def check_host(self, host: str, port: int) -> list[str]:
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                addresses = self.resolve(host, port)
+            except (socket.gaierror, UnicodeError, OSError):
+                raise EndpointRefused(f"endpoint host {host!r} does not resolve") from None
+            if not addresses:
+                raise EndpointRefused(f"endpoint host {host!r} does not resolve")
+        for address in addresses:
+            self._admit(host, ipaddress.ip_address(address.split("%")[0]))
+        return addresses
+
+    def _admit(self, host: str, address: IPAddress) -> None:
+        inner = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
+        if inner in METADATA_ADDRESSES:
+            if any(n.num_addresses == 1 and inner in n for n in self.networks):
+                return
+            raise EndpointRefused(f"endpoint host {host!r} is {inner}, a cloud metadata address: refused")
+        if host in self.hosts or any(inner in n for n in self.networks):
+            return
+        kind = _non_public(inner)
+        if kind:
+            what = f"endpoint host {host!r}" + ("" if host == str(inner) else f" resolves to {inner}, which")
+            raise EndpointRefused(f"{what} is a {kind} address; the service's allowlist does not admit it")
+
+    def transport(self) -> httpx.HTTPTransport:
+        """An httpx transport whose every connection goes to an address this guard admitted."""
+        transport = httpx.HTTPTransport()
+        pool = transport._pool  # httpx keeps its httpcore pool here (as BudgetedHTTPClient relies on too)
+        pool._network_backend = _GuardedBackend(pool._network_backend, self)
+        return transport
+
+
+def _non_public(address: IPAddress) -> str | None:
+    """What kind of non-public address this is (None: a public one)."""
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_unspecified:
+        return "unspecified"
+    if isinstance(address, ipaddress.IPv6Address):
+        for embedded in (address.sixtofour, (address.teredo or (None, None))[1]):
+            if embedded is not None and _non_public(embedded):
+                return f"{_non_public(embedded)} (tunnelled)"
+    if address.is_private:
+        return "private"
+    if address in CGNAT:
+        return "shared (carrier-grade NAT)"
+    if not address.is_global:
+        return "reserved"
+    return None
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Resolves and checks the host itself, then connects to the checked address (no second lookup)."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, guard: EndpointGuard) -> None:
+        self._inner, self._guard = inner, guard
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        try:
+            addresses = self._guard.check_host(host, port)
+        except EndpointRefused as exc:
+            raise TargetError(f"target-error: {exc}") from None
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+        raise TargetError("target-error: unix sockets are not targets")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+class RateLimiter:
+    """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute."""
+
+    def __init__(self, per_minute: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = per_minute / 60.0, float(burst), clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 if a request may go now, else the seconds until one may."""
+        with self._lock:
+            now = self.clock()
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a streamed body is read: FastAPI passes HTTPExceptions through as they are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is too large; the limit is {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, None)
+
+    async def _refuse(self, send: Callable, size: int | None) -> None:
+        import json
+
+        what = f"request body is {size} bytes" if size is not None else "request body is too large"
+        body = json.dumps({"detail": f"{what}; the limit is {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

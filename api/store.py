@@ -1,0 +1,341 @@
+"""Persistence functions of the audit service: they speak SQLAlchemy and hspi types, never HTTP.
+
+The audits table is the work queue.  A worker *claims* a queued audit with one conditional UPDATE
+(status queued -> running, its id as the lease holder), so two workers (threads or processes) never
+run the same audit; every write a worker makes afterwards is fenced on that lease, so a worker that
+lost its lease (it stalled past `lease_until` and the audit was handed to another) cannot write.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hspi.audit import AuditReport, AuditSettings, QueryRecord
+from hspi.errors import ConfigError, HspiError
+from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
+
+FINAL = ("done", "failed", "cancelled", "interrupted")
+
+
+class NotFound(HspiError):
+    exit_code = 2
+
+
+class Conflict(HspiError):
+    exit_code = 2
+
+
+class Forbidden(HspiError):
+    exit_code = 2
+
+
+@dataclass
+class ListFilter:
+    status: str | None = None
+    model: str | None = None
+    verdict: str | None = None
+    endpoint: str | None = None
+    label: str | None = None
+    scan_id: str | None = None
+    owner: str | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+
+
+# -- audits: the API's side ------------------------------------------------------------------------
+
+def create_audit(db: Database, settings: AuditSettings, *, origin: str, label: str | None = None,
+                 credential: bytes | None = None, owner: str | None = None, idempotency_key: str | None = None,
+                 scan_id: str | None = None, scan_target: str | None = None) -> tuple[Audit, bool]:
+    """(the audit, whether it was created now); an idempotency key or scan target seen before returns the first."""
+    audit = Audit(id=uuid.uuid4().hex, status="queued", endpoint=settings.endpoint, origin=origin, model=settings.model,
+                  claim=dict(settings.claim), settings=settings.model_dump(mode="json"), label=label,
+                  credential=credential, owner_key_id=owner, idempotency_key=idempotency_key, scan_id=scan_id,
+                  scan_target=scan_target, cancel_requested=False, attempts=0, queries=0, answers=0)
+    try:
+        with db.writing() as session:
+            if existing := _duplicate(session, owner, idempotency_key, scan_id, scan_target):
+                return existing, False
+            session.add(audit)
+    except IntegrityError:  # the same key raced in from another request: the first one wins
+        with db.reading() as session:
+            existing = _duplicate(session, owner, idempotency_key, scan_id, scan_target)
+            if existing is None:
+                raise
+            return existing, False
+    return audit, True
+
+
+def _duplicate(session: Any, owner: str | None, idempotency_key: str | None, scan_id: str | None,
+               scan_target: str | None) -> Audit | None:
+    if idempotency_key is not None:
+        return session.scalars(select(Audit).where(Audit.owner_key_id == owner,
+                                                   Audit.idempotency_key == idempotency_key)).first()
+    if scan_id is not None and scan_target is not None:
+        return session.scalars(select(Audit).where(Audit.scan_id == scan_id, Audit.scan_target == scan_target)).first()
+    return None
+
+
+def get_audit(db: Database, audit_id: str) -> Audit:
+    with db.reading() as session:
+        audit = session.get(Audit, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit with id {audit_id!r}")
+    return audit
+
+
+def list_audits(db: Database, where: ListFilter, *, limit: int, cursor: str | None) -> tuple[list[Audit], str | None]:
+    """Newest first; `cursor` continues after the last row of the previous page."""
+    query = select(Audit)
+    for column, value in ((Audit.status, where.status), (Audit.model, where.model), (Audit.verdict, where.verdict),
+                          (Audit.endpoint, where.endpoint), (Audit.label, where.label), (Audit.scan_id, where.scan_id),
+                          (Audit.owner_key_id, where.owner)):
+        if value is not None:
+            query = query.where(column == value)
+    if where.created_after is not None:
+        query = query.where(Audit.created_at > where.created_after)
+    if where.created_before is not None:
+        query = query.where(Audit.created_at < where.created_before)
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        query = query.where(or_(Audit.created_at < at, and_(Audit.created_at == at, Audit.id < last_id)))
+    query = query.order_by(Audit.created_at.desc(), Audit.id.desc()).limit(limit + 1)
+    with db.reading() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]) if more and rows else None
+
+
+def encode_cursor(audit: Audit) -> str:
+    raw = json.dumps([audit.created_at.isoformat(), audit.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, last_id = json.loads(raw)
+        return dt.datetime.fromisoformat(at), str(last_id)
+    except (ValueError, TypeError):
+        raise ConfigError("cursor is not one this service returned: pass next_cursor from the previous page") from None
+
+
+def answers(db: Database, audit_id: str, *, after: int = -1, limit: int = 1000) -> list[QueryRecord]:
+    with db.reading() as session:
+        rows = session.scalars(select(AuditAnswer.record).where(AuditAnswer.audit_id == audit_id, AuditAnswer.idx > after)
+                               .order_by(AuditAnswer.idx).limit(limit))
+        return [QueryRecord.model_validate(r) for r in rows]
+
+
+def request_cancel(db: Database, audit_id: str) -> Audit:
+    """A queued audit is cancelled at once; a running one at its next answer."""
+    with db.writing() as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None:
+            raise NotFound(f"no audit with id {audit_id!r}")
+        if audit.status in FINAL:
+            raise Conflict(f"audit {audit_id} has already ended ({audit.status}): nothing to cancel")
+        audit.cancel_requested = True
+        if audit.status == "queued":
+            audit.status, audit.finished_at, audit.credential = "cancelled", utcnow(), None
+            audit.error = "cancelled before it started"
+        return audit
+
+
+def counts_by_status(db: Database, scan_id: str | None = None) -> dict[str, int]:
+    query = select(Audit.status, func.count()).group_by(Audit.status)
+    if scan_id is not None:
+        query = query.where(Audit.scan_id == scan_id)
+    with db.reading() as session:
+        return {status: int(n) for status, n in session.execute(query)}
+
+
+# -- audits: the workers' side --------------------------------------------------------------------
+
+def queued(db: Database, *, limit: int, skip_origins: set[str], scan_id: str | None = None) -> list[tuple[str, str]]:
+    """(id, origin) of the oldest queued audits, leaving out the origins already at their limit.
+
+    The service runs the audits made through its API (no scan); a scan runs its own only.
+    """
+    query = select(Audit.id, Audit.origin).where(Audit.status == "queued",
+                                                 Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id)
+    if skip_origins:
+        query = query.where(Audit.origin.not_in(sorted(skip_origins)))
+    with db.reading() as session:
+        return [(i, o) for i, o in session.execute(query.order_by(Audit.created_at, Audit.id).limit(limit))]
+
+
+def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | None:
+    """Take a queued audit (None if another worker took it first or it was cancelled)."""
+    now = utcnow()
+    with db.writing() as session:
+        done = session.execute(update(Audit).where(Audit.id == audit_id, Audit.status == "queued")
+                               .values(status="running", worker=worker, lease_until=now + dt.timedelta(seconds=lease_s),
+                                       attempts=Audit.attempts + 1, updated_at=now)
+                               .execution_options(synchronize_session=False))
+        if done.rowcount != 1:
+            return None
+        audit = session.get(Audit, audit_id)
+        if audit is not None and audit.started_at is None:
+            audit.started_at = now
+        return audit
+
+
+def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, lease_s: float) -> tuple[bool, bool]:
+    """Store one answer as it arrives: (whether this worker still holds the audit, whether cancel was asked)."""
+    now = utcnow()
+    values: dict[str, Any] = {"queries": record.queries_so_far, "answers": record.index + 1, "updated_at": now,
+                              "lease_until": now + dt.timedelta(seconds=lease_s)}
+    if record.complete and record.leading:
+        values["leading"] = record.leading
+    with db.writing() as session:
+        held = session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                               .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        if not held:
+            return False, False
+        session.add(AuditAnswer(audit_id=audit_id, idx=record.index, record=record.model_dump(mode="json")))
+        cancel = bool(session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id)))
+    return True, cancel
+
+
+def renew(db: Database, worker: str, audit_ids: list[str], lease_s: float) -> None:
+    if not audit_ids:
+        return
+    now = utcnow()
+    with db.writing() as session:
+        session.execute(update(Audit).where(Audit.worker == worker, Audit.status == "running", Audit.id.in_(audit_ids))
+                        .values(lease_until=now + dt.timedelta(seconds=lease_s))
+                        .execution_options(synchronize_session=False))
+
+
+def finish(db: Database, audit_id: str, worker: str, status: str, *, report: AuditReport | None = None,
+           error: str | None = None) -> bool:
+    """End an audit this worker holds; the credential is wiped.  False if the lease was lost."""
+    assert status in FINAL
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "credential": None,
+                              "worker": None, "lease_until": None, "error": error}
+    if report is not None:
+        values.update(report=report.model_dump(mode="json"), verdict=report.verdict, stop=report.stop,
+                      queries=report.queries, answers=len(report.evidence))
+    with db.writing() as session:
+        return session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                               .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+
+
+def release(db: Database, audit_id: str, worker: str) -> bool:
+    """Give a running audit back to the queue (a clean shutdown): it resumes on the next start."""
+    now = utcnow()
+    with db.writing() as session:
+        return session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                               .values(status="queued", worker=None, lease_until=None, updated_at=now,
+                                       attempts=func.max(Audit.attempts - 1, 0) if db.backend == "sqlite"
+                                       else func.greatest(Audit.attempts - 1, 0))
+                               .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def recover_expired(db: Database) -> list[str]:
+    """Requeue running audits whose worker is gone (its lease ran out): they resume from their answers."""
+    now = utcnow()
+    with db.writing() as session:
+        ids = list(session.scalars(select(Audit.id).where(Audit.status == "running", Audit.lease_until < now)))
+        if ids:
+            session.execute(update(Audit).where(Audit.id.in_(ids), Audit.status == "running", Audit.lease_until < now)
+                            .values(status="queued", worker=None, lease_until=None, updated_at=now)
+                            .execution_options(synchronize_session=False))
+    return ids
+
+
+# -- API keys ---------------------------------------------------------------------------------------
+
+def add_key(db: Database, key_id: str, name: str, secret_hash: str, scopes: list[str]) -> ApiKey:
+    key = ApiKey(id=key_id, name=name, secret_hash=secret_hash, scopes=",".join(scopes))
+    with db.writing() as session:
+        session.add(key)
+    return key
+
+
+def get_key(db: Database, key_id: str) -> ApiKey | None:
+    with db.reading() as session:
+        return session.get(ApiKey, key_id)
+
+
+def list_keys(db: Database) -> list[ApiKey]:
+    with db.reading() as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
+def count_keys(db: Database) -> int:
+    with db.reading() as session:
+        return int(session.scalar(select(func.count()).select_from(ApiKey)) or 0)
+
+
+def revoke_key(db: Database, key_id: str) -> ApiKey:
+    with db.writing() as session:
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+        return key
+
+
+def touch_key(db: Database, key_id: str) -> None:
+    with db.writing() as session:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow())
+                        .execution_options(synchronize_session=False))
+
+
+# -- scans ------------------------------------------------------------------------------------------
+
+def ensure_scan(db: Database, scan_id: str, name: str, source: str, total: int) -> Scan:
+    with db.writing() as session:
+        scan = session.get(Scan, scan_id)
+        if scan is None:
+            scan = Scan(id=scan_id, name=name, source=source, total=total)
+            session.add(scan)
+        else:
+            scan.total, scan.finished_at = total, None
+        return scan
+
+
+def finish_scan(db: Database, scan_id: str) -> None:
+    with db.writing() as session:
+        scan = session.get(Scan, scan_id)
+        if scan is not None:
+            scan.finished_at = utcnow()
+
+
+def list_scans(db: Database, *, limit: int = 100) -> list[Scan]:
+    with db.reading() as session:
+        return list(session.scalars(select(Scan).order_by(Scan.created_at.desc()).limit(limit)))
+
+
+def scan_audit(db: Database, scan_id: str, target: str) -> Audit | None:
+    with db.reading() as session:
+        return session.scalars(select(Audit).where(Audit.scan_id == scan_id, Audit.scan_target == target)).first()
+
+
+def scan_audits(db: Database, scan_id: str, ids: list[str] | None = None) -> list[Audit]:
+    query = select(Audit).where(Audit.scan_id == scan_id)
+    if ids is not None:
+        query = query.where(Audit.id.in_(ids))
+    with db.reading() as session:
+        return list(session.scalars(query))
+
+
+def reset_for_scan(db: Database, audit_id: str) -> None:
+    """A scan resumed in a new process takes back its own audits that its dead predecessor left running."""
+    with db.writing() as session:
+        session.execute(update(Audit).where(Audit.id == audit_id, Audit.status == "running")
+                        .values(status="queued", worker=None, lease_until=None)
+                        .execution_options(synchronize_session=False))

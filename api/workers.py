@@ -1,0 +1,308 @@
+"""Background audits: a pool of worker threads fed from the database, with a limit per target host.
+
+The audits table is the queue, so audits survive a restart of the API process:
+
+- `submit` only wakes the dispatcher; the audit is already stored as `queued`.
+- The dispatcher claims the oldest queued audits whose host (host:port) is below `per_host`
+  running audits, up to `workers` at once: a slow endpoint holds its own slots, never the others'.
+- A worker replays the audit's stored answers (`run_audit(prior=...)`), so a resumed audit never
+  asks a probe twice and its budget counts what was spent before; every new answer is stored as it
+  arrives, with the lease renewed.  A heartbeat renews the leases of audits waiting on slow targets.
+- Cancel takes effect at the next answer; a clean shutdown gives running audits back to the queue;
+  after a crash their leases run out and `recover_expired` requeues them (on any process sharing
+  the database).  An audit started `max_attempts` times without finishing (a crash loop), or any
+  restarted audit under `on_restart="interrupt"`, ends `interrupted` with the answers it stored.
+
+Workers stop a running audit by raising `KeyboardInterrupt` from `on_query`, the audit's own "the
+user stopped" path: it ends the loop cleanly and returns the report of the evidence so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+
+from hspi.audit import AuditReport, AuditSettings, QueryRecord, run_audit
+from hspi.errors import HspiError
+from hspi.shipped import shipped_classifier, shipped_dataset
+from hspi.collector.models import model_spec
+from hspi.api import store
+from hspi.api.db import Audit, Database
+from hspi.api.security import EndpointGuard, Vault
+
+log = logging.getLogger("hspi.api.workers")
+
+DISPATCH_POLL_S = 0.5  # the dispatcher also wakes on every submit and every finished audit
+STOP_GRACE_S = 10.0  # a clean shutdown waits this long for running audits to reach their next answer
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised from on_query to end an audit early; `why` says what the worker does next."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Run:
+    def __init__(self, audit_id: str, origin: str) -> None:
+        self.audit_id, self.origin = audit_id, origin
+        self.why: str | None = None  # cancel | shutdown | lost | finalize
+
+
+class AuditWorkers:
+    def __init__(self, db: Database, vault: Vault, guard: EndpointGuard, *, workers: int = 8, per_host: int = 2,
+                 lease_s: float = 15.0, max_attempts: int = 3, on_restart: str = "resume",
+                 scan_id: str | None = None, transport_factory: Callable[[], httpx.BaseTransport] | None = None) -> None:
+        """`scan_id`: run that scan's audits only (None: the audits made through the API)."""
+        self.db, self.vault, self.guard, self.scan_id = db, vault, guard, scan_id
+        self.workers, self.per_host, self.lease_s = workers, per_host, lease_s
+        self.max_attempts, self.on_restart = max_attempts, on_restart
+        self.transport_factory = transport_factory or guard.transport  # every connection through the guard
+        self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._runs: dict[str, _Run] = {}
+        self._by_origin: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._warm_lock = threading.Lock()
+        self._warmed: set[tuple[str, object]] = set()
+        self.started = False
+        self.finished = 0  # audits this process ended (for /readyz and tests)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.started:
+            return
+        recovered = store.recover_expired(self.db)
+        if recovered:
+            log.info("requeued %d audits whose worker stopped", len(recovered))
+        self._stopping.clear()
+        for target, name in ((self._dispatch_loop, "hspi-dispatch"), (self._heartbeat_loop, "hspi-heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.started = True
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop taking audits; running ones go back to the queue at their next answer (or by lease)."""
+        if not self.started:
+            return
+        self._stopping.set()
+        with self._lock:
+            for run in self._runs.values():
+                run.why = run.why or "shutdown"
+        self._wake.set()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._runs:
+                    break
+            time.sleep(0.05)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._threads.clear()
+        self.started = False
+
+    @property
+    def alive(self) -> bool:
+        return self.started and all(t.is_alive() for t in self._threads)
+
+    def running(self) -> dict[str, str]:
+        with self._lock:
+            return {run.audit_id: run.origin for run in self._runs.values()}
+
+    def submit(self, audit_id: str | None = None) -> None:
+        self._wake.set()
+
+    def cancel(self, audit_id: str) -> None:
+        """Stop a running audit of this process at its next answer (the database flag reaches others)."""
+        with self._lock:
+            run = self._runs.get(audit_id)
+            if run is not None:
+                run.why = run.why or "cancel"
+
+    # -- the dispatcher ---------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        next_recovery = time.monotonic() + self.lease_s / 2
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.lease_s / 2
+                    if store.recover_expired(self.db):
+                        self._wake.set()
+                started = self._dispatch_once()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the dispatcher
+                log.exception("dispatch failed; retrying")
+                started = 0
+            if not started:
+                self._wake.wait(DISPATCH_POLL_S)
+                self._wake.clear()
+
+    def _dispatch_once(self) -> int:
+        with self._lock:
+            free = self.workers - len(self._runs)
+            full = {o for o, n in self._by_origin.items() if n >= self.per_host}
+        if free <= 0 or self._stopping.is_set():
+            return 0
+        started = 0
+        for audit_id, origin in store.queued(self.db, limit=free * self.per_host + 8, skip_origins=full,
+                                             scan_id=self.scan_id):
+            with self._lock:
+                if len(self._runs) >= self.workers:
+                    break
+                if self._by_origin[origin] >= self.per_host:
+                    continue
+            audit = store.claim(self.db, audit_id, self.worker_id, self.lease_s)
+            if audit is None:
+                continue
+            run = _Run(audit_id, origin)
+            with self._lock:
+                self._runs[audit_id] = run
+                self._by_origin[origin] += 1
+            threading.Thread(target=self._run_guarded, args=(audit, run), name=f"hspi-audit-{audit_id[:8]}",
+                             daemon=True).start()
+            started += 1
+        return started
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.lease_s / 3):
+            try:
+                store.renew(self.db, self.worker_id, list(self.running()), self.lease_s)
+            except Exception:  # noqa: BLE001
+                log.exception("lease renewal failed")
+
+    # -- one audit ----------------------------------------------------------------------------------
+    def _run_guarded(self, audit: Audit, run: _Run) -> None:
+        try:
+            self._run(audit, run)
+        except Exception as exc:  # noqa: BLE001 - a bug fails this audit, never the pool
+            log.exception("audit %s failed", audit.id)
+            try:
+                store.finish(self.db, audit.id, self.worker_id, "failed", error=f"internal error: {type(exc).__name__}")
+            except Exception:  # noqa: BLE001
+                log.exception("could not record the failure of audit %s", audit.id)
+        finally:
+            with self._lock:
+                self._runs.pop(run.audit_id, None)
+                self._by_origin[run.origin] -= 1
+                if self._by_origin[run.origin] <= 0:
+                    del self._by_origin[run.origin]
+                self.finished += 1
+            self._wake.set()
+
+    def _run(self, audit: Audit, run: _Run) -> None:
+        settings = AuditSettings.model_validate(audit.settings)
+        prior = store.answers(self.db, audit.id, limit=1_000_000)
+        if audit.cancel_requested:
+            self._end(audit, run, "cancelled", replay_report(settings, prior, "cancelled through the API"),
+                      "cancelled through the API")
+            return
+        if audit.attempts > self.max_attempts:
+            why = f"started {audit.attempts - 1} times without finishing (the service kept stopping): given up"
+            self._end(audit, run, "interrupted", replay_report(settings, prior, why), why)
+            return
+        if audit.attempts > 1 and self.on_restart == "interrupt":
+            why = "the service restarted while the audit ran; the answers stored before are kept"
+            self._end(audit, run, "interrupted", replay_report(settings, prior, why), why)
+            return
+        self._warm(settings)
+        try:
+            api_key = self.vault.decrypt(audit.credential) if audit.credential else None
+            self.guard.check(settings.endpoint)  # again now: the name may resolve elsewhere than at creation
+        except HspiError as exc:
+            self._end(audit, run, "failed", replay_report(settings, prior, str(exc)) if prior else None, str(exc))
+            return
+
+        def on_query(record: QueryRecord, _: float) -> None:
+            if record.index < len(prior):  # replayed: stored already
+                if run.why:
+                    raise _Stop(run.why)
+                return
+            held, cancel = store.store_answer(self.db, audit.id, self.worker_id, record, self.lease_s)
+            if not held:
+                run.why = "lost"
+            elif cancel:
+                run.why = run.why or "cancel"
+            if run.why:
+                raise _Stop(run.why)
+
+        try:
+            report = run_audit(settings, api_key=api_key, on_query=on_query, prior=prior,
+                               transport=self.transport_factory())
+        except HspiError as exc:  # e.g. stored answers that no longer fit the reference pool
+            self._end(audit, run, "failed", None, str(exc))
+            return
+        finally:
+            del api_key
+        stopped_here = report.stop == "interrupted"  # else it ended on its own, whatever was asked meanwhile
+        if run.why == "lost":
+            log.warning("audit %s: lease lost to another worker; its answers are kept", audit.id)
+        elif stopped_here and run.why == "shutdown":
+            store.release(self.db, audit.id, self.worker_id)
+        elif stopped_here and run.why == "cancel":
+            reason = "cancelled through the API; the answers so far are kept"
+            self._end(audit, run, "cancelled", report.model_copy(update={"reason": reason}), reason)
+        elif report.stop == "target-error":
+            self._end(audit, run, "failed", report, report.reason)
+        else:
+            self._end(audit, run, "done", report, None)
+
+    def _warm(self, settings: AuditSettings) -> None:
+        """Load a model's references once, not once per worker: the first audits arrive together."""
+        from hspi import audit as audit_module
+
+        dataset = settings.dataset or shipped_dataset(settings.model)
+        with self._warm_lock:
+            if (settings.model, dataset) in self._warmed:
+                return
+            try:  # the audit's own per-process cache (see hspi.audit), filled here under a lock
+                context = audit_module._references(str(dataset), settings.model,
+                                                   audit_module._mtime(dataset / "dataset.json"))
+                context.book(settings.max_tier)
+            except HspiError:
+                return  # the audit itself reports what is wrong
+            self._warmed.add((settings.model, dataset))
+
+    def _end(self, audit: Audit, run: _Run, status: str, report: AuditReport | None, error: str | None) -> None:
+        if not store.finish(self.db, audit.id, self.worker_id, status, report=report, error=error):
+            log.warning("audit %s: lease lost before it could end", audit.id)
+
+
+def replay_report(settings: AuditSettings, prior: list[QueryRecord], reason: str) -> AuditReport:
+    """The report of an audit that ends with its stored answers only (`stop` = interrupted); asks nothing."""
+    if not prior:
+        spec = model_spec(settings.model)
+        per_query = spec.input_shape[0] + 1 if spec.input_kind == "tokens" else math.prod(spec.input_shape)
+        return AuditReport(endpoint=settings.endpoint, model=settings.model, api=settings.api, tier=None,
+                           status="no-evidence", verdict="inconclusive" if settings.claim else None, reason=reason,
+                           stop="interrupted", queries=0, tokens=0, budget_queries=settings.budget_queries,
+                           budget_tokens=settings.budget_tokens or settings.budget_queries * per_query,
+                           answers_used=0, match_score=0.0, threshold=0.0, claim=settings.claim, heads={}, evidence=[],
+                           dataset=str(settings.dataset or shipped_dataset(settings.model)),
+                           classifier=str(settings.classifier or shipped_classifier(settings.model)), seconds=0.0)
+    last = len(prior) - 1
+
+    def stop_after_replay(record: QueryRecord, _: float) -> None:
+        if record.index == last:
+            raise _Stop("finalize")
+
+    report = run_audit(settings, on_query=stop_after_replay, prior=prior, transport=httpx.MockTransport(_refuse))
+    return report.model_copy(update={"reason": reason})
+
+
+def _refuse(request: httpx.Request) -> httpx.Response:
+    raise RuntimeError("a replayed audit must not reach the network")
+
+
+

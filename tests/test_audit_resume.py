@@ -1,0 +1,92 @@
+"""`run_audit(..., prior=...)`: an interrupted audit resumes from its stored answers.
+
+The stored answers are replayed into the evidence, the queries they cost count against the budget,
+their probes are never asked again, and a resumed audit ends as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from hspi.audit import AuditSettings, QueryRecord, run_audit
+from hspi.errors import ConfigError
+from hspi.platform import Platform
+from hspi.collector.target_server import create_target_app
+
+from servers import serve_asgi
+
+
+@pytest.fixture(scope="module")
+def target() -> str:
+    with serve_asgi(create_target_app("lm-small", Platform())) as url:
+        yield url
+
+
+def settings(url: str, **kwargs) -> AuditSettings:
+    base = dict(endpoint=url, model="lm-small", claim={"dtype": "fp32"}, budget_queries=8, seed=3,
+                order="random", min_answers=50)  # min_answers: spend the whole budget
+    base.update(kwargs)
+    return AuditSettings(**base)
+
+
+class Counting(httpx.HTTPTransport):
+    """A real transport that counts the prompts it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        import json
+
+        self.prompts.append(json.loads(request.content)["prompt"])
+        return super().handle_request(request)
+
+
+def test_resumed_audit_keeps_prior_answers_spends_the_rest_and_never_reasks(target: str) -> None:
+    first = run_audit(settings(target, budget_queries=3))
+    assert first.stop == "budget" and len(first.evidence) == first.queries == 3
+    seen: list[tuple[int, bool]] = []
+    counting = Counting()
+    resumed = run_audit(settings(target, budget_queries=8), prior=first.evidence, transport=counting,
+                        on_query=lambda r, _: seen.append((r.index, r.complete)))
+    assert resumed.stop == "budget" and resumed.queries == 8 and len(counting.prompts) == 5
+    assert [r.probe_id for r in resumed.evidence[:3]] == [r.probe_id for r in first.evidence]
+    assert [r.values for r in resumed.evidence[:3]] == [r.values for r in first.evidence]
+    probes = [r.probe_id for r in resumed.evidence]
+    assert len(set(probes)) == len(probes) == 8  # no probe asked twice
+    assert [i for i, _ in seen] == list(range(8))  # replayed answers reach on_query too, in order
+    assert [r.queries_so_far for r in resumed.evidence[3:]] == [4, 5, 6, 7, 8]
+    assert resumed.answers_used == 8 and resumed.tier == first.tier
+    assert resumed.heads["dtype"].guesses[0].label == "fp32"
+
+
+def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None:
+    decided = run_audit(settings(target, order="split", min_answers=2, budget_queries=16))
+    assert decided.stop == "confident"
+    counting = Counting()
+    again = run_audit(settings(target, order="split", min_answers=2, budget_queries=16), prior=decided.evidence,
+                      transport=counting)
+    assert counting.prompts == [] and again.stop == "confident" and again.verdict == decided.verdict
+    assert again.queries == decided.queries and again.heads == decided.heads
+
+
+def test_replay_can_be_stopped_from_on_query_and_keeps_the_evidence(target: str) -> None:
+    first = run_audit(settings(target, budget_queries=3))
+    counting = Counting()
+
+    def stop_at_last(record: QueryRecord, _: float) -> None:
+        if record.index == len(first.evidence) - 1:
+            raise KeyboardInterrupt
+
+    report = run_audit(settings(target), prior=first.evidence, transport=counting, on_query=stop_at_last)
+    assert counting.prompts == [] and report.stop == "interrupted" and report.queries == 3
+    assert len(report.evidence) == 3 and report.verdict != "consistent"  # an audit cut short confirms nothing
+
+
+def test_prior_answers_from_another_probe_set_are_refused(target: str) -> None:
+    first = run_audit(settings(target, budget_queries=1))
+    foreign = [first.evidence[0].model_copy(update={"probe_set": "lm-small/v0/pool"})]
+    with pytest.raises(ConfigError, match="cannot resume"):
+        run_audit(settings(target), prior=foreign)
