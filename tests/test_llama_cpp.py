@@ -311,3 +311,24 @@ def test_server_that_cannot_start_is_one_line(tmp_path: Path) -> None:
         with llama_cpp_server(Platform.parse("cpu:native/F32/llama.cpp"), export_dir=tmp_path):
             pass
     assert "llama.cpp server exited" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+@pytest.mark.parametrize("platform_id, gguf_type, tier", [
+    ("cpu:native/Q8_0/llama.cpp/threads=1", "Q8_0", "topk5"),
+    ("cpu:native/Q4_0/llama.cpp/threads=1", "Q4_0", "top1"),
+])
+def test_audit_of_the_real_llama_cpp_server_names_its_quantisation(export_dir: Path, platform_id: str, gguf_type: str,
+                                                                   tier: str) -> None:
+    """hspi audit against `python -m llama_cpp.server`: the shipped llama.cpp references and classifier."""
+    from hspi.audit import AuditSettings, run_audit
+    from hspi.collector.llama_cpp_server import llama_cpp_server
+
+    with llama_cpp_server(Platform.parse(platform_id), export_dir=export_dir) as base_url:
+        report = run_audit(AuditSettings(endpoint=base_url, model="lm-gpt2", max_tier=tier, budget_queries=16,
+                                         seed=0, claim={"dtype": "F16"}, timeout_s=60.0))
+    assert report.tier == tier and report.status == "match" and report.queries <= 16
+    assert report.heads["dtype"].guesses[0].label == gguf_type
+    assert report.heads["full"].guesses[0].label == platform_id.removesuffix("/threads=1")
+    assert report.verdict == "inconsistent"  # the claim said F16
