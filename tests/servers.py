@@ -137,28 +137,35 @@ def serve_handler(behaviour: Behaviour) -> Iterator[tuple[str, Handled]]:
 
 
 @contextlib.contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Base URL (ending in /v1) of `app` served by uvicorn on a free loopback port in a thread."""
+def serve_uvicorn(app: Any, *, lifespan: str = "off", start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Base URL (no path) of an ASGI app under uvicorn on a free loopback port, in a thread."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + start_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Base URL (ending in /v1) of `app` served by uvicorn on a free loopback port in a thread."""
+    with serve_uvicorn(app) as base:
+        yield base + "/v1"
 
 
 def free_port() -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from servers import serve_uvicorn
 
 POSTGRES_URL = os.environ.get("HSPI_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
@@ -47,26 +46,8 @@ def service_settings(url: str, tmp_path: Path, **kwargs: Any):  # type: ignore[n
 @contextlib.contextmanager
 def serve_app(app: Any) -> Iterator[str]:
     """Base URL (no /v1) of an ASGI app under uvicorn on a free loopback port, lifespan included."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_uvicorn(app, lifespan="on", start_timeout_s=60.0) as base:
+        yield base
 
 
 def client(base: str, key: str | None, **kwargs: Any) -> httpx.Client:
