@@ -110,6 +110,8 @@ class AuditSettings(BaseModel):
     seed: int | None = None
     dataset: Path | None = None
     classifier: Path | None = None
+    # pool probes never to ask: an evaluation keeps the probes the classifier was trained on out
+    avoid_probes: list[int] = Field(default_factory=list)
 
 
 def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_path: Path | None = None,
@@ -127,7 +129,8 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
     dataset_dir = settings.dataset or shipped_dataset(settings.model)
     classifier_dir = settings.classifier or shipped_classifier(settings.model)
     context = _references(str(dataset_dir), settings.model, _mtime(dataset_dir / "dataset.json"))
-    classes, pool, pool_ids = context.classes, context.pool, context.pool_ids
+    pool, pool_ids = context.pool, context.pool_ids
+    avoid = {int(p) for p in settings.avoid_probes}
     per_query = spec.input_shape[0] + 1 if spec.input_kind == "tokens" else int(np.prod(spec.input_shape))
     budget = QueryBudget(settings.budget_queries, settings.budget_tokens or settings.budget_queries * per_query)
     rng = np.random.default_rng(settings.seed)
@@ -162,6 +165,7 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         if state["evidence"] is None:
             state["evidence"] = ReferenceEvidence(_matcher(str(classifier_dir), settings.model, state["tier"]),
                                                   context.book(state["tier"]))
+            state["evidence"].asked.update(avoid)
         state["evidence"].update(probe_id, view)
         return {h: values[int(np.argmax(post))] for h, (values, post) in state["evidence"].head_posteriors().items()}
 
@@ -215,7 +219,7 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         if evidence is not None and settings.order == "split":
             evidence.asked.update(r.probe_id for r in records if not r.complete)
             return evidence.next_probe(rng, exclude_first_token=exclude, first_tokens=first_tokens)
-        free = [int(p) for p in pool_ids if int(p) not in used]
+        free = [int(p) for p in pool_ids if int(p) not in used | avoid]
         if first_tokens is not None and previous is not None:
             prev_first = first_tokens[int(np.flatnonzero(pool_ids == previous)[0])]
             free = [p for p in free if first_tokens[int(np.flatnonzero(pool_ids == p)[0])] != prev_first] or free
@@ -223,7 +227,8 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
 
     def text_evidence() -> TextEvidence:
         if state.get("text") is None:
-            state["text"] = TextEvidence(text_vote(str(classifier_dir), settings.model), spec, len(pool_ids))
+            state["text"] = TextEvidence(text_vote(str(classifier_dir), settings.model), spec, len(pool_ids),
+                                         avoid_pool=avoid)
         return state["text"]
 
     def add_text_answer(kind: str, probe_id: int, observed: int) -> None:
@@ -274,8 +279,10 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
                 # the first prompt splits the classes best at the richest tier asked for (ties at random)
                 book = context.book(settings.max_tier if settings.max_tier != "text" and spec.input_kind == "tokens"
                                     else "topk20" if spec.input_kind == "tokens" else "logits")
-                first = None if settings.order == "random" else most_splitting_probe(book, None, rng)
-                probe = int(rng.choice(pool_ids)) if first is None else first
+                allowed = ~np.isin(pool_ids, list(avoid))
+                first = (None if settings.order == "random"
+                         else most_splitting_probe(book, np.where(allowed, book.prior_split_scores(), 0.0), rng))
+                probe = int(rng.choice(pool_ids[allowed])) if first is None else first
             else:  # after an answer (or the replayed ones): stop, or pick the next probe
                 if decided():
                     break

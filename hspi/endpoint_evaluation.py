@@ -11,7 +11,6 @@ audit that stopped early keeps its decision).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,18 +27,13 @@ from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import TargetError
 from hspi.platform import HEADS
+from hspi.collector.llama_cpp_server import free_port
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.vocabulary import decode
 
 BUDGETS = (1, 4, 16, 64)
 START_TIMEOUT_S = 120.0  # torch import + (for torch.compile) the first compilation on 2 cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -159,7 +153,11 @@ def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm
     `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
     """
     serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
-    classes = [c for c in equivalence_classes(Dataset(dataset_dir), model) if only is None or c.name in only]
+    ds = Dataset(dataset_dir)
+    classes = [c for c in equivalence_classes(ds, model) if only is None or c.name in only]
+    # the shipped matcher learned from replayed answers on these pool probes: audits never ask them
+    seen = sorted({int(p) for cid in ds.complete_configs(model, ("replay",))
+                   for p in ds.responses(cid, "replay", model).probe_ids})
     audits: dict[tuple[str, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
     seconds: dict[tuple[str, bool], list[float]] = {}
     failures: list[str] = []
@@ -175,7 +173,8 @@ def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm
                             for seed in range(seeds):
                                 settings = AuditSettings(endpoint=url, model=model, budget_queries=max(budgets),
                                                          max_tier=tier, seed=1000 * i + seed, dataset=dataset_dir,
-                                                         classifier=classifier_dir, timeout_s=30.0)
+                                                         classifier=classifier_dir, timeout_s=30.0,
+                                                         avoid_probes=seen)
                                 report = run_audit(settings)
                                 audits.setdefault((tier, dyn), []).append((cls, report))
                                 seconds.setdefault((tier, dyn), []).append(report.seconds)

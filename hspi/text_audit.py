@@ -27,8 +27,9 @@ def text_vote(classifier_dir: str, model: str) -> GreedyVote:
 
 
 class TextEvidence:
-    def __init__(self, vote: GreedyVote, spec: ModelSpec, pool_size: int) -> None:
+    def __init__(self, vote: GreedyVote, spec: ModelSpec, pool_size: int, *, avoid_pool: set[int] = frozenset()) -> None:
         self.vote = vote
+        self.avoid_pool = set(avoid_pool)  # pool probes never to ask
         self.probe_sets = {"pool": ProbeSet(spec, "pool", pool_size), "border": ProbeSet(spec, "border", BORDER_STREAM_SIZE)}
         self.answers: dict[str, tuple[list[int], list[int]]] = {}
         self.last_first_token: int | None = None
@@ -69,7 +70,8 @@ class TextEvidence:
 
     def next_probe(self) -> tuple[str, int] | None:
         """The unused probe with the largest expected information gain; None when none is informative."""
-        used = {k: ids for k, (ids, _) in self.answers.items()}
+        used = {k: list(ids) for k, (ids, _) in self.answers.items()}
+        used["pool"] = used.get("pool", []) + sorted(self.avoid_pool)
         for kind, probe_id, gain in rank_probes(self.vote, self.posterior(), used=used, limit=64):
             if gain <= 1e-9:
                 return None

@@ -19,7 +19,7 @@ from hspi.platform import Platform
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.target_server import create_target_app
-from hspi.collector.targets.http_client import (MAX_RESPONSE_BYTES, BudgetedHTTPClient, BudgetExhausted,
+from hspi.collector.targets.http_client import (MAX_RESPONSE_BYTES, BudgetExhausted,
                                                 QueryBudget, _retry_after)
 from hspi.collector.targets.json_logits import JSONLogitsTarget
 from hspi.collector.targets.local import LocalTarget
@@ -728,6 +728,17 @@ def test_audit_of_a_good_server_is_consistent(good_server: str) -> None:
     assert report.stop == "confident" and report.tier == "topk20"
     assert report.queries <= 8 and report.verdict == "consistent"
     assert report.heads["dtype"].guesses[0].label == "fp32"
+
+
+@pytest.mark.parametrize("order", ["split", "random"])
+def test_audit_never_asks_the_probes_it_must_avoid(good_server: str, order: str) -> None:
+    avoid = list(range(0, 1000, 2))  # every even pool probe
+    report = run_audit(audit_settings(good_server, budget_queries=12, order=order, min_answers=50,
+                                      avoid_probes=avoid))
+    asked = [r.probe_id for r in report.evidence]
+    assert asked and all(p % 2 == 1 for p in asked)
+    # random order spends the budget; split order stops once no allowed probe splits the candidates
+    assert len(asked) == 12 if order == "random" else report.stop == "no-splitting-probe"
 
 
 def test_audit_through_the_chat_api(good_server: str) -> None:
