@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hspi.errors import ModelError
 from hspi.provenance import library_versions
-from hspi.classifier.intrinsic import IntrinsicClassifier
+from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
 from hspi.classifier.lgbm import BinaryBooster, MulticlassBooster
 from hspi.classifier.reference import ReferenceMatcher
 
@@ -48,8 +50,13 @@ def save_intrinsic(directory: Path, clf: IntrinsicClassifier, metadata: dict[str
         if isinstance(model, str):
             heads[head] = {"constant": model}
             continue
+        prior = [float(p) for p in clf.priors_[head]]
+        if isinstance(model, ClassPrior):  # no tree generalised: the head is its training prior
+            heads[head] = {"classes": [str(c) for c in model.classes_], "prior": prior, "trees": 0}
+            continue
         (directory / f"intrinsic-{head}.txt").write_text(model.to_text(), encoding="utf-8")
-        heads[head] = {"file": f"intrinsic-{head}.txt", "classes": [str(c) for c in model.classes_]}
+        heads[head] = {"file": f"intrinsic-{head}.txt", "classes": [str(c) for c in model.classes_], "prior": prior,
+                       "trees": clf.rounds_.get(head)}
     meta = {"format": ARTIFACT_FORMAT, "kind": "intrinsic", "heads": heads, "versions": library_versions(), **metadata}
     (directory / "intrinsic.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -57,8 +64,15 @@ def save_intrinsic(directory: Path, clf: IntrinsicClassifier, metadata: dict[str
 def load_intrinsic(directory: Path) -> tuple[IntrinsicClassifier, dict[str, Any]]:
     meta = _read_meta(directory / "intrinsic.json")
     clf = IntrinsicClassifier(heads=tuple(meta["heads"]))
-    clf.heads_ = {h: spec["constant"] if "constant" in spec else MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
-                  for h, spec in meta["heads"].items()}
+    clf.heads_, clf.priors_, clf.rounds_ = {}, {}, {}
+    for head, spec in meta["heads"].items():
+        if "constant" in spec:
+            clf.heads_[head] = spec["constant"]
+            continue
+        clf.priors_[head] = np.asarray(spec["prior"], dtype=np.float64)
+        clf.rounds_[head] = spec["trees"]
+        clf.heads_[head] = ClassPrior(spec["classes"], spec["prior"]) if "file" not in spec else \
+            MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
     return clf, meta
 
 

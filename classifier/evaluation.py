@@ -8,6 +8,14 @@ Splits (per reference model):
   the reference pool's outputs.
 - transfer-model: intrinsic features, trained on the two other models, tested on this one's
   fresh probes.
+
+Intrinsic heads choose their tree count on held-out training groups (other probes; for transfer,
+one training model predicted from the other) and may keep none (the prior). Heldout rows weigh each
+class by its member configs, as the test does; transfer moves the prior to the label shares of the
+test model's own grid (which platforms it runs on is known, their outputs are not). The baseline
+is the paper's method as published: no weights, no prior shift.
+
+Open-set rows leave each class out of training in turn and score audits of 1, 4 and 16 probes.
 """
 
 from __future__ import annotations
@@ -85,6 +93,11 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
     data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), np.arange(pool_size))
     data.fresh_f64 = float64_outputs(ProbeSet(spec, "fresh", fresh_size), fresh_ids)
     return data
+
+
+def label_shares(labels: list[str]) -> dict[str, float]:
+    values, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
+    return {str(v): float(c) / len(labels) for v, c in zip(values, counts)}
 
 
 def split_replay(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -314,20 +327,26 @@ class Evaluation:
             y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
             m = ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
 
-            def scores(cid: str, rows: np.ndarray) -> np.ndarray:
-                p = m.pair_probabilities(feats[cid][rows][:, keep_c])["full"]
-                return ReferenceMatcher.match_scores(p, np.arange(len(rows)))
+            def scores(cid: str, rows: np.ndarray, q: int) -> np.ndarray:
+                groups = query_groups(len(rows), q)
+                keep = groups >= 0
+                p = m.pair_probabilities(feats[cid][rows[keep]][:, keep_c])["full"]
+                return ReferenceMatcher.match_scores(p, groups[keep])
 
-            m.calibrate(np.concatenate([scores(cid, calib) for cid in known]))
-            inside = np.concatenate([scores(cid, test) for cid in known])
-            outside = np.concatenate([scores(cid, test) for cid in configs if data.class_of[cid] == held])
-            labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
-            auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
-            self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier,
-                                       "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
-                                       "unknown_rate": round(float((outside < m.threshold_).mean()), 4),
-                                       "known_rejected_rate": round(float((inside < m.threshold_).mean()), 4),
-                                       "threshold": round(m.threshold_, 6)})
+            # one threshold per audit size, each calibrated on held-out audits of that size
+            for q in QUERIES:
+                if len(calib) < q or len(test) < q:
+                    continue
+                m.calibrate(np.concatenate([scores(cid, calib, q) for cid in known]))
+                inside = np.concatenate([scores(cid, test, q) for cid in known])
+                outside = np.concatenate([scores(cid, test, q) for cid in configs if data.class_of[cid] == held])
+                labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+                auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
+                self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier, "queries": q,
+                                           "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
+                                           "unknown_rate": round(float((outside < m.threshold_).mean()), 4),
+                                           "known_rejected_rate": round(float((inside < m.threshold_).mean()), 4),
+                                           "threshold": round(m.threshold_, 6)})
 
     # -- intrinsic splits ------------------------------------------------------------------
     @staticmethod
@@ -341,13 +360,17 @@ class Evaluation:
 
     def _heldout(self, data: ModelData, tier: str) -> None:
         probes = np.random.default_rng(SPLIT_SEED).permutation(data.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES]
-        X, V, y = [], [], {h: [] for h in HEADS}
+        X, V, y, probe_of, weight = [], [], {h: [] for h in HEADS}, [], []
         for c, cls in enumerate(data.classes):
             f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
             X.append(f), V.append(v)
+            probe_of.append(probes)
+            # a class stands for all its member configs, as the test does
+            weight.append(np.full(len(probes), float(len(cls.members))))
             for h in HEADS:
                 y[h] += [cls.labels[h]] * len(probes)
-        clf = IntrinsicClassifier().fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()})
+        clf = IntrinsicClassifier().fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
+                                        groups=np.concatenate(probe_of), sample_weight=np.concatenate(weight))
         baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
         test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
         for q in QUERIES:
@@ -365,12 +388,13 @@ class Evaluation:
                     best = self._baseline_predictions(baselines[h], v[keep], groups[keep])
                     correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in HEADS:
-                self._row(data.model, "heldout-probes", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]))
+                self._row(data.model, "heldout-probes", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
+                          trees=clf.rounds_.get(h, 0))
             self._baseline_rows(data.model, "heldout-probes", tier, q, correct)
 
     def _transfer(self, data: dict[str, ModelData], model: str, tier: str) -> None:
         heads = ("hardware", "dtype", "engine", "kernel")
-        X, V, y = [], [], {h: [] for h in heads}
+        X, V, y, source = [], [], {h: [] for h in heads}, []
         for other, d in data.items():
             if other == model:
                 continue
@@ -378,9 +402,12 @@ class Evaluation:
             for cid in d.replay:
                 f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
                 X.append(f), V.append(v)
+                source += [other] * len(probes)
                 for h in heads:
                     y[h] += [d.config_labels[cid][h]] * len(probes)
-        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()})
+        # tree counts are chosen by predicting one training model from the other: transfer, as tested
+        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
+                                                   groups=np.array(source))
         widths = {v.shape[1] for v in V}
         target = data[model]
         baselines = None
@@ -390,6 +417,9 @@ class Evaluation:
             values = np.concatenate(V)
             baselines = {h: {e: HSPILDBaseline(encoding=e).fit(values[rows], np.array([labels[i][h] for i in rows]))
                              for e in ENCODINGS} for h in heads}
+        # the platforms this model is served on are known (its grid), their outputs are not: the label
+        # shares of its grid replace the training models' as the prior
+        target_prior = {h: label_shares([self.dataset.manifest.configs[cid].labels[h] for cid in target.fresh]) for h in heads}
         for q in QUERIES:
             groups = query_groups(len(target.fresh_ids), q)
             keep = groups >= 0
@@ -398,7 +428,7 @@ class Evaluation:
             correct: dict[tuple[str, str], list] = {}
             for cid, logits in target.fresh.items():
                 f, v = self._intrinsic_rows(logits[keep], target.fresh_f64[keep], tier)
-                post = clf.posteriors(f, groups[keep])
+                post = clf.posteriors(f, groups[keep], prior=target_prior)
                 # a class merges configs; in transfer the truth is this config's own label
                 truth = self.dataset.manifest.configs[cid].labels
                 for h in heads:
@@ -408,5 +438,6 @@ class Evaluation:
                         best = self._baseline_predictions(baselines[h], v, groups[keep])
                         correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in heads:
-                self._row(model, "transfer-model", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]))
+                self._row(model, "transfer-model", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
+                          trees=clf.rounds_.get(h, 0))
             self._baseline_rows(model, "transfer-model", tier, q, correct)

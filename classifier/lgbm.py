@@ -59,18 +59,20 @@ class BinaryBooster(_BoosterEstimator):
 class MulticlassBooster(_BoosterEstimator):
     """Class probabilities with LightGBM's multiclass objective; `classes_` are label strings."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> MulticlassBooster:
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> MulticlassBooster:
         classes, encoded = np.unique(np.asarray(y).astype(str), return_inverse=True)
         if len(classes) < 2:
             raise ModelError(f"need at least two classes to train, got {list(classes)}")
         self.classes_ = classes
-        data = lgb.Dataset(np.asarray(X, dtype=np.float64), label=encoded)
+        data = lgb.Dataset(np.asarray(X, dtype=np.float64), label=encoded, weight=sample_weight)
         params = {**self._params(), "objective": "multiclass", "num_class": len(classes)}
         self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self._check_fitted().predict(np.asarray(X, dtype=np.float64))).reshape(len(X), -1)
+    def predict_proba(self, X: np.ndarray, *, num_iteration: int | None = None) -> np.ndarray:
+        """Class probabilities; `num_iteration` uses only the first trees (for choosing how many to keep)."""
+        p = self._check_fitted().predict(np.asarray(X, dtype=np.float64), num_iteration=num_iteration)
+        return np.asarray(p).reshape(len(X), -1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]

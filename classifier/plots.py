@@ -1,4 +1,4 @@
-"""Plots for `hspi evaluate`: a confusion matrix per head, accuracy against queries."""
+"""Plots for `hspi evaluate`: a confusion matrix per head, accuracy against queries, open-set AUROC."""
 
 from __future__ import annotations
 
@@ -50,11 +50,38 @@ def write_plots(result: dict[str, Any], directory: Path, confusions: dict[str, A
                             ax.plot(*zip(*pts), style, label=f"{head} {method}", markersize=3)
                 ax.set_xscale("log", base=2), ax.set_ylim(0, 1.02), ax.set_title(f"{split} / {tier}", fontsize=9)
                 ax.set_xlabel("queries")
-        axes[0][0].legend(fontsize=6)
+        if axes[0][0].get_legend_handles_labels()[0]:  # an endpoint-only split has no such lines
+            axes[0][0].legend(fontsize=6)
         fig.suptitle(f"{model}: accuracy vs queries")
         fig.tight_layout()
         path = directory / f"accuracy-vs-queries-{model}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+    if result.get("open_set"):
+        written.append(_open_set_plot(result["open_set"], directory))
     return written
+
+
+def _open_set_plot(rows: list[dict[str, Any]], directory: Path) -> Path:
+    """Per model and tier: each left-out class's AUROC against the audit size (one dot per class)."""
+    models = sorted({r["model"] for r in rows})
+    tiers = ("logits", "topk20", "topk5", "top1")
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for k, tier in enumerate(tiers):
+            pts = [(r.get("queries", 1), r["auroc"]) for r in rows if r["model"] == model and r["tier"] == tier]
+            if not pts:
+                continue
+            q, auroc = np.array(pts, dtype=float).T
+            ax.scatter(q * (1 + 0.08 * (k - 1.5)), auroc, s=9, alpha=0.6, label=tier)  # tiers side by side
+        ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2), ax.set_ylim(0.45, 1.02)
+        ax.set_xlabel("queries"), ax.set_ylabel("AUROC (class left out)"), ax.set_title(model, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("open set: each class in turn unknown to the matcher")
+    fig.tight_layout()
+    path = directory / "open-set-auroc.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -190,3 +190,82 @@ def test_log_odds_clips_extreme_probabilities():
 
 def test_log_prob_clips_at_the_floor():
     np.testing.assert_allclose(log_prob(np.array([0.0, 1.0, 0.5])), [np.log(PROB_FLOOR), 0.0, np.log(0.5)])
+
+
+# --- intrinsic heads: tree counts chosen on held-out groups, the prior when nothing generalises ---
+
+def _intrinsic_data(seed: int = 0, n_groups: int = 30, per_group: int = 12):
+    """Head "signal" is a noisy function of feature 0; head "noise" is independent of every feature."""
+    rng = np.random.default_rng(seed)
+    n = n_groups * per_group
+    X = rng.normal(size=(n, 4))
+    signal = np.where(X[:, 0] + 0.3 * rng.normal(size=n) > 0, "hi", "lo")
+    noise = rng.choice(["a", "a", "a", "b"], size=n)  # 3:1, unrelated to X
+    return X, {"signal": signal, "noise": noise}, np.repeat(np.arange(n_groups), per_group)
+
+
+def test_intrinsic_heads_keep_trees_only_where_they_generalise():
+    from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
+    X, y, groups = _intrinsic_data()
+    clf = IntrinsicClassifier(heads=("signal", "noise")).fit(X, y, groups=groups)
+    assert clf.rounds_["signal"] > 0 and isinstance(clf.heads_["signal"], MulticlassBooster)
+    assert clf.rounds_["noise"] == 0 and isinstance(clf.heads_["noise"], ClassPrior)
+    Xt, yt, _ = _intrinsic_data(seed=1)
+    assert (clf.predict(Xt, "signal") == yt["signal"]).mean() > 0.85
+    assert set(clf.predict(Xt, "noise")) == {"a"}  # the prior's majority, whatever the features say
+
+
+def test_intrinsic_without_groups_grows_the_fixed_size():
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    X, y, _ = _intrinsic_data()
+    clf = IntrinsicClassifier(heads=("noise",), n_estimators=7).fit(X, y)
+    assert clf.rounds_["noise"] == 7
+    assert clf.heads_["noise"].booster_.current_iteration() == 7
+
+
+def test_intrinsic_sample_weight_sets_the_prior():
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    X, y, groups = _intrinsic_data()
+    weight = np.where(y["noise"] == "b", 10.0, 1.0)  # b now outweighs a 10:3
+    clf = IntrinsicClassifier(heads=("noise",)).fit(X, y, groups=groups, sample_weight=weight)
+    assert clf.rounds_["noise"] == 0
+    assert set(clf.predict(X[:20], "noise")) == {"b"}
+
+
+def test_intrinsic_target_prior_shifts_and_rules_out_labels():
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    X, y, groups = _intrinsic_data()
+    clf = IntrinsicClassifier(heads=("noise", "signal")).fit(X, y, groups=groups)
+    rows = np.arange(8)
+    base = clf.posteriors(X[rows], rows)
+    shifted = clf.posteriors(X[rows], rows, prior={"noise": {"a": 0.1, "b": 0.9}, "signal": {"hi": 1.0}})
+    values, post = shifted["noise"]
+    assert np.all(post[:, values.index("b")] > 0.5)  # a prior of 9:1 for b beats the training prior of 1:3
+    np.testing.assert_allclose(base["noise"][1][:, values.index("a")], 0.75, atol=0.05)
+    values, post = shifted["signal"]
+    np.testing.assert_allclose(post[:, values.index("lo")], 0.0, atol=1e-12)  # not in the target's labels
+
+
+def test_intrinsic_validation_needs_two_groups():
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    X, y, _ = _intrinsic_data()
+    with pytest.raises(ModelError, match="two row groups"):
+        IntrinsicClassifier(heads=("signal",)).fit(X, y, groups=np.zeros(len(X)))
+
+
+def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
+    from hspi.classifier.artifacts import load_intrinsic, save_intrinsic
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    X, y, groups = _intrinsic_data()
+    y["constant"] = np.array(["only"] * len(X))
+    clf = IntrinsicClassifier(heads=("signal", "noise", "constant")).fit(X, y, groups=groups)
+    save_intrinsic(tmp_path, clf, {"model": "test"})
+    assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "intrinsic-signal.txt").exists()
+    assert not (tmp_path / "intrinsic-noise.txt").exists()  # a prior head is plain JSON
+    loaded, meta = load_intrinsic(tmp_path)
+    assert meta["model"] == "test" and meta["heads"]["noise"]["trees"] == 0
+    rows = np.arange(len(X))
+    for head in ("signal", "noise", "constant"):
+        a, b = clf.posteriors(X, rows)[head], loaded.posteriors(X, rows)[head]
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1])
