@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from hspi.dataset import Dataset
+from hspi.dataset import SPLITTING_RUN, Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes, joint_classes
 from hspi.errors import DatasetError
 from hspi.platform import HEADS
@@ -62,6 +62,9 @@ class ModelData:
     fresh: dict[str, np.ndarray]
     pool_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fresh_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # the `replay-splitting` run, where collected: pool probes that split near-twin classes
+    splitting_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    splitting: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def load_model_data(dataset: Dataset, model: str) -> ModelData:
@@ -90,9 +93,23 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
     # truth is the class: members of one class are indistinguishable by construction
     data = ModelData(model, classes, class_of, {c: dict(classes[class_of[c]].labels) for c in configs},
                      reference, replay_ids, replay, fresh_ids, fresh)
+    if configs and set(configs) <= set(dataset.complete_configs(model, (SPLITTING_RUN,))):
+        data.splitting_ids = dataset.responses(configs[0], SPLITTING_RUN, model).probe_ids
+        for cid in configs:
+            r = dataset.responses(cid, SPLITTING_RUN, model)
+            if not np.array_equal(r.probe_ids, data.splitting_ids):
+                raise DatasetError(f"{dataset.directory}: {cid} {SPLITTING_RUN} ran other probes than {configs[0]} ({model})")
+            data.splitting[cid] = r.as_float32()
     data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), np.arange(pool_size))
     data.fresh_f64 = float64_outputs(ProbeSet(spec, "fresh", fresh_size), fresh_ids)
     return data
+
+
+def one_probe_split(data: ModelData) -> int:
+    """The most classes any single pool probe tells apart (bitwise, logits): a ceiling on what one
+    query can identify, whatever the classifier."""
+    words = np.stack([data.reference[c].view(np.uint32) for c in range(len(data.classes))])  # (C, pool, V)
+    return max(len({words[c, p].tobytes() for c in range(len(words))}) for p in range(words.shape[1]))
 
 
 def label_shares(labels: list[str]) -> dict[str, float]:
@@ -160,7 +177,8 @@ class Evaluation:
             "n_classes": len(classes),
             "classes": {c.name: list(c.members) for c in classes},
             "models": {m: {"n_classes": len(d.classes), "classes": {c.name: list(c.members) for c in d.classes},
-                           "n_configs": len(d.replay)} for m, d in data.items()},
+                           "n_configs": len(d.replay), "classes_split_by_one_probe": one_probe_split(d),
+                           "splitting_replay_probes": int(len(d.splitting_ids))} for m, d in data.items()},
             "results": self.results,
             "open_set": self.open_set_rows,
             "throughput": self.throughput,
@@ -246,15 +264,22 @@ class Evaluation:
                     cand_labels: list[dict[str, str]]) -> None:
         """Method `lightgbm-sequential`: audits that choose each next probe to split the likely candidates.
 
-        The same matcher and held-out replay answers as `lightgbm`; only the order differs: each
-        probe is the test probe on which the candidates' stored answers disagree most under the
-        current posterior, the first under a uniform prior (what `hspi audit` does live).
+        The same matcher as `lightgbm`; the order differs, and so does the choice: each probe is
+        the available probe on which the candidates' stored answers disagree most under the current
+        posterior, the first under a uniform prior (what `hspi audit` does live over the whole
+        pool). Available: the replay test probes, plus the `replay-splitting` run's probes (the
+        pool probes that split near-twin classes, answered in another independent process) that
+        the matcher neither trained nor calibrated on.
         """
-        probe_ids = data.replay_ids[test]
+        extra = ~np.isin(data.splitting_ids, data.replay_ids)
+        probe_ids = np.r_[data.replay_ids[test], data.splitting_ids[extra]].astype(np.int64)
         book = ReferenceBook([data.reference[c][probe_ids] for c in range(len(data.classes))], cand_labels, tier, probe_ids)
         correct: dict[tuple[str, int], list[bool]] = {}
         for k, cid in enumerate(data.replay):
-            answers = tier_view(data.replay[cid][test], tier)
+            logits = data.replay[cid][test]
+            if extra.any():
+                logits = np.concatenate([logits, data.splitting[cid][extra]])
+            answers = tier_view(logits, tier)
             truth = data.config_labels[cid]
             for seed in range(SEQUENTIAL_AUDITS):
                 rng = np.random.default_rng([SPLIT_SEED, k, seed])
@@ -271,7 +296,8 @@ class Evaluation:
                         for h in HEADS:
                             correct.setdefault((h, step), []).append(decision.get(h) == truth[h])
         for (h, q), hits in correct.items():
-            self._row(data.model, "reference-match", tier, h, "lightgbm-sequential", q, np.asarray(hits))
+            self._row(data.model, "reference-match", tier, h, "lightgbm-sequential", q, np.asarray(hits),
+                      probes_available=int(len(probe_ids)))
 
     def _exact_match(self, data: ModelData, tier: str, cid: str, rows: np.ndarray, groups: np.ndarray,
                      ref_full: dict[int, np.ndarray]) -> np.ndarray:

@@ -30,6 +30,8 @@ from hspi.responses import Responses
 
 FORMAT = "hspi-dataset/1"
 MANIFEST = "dataset.json"
+# pool probes that split near-twin classes, re-run in another independent process (see collector.splitting_replay)
+SPLITTING_RUN = "replay-splitting"
 
 
 class ShardRef(BaseModel):

@@ -154,3 +154,65 @@ def test_mismatched_probe_sets_refuse_to_merge(smoke: Path, tmp_path: Path) -> N
     proc = hspi("dataset", "merge", str(tmp_path / "m"), str(smoke), str(other))
     assert proc.returncode == 3
     assert "probe sets" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_splitting_replay_answers_resumes_and_reaches_the_evaluation(smoke: Path, tmp_path: Path, monkeypatch) -> None:
+    from hspi.classifier.evaluation import load_model_data
+    from hspi.collector import splitting_replay
+    from hspi.dataset import SPLITTING_RUN, Dataset
+
+    copy = tmp_path / "split"
+    shutil.copytree(smoke, copy)
+    # the smoke grid has no near twins at 5%: its classes differ on many of the 40 pool probes
+    proc = hspi("dataset", "replay-splitting", str(copy))
+    if proc.returncode != 0:
+        assert proc.returncode == 2 and "no two classes are near twins" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    ids = splitting_replay.collect_splitting_replay(copy, rare_share=1.0)  # every probe that splits any pair
+    ds = Dataset(copy)
+    assert set(ids) == set(ds.models)
+    for model, chosen in ids.items():
+        assert chosen == sorted(splitting_replay.splitting_probes(ds, model, 1.0).tolist()) and chosen
+    union = sorted({i for v in ids.values() for i in v})
+    for cid, record in ds.manifest.configs.items():
+        for model in ds.models:
+            got = ds.responses(cid, SPLITTING_RUN, model)
+            assert sorted(got.probe_ids.tolist()) == union
+            # another process, other batches: still its reference, bit for bit
+            want = ds.responses(cid, "reference", model).select(got.probe_ids)
+            assert got.native.tobytes() == want.native.tobytes()
+    data = load_model_data(ds, "lm-small")
+    assert sorted(data.splitting_ids.tolist()) == union and set(data.splitting) == set(data.replay)
+
+    # interrupted after some configurations: a rerun answers only the ones missing
+    manifest = load_manifest(copy)
+    dropped = sorted(manifest.configs)[:2]
+    for cid in dropped:
+        del manifest.configs[cid].runs[SPLITTING_RUN]
+    save_manifest(copy, manifest)
+    ran: list[str] = []
+    real = splitting_replay.run_worker
+    monkeypatch.setattr(splitting_replay, "run_worker", lambda job, wd: ran.append(job.platform.id) or real(job, wd))
+    splitting_replay.collect_splitting_replay(copy, rare_share=1.0)
+    assert sorted(ran) == dropped
+    ran.clear()
+    splitting_replay.collect_splitting_replay(copy, rare_share=1.0)
+    assert ran == []
+
+
+def test_splitting_replay_refuses_another_machines_dataset(smoke: Path, tmp_path: Path) -> None:
+    from hspi.collector import splitting_replay
+    from hspi.errors import CollectionError
+
+    copy = tmp_path / "other"
+    shutil.copytree(smoke, copy)
+    # pretend the stored references came from elsewhere: point one config's reference at another class's shard
+    manifest = load_manifest(copy)
+    a, b = sorted(manifest.configs)[:2]
+    ref_a, ref_b = manifest.configs[a].runs["reference"], manifest.configs[b].runs["reference"]
+    if all(ref_a.shards[m].shard == ref_b.shards[m].shard for m in ref_a.shards):
+        pytest.skip("the first two smoke configurations are one class")
+    manifest.configs[a].runs["reference"] = ref_b
+    save_manifest(copy, manifest)
+    with pytest.raises(CollectionError, match="does not reproduce"):
+        splitting_replay.collect_splitting_replay(copy, rare_share=1.0)

@@ -1,0 +1,104 @@
+"""Re-run, in an independent process per configuration, the pool probes that split near-twin classes.
+
+Some equivalence classes differ on a handful of the 1,000 pool probes only (on this CPU: the bf16
+ISA profiles of the MLP and the CNN). The `replay` run is a random 300-probe subset, so it holds
+almost none of those probes, and the evaluation could not show whether a live audit, which picks
+its probes from the whole pool, tells such twins apart. This run answers exactly those probes: the
+pool probes on which two classes that agree on at least `1 - RARE_SHARE` of the pool disagree,
+read from the stored references, in a seeded shuffled order (other batch compositions), in a fresh
+worker with the platform's load-time caps, exactly as `hspi collect` runs it.
+
+Each process first re-answers a few pool probes and checks them bit for bit against the stored
+references (as the border collection does): another machine's answers would be filed under the
+wrong classes. The worker writes into a scratch directory; only the checked answers are copied into
+the dataset's content-addressed shards, and the manifest is saved after each finished
+configuration, so an interrupted run resumes where it stopped and loses nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from hspi.dataset import SPLITTING_RUN, Dataset, read_shard, save_manifest, write_shard
+from hspi.equivalence import equivalence_classes
+from hspi.errors import CollectionError, ConfigError
+from hspi.collector.local_run import run_worker
+from hspi.collector.worker import RunPlan, WorkerJob
+
+RUN = SPLITTING_RUN
+RARE_SHARE = 0.05  # classes that differ on at most this share of the pool are near twins
+CHECK_PROBES = 16  # pool probes each process re-answers and compares with the stored references
+SEED = 23
+
+Progress = Callable[[str, int, int], None]  # (config, done, total)
+
+
+def splitting_probes(ds: Dataset, model: str, rare_share: float = RARE_SHARE) -> np.ndarray:
+    """Sorted pool probe ids on which some pair of near-twin classes of `model` disagree."""
+    classes = equivalence_classes(ds, model)
+    words = [ds.responses(c.members[0], "reference", model).as_float32().view(np.uint32) for c in classes]
+    chosen: set[int] = set()
+    for a, b in combinations(range(len(words)), 2):
+        differ = np.flatnonzero((words[a] != words[b]).any(axis=1))
+        if 0 < len(differ) <= rare_share * len(words[a]):
+            chosen.update(int(i) for i in differ)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def splitting_selection(ds: Dataset, rare_share: float = RARE_SHARE) -> dict[str, np.ndarray]:
+    """Per model with near twins, its splitting probes; an error when no model has any."""
+    if not 0.0 < rare_share <= 1.0:
+        raise ConfigError(f"rare share {rare_share} is not in (0, 1]")
+    ids = {m: splitting_probes(ds, m, rare_share) for m in ds.models}
+    ids = {m: chosen for m, chosen in ids.items() if len(chosen)}
+    if not ids:
+        raise ConfigError(f"{ds.directory}: no two classes are near twins (differ on at most {rare_share:.0%} "
+                          "of the pool); nothing to replay")
+    return ids
+
+
+def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHARE,
+                             on_progress: Progress | None = None) -> dict[str, list[int]]:
+    """Answer every model's splitting probes on every configuration (resumable); returns the probe ids."""
+    ds = Dataset(dataset_dir)
+    ids = splitting_selection(ds, rare_share)
+    models = sorted(ids)
+    union = sorted({int(i) for m in models for i in ids[m]})
+    pool_size = min(next(n for v, n in ds.manifest.probe_sets[m].items() if v.endswith("/pool")) for m in models)
+    configs = list(ds.manifest.configs)
+    todo = [c for c in configs if not _done(ds, c, models, ids)]
+    for number, cid in enumerate(todo):
+        if on_progress:
+            on_progress(cid, len(configs) - len(todo) + number, len(configs))
+        record = ds.manifest.configs[cid]
+        plans = [RunPlan(name="check", probe_set="pool", size=pool_size, ids=list(range(CHECK_PROBES))),
+                 RunPlan(name=RUN, probe_set="pool", size=pool_size, ids=union, shuffle=True, seed=SEED)]
+        with tempfile.TemporaryDirectory(prefix="hspi-splitting-") as tmp:
+            # the worker writes into a scratch directory: only checked answers reach the dataset
+            job = WorkerJob(platform=record.platform, models=models, runs=plans, dataset_dir=tmp,
+                            export_dir=str(ds.directory / "exports"))
+            result = run_worker(job, Path(tmp))
+            run = result.runs[RUN]
+            for model in models:
+                got = read_shard(Path(tmp), result.runs["check"].shards[model], model)
+                want = ds.responses(cid, "reference", model).select(got.probe_ids)
+                if got.native_dtype != want.native_dtype or got.native.tobytes() != want.native.tobytes():
+                    raise CollectionError(f"{cid}: this machine does not reproduce the stored {model} outputs of "
+                                          f"{ds.manifest.name}; replay splitting probes on the machine the dataset came from")
+                run.shards[model] = write_shard(ds.directory, read_shard(Path(tmp), run.shards[model], model))
+        record.runs[RUN] = run
+        save_manifest(ds.directory, ds.manifest)
+    if on_progress:
+        on_progress("done", len(configs), len(configs))
+    return {m: [int(i) for i in ids[m]] for m in models}
+
+
+def _done(ds: Dataset, config_id: str, models: list[str], ids: dict[str, np.ndarray]) -> bool:
+    run = ds.manifest.configs[config_id].runs.get(RUN)
+    union = {int(i) for m in models for i in ids[m]}
+    return run is not None and all(m in run.shards and run.shards[m].n_probes == len(union) for m in models)
