@@ -129,17 +129,12 @@ class IntrinsicClassifier:
                 out[head] = ([model], np.ones((n_groups, 1)))
                 continue
             classes = list(model.classes_)
-            train_prior = log_prob(self._train_prior(head, model))
+            train_prior = log_prob(self.priors_[head])
             target = train_prior if prior is None or head not in prior else \
                 np.log(np.array([prior[head].get(c, 0.0) for c in classes]) + 1e-300)
             evidence = group_sum(log_prob(model.predict_proba(X)) - train_prior + target, groups)
             out[head] = (classes, softmax(evidence, axis=1))
         return out
-
-    def _train_prior(self, head: str, model: ClassPrior | MulticlassBooster) -> np.ndarray:
-        if isinstance(model, ClassPrior):
-            return model.probabilities_
-        return self.priors_[head]
 
     def predict(self, X: np.ndarray, head: str) -> np.ndarray:
         values, post = self.posteriors(X, np.arange(len(X)))[head]

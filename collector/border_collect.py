@@ -31,13 +31,13 @@ from hspi.border_store import (
     read_answers, save_index, selection_sha256, write_answers,
 )
 from hspi.dataset import Dataset, read_shard
-from hspi.errors import CollectionError, ConfigError, DatasetError
+from hspi.errors import ConfigError, DatasetError
 from hspi.features.border import TextAnswers
 from hspi.collector.local_run import run_worker
+from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces
 from hspi.collector.probes import BORDER_STREAM_SIZE
 from hspi.collector.worker import RunPlan, WorkerJob
 
-CHECK_PROBES = 16  # pool probes each process re-answers: two batches of 8, so batch size 8 is checked too
 REPLAY_SEED = 17  # the shuffled order of the independent run
 
 Progress = Callable[[str, int, int], None]  # (config, done, total)
@@ -58,7 +58,6 @@ def collect_border(dataset_dir: Path, *, configs: list[str] | None = None, resta
     if unknown:
         raise ConfigError(f"configuration(s) not in {ds.directory}: {', '.join(unknown)}")
     index = _open_index(ds, directory, selection, restart)
-    pool_size = min(next(n for v, n in ds.manifest.probe_sets[m].items() if v.endswith("/pool")) for m in models)
     todo = [c for c in chosen if _missing(index, c, models)]
     done_before = len(chosen) - len(todo)
     for number, cid in enumerate(todo):
@@ -72,7 +71,7 @@ def collect_border(dataset_dir: Path, *, configs: list[str] | None = None, resta
         with tempfile.TemporaryDirectory(prefix="hspi-border-") as tmp:
             for run in RUNS:
                 shuffled = run == "border-replay"
-                plans = [RunPlan(name="check", probe_set="pool", size=pool_size, ids=list(range(CHECK_PROBES))),
+                plans = [check_plan(ds, needed),
                          RunPlan(name=run, probe_set="border", size=BORDER_STREAM_SIZE, ids=union, shuffle=shuffled,
                                  seed=REPLAY_SEED if shuffled else 0)]
                 workdir = Path(tmp) / run
@@ -81,7 +80,8 @@ def collect_border(dataset_dir: Path, *, configs: list[str] | None = None, resta
                                 export_dir=str(ds.directory / "exports"))
                 result = run_worker(job, workdir)
                 for model in needed:
-                    _check_reproduces(ds, cid, model, read_shard(workdir, result.runs["check"].shards[model], model))
+                    check_reproduces(ds, cid, model, read_shard(workdir, result.runs[CHECK_RUN].shards[model], model),
+                                     "border answers")
                 before = record.runs.get(run)
                 shards = dict(before.shards) if before is not None else {}
                 for model in needed:
@@ -128,14 +128,6 @@ def _missing(index: BorderIndex, config_id: str, models: list[str]) -> list[str]
     """The models whose two runs this configuration has not recorded yet."""
     record = index.configs.get(config_id)
     return [m for m in models if record is None or not all(r in record.runs and m in record.runs[r].shards for r in RUNS)]
-
-
-def _check_reproduces(ds: Dataset, config_id: str, model: str, got: Any) -> None:
-    want = ds.responses(config_id, "reference", model).select(got.probe_ids)
-    if got.native_dtype != want.native_dtype or got.native.tobytes() != want.native.tobytes():
-        raise CollectionError(f"{config_id}: this machine does not reproduce the stored {model} outputs of "
-                              f"{ds.manifest.name} (pool probes 0..{CHECK_PROBES - 1}); collect border answers "
-                              "on the machine the dataset came from")
 
 
 def compact_provenance(provenance: dict[str, Any]) -> dict[str, Any]:

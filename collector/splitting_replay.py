@@ -26,13 +26,12 @@ import numpy as np
 
 from hspi.dataset import SPLITTING_RUN, Dataset, read_shard, save_manifest, write_shard
 from hspi.equivalence import equivalence_classes
-from hspi.errors import CollectionError, ConfigError
+from hspi.errors import ConfigError
 from hspi.collector.local_run import run_worker
+from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces
 from hspi.collector.worker import RunPlan, WorkerJob
 
-RUN = SPLITTING_RUN
 RARE_SHARE = 0.05  # classes that differ on at most this share of the pool are near twins
-CHECK_PROBES = 16  # pool probes each process re-answers and compares with the stored references
 SEED = 23
 
 Progress = Callable[[str, int, int], None]  # (config, done, total)
@@ -69,29 +68,25 @@ def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHAR
     ids = splitting_selection(ds, rare_share)
     models = sorted(ids)
     union = sorted({int(i) for m in models for i in ids[m]})
-    pool_size = min(next(n for v, n in ds.manifest.probe_sets[m].items() if v.endswith("/pool")) for m in models)
     configs = list(ds.manifest.configs)
     todo = [c for c in configs if not _done(ds, c, models, ids)]
     for number, cid in enumerate(todo):
         if on_progress:
             on_progress(cid, len(configs) - len(todo) + number, len(configs))
         record = ds.manifest.configs[cid]
-        plans = [RunPlan(name="check", probe_set="pool", size=pool_size, ids=list(range(CHECK_PROBES))),
-                 RunPlan(name=RUN, probe_set="pool", size=pool_size, ids=union, shuffle=True, seed=SEED)]
+        check = check_plan(ds, models)
+        plans = [check, RunPlan(name=SPLITTING_RUN, probe_set="pool", size=check.size, ids=union, shuffle=True, seed=SEED)]
         with tempfile.TemporaryDirectory(prefix="hspi-splitting-") as tmp:
             # the worker writes into a scratch directory: only checked answers reach the dataset
             job = WorkerJob(platform=record.platform, models=models, runs=plans, dataset_dir=tmp,
                             export_dir=str(ds.directory / "exports"))
             result = run_worker(job, Path(tmp))
-            run = result.runs[RUN]
+            run = result.runs[SPLITTING_RUN]
             for model in models:
-                got = read_shard(Path(tmp), result.runs["check"].shards[model], model)
-                want = ds.responses(cid, "reference", model).select(got.probe_ids)
-                if got.native_dtype != want.native_dtype or got.native.tobytes() != want.native.tobytes():
-                    raise CollectionError(f"{cid}: this machine does not reproduce the stored {model} outputs of "
-                                          f"{ds.manifest.name}; replay splitting probes on the machine the dataset came from")
+                got = read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model)
+                check_reproduces(ds, cid, model, got, "splitting-probe answers")
                 run.shards[model] = write_shard(ds.directory, read_shard(Path(tmp), run.shards[model], model))
-        record.runs[RUN] = run
+        record.runs[SPLITTING_RUN] = run
         save_manifest(ds.directory, ds.manifest)
     if on_progress:
         on_progress("done", len(configs), len(configs))
@@ -99,6 +94,6 @@ def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHAR
 
 
 def _done(ds: Dataset, config_id: str, models: list[str], ids: dict[str, np.ndarray]) -> bool:
-    run = ds.manifest.configs[config_id].runs.get(RUN)
+    run = ds.manifest.configs[config_id].runs.get(SPLITTING_RUN)
     union = {int(i) for m in models for i in ids[m]}
     return run is not None and all(m in run.shards and run.shards[m].n_probes == len(union) for m in models)

@@ -197,18 +197,18 @@ def dataset_replay_splitting(
     rare_share: Annotated[float, typer.Option(help="classes differing on at most this share of the pool are near twins")] = 0.05,
 ) -> None:
     """Re-run the pool probes that split near-twin classes, one fresh process per configuration; resumable."""
-    from hspi.collector.splitting_replay import RUN, collect_splitting_replay, splitting_selection
-    from hspi.dataset import Dataset
+    from hspi.collector.splitting_replay import collect_splitting_replay, splitting_selection
+    from hspi.dataset import SPLITTING_RUN, Dataset
 
     splitting_selection(Dataset(directory), rare_share)  # a dataset with nothing to replay fails before any bar
     with _progress() as progress:
         task = progress.add_task("replaying splitting probes", total=None)
 
         def on_progress(config: str, done: int, total: int) -> None:
-            progress.update(task, total=total, completed=done, description=f"{RUN} {config}")
+            progress.update(task, total=total, completed=done, description=f"{SPLITTING_RUN} {config}")
 
         ids = collect_splitting_replay(directory, rare_share=rare_share, on_progress=on_progress)
-    console.print(f"{RUN}: " + ", ".join(f"{m} {len(v)} probes" for m, v in ids.items()) + f" on every configuration of {directory}")
+    console.print(f"{SPLITTING_RUN}: " + ", ".join(f"{m} {len(v)} probes" for m, v in ids.items()) + f" on every configuration of {directory}")
 
 
 @app.command()
