@@ -52,11 +52,12 @@ def save_intrinsic(directory: Path, clf: IntrinsicClassifier, metadata: dict[str
             continue
         prior = [float(p) for p in clf.priors_[head]]
         if isinstance(model, ClassPrior):  # no tree generalised: the head is its training prior
-            heads[head] = {"classes": [str(c) for c in model.classes_], "prior": prior, "trees": 0}
+            heads[head] = {"classes": [str(c) for c in model.classes_], "prior": prior,
+                           "trees": {str(q): 0 for q in clf.rounds_[head]}}
             continue
         (directory / f"intrinsic-{head}.txt").write_text(model.to_text(), encoding="utf-8")
         heads[head] = {"file": f"intrinsic-{head}.txt", "classes": [str(c) for c in model.classes_], "prior": prior,
-                       "trees": clf.rounds_.get(head)}
+                       "trees": {str(q): k for q, k in clf.rounds_[head].items()}}  # per audit size
     meta = {"format": ARTIFACT_FORMAT, "kind": "intrinsic", "heads": heads, "versions": library_versions(), **metadata}
     (directory / "intrinsic.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -70,7 +71,7 @@ def load_intrinsic(directory: Path) -> tuple[IntrinsicClassifier, dict[str, Any]
             clf.heads_[head] = spec["constant"]
             continue
         clf.priors_[head] = np.asarray(spec["prior"], dtype=np.float64)
-        clf.rounds_[head] = spec["trees"]
+        clf.rounds_[head] = {int(q): int(k) for q, k in spec["trees"].items()}
         clf.heads_[head] = ClassPrior(spec["classes"], spec["prior"]) if "file" not in spec else \
             MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
     return clf, meta

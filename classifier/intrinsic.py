@@ -2,9 +2,9 @@
 
 Intrinsic features carry the format (dtype) strongly and the engine, kernel or hardware weakly or not
 at all. A booster grown to a fixed size on such a head learns the training probes' noise and, summed
-over several queries, is confidently wrong. So each head chooses how many trees to keep on held-out
-groups of its training rows (other probes, or another reference model when testing transfer) by
-validation log-loss, and keeps none (the class prior) when no tree helps.
+over several queries, is confidently wrong. So each head chooses, for each audit size, how many trees
+to keep on held-out groups of its training rows (other probes, or another reference model when
+testing transfer), and keeps none (the class prior) when no tree helps audits of that size.
 """
 
 from __future__ import annotations
@@ -59,6 +59,18 @@ def _log_loss(classes: np.ndarray, proba: np.ndarray, y: np.ndarray, weight: np.
     return float(-(weight * log_prob(p)).sum() / weight.sum())
 
 
+def _audits(targets: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """Group id per row of `rows` (-1: left over): consecutive runs of `size` rows of one target."""
+    out = -np.ones(len(rows), dtype=np.int64)
+    n = 0
+    for t in np.unique(targets[rows]):
+        mine = np.flatnonzero(targets[rows] == t)
+        k = len(mine) // size
+        out[mine[: k * size]] = n + np.repeat(np.arange(k), size)
+        n += k
+    return out
+
+
 class IntrinsicClassifier:
     def __init__(self, *, heads: Sequence[str] = ("hardware", "dtype", "engine", "kernel", "full"),
                  n_estimators: int = 120, num_leaves: int = 15, learning_rate: float = 0.1, random_state: int = 0) -> None:
@@ -72,42 +84,93 @@ class IntrinsicClassifier:
         return MulticlassBooster(n_estimators=n_estimators, num_leaves=self.num_leaves,
                                  learning_rate=self.learning_rate, random_state=self.random_state)
 
-    def _choose_rounds(self, X: np.ndarray, labels: np.ndarray, weight: np.ndarray, groups: np.ndarray) -> int:
+    def _choose_rounds(self, X: np.ndarray, labels: np.ndarray, weight: np.ndarray, groups: np.ndarray,
+                       targets: np.ndarray, audit_sizes: Sequence[int]) -> dict[int, int]:
+        """Per audit size: the tree count (0 = the prior) whose audits of that many held-out rows of one
+        target are answered best over the validation folds: highest weighted accuracy (what an audit
+        reports), then lowest log-loss, then fewest trees.  (Requiring trees to help in the worst fold
+        instead was tried: it kept more trees on heads that do not transfer, not fewer.)"""
         grid = [k for k in ROUND_GRID if k < self.n_estimators] + [self.n_estimators]
-        losses = np.zeros(1 + len(grid))  # [prior, grid...], summed over folds
+        options = [0] + grid
+        hits = {q: np.zeros(len(options)) for q in audit_sizes}
+        losses = {q: np.zeros(len(options)) for q in audit_sizes}
+        folds = {q: 0 for q in audit_sizes}
         for held in _validation_folds(groups):
-            fit, val = ~held, held
+            fit, val = np.flatnonzero(~held), np.flatnonzero(held)
             prior = ClassPrior.fit(labels[fit], weight[fit])
-            losses[0] += _log_loss(prior.classes_, prior.predict_proba(X[val]), labels[val], weight[val])
-            if len(np.unique(labels[fit])) < 2:
-                losses[1:] += np.inf  # nothing to boost on this fold: only the prior is defined
+            booster = self._booster(self.n_estimators).fit(X[fit], labels[fit], weight[fit]) \
+                if len(np.unique(labels[fit])) >= 2 else None  # else only the prior is defined on this fold
+            classes = prior.classes_
+            # audits of the validation fold are scored against its own label shares, as a test is
+            shares = ClassPrior.fit(labels[val], weight[val])
+            target = log_prob(np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes]))
+            per_probe = []
+            for k in options:
+                if k == 0 or booster is None:
+                    p = prior.predict_proba(X[val]) if k == 0 else None
+                else:
+                    p = booster.predict_proba(X[val], num_iteration=k)
+                per_probe.append(None if p is None else log_prob(p) - log_prob(prior.probabilities_) + target)
+            for q in audit_sizes:
+                audit = _audits(targets, val, q)
+                keep = audit >= 0
+                if not keep.any():
+                    continue
+                folds[q] += 1
+                truth = labels[val][keep][np.unique(audit[keep], return_index=True)[1]]
+                w = weight[val][keep][np.unique(audit[keep], return_index=True)[1]]
+                for i, logp in enumerate(per_probe):
+                    if logp is None:
+                        hits[q][i], losses[q][i] = -np.inf, np.inf
+                        continue
+                    post = softmax(group_sum(logp[keep], audit[keep]), axis=1)
+                    hits[q][i] += float((w * (classes[post.argmax(axis=1)] == truth)).sum() / w.sum())
+                    losses[q][i] += _log_loss(classes, post, truth, w)
+        chosen: dict[int, int] = {}
+        for q in audit_sizes:
+            if not folds[q]:  # no fold held an audit this large: keep the next smaller size's choice
+                chosen[q] = chosen[max(chosen)] if chosen else 0
                 continue
-            booster = self._booster(self.n_estimators).fit(X[fit], labels[fit], weight[fit])
-            for i, k in enumerate(grid, start=1):
-                losses[i] += _log_loss(booster.classes_, booster.predict_proba(X[val], num_iteration=k), labels[val], weight[val])
-        best = int(np.argmin(losses))  # the first minimum: ties keep fewer trees
-        return 0 if best == 0 else grid[best - 1]
+            order = sorted(range(len(options)), key=lambda i: (-round(hits[q][i], 9), round(losses[q][i], 9), options[i]))
+            chosen[q] = options[order[0]]
+        return chosen
 
     def fit(self, X: np.ndarray, y: dict[str, np.ndarray], *, groups: np.ndarray | None = None,
-            sample_weight: np.ndarray | None = None) -> IntrinsicClassifier:
+            sample_weight: np.ndarray | None = None, targets: np.ndarray | None = None,
+            audit_sizes: Sequence[int] = (1,)) -> IntrinsicClassifier:
         """Fit every head. With `groups` (which probe, or which reference model, each row came from),
-        each head keeps the tree count that predicts held-out groups best, possibly none."""
+        each head keeps, per audit size, the tree count that answers audits of held-out groups best,
+        possibly none. `targets` (which platform each row's answer came from) lets validation audits
+        combine several rows of one target; without it each row is its own target."""
         X = np.asarray(X, dtype=np.float64)
         weight = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if targets is not None and len(targets) != len(X):
+            raise ModelError(f"{len(targets)} targets for {len(X)} rows")
+        targets = np.arange(len(X)) if targets is None else np.asarray(targets)
+        sizes = tuple(sorted({int(q) for q in audit_sizes}))
+        if not sizes or sizes[0] != 1:
+            raise ModelError(f"audit sizes must include 1, got {list(audit_sizes)}")
         self.heads_: dict[str, str | ClassPrior | MulticlassBooster] = {}
-        self.rounds_: dict[str, int] = {}
+        self.rounds_: dict[str, dict[int, int]] = {}  # head -> audit size -> trees used (0 = the prior)
         self.priors_: dict[str, np.ndarray] = {}  # head -> training label shares, in the head's class order
         for head in self.heads:
             labels = np.asarray(y[head]).astype(str)
             if len(np.unique(labels)) < 2:
                 self.heads_[head] = str(labels[0])  # one value only: the answer is known without a model
                 continue
-            rounds = self.n_estimators if groups is None else self._choose_rounds(X, labels, weight, np.asarray(groups))
+            rounds = {q: self.n_estimators for q in sizes} if groups is None else \
+                self._choose_rounds(X, labels, weight, np.asarray(groups), targets, sizes)
             self.rounds_[head] = rounds
             prior = ClassPrior.fit(labels, weight)
             self.priors_[head] = prior.probabilities_
-            self.heads_[head] = prior if rounds == 0 else self._booster(rounds).fit(X, labels, weight)
+            grown = max(rounds.values())
+            self.heads_[head] = prior if grown == 0 else self._booster(grown).fit(X, labels, weight)
         return self
+
+    def rounds_for(self, head: str, audit_size: int) -> int:
+        """Trees an audit of `audit_size` answers uses: those chosen for the largest size not above it."""
+        rounds = self.rounds_[head]
+        return rounds[max(q for q in rounds if q <= max(audit_size, 1))]
 
     def posteriors(self, X: np.ndarray, groups: np.ndarray, *,
                    prior: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -124,6 +187,7 @@ class IntrinsicClassifier:
             raise ModelError("this IntrinsicClassifier is not fitted yet")
         out = {}
         n_groups = int(groups.max()) + 1
+        sizes = np.bincount(groups, minlength=n_groups)
         for head, model in self.heads_.items():
             if isinstance(model, str):
                 out[head] = ([model], np.ones((n_groups, 1)))
@@ -132,7 +196,15 @@ class IntrinsicClassifier:
             train_prior = log_prob(self.priors_[head])
             target = train_prior if prior is None or head not in prior else \
                 np.log(np.array([prior[head].get(c, 0.0) for c in classes]) + 1e-300)
-            evidence = group_sum(log_prob(model.predict_proba(X)) - train_prior + target, groups)
+            # each audit uses the trees chosen for its size
+            trees = np.array([self.rounds_for(head, n) for n in sizes])[groups]
+            logp = np.zeros((len(X), len(classes)))
+            for k in np.unique(trees):
+                rows = trees == k
+                p = ClassPrior(classes, self.priors_[head]).predict_proba(X[rows]) if k == 0 else \
+                    model.predict_proba(X[rows], num_iteration=int(k))  # type: ignore[union-attr]
+                logp[rows] = log_prob(p)
+            evidence = group_sum(logp - train_prior + target, groups)
             out[head] = (classes, softmax(evidence, axis=1))
         return out
 

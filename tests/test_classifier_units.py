@@ -208,8 +208,8 @@ def test_intrinsic_heads_keep_trees_only_where_they_generalise():
     from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
     X, y, groups = _intrinsic_data()
     clf = IntrinsicClassifier(heads=("signal", "noise")).fit(X, y, groups=groups)
-    assert clf.rounds_["signal"] > 0 and isinstance(clf.heads_["signal"], MulticlassBooster)
-    assert clf.rounds_["noise"] == 0 and isinstance(clf.heads_["noise"], ClassPrior)
+    assert clf.rounds_["signal"][1] > 0 and isinstance(clf.heads_["signal"], MulticlassBooster)
+    assert clf.rounds_["noise"] == {1: 0} and isinstance(clf.heads_["noise"], ClassPrior)
     Xt, yt, _ = _intrinsic_data(seed=1)
     assert (clf.predict(Xt, "signal") == yt["signal"]).mean() > 0.85
     assert set(clf.predict(Xt, "noise")) == {"a"}  # the prior's majority, whatever the features say
@@ -219,7 +219,7 @@ def test_intrinsic_without_groups_grows_the_fixed_size():
     from hspi.classifier.intrinsic import IntrinsicClassifier
     X, y, _ = _intrinsic_data()
     clf = IntrinsicClassifier(heads=("noise",), n_estimators=7).fit(X, y)
-    assert clf.rounds_["noise"] == 7
+    assert clf.rounds_["noise"] == {1: 7}
     assert clf.heads_["noise"].booster_.current_iteration() == 7
 
 
@@ -228,7 +228,7 @@ def test_intrinsic_sample_weight_sets_the_prior():
     X, y, groups = _intrinsic_data()
     weight = np.where(y["noise"] == "b", 10.0, 1.0)  # b now outweighs a 10:3
     clf = IntrinsicClassifier(heads=("noise",)).fit(X, y, groups=groups, sample_weight=weight)
-    assert clf.rounds_["noise"] == 0
+    assert clf.rounds_["noise"] == {1: 0}
     assert set(clf.predict(X[:20], "noise")) == {"b"}
 
 
@@ -244,6 +244,29 @@ def test_intrinsic_target_prior_shifts_and_rules_out_labels():
     np.testing.assert_allclose(base["noise"][1][:, values.index("a")], 0.75, atol=0.05)
     values, post = shifted["signal"]
     np.testing.assert_allclose(post[:, values.index("lo")], 0.0, atol=1e-12)  # not in the target's labels
+
+
+def test_intrinsic_heads_choose_trees_per_audit_size():
+    from hspi.classifier.intrinsic import IntrinsicClassifier
+    rng = np.random.default_rng(7)
+    # 40 targets x 24 probes; each target's label shows weakly in every probe (one feature shifted by 0.7 sd)
+    targets = np.repeat(np.arange(40), 24)
+    labels = np.where(targets % 2 == 0, "even", "odd")
+    X = rng.normal(size=(len(targets), 3))
+    X[:, 0] += np.where(labels == "even", 0.35, -0.35)
+    groups = np.tile(np.arange(24), 40)  # which probe: validation holds other probes
+    clf = IntrinsicClassifier(heads=("weak",)).fit(X, {"weak": labels}, groups=groups, targets=targets,
+                                                   audit_sizes=(1, 4, 16))
+    assert set(clf.rounds_["weak"]) == {1, 4, 16}
+    assert clf.rounds_for("weak", 16) > 0  # sixteen weak probes of one target add up
+    assert clf.rounds_for("weak", 9) == clf.rounds_["weak"][4] and clf.rounds_for("weak", 40) == clf.rounds_["weak"][16]
+    Xt = rng.normal(size=(16 * 40, 3))
+    truth = np.repeat(np.where(np.arange(40) % 2 == 0, "even", "odd"), 16)
+    Xt[:, 0] += np.where(truth == "even", 0.35, -0.35)
+    values, post = clf.posteriors(Xt, np.repeat(np.arange(40), 16))["weak"]
+    assert (np.asarray(values)[post.argmax(axis=1)] == truth[::16]).mean() >= 0.8
+    with pytest.raises(ModelError, match="audit sizes"):
+        IntrinsicClassifier(heads=("weak",)).fit(X, {"weak": labels}, groups=groups, audit_sizes=(4,))
 
 
 def test_intrinsic_validation_needs_two_groups():
@@ -263,7 +286,8 @@ def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
     assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "intrinsic-signal.txt").exists()
     assert not (tmp_path / "intrinsic-noise.txt").exists()  # a prior head is plain JSON
     loaded, meta = load_intrinsic(tmp_path)
-    assert meta["model"] == "test" and meta["heads"]["noise"]["trees"] == 0
+    assert meta["model"] == "test" and meta["heads"]["noise"]["trees"] == {"1": 0}
+    assert loaded.rounds_ == clf.rounds_
     rows = np.arange(len(X))
     for head in ("signal", "noise", "constant"):
         a, b = clf.posteriors(X, rows)[head], loaded.posteriors(X, rows)[head]
