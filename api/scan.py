@@ -57,6 +57,7 @@ class ScanTarget(BaseModel):
     max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
     seed: int | None = Field(default=None, ge=0)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+    min_answers: int = Field(default=2, ge=1, le=64)
     api_key_env: str | None = Field(default=None, max_length=200, description="environment variable with the target's key")
 
     @property
@@ -177,7 +178,8 @@ def run_scan(targets: list[ScanTarget], source: Path, db: Database, vault: Vault
             settings = AuditSettings(endpoint=t.endpoint, model=t.model, claim=t.claim_dict(),
                                      budget_queries=t.budget or options.budget, budget_tokens=t.budget_tokens,
                                      api=t.api, served_model=t.served_model, max_tier=t.max_tier, seed=t.seed,
-                                     timeout_s=t.timeout_s, dataset=options.dataset, classifier=options.classifier)
+                                     timeout_s=t.timeout_s, min_answers=t.min_answers, dataset=options.dataset,
+                                     classifier=options.classifier)
             secret = target_secret(t)
             host, port = guard.split(t.endpoint)
             audit, _ = store.create_audit(db, settings, origin=f"{host}:{port}", label=t.name,

@@ -40,6 +40,8 @@ class AuditCreate(BaseModel):
     max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="probe-order seed")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds per request to the target")
+    min_answers: int = Field(default=2, ge=1, le=64, description=(
+        "answers before a match may be declared; the extra ones verify the leader where its near twins part"))
     target_api_key: SecretStr | None = Field(default=None, max_length=4096, description=(
         "the target's API key: sent as a Bearer token, encrypted at rest, never returned or logged"))
     label: str | None = Field(default=None, max_length=200, description="free text to find the audit by")

@@ -9,19 +9,21 @@ Splits (per reference model):
 - transfer-model: intrinsic features, trained on the two other models, tested on this one's
   fresh probes.
 
-Intrinsic heads choose their tree count on held-out training groups (other probes; for transfer,
-one training model predicted from the other) and may keep none (the prior). Heldout rows weigh each
+Intrinsic heads choose their tree count per audit size on held-out training groups (other probes;
+for transfer, one training model predicted from the other) and may keep none (the prior). Heldout rows weigh each
 class by its member configs, as the test does; transfer moves the prior to the label shares of the
 test model's own grid (which platforms it runs on is known, their outputs are not). The baseline
 is the paper's method as published: no weights, no prior shift.
 
-Open-set rows leave each class out of training in turn and score audits of 1, 4 and 16 probes.
+Open-set rows leave each class out of training in turn and score audits of 1, 4 and 16 probes:
+random test probes (`lightgbm`) and probes chosen as `hspi audit` chooses them
+(`lightgbm-sequential`: split the known candidates, then verify the leader).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +138,46 @@ def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, can
     view = tier_view(data.replay[config][rows], tier)
     probe_ids = data.replay_ids[rows]
     return np.stack([relative_features(view, ref_full[c][probe_ids]) for c in candidates], axis=1)
+
+
+@dataclass
+class SequentialPool:
+    """The probes a sequential audit may choose from, with every config's features against every class."""
+    probe_ids: np.ndarray
+    features: dict[str, np.ndarray]  # config -> (len(probe_ids), C, F)
+
+
+def sequential_pool(data: ModelData, tier: str, rows: np.ndarray, feats: dict[str, np.ndarray],
+                    ref_full: dict[int, np.ndarray], *, splitting: bool) -> SequentialPool:
+    """Replay `rows` (features already computed), plus, with `splitting`, the `replay-splitting` run's
+    probes that are not replay probes at all (so never trained or calibrated on)."""
+    extra = ~np.isin(data.splitting_ids, data.replay_ids) if splitting else np.zeros(len(data.splitting_ids), bool)
+    probe_ids = np.r_[data.replay_ids[rows], data.splitting_ids[extra]].astype(np.int64)
+    features = {}
+    for cid in data.replay:
+        parts = [feats[cid][rows]]
+        if extra.any():
+            view = tier_view(data.splitting[cid][extra], tier)
+            parts.append(np.stack([relative_features(view, ref_full[c][data.splitting_ids[extra]])
+                                   for c in range(len(data.classes))], axis=1))
+        features[cid] = np.concatenate(parts)
+    return SequentialPool(probe_ids, features)
+
+
+def sequential_audit(evidence: ReferenceEvidence, probabilities: dict[str, np.ndarray], rng: np.random.Generator,
+                     steps: tuple[int, ...] = QUERIES) -> Iterator[int]:
+    """Run one audit over answers already scored (`probabilities[head]` (n, C), rows in the book's
+    order), yielding after each step in `steps` with the evidence of that many queries.  Once
+    nothing splits or verifies the candidates, the evidence stands."""
+    book = evidence.book
+    probe: int | None = most_splitting_probe(book, None, rng)
+    for step in range(1, max(steps) + 1):
+        if probe is not None:
+            row = evidence.row_of(probe)
+            evidence.add(probe, {h: p[row, :] for h, p in probabilities.items()})
+            probe = evidence.next_probe(rng)
+        if step in steps:
+            yield step
 
 
 class Evaluation:
@@ -254,50 +296,42 @@ class Evaluation:
             if q == 1 and tier == "logits":
                 for h in HEADS:
                     self.confusions[f"{data.model}/reference-match/{h}"] = {"pairs": confusion_pairs[h]}
-        self._sequential(data, tier, matcher, test, cand_labels)
+        pool = sequential_pool(data, tier, test, feats, ref_full, splitting=True)
+        self._sequential(data, tier, matcher, pool, cand_labels)
         if tier == "logits" and data.model == "lm-small" and "_pred_s" in self.throughput:
             self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
         if self.open_set:
-            self._open_set(data, tier, feats, train, calib, test, cand_labels)
+            matchers = self._open_set(data, tier, feats, train, calib, test)
+            self._open_set_sequential(data, tier, matchers, pool,
+                                      sequential_pool(data, tier, calib, feats, ref_full, splitting=False))
 
-    def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, test: np.ndarray,
+    def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, pool: SequentialPool,
                     cand_labels: list[dict[str, str]]) -> None:
         """Method `lightgbm-sequential`: audits that choose each next probe to split the likely candidates.
 
         The same matcher as `lightgbm`; the order differs, and so does the choice: each probe is
         the available probe on which the candidates' stored answers disagree most under the current
         posterior, the first under a uniform prior (what `hspi audit` does live over the whole
-        pool). Available: the replay test probes, plus the `replay-splitting` run's probes (the
-        pool probes that split near-twin classes, answered in another independent process) that
-        the matcher neither trained nor calibrated on.
+        pool); once nothing splits them, the probes that verify the leader.  Available: the replay
+        test probes, plus the `replay-splitting` run's probes (the pool probes that split near-twin
+        classes, answered in another independent process) that the matcher neither trained nor
+        calibrated on.
         """
-        extra = ~np.isin(data.splitting_ids, data.replay_ids)
-        probe_ids = np.r_[data.replay_ids[test], data.splitting_ids[extra]].astype(np.int64)
-        book = ReferenceBook([data.reference[c][probe_ids] for c in range(len(data.classes))], cand_labels, tier, probe_ids)
+        book = ReferenceBook([data.reference[c][pool.probe_ids] for c in range(len(data.classes))], cand_labels, tier,
+                             pool.probe_ids)
         correct: dict[tuple[str, int], list[bool]] = {}
         for k, cid in enumerate(data.replay):
-            logits = data.replay[cid][test]
-            if extra.any():
-                logits = np.concatenate([logits, data.splitting[cid][extra]])
-            answers = tier_view(logits, tier)
+            probs = matcher.pair_probabilities(pool.features[cid])
             truth = data.config_labels[cid]
             for seed in range(SEQUENTIAL_AUDITS):
-                rng = np.random.default_rng([SPLIT_SEED, k, seed])
                 evidence = ReferenceEvidence(matcher, book)
-                probe: int | None = most_splitting_probe(book, None, rng)
-                decision: dict[str, str] = {}
-                for step in range(1, max(QUERIES) + 1):
-                    if probe is not None:  # once nothing splits the candidates, the decision stands
-                        r = evidence.row_of(probe)
-                        evidence.update(probe, TierView(tier, answers.ids[r:r + 1], answers.values[r:r + 1]))
-                        decision = {h: v[int(np.argmax(p))] for h, (v, p) in evidence.head_posteriors().items()}
-                        probe = evidence.next_probe(rng)
-                    if step in QUERIES:
-                        for h in HEADS:
-                            correct.setdefault((h, step), []).append(decision.get(h) == truth[h])
+                for q in sequential_audit(evidence, probs, np.random.default_rng([SPLIT_SEED, k, seed])):
+                    decision = {h: v[int(np.argmax(p))] for h, (v, p) in evidence.head_posteriors().items()}
+                    for h in HEADS:
+                        correct.setdefault((h, q), []).append(decision.get(h) == truth[h])
         for (h, q), hits in correct.items():
             self._row(data.model, "reference-match", tier, h, "lightgbm-sequential", q, np.asarray(hits),
-                      probes_available=int(len(probe_ids)))
+                      probes_available=int(len(pool.probe_ids)))
 
     def _exact_match(self, data: ModelData, tier: str, cid: str, rows: np.ndarray, groups: np.ndarray,
                      ref_full: dict[int, np.ndarray]) -> np.ndarray:
@@ -343,15 +377,34 @@ class Evaluation:
             self._row(model, split, tier, h, "hspi-ld-svm", q, scores[best], encoding=best,
                       other_encoding_accuracy=round(float(scores[[e for e in ENCODINGS if e != best][0]].mean()), 4))
 
+    def _open_set_matcher(self, data: ModelData, held: int, feats: dict[str, np.ndarray], train: np.ndarray) -> ReferenceMatcher:
+        """A `full`-head matcher trained as if class `held` had never been collected."""
+        keep_c = [c for c in range(len(data.classes)) if c != held]
+        known = [cid for cid in data.replay if data.class_of[cid] != held]
+        X = np.concatenate([feats[cid][train][:, keep_c].reshape(-1, feats[cid].shape[2]) for cid in known])
+        y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
+        return ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
+
+    def _open_set_row(self, data: ModelData, tier: str, method: str, q: int, held: int, inside: np.ndarray,
+                      outside: np.ndarray, threshold: float) -> None:
+        labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+        auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
+        self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier, "method": method,
+                                   "queries": q, "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
+                                   "unknown_rate": round(float((outside < threshold).mean()), 4),
+                                   "known_rejected_rate": round(float((inside < threshold).mean()), 4),
+                                   "threshold": round(threshold, 6)})
+
     def _open_set(self, data: ModelData, tier: str, feats: dict[str, np.ndarray], train: np.ndarray, calib: np.ndarray,
-                  test: np.ndarray, cand_labels: list[dict[str, str]]) -> None:
+                  test: np.ndarray) -> dict[int, ReferenceMatcher]:
+        """Method `lightgbm`: audits of random test probes, each class left out of training in turn.
+        Returns the matcher trained without each class."""
         configs = list(data.replay)
+        matchers = {}
         for held in range(len(data.classes)):
             keep_c = [c for c in range(len(data.classes)) if c != held]
             known = [cid for cid in configs if data.class_of[cid] != held]
-            X = np.concatenate([feats[cid][train][:, keep_c].reshape(-1, feats[cid].shape[2]) for cid in known])
-            y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
-            m = ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
+            m = matchers[held] = self._open_set_matcher(data, held, feats, train)
 
             def scores(cid: str, rows: np.ndarray, q: int) -> np.ndarray:
                 groups = query_groups(len(rows), q)
@@ -366,13 +419,37 @@ class Evaluation:
                 m.calibrate(np.concatenate([scores(cid, calib, q) for cid in known]))
                 inside = np.concatenate([scores(cid, test, q) for cid in known])
                 outside = np.concatenate([scores(cid, test, q) for cid in configs if data.class_of[cid] == held])
-                labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
-                auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
-                self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier, "queries": q,
-                                           "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
-                                           "unknown_rate": round(float((outside < m.threshold_).mean()), 4),
-                                           "known_rejected_rate": round(float((inside < m.threshold_).mean()), 4),
-                                           "threshold": round(m.threshold_, 6)})
+                self._open_set_row(data, tier, "lightgbm", q, held, inside, outside, m.threshold_)
+        return matchers
+
+    def _open_set_sequential(self, data: ModelData, tier: str, matchers: dict[int, ReferenceMatcher],
+                             pool: SequentialPool, calib: SequentialPool) -> None:
+        """Method `lightgbm-sequential`: the same left-out classes, audited as `hspi audit` does: probes
+        that split the known candidates, then probes that verify the leader.  Thresholds per audit
+        size come from sequential audits of known configs over the calibration probes."""
+        for held, m in matchers.items():
+            keep_c = [c for c in range(len(data.classes)) if c != held]
+            labels = [data.classes[c].labels for c in keep_c]
+
+            def audits(source: SequentialPool, configs: list[str]) -> dict[int, np.ndarray]:
+                book = ReferenceBook([data.reference[c][source.probe_ids] for c in keep_c], labels, tier, source.probe_ids)
+                out: dict[int, list[float]] = {}
+                for cid in configs:
+                    k = list(data.replay).index(cid)
+                    probs = m.pair_probabilities(source.features[cid][:, keep_c])
+                    for seed in range(SEQUENTIAL_AUDITS):
+                        evidence = ReferenceEvidence(m, book)
+                        for q in sequential_audit(evidence, probs, np.random.default_rng([SPLIT_SEED, k, seed])):
+                            out.setdefault(q, []).append(evidence.match_score())
+                return {q: np.asarray(v) for q, v in out.items()}
+
+            known = [cid for cid in data.replay if data.class_of[cid] != held]
+            calibration = audits(calib, known)
+            inside = audits(pool, known)
+            outside = audits(pool, [cid for cid in data.replay if data.class_of[cid] == held])
+            for q in QUERIES:
+                m.calibrate(calibration[q])
+                self._open_set_row(data, tier, "lightgbm-sequential", q, held, inside[q], outside[q], m.threshold_)
 
     # -- intrinsic splits ------------------------------------------------------------------
     @staticmethod
@@ -386,17 +463,19 @@ class Evaluation:
 
     def _heldout(self, data: ModelData, tier: str) -> None:
         probes = np.random.default_rng(SPLIT_SEED).permutation(data.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES]
-        X, V, y, probe_of, weight = [], [], {h: [] for h in HEADS}, [], []
+        X, V, y, probe_of, weight, target = [], [], {h: [] for h in HEADS}, [], [], []
         for c, cls in enumerate(data.classes):
             f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
             X.append(f), V.append(v)
             probe_of.append(probes)
+            target.append(np.full(len(probes), c))
             # a class stands for all its member configs, as the test does
             weight.append(np.full(len(probes), float(len(cls.members))))
             for h in HEADS:
                 y[h] += [cls.labels[h]] * len(probes)
         clf = IntrinsicClassifier().fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
-                                        groups=np.concatenate(probe_of), sample_weight=np.concatenate(weight))
+                                        groups=np.concatenate(probe_of), sample_weight=np.concatenate(weight),
+                                        targets=np.concatenate(target), audit_sizes=QUERIES)
         baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
         test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
         for q in QUERIES:
@@ -415,12 +494,12 @@ class Evaluation:
                     correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in HEADS:
                 self._row(data.model, "heldout-probes", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
-                          trees=clf.rounds_.get(h, 0))
+                          trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0)
             self._baseline_rows(data.model, "heldout-probes", tier, q, correct)
 
     def _transfer(self, data: dict[str, ModelData], model: str, tier: str) -> None:
         heads = ("hardware", "dtype", "engine", "kernel")
-        X, V, y, source = [], [], {h: [] for h in heads}, []
+        X, V, y, source, config = [], [], {h: [] for h in heads}, [], []
         for other, d in data.items():
             if other == model:
                 continue
@@ -429,11 +508,12 @@ class Evaluation:
                 f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
                 X.append(f), V.append(v)
                 source += [other] * len(probes)
+                config += [f"{other}/{cid}"] * len(probes)
                 for h in heads:
                     y[h] += [d.config_labels[cid][h]] * len(probes)
         # tree counts are chosen by predicting one training model from the other: transfer, as tested
         clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
-                                                   groups=np.array(source))
+                                                   groups=np.array(source), targets=np.array(config), audit_sizes=QUERIES)
         widths = {v.shape[1] for v in V}
         target = data[model]
         baselines = None
@@ -465,5 +545,5 @@ class Evaluation:
                         correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in heads:
                 self._row(model, "transfer-model", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
-                          trees=clf.rounds_.get(h, 0))
+                          trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0)
             self._baseline_rows(model, "transfer-model", tier, q, correct)

@@ -64,20 +64,24 @@ def write_plots(result: dict[str, Any], directory: Path, confusions: dict[str, A
 
 
 def _open_set_plot(rows: list[dict[str, Any]], directory: Path) -> Path:
-    """Per model and tier: each left-out class's AUROC against the audit size (one dot per class)."""
+    """Per method and model: each left-out class's AUROC against the audit size (one dot per class and tier)."""
     models = sorted({r["model"] for r in rows})
+    methods = sorted({r.get("method", "lightgbm") for r in rows})
     tiers = ("logits", "topk20", "topk5", "top1")
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for k, tier in enumerate(tiers):
-            pts = [(r.get("queries", 1), r["auroc"]) for r in rows if r["model"] == model and r["tier"] == tier]
-            if not pts:
-                continue
-            q, auroc = np.array(pts, dtype=float).T
-            ax.scatter(q * (1 + 0.08 * (k - 1.5)), auroc, s=9, alpha=0.6, label=tier)  # tiers side by side
-        ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2), ax.set_ylim(0.45, 1.02)
-        ax.set_xlabel("queries"), ax.set_ylabel("AUROC (class left out)"), ax.set_title(model, fontsize=9)
+    fig, axes = plt.subplots(len(methods), len(models), figsize=(5 * len(models), 3.4 * len(methods)), squeeze=False)
+    for row, method in enumerate(methods):
+        for ax, model in zip(axes[row], models):
+            for k, tier in enumerate(tiers):
+                pts = [(r.get("queries", 1), r["auroc"]) for r in rows
+                       if r["model"] == model and r["tier"] == tier and r.get("method", "lightgbm") == method]
+                if not pts:
+                    continue
+                q, auroc = np.array(pts, dtype=float).T
+                ax.scatter(q * (1 + 0.08 * (k - 1.5)), auroc, s=9, alpha=0.6, label=tier)  # tiers side by side
+            ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+            ax.set_xscale("log", base=2), ax.set_ylim(0.45, 1.02)
+            ax.set_xlabel("queries"), ax.set_ylabel("AUROC (class left out)")
+            ax.set_title(f"{model}, {method}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("open set: each class in turn unknown to the matcher")
     fig.tight_layout()

@@ -20,6 +20,9 @@ from hspi.classifier.lgbm import BinaryBooster
 
 # Accept this share of known platforms' held-out audits when calibrating "unknown".
 DEFAULT_ACCEPT_QUANTILE = 0.01
+# Scores are means of probabilities; the same probabilities averaged over another number of probes
+# differ in the last bits.  An audit that scores what a calibration audit scored, up to this, is known.
+SCORE_TOLERANCE = 1e-9
 
 
 class ReferenceMatcher:
@@ -88,5 +91,5 @@ class ReferenceMatcher:
 
     def calibrate(self, known_scores: np.ndarray, quantile: float = DEFAULT_ACCEPT_QUANTILE) -> ReferenceMatcher:
         """Set the `unknown` threshold from held-out audits of known platforms."""
-        self.threshold_ = float(np.quantile(known_scores, quantile)) if len(known_scores) else 0.5
+        self.threshold_ = float(np.quantile(known_scores, quantile)) - SCORE_TOLERANCE if len(known_scores) else 0.5
         return self

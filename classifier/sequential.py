@@ -6,11 +6,16 @@ log-odds over the answers so far and exposes the posterior.  `next_probe` picks 
 which the current candidates' stored answers disagree most (expected Gini impurity of what the
 target will show under the posterior): probes where every likely candidate answers identically say
 nothing, so an audit does not spend budget on them.
+
+Once the likely candidates are settled (no probe splits them), the next probes *verify* the
+leader: the probes on which its stored answer differs from its closest known neighbours.  Those
+are the inputs where this platform's rounding is fragile, so a platform never collected that is a
+near twin of the leader (e.g. another ISA in the same dtype) is most likely to show there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +24,10 @@ from hspi.classifier.evidence import group_sum, log_odds, softmax
 from hspi.classifier.reference import ReferenceMatcher
 from hspi.features.relative import relative_features
 from hspi.features.tiers import TierView, reference_values, tier_view
+
+# Below this chance that two likely candidates answer any probe differently, the candidates are
+# settled and further probes verify the leader instead of splitting.
+SETTLED_BELOW = 1e-6
 
 
 def answer_signatures(view: TierView) -> np.ndarray:
@@ -44,14 +53,23 @@ class ReferenceBook:
         self.reference_full = [reference_values(r, tier) for r in references]  # tier units (logits or logprobs)
         # what each candidate would show for each probe, hashed: where candidates split
         self.signatures = np.stack([answer_signatures(tier_view(r, tier)) for r in references])  # (C, n_pool)
+        self.same = same_answers(self.signatures)  # (C, C, n_pool): candidates i and j answer alike
+        self.agreement = self.same.mean(axis=2)  # (C, C): share of probes they answer alike
         self._prior_scores: np.ndarray | None = None
 
     def prior_split_scores(self) -> np.ndarray:
         """Split scores before any answer (uniform prior), computed once."""
         if self._prior_scores is None:
             n = self.signatures.shape[0]
-            self._prior_scores = split_scores(self.signatures, np.full(n, 1.0 / n))
+            self._prior_scores = _split_scores(self.same, np.full(n, 1.0 / n))
         return self._prior_scores
+
+    def fragility(self, candidate: int) -> np.ndarray:
+        """(n_pool,) per probe: Σ_j agreement(candidate, j) over the other candidates j that answer it
+        differently.  High where the candidate's closest neighbours part from it."""
+        weights = self.agreement[candidate].copy()
+        weights[candidate] = 0.0
+        return weights @ ~self.same[candidate]
 
 
 class ReferenceEvidence:
@@ -76,8 +94,13 @@ class ReferenceEvidence:
         """Add one complete answer (a one-row `TierView`) to the evidence."""
         row = self.row_of(probe_id)
         features = np.stack([relative_features(view, ref[row:row + 1]) for ref in self.reference_full], axis=1)
-        for head, p in self.matcher.pair_probabilities(features).items():
-            self.probs.setdefault(head, []).append(p[0])
+        self.add(probe_id, {head: p[0] for head, p in self.matcher.pair_probabilities(features).items()})
+
+    def add(self, probe_id: int, probabilities: Mapping[str, np.ndarray]) -> None:
+        """Add one answer already scored by the matcher: per head, (C,) match probabilities."""
+        self.row_of(probe_id)
+        for head, p in probabilities.items():
+            self.probs.setdefault(head, []).append(np.asarray(p, dtype=np.float64))
         self.used.append(int(probe_id))
 
     def _stacked(self) -> dict[str, np.ndarray]:
@@ -102,29 +125,49 @@ class ReferenceEvidence:
         return {h: (values, post[0]) for h, (values, post)
                 in self.matcher.posteriors(self._stacked(), self.labels, groups, from_full=known).items()}
 
+    def _used_rows(self) -> list[int]:
+        return [self._row[u] for u in (set(self.used) | self.asked) if u in self._row]
+
     def split_scores(self, posterior: np.ndarray | None = None) -> np.ndarray:
         """(n_pool,) expected disagreement Σ_{i<j} p_i p_j [answers differ] per probe; 0 once used."""
-        used_rows = [self._row[u] for u in (set(self.used) | self.asked) if u in self._row]
-        return split_scores(self.signatures, self.posterior() if posterior is None else posterior, used_rows)
+        scores = _split_scores(self.book.same, self.posterior() if posterior is None else posterior)
+        scores[self._used_rows()] = 0.0
+        return scores
+
+    def verification_scores(self) -> np.ndarray:
+        """(n_pool,) the leading candidate's fragility per probe; 0 once used."""
+        scores = self.book.fragility(int(np.argmax(self.posterior())))
+        scores[self._used_rows()] = 0.0
+        return scores
 
     def next_probe(self, rng: np.random.Generator, *, exclude_first_token: int | None = None,
                    first_tokens: np.ndarray | None = None) -> int | None:
-        """The unused pool probe that best splits the likely candidates (ties at random); None if none splits.
+        """The unused pool probe that best splits the likely candidates (ties at random); once they are
+        settled, the one that best verifies the leader; None when no probe does either.
 
         `exclude_first_token` keeps consecutive prompts from sharing a first token, so a server's
         prefix cache cannot serve part of a prompt from the previous one.
         """
-        return most_splitting_probe(self.book, self.split_scores(), rng, exclude_first_token=exclude_first_token,
+        scores = self.split_scores()
+        if scores.max() <= SETTLED_BELOW:
+            scores = self.verification_scores()
+        return most_splitting_probe(self.book, scores, rng, exclude_first_token=exclude_first_token,
                                     first_tokens=first_tokens)
+
+
+def same_answers(signatures: np.ndarray) -> np.ndarray:
+    """(C, C, n) whether candidates i and j answer each probe alike, from (C, n) answer signatures."""
+    return signatures[:, None, :] == signatures[None, :, :]
+
+
+def _split_scores(same: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    # 1 - Σ_groups mass² = 1 - pᵀ S_n p: the same-answer matrix groups candidates per probe
+    return (1.0 - np.einsum("i,ijn,j->n", posterior, same, posterior)) / 2.0
 
 
 def split_scores(signatures: np.ndarray, posterior: np.ndarray, used_rows: Sequence[int] = ()) -> np.ndarray:
     """Per probe: the chance two candidates drawn from `posterior` would answer it differently."""
-    scores = np.zeros(signatures.shape[1])
-    for n in range(signatures.shape[1]):
-        _, inverse = np.unique(signatures[:, n], return_inverse=True)
-        mass = np.bincount(inverse, weights=posterior)
-        scores[n] = (1.0 - (mass ** 2).sum()) / 2.0
+    scores = _split_scores(same_answers(signatures), np.asarray(posterior, dtype=np.float64))
     scores[list(used_rows)] = 0.0
     return scores
 

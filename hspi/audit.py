@@ -104,6 +104,8 @@ class AuditSettings(BaseModel):
     order: Literal["split", "random"] = "split"
     max_tier: Literal["topk20", "topk5", "top1", "text"] = "topk20"  # ask for no more than this
     confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    # answers before a match may be declared; once the candidates are settled, the extra answers
+    # verify the leader where its near twins part, which is where a platform never collected shows
     min_answers: int = Field(default=2, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0)

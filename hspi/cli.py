@@ -303,6 +303,8 @@ def audit(
     max_tier: Annotated[str, typer.Option(help="richest tier to ask for: topk20, topk5, top1 or text")] = "topk20",
     seed: Annotated[Optional[int], typer.Option(help="probe-order seed (default: random)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 10.0,
+    min_answers: Annotated[int, typer.Option(help="answers before a match may be declared; the extra ones verify "
+                                                  "the leader against near twins never collected")] = 2,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")] = None,
     dataset: Annotated[Optional[Path], typer.Option(help="reference dataset (default: the shipped one)")] = None,
@@ -323,7 +325,8 @@ def audit(
     try:
         settings = AuditSettings(endpoint=endpoint, model=model, claim=parse_claim(claim), budget_queries=budget,
                                  budget_tokens=max_tokens, api=api, served_model=served_model, order=order,
-                                 max_tier=max_tier, seed=seed, timeout_s=timeout, dataset=dataset, classifier=classifier)
+                                 max_tier=max_tier, seed=seed, timeout_s=timeout, min_answers=min_answers,
+                                 dataset=dataset, classifier=classifier)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first['loc'][0])  # named as the option the user typed

@@ -155,6 +155,17 @@ def test_audit_confirms_a_true_bf16_claim(audits: dict) -> None:
     assert report["queries"] <= 16
 
 
+def test_min_answers_spends_answers_verifying_the_leader(servers: dict[str, str], capsys: pytest.CaptureFixture,
+                                                         tmp_path: Path) -> None:
+    done = cli(capsys, "audit", "--endpoint", servers["bf16"], "--budget", "16", "--seed", "0", "--min-answers", "8",
+               "--claim", "dtype=bf16", "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["answers_used"] >= 8 and report["stop"] == "confident"
+    assert report["heads"]["full"]["guesses"][0]["label"] == "cpu:avx2/bf16/torch-eager"
+    assert len({r["probe_id"] for r in report["evidence"]}) == len(report["evidence"])  # no probe asked twice
+
+
 def test_audit_of_a_top5_server_uses_the_topk5_tier(servers: dict[str, str], capsys: pytest.CaptureFixture,
                                                     tmp_path: Path) -> None:
     done = cli(capsys, "audit", "--endpoint", servers["top5"], "--budget", "16", "--seed", "0",
@@ -199,12 +210,14 @@ MORE_BAD_AUDITS = {  # the same, through main() in this process
     "endpoint-broken": ["--endpoint", "http://[::1/v1"],
     "endpoint-no-host": ["--endpoint", "http:///v1"],
     "order-foo": ["--order", "foo"],
+    "min-answers-0": ["--min-answers", "0"],
 }
 EXPECTED = {  # words the one error line names
     "budget-0": ["--budget", "greater than or equal to 1"], "max-tokens-0": ["--max-tokens"],
     "timeout-0": ["--timeout"], "claim-nonsense": ["nonsense"], "claim-bad-head": ["colour"],
     "endpoint-ftp": ["ftp://x", "http"], "endpoint-broken": ["http://[::1/v1"], "endpoint-no-host": ["http:///v1"],
     "api-foo": ["--api"], "model-nope": ["unknown model", "nope"], "order-foo": ["--order"],
+    "min-answers-0": ["--min-answers", "greater than or equal to 1"],
 }
 BAD_SERVES = {
     "serve-cap-3": ["--top-logprobs", "3"],

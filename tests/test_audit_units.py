@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hspi.audit import AuditReport, QueryRecord
 from hspi.claims import head_verdict, label_matches, overall_verdict, parse_claim
@@ -11,7 +13,7 @@ from hspi.endpoint_evaluation import decision_at
 from hspi.errors import ConfigError
 from hspi.features.tiers import tier_view
 from hspi.classifier.reference import ReferenceMatcher
-from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, answer_signatures
+from hspi.classifier.sequential import SETTLED_BELOW, ReferenceBook, ReferenceEvidence, answer_signatures, split_scores
 from hspi.features.relative import relative_features
 
 
@@ -56,7 +58,7 @@ def _toy_candidates(rng: np.random.Generator) -> list[np.ndarray]:
     return [base, b, c]
 
 
-def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]]) -> ReferenceMatcher:
+def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]], trees: int = 20) -> ReferenceMatcher:
     X, same = [], {h: [] for h in labels[0]}
     for t, target in enumerate(refs):
         view = tier_view(target, "logits")
@@ -64,7 +66,7 @@ def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]]) -> Ref
         X.append(feats.reshape(-1, feats.shape[2]))
         for h in same:
             same[h].append(np.tile([labels[t][h] == lab[h] for lab in labels], len(target)))
-    return ReferenceMatcher(heads=tuple(same), n_estimators=20).fit(
+    return ReferenceMatcher(heads=tuple(same), n_estimators=trees).fit(
         np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
 
 
@@ -119,3 +121,47 @@ def test_decision_at_budget_uses_the_last_decision_within_it() -> None:
     assert decision_at(report, 1) == {}
     assert decision_at(report, 4) == {"full": "A"}
     assert decision_at(report, 64) == {"full": "C"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5), min_size=1, max_size=6),
+       st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6))
+def test_split_scores_are_the_chance_two_draws_answer_differently(answers: list[list[int]], weights: list[float]) -> None:
+    signatures = np.asarray(answers, dtype=np.int64)  # (C, n): equal ints, equal answers
+    posterior = np.asarray(weights[:len(answers)]) / sum(weights[:len(answers)])
+    brute = [sum(posterior[i] * posterior[j] for i in range(len(answers)) for j in range(i + 1, len(answers))
+                 if signatures[i, n] != signatures[j, n]) for n in range(signatures.shape[1])]
+    assert split_scores(signatures, posterior, used_rows=[]) == pytest.approx(brute, abs=1e-12)
+    assert split_scores(signatures, posterior, used_rows=[2])[2] == 0.0
+
+
+def test_fragility_is_where_close_neighbours_part() -> None:
+    refs = _toy_candidates(np.random.default_rng(3))
+    book = ReferenceBook(refs, [{"full": x} for x in "ABC"], "logits", np.arange(60))
+    fragility = book.fragility(0)
+    # B agrees with A on 50 of 60 probes and parts on 0-9; C agrees on none, so it weighs nothing
+    assert fragility[:10] == pytest.approx(np.full(10, 50 / 60))
+    assert (fragility[10:] == 0).all()
+
+
+def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((60, 32)).astype(np.float32) * 3
+    b = a.copy()
+    b[:10] += np.float32(0.01)  # B, A's twin, parts from it on probes 0-9 only
+    refs = [a, b, a + np.float32(0.5)]
+    labels = [{"full": x} for x in "ABC"]
+    book = ReferenceBook(refs, labels, "logits", np.arange(60))
+    evidence = ReferenceEvidence(_fitted_matcher(refs, labels, trees=120), book)
+    split = []  # the target is A: probes where B parts split them until B is ruled out
+    while evidence.split_scores().max() > SETTLED_BELOW:
+        probe = evidence.next_probe(rng)
+        assert probe is not None and probe < 10
+        split.append(probe)
+        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+    assert len(split) < 10 and evidence.posterior()[0] > 0.999
+    verified = []
+    while (probe := evidence.next_probe(rng)) is not None:  # nothing splits any more: verify A where B parts
+        verified.append(probe)
+        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+    assert verified and sorted(split + verified) == list(range(10))

@@ -70,7 +70,7 @@ def create_audit(body: AuditCreate, principal: WriteKey, services: ServicesDep, 
     settings = AuditSettings(endpoint=body.endpoint, model=body.model, claim=claim, budget_queries=body.budget,
                              budget_tokens=body.budget_tokens, api=body.api, served_model=body.served_model,
                              max_tier=body.max_tier, seed=body.seed, timeout_s=body.timeout_s,
-                             dataset=limits.dataset, classifier=limits.classifier)
+                             min_answers=body.min_answers, dataset=limits.dataset, classifier=limits.classifier)
     credential = services.vault.encrypt(body.target_api_key.get_secret_value()) if body.target_api_key else None
     audit, created = store.create_audit(services.db, settings, origin=f"{host}:{port}", label=body.label,
                                         credential=credential, owner=principal.key_id, idempotency_key=idempotency_key)
