@@ -106,19 +106,22 @@ class IntrinsicClassifier:
             target = log_prob(np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes]))
             per_probe = []
             for k in options:
-                if k == 0 or booster is None:
-                    p = prior.predict_proba(X[val]) if k == 0 else None
+                if k == 0:
+                    p = prior.predict_proba(X[val])
+                elif booster is None:
+                    per_probe.append(None)
+                    continue
                 else:
                     p = booster.predict_proba(X[val], num_iteration=k)
-                per_probe.append(None if p is None else log_prob(p) - log_prob(prior.probabilities_) + target)
+                per_probe.append(log_prob(p) - log_prob(prior.probabilities_) + target)
             for q in audit_sizes:
                 audit = _audits(targets, val, q)
                 keep = audit >= 0
                 if not keep.any():
                     continue
                 folds[q] += 1
-                truth = labels[val][keep][np.unique(audit[keep], return_index=True)[1]]
-                w = weight[val][keep][np.unique(audit[keep], return_index=True)[1]]
+                first = np.unique(audit[keep], return_index=True)[1]  # one row per audit: its label and weight
+                truth, w = labels[val][keep][first], weight[val][keep][first]
                 for i, logp in enumerate(per_probe):
                     if logp is None:
                         hits[q][i], losses[q][i] = -np.inf, np.inf

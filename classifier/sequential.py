@@ -61,7 +61,7 @@ class ReferenceBook:
         """Split scores before any answer (uniform prior), computed once."""
         if self._prior_scores is None:
             n = self.signatures.shape[0]
-            self._prior_scores = _split_scores(self.same, np.full(n, 1.0 / n))
+            self._prior_scores = split_scores(self.same, np.full(n, 1.0 / n))
         return self._prior_scores
 
     def fragility(self, candidate: int) -> np.ndarray:
@@ -76,7 +76,7 @@ class ReferenceEvidence:
     def __init__(self, matcher: ReferenceMatcher, book: ReferenceBook) -> None:
         self.matcher, self.book = matcher, book
         self.labels, self.tier, self.pool_ids = book.labels, book.tier, book.pool_ids
-        self.reference_full, self.signatures, self._row = book.reference_full, book.signatures, book.row
+        self.reference_full, self._row = book.reference_full, book.row
         self.probs: dict[str, list[np.ndarray]] = {}
         self.used: list[int] = []
         self.asked: set[int] = set()  # probes asked whose answers could not be scored: not asked again
@@ -130,7 +130,7 @@ class ReferenceEvidence:
 
     def split_scores(self, posterior: np.ndarray | None = None) -> np.ndarray:
         """(n_pool,) expected disagreement Σ_{i<j} p_i p_j [answers differ] per probe; 0 once used."""
-        scores = _split_scores(self.book.same, self.posterior() if posterior is None else posterior)
+        scores = split_scores(self.book.same, self.posterior() if posterior is None else posterior)
         scores[self._used_rows()] = 0.0
         return scores
 
@@ -160,16 +160,10 @@ def same_answers(signatures: np.ndarray) -> np.ndarray:
     return signatures[:, None, :] == signatures[None, :, :]
 
 
-def _split_scores(same: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+def split_scores(same: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """Per probe: Σ_{i<j} p_i p_j [i and j answer differently], from the (C, C, n) same-answer matrix."""
     # 1 - Σ_groups mass² = 1 - pᵀ S_n p: the same-answer matrix groups candidates per probe
-    return (1.0 - np.einsum("i,ijn,j->n", posterior, same, posterior)) / 2.0
-
-
-def split_scores(signatures: np.ndarray, posterior: np.ndarray, used_rows: Sequence[int] = ()) -> np.ndarray:
-    """Per probe: the chance two candidates drawn from `posterior` would answer it differently."""
-    scores = _split_scores(same_answers(signatures), np.asarray(posterior, dtype=np.float64))
-    scores[list(used_rows)] = 0.0
-    return scores
+    return (1.0 - np.einsum("i,ijn,j->n", np.asarray(posterior, dtype=np.float64), same, posterior)) / 2.0
 
 
 def most_splitting_probe(book: ReferenceBook, scores: np.ndarray | None, rng: np.random.Generator, *,

@@ -13,7 +13,7 @@ from hspi.endpoint_evaluation import decision_at
 from hspi.errors import ConfigError
 from hspi.features.tiers import tier_view
 from hspi.classifier.reference import ReferenceMatcher
-from hspi.classifier.sequential import SETTLED_BELOW, ReferenceBook, ReferenceEvidence, answer_signatures, split_scores
+from hspi.classifier.sequential import SETTLED_BELOW, ReferenceBook, ReferenceEvidence, answer_signatures, same_answers, split_scores
 from hspi.features.relative import relative_features
 
 
@@ -131,8 +131,7 @@ def test_split_scores_are_the_chance_two_draws_answer_differently(answers: list[
     posterior = np.asarray(weights[:len(answers)]) / sum(weights[:len(answers)])
     brute = [sum(posterior[i] * posterior[j] for i in range(len(answers)) for j in range(i + 1, len(answers))
                  if signatures[i, n] != signatures[j, n]) for n in range(signatures.shape[1])]
-    assert split_scores(signatures, posterior, used_rows=[]) == pytest.approx(brute, abs=1e-12)
-    assert split_scores(signatures, posterior, used_rows=[2])[2] == 0.0
+    assert split_scores(same_answers(signatures), posterior) == pytest.approx(brute, abs=1e-12)
 
 
 def test_fragility_is_where_close_neighbours_part() -> None:
