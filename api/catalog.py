@@ -106,7 +106,7 @@ class Catalog:
                 ds = Dataset(self.dataset_dir(model))
                 version = next(v for v in ds.manifest.probe_sets[model] if v.endswith("/pool"))
                 first = equivalence_classes(ds, model)[0].members[0]
-                self._pools[model] = (version, ds.responses(first, "reference", model).probe_ids)
+                self._pools[model] = (version, ds.pool_references(first, model).probe_ids)
             return self._pools[model]
 
     def book(self, model: str, tier: str) -> ReferenceBook:
@@ -118,7 +118,7 @@ class Catalog:
                 ds = Dataset(self.dataset_dir(model))
                 logits = []
                 for c in classes:
-                    responses = ds.responses(c.members[0], "reference", model)
+                    responses = ds.pool_references(c.members[0], model)
                     if not np.array_equal(responses.probe_ids, pool_ids):
                         raise ModelError(f"reference runs of {model} cover different pool probes")
                     logits.append(responses.as_float32())

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from hspi.dataset import SPLITTING_RUN, Dataset
+from hspi.dataset import SEARCHED_REPLAY_RUN, SPLITTING_RUN, Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes, joint_classes
 from hspi.errors import DatasetError
 from hspi.platform import HEADS
 from hspi.features.intrinsic import intrinsic_features
 from hspi.features.relative import relative_features
-from hspi.features.tiers import TIERS, TierView, log_softmax_f64, reference_values, tier_view
+from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
 from hspi.classifier.baseline import ENCODINGS, HSPILDBaseline
 from hspi.classifier.intrinsic import IntrinsicClassifier
 from hspi.classifier.reference import ReferenceMatcher
@@ -57,16 +57,27 @@ class ModelData:
     classes: list[EquivalenceClass]
     class_of: dict[str, int]  # config id -> class index
     config_labels: dict[str, dict[str, str]]
-    reference: dict[int, np.ndarray]  # class index -> (pool, V) float32 logits
+    reference: dict[int, np.ndarray]  # class index -> (pool, V) float32 logits, rows follow pool_ids
     replay_ids: np.ndarray
     replay: dict[str, np.ndarray]  # config -> (R, V) float32 logits, rows follow replay_ids
     fresh_ids: np.ndarray
     fresh: dict[str, np.ndarray]
     pool_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fresh_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # the `replay-splitting` run, where collected: pool probes that split near-twin classes
-    splitting_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    splitting: dict[str, np.ndarray] = field(default_factory=dict)
+    # the reference pool's probe ids, sorted: the stored pool 0..pool_size-1, then searched probes
+    pool_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    pool_size: int = 0
+    # pool probes re-run outside `replay` because they split near-twin classes, where collected (the
+    # `replay-splitting` and `replay-searched` runs): their ids and every config's answers
+    targeted_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    targeted: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def rows(self, probe_ids: np.ndarray) -> np.ndarray:
+        """Rows of `reference` (and `pool_f64`) holding these pool probe ids."""
+        rows = np.searchsorted(self.pool_ids, probe_ids)
+        if len(rows) and (rows.max() >= len(self.pool_ids) or not np.array_equal(self.pool_ids[rows], probe_ids)):
+            raise DatasetError(f"{self.model}: probes outside the reference pool")
+        return rows
 
 
 def load_model_data(dataset: Dataset, model: str) -> ModelData:
@@ -79,7 +90,8 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
         raise DatasetError(f"{dataset.directory}: model {model} has one equivalence class only; nothing to tell apart")
     configs = [c for cls in classes for c in cls.members if c in dataset.complete_configs(model, ("reference", "replay", "fresh"))]
     class_of = {c: i for i, cls in enumerate(classes) for c in cls.members}
-    reference = {i: dataset.responses(cls.members[0], "reference", model).as_float32() for i, cls in enumerate(classes)}
+    pool_refs = [dataset.pool_references(cls.members[0], model) for cls in classes]
+    reference = {i: r.as_float32() for i, r in enumerate(pool_refs)}
     first = dataset.responses(configs[0], "replay", model)
     replay_ids, fresh_ids = first.probe_ids, dataset.responses(configs[0], "fresh", model).probe_ids
     replay, fresh = {}, {}
@@ -89,20 +101,34 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
             raise DatasetError(f"{dataset.directory}: {cid} was run on other probes than {configs[0]} ({model})")
         replay[cid], fresh[cid] = r.as_float32(), f.as_float32()
     spec = model_spec(model)
-    pool_size = reference[0].shape[0]
+    pool_size = dataset.responses(classes[0].members[0], "reference", model).probe_ids.shape[0]
     fresh_version = first.probe_set.replace("/pool", "/fresh")
     fresh_size = max(dataset.manifest.probe_sets[model].get(fresh_version, int(fresh_ids.max()) + 1), int(fresh_ids.max()) + 1)
     # truth is the class: members of one class are indistinguishable by construction
     data = ModelData(model, classes, class_of, {c: dict(classes[class_of[c]].labels) for c in configs},
                      reference, replay_ids, replay, fresh_ids, fresh)
-    if configs and set(configs) <= set(dataset.complete_configs(model, (SPLITTING_RUN,))):
-        data.splitting_ids = dataset.responses(configs[0], SPLITTING_RUN, model).probe_ids
+    data.pool_ids, data.pool_size = pool_refs[0].probe_ids, pool_size
+    if any(not np.array_equal(r.probe_ids, data.pool_ids) for r in pool_refs):
+        raise DatasetError(f"{dataset.directory}: reference runs of {model} cover different pool probes")
+    runs = [run for run in (SPLITTING_RUN, SEARCHED_REPLAY_RUN)
+            if configs and set(configs) <= set(dataset.complete_configs(model, (run,)))]
+    if SEARCHED_REPLAY_RUN in runs and not dataset.has_searched_pool(model):
+        runs.remove(SEARCHED_REPLAY_RUN)  # re-runs of probes without every config's reference
+    parts: dict[str, list] = {cid: [] for cid in configs}
+    ids = []
+    for run in runs:
+        run_ids = dataset.responses(configs[0], run, model).probe_ids
+        fresh_rows = ~np.isin(run_ids, np.concatenate(ids)) if ids else np.ones(len(run_ids), bool)
+        ids.append(run_ids[fresh_rows])
         for cid in configs:
-            r = dataset.responses(cid, SPLITTING_RUN, model)
-            if not np.array_equal(r.probe_ids, data.splitting_ids):
-                raise DatasetError(f"{dataset.directory}: {cid} {SPLITTING_RUN} ran other probes than {configs[0]} ({model})")
-            data.splitting[cid] = r.as_float32()
-    data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), np.arange(pool_size))
+            r = dataset.responses(cid, run, model)
+            if not np.array_equal(r.probe_ids, run_ids):
+                raise DatasetError(f"{dataset.directory}: {cid} {run} ran other probes than {configs[0]} ({model})")
+            parts[cid].append(r.as_float32()[fresh_rows])
+    if runs:
+        data.targeted_ids = np.concatenate(ids)
+        data.targeted = {cid: np.concatenate(p) for cid, p in parts.items()}
+    data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), data.pool_ids)
     data.fresh_f64 = float64_outputs(ProbeSet(spec, "fresh", fresh_size), fresh_ids)
     return data
 
@@ -137,7 +163,7 @@ def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, can
     """(len(rows), C, F) features of one config's replayed answers against each candidate class."""
     view = tier_view(data.replay[config][rows], tier)
     probe_ids = data.replay_ids[rows]
-    return np.stack([relative_features(view, ref_full[c][probe_ids]) for c in candidates], axis=1)
+    return np.stack([relative_features(view, ref_full[c][data.rows(probe_ids)]) for c in candidates], axis=1)
 
 
 @dataclass
@@ -148,17 +174,18 @@ class SequentialPool:
 
 
 def sequential_pool(data: ModelData, tier: str, rows: np.ndarray, feats: dict[str, np.ndarray],
-                    ref_full: dict[int, np.ndarray], *, splitting: bool) -> SequentialPool:
-    """Replay `rows` (features already computed), plus, with `splitting`, the `replay-splitting` run's
-    probes that are not replay probes at all (so never trained or calibrated on)."""
-    extra = ~np.isin(data.splitting_ids, data.replay_ids) if splitting else np.zeros(len(data.splitting_ids), bool)
-    probe_ids = np.r_[data.replay_ids[rows], data.splitting_ids[extra]].astype(np.int64)
+                    ref_full: dict[int, np.ndarray], *, targeted: bool) -> SequentialPool:
+    """Replay `rows` (features already computed), plus, with `targeted`, the re-run probes that split
+    near twins (`replay-splitting`, `replay-searched`) and are not replay probes at all (so never
+    trained or calibrated on)."""
+    extra = ~np.isin(data.targeted_ids, data.replay_ids) if targeted else np.zeros(len(data.targeted_ids), bool)
+    probe_ids = np.r_[data.replay_ids[rows], data.targeted_ids[extra]].astype(np.int64)
     features = {}
     for cid in data.replay:
         parts = [feats[cid][rows]]
         if extra.any():
-            view = tier_view(data.splitting[cid][extra], tier)
-            parts.append(np.stack([relative_features(view, ref_full[c][data.splitting_ids[extra]])
+            view = tier_view(data.targeted[cid][extra], tier)
+            parts.append(np.stack([relative_features(view, ref_full[c][data.rows(data.targeted_ids[extra])])
                                    for c in range(len(data.classes))], axis=1))
         features[cid] = np.concatenate(parts)
     return SequentialPool(probe_ids, features)
@@ -220,7 +247,8 @@ class Evaluation:
             "classes": {c.name: list(c.members) for c in classes},
             "models": {m: {"n_classes": len(d.classes), "classes": {c.name: list(c.members) for c in d.classes},
                            "n_configs": len(d.replay), "classes_split_by_one_probe": one_probe_split(d),
-                           "splitting_replay_probes": int(len(d.splitting_ids))} for m, d in data.items()},
+                           "targeted_replay_probes": int(len(d.targeted_ids)),
+                           "searched_pool_probes": int(len(d.pool_ids) - d.pool_size)} for m, d in data.items()},
             "results": self.results,
             "open_set": self.open_set_rows,
             "throughput": self.throughput,
@@ -255,7 +283,7 @@ class Evaluation:
         # exact-match lookup and the baseline share the same test groups
         baselines = self._fit_baselines(
             np.concatenate([tier_view(data.replay[c][train], tier).values for c in configs]
-                           + [tier_view(data.reference[data.class_of[c]][data.replay_ids[train]], tier).values for c in configs]),
+                           + [tier_view(data.reference[data.class_of[c]][data.rows(data.replay_ids[train])], tier).values for c in configs]),
             [data.config_labels[c] for c in configs for _ in train] * 2)
         for q in QUERIES:
             groups = query_groups(len(test), q)
@@ -296,14 +324,14 @@ class Evaluation:
             if q == 1 and tier == "logits":
                 for h in HEADS:
                     self.confusions[f"{data.model}/reference-match/{h}"] = {"pairs": confusion_pairs[h]}
-        pool = sequential_pool(data, tier, test, feats, ref_full, splitting=True)
+        pool = sequential_pool(data, tier, test, feats, ref_full, targeted=True)
         self._sequential(data, tier, matcher, pool, cand_labels)
         if tier == "logits" and data.model == "lm-small" and "_pred_s" in self.throughput:
             self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
         if self.open_set:
             matchers = self._open_set(data, tier, feats, train, calib, test)
             self._open_set_sequential(data, tier, matchers, pool,
-                                      sequential_pool(data, tier, calib, feats, ref_full, splitting=False))
+                                      sequential_pool(data, tier, calib, feats, ref_full, targeted=False))
 
     def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, pool: SequentialPool,
                     cand_labels: list[dict[str, str]]) -> None:
@@ -313,11 +341,11 @@ class Evaluation:
         the available probe on which the candidates' stored answers disagree most under the current
         posterior, the first under a uniform prior (what `hspi audit` does live over the whole
         pool); once nothing splits them, the probes that verify the leader.  Available: the replay
-        test probes, plus the `replay-splitting` run's probes (the pool probes that split near-twin
-        classes, answered in another independent process) that the matcher neither trained nor
-        calibrated on.
+        test probes, plus the targeted re-runs (`replay-splitting`: stored pool probes that split
+        near-twin classes; `replay-searched`: the searched pool probes; each answered in another
+        independent process) that the matcher neither trained nor calibrated on.
         """
-        book = ReferenceBook([data.reference[c][pool.probe_ids] for c in range(len(data.classes))], cand_labels, tier,
+        book = ReferenceBook([data.reference[c][data.rows(pool.probe_ids)] for c in range(len(data.classes))], cand_labels, tier,
                              pool.probe_ids)
         correct: dict[tuple[str, int], list[bool]] = {}
         for k, cid in enumerate(data.replay):
@@ -340,7 +368,7 @@ class Evaluation:
         probe_ids = data.replay_ids[rows]
         hits = np.zeros((len(rows), len(data.classes)), dtype=bool)
         for c in range(len(data.classes)):
-            ref_view = tier_view(data.reference[c][probe_ids], tier)
+            ref_view = tier_view(data.reference[c][data.rows(probe_ids)], tier)
             hits[:, c] = (view.ids == ref_view.ids).all(axis=1) & (view.values.view(np.uint32) == ref_view.values.view(np.uint32)).all(axis=1)
         votes = np.zeros((int(groups.max()) + 1, len(data.classes)))
         np.add.at(votes, groups, hits)
@@ -432,7 +460,8 @@ class Evaluation:
             labels = [data.classes[c].labels for c in keep_c]
 
             def audits(source: SequentialPool, configs: list[str]) -> dict[int, np.ndarray]:
-                book = ReferenceBook([data.reference[c][source.probe_ids] for c in keep_c], labels, tier, source.probe_ids)
+                book = ReferenceBook([data.reference[c][data.rows(source.probe_ids)] for c in keep_c], labels, tier,
+                                     source.probe_ids)
                 out: dict[int, list[float]] = {}
                 for cid in configs:
                     k = list(data.replay).index(cid)
@@ -462,7 +491,8 @@ class Evaluation:
         return intrinsic_features(view, f64), view.values
 
     def _heldout(self, data: ModelData, tier: str) -> None:
-        probes = np.random.default_rng(SPLIT_SEED).permutation(data.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES]
+        # the stored pool's probes (rows = ids), so a search does not change what the heads train on
+        probes = np.random.default_rng(SPLIT_SEED).permutation(data.pool_size)[:INTRINSIC_TRAIN_PROBES]
         X, V, y, probe_of, weight, target = [], [], {h: [] for h in HEADS}, [], [], []
         for c, cls in enumerate(data.classes):
             f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
@@ -503,7 +533,7 @@ class Evaluation:
         for other, d in data.items():
             if other == model:
                 continue
-            probes = np.random.default_rng(SPLIT_SEED).permutation(d.reference[0].shape[0])[:INTRINSIC_TRAIN_PROBES // 3]
+            probes = np.random.default_rng(SPLIT_SEED).permutation(d.pool_size)[:INTRINSIC_TRAIN_PROBES // 3]
             for cid in d.replay:
                 f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
                 X.append(f), V.append(v)

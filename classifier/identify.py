@@ -23,7 +23,7 @@ def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, 
     view = tier_view(responses.as_float32(), tier)
     features = []
     for cls in classes:
-        ref = dataset.responses(cls.members[0], "reference", responses.model)
+        ref = dataset.pool_references(cls.members[0], responses.model)
         if ref.probe_set != responses.probe_set:
             raise DatasetError(f"probe-set mismatch: answers to {responses.probe_set}, references of {ref.probe_set}")
         full = reference_values(ref.select(responses.probe_ids).as_float32(), tier)

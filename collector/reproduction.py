@@ -7,10 +7,14 @@ would be filed under the wrong classes, so the collection stops.
 
 from __future__ import annotations
 
-from hspi.dataset import Dataset
+import tempfile
+from pathlib import Path
+
+from hspi.dataset import Dataset, RunRecord, read_shard, write_shard
 from hspi.responses import Responses
 from hspi.errors import CollectionError
-from hspi.collector.worker import RunPlan
+from hspi.collector.local_run import run_worker
+from hspi.collector.worker import RunPlan, WorkerJob
 
 CHECK_RUN = "check"
 CHECK_PROBES = 16  # pool probes each process re-answers: two batches of 8, so batch size 8 is checked too
@@ -32,3 +36,19 @@ def check_reproduces(ds: Dataset, config_id: str, model: str, got: Responses, wh
         raise CollectionError(f"{config_id}: this machine does not reproduce the stored {model} outputs of "
                               f"{ds.manifest.name} (pool probes 0..{CHECK_PROBES - 1}); collect {what} "
                               "on the machine the dataset came from")
+
+
+def run_checked(ds: Dataset, config_id: str, models: list[str], plan: RunPlan, what: str) -> RunRecord:
+    """Run `plan` for `config_id` in a fresh worker after the bit-for-bit check; only checked answers
+    reach the dataset's shards (the worker writes into a scratch directory).  The caller files the
+    returned run in the manifest."""
+    record = ds.manifest.configs[config_id]
+    with tempfile.TemporaryDirectory(prefix="hspi-checked-") as tmp:
+        job = WorkerJob(platform=record.platform, models=models, runs=[check_plan(ds, models), plan], dataset_dir=tmp,
+                        export_dir=str(ds.directory / "exports"))
+        result = run_worker(job, Path(tmp))
+        run = result.runs[plan.name]
+        for model in models:
+            check_reproduces(ds, config_id, model, read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model), what)
+            run.shards[model] = write_shard(ds.directory, read_shard(Path(tmp), run.shards[model], model))
+    return run

@@ -17,19 +17,17 @@ configuration, so an interrupted run resumes where it stopped and loses nothing.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from hspi.dataset import SPLITTING_RUN, Dataset, read_shard, save_manifest, write_shard
+from hspi.dataset import SPLITTING_RUN, Dataset, save_manifest
 from hspi.equivalence import equivalence_classes
 from hspi.errors import ConfigError
-from hspi.collector.local_run import run_worker
-from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces
-from hspi.collector.worker import RunPlan, WorkerJob
+from hspi.collector.reproduction import pool_size, run_checked
+from hspi.collector.worker import RunPlan
 
 RARE_SHARE = 0.05  # classes that differ on at most this share of the pool are near twins
 SEED = 23
@@ -74,18 +72,8 @@ def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHAR
         if on_progress:
             on_progress(cid, len(configs) - len(todo) + number, len(configs))
         record = ds.manifest.configs[cid]
-        check = check_plan(ds, models)
-        plans = [check, RunPlan(name=SPLITTING_RUN, probe_set="pool", size=check.size, ids=union, shuffle=True, seed=SEED)]
-        with tempfile.TemporaryDirectory(prefix="hspi-splitting-") as tmp:
-            # the worker writes into a scratch directory: only checked answers reach the dataset
-            job = WorkerJob(platform=record.platform, models=models, runs=plans, dataset_dir=tmp,
-                            export_dir=str(ds.directory / "exports"))
-            result = run_worker(job, Path(tmp))
-            run = result.runs[SPLITTING_RUN]
-            for model in models:
-                got = read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model)
-                check_reproduces(ds, cid, model, got, "splitting-probe answers")
-                run.shards[model] = write_shard(ds.directory, read_shard(Path(tmp), run.shards[model], model))
+        plan = RunPlan(name=SPLITTING_RUN, probe_set="pool", size=pool_size(ds, models), ids=union, shuffle=True, seed=SEED)
+        run = run_checked(ds, cid, models, plan, "splitting-probe answers")
         record.runs[SPLITTING_RUN] = run
         save_manifest(ds.directory, ds.manifest)
     if on_progress:

@@ -337,7 +337,7 @@ class _ReferenceContext:
         self.classes = equivalence_classes(ds, model)
         pool_version = next(v for v in ds.manifest.probe_sets[model] if v.endswith("/pool"))
         self.pool = ProbeSet(model_spec(model), "pool", ds.manifest.probe_sets[model][pool_version])
-        references = [ds.responses(c.members[0], "reference", model) for c in self.classes]
+        references = [ds.pool_references(c.members[0], model) for c in self.classes]
         self.pool_ids = references[0].probe_ids
         if any(not np.array_equal(r.probe_ids, self.pool_ids) for r in references):
             raise DatasetError(f"{dataset_dir}: reference runs of {model} cover different pool probes")

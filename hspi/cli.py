@@ -211,6 +211,32 @@ def dataset_replay_splitting(
     console.print(f"{SPLITTING_RUN}: " + ", ".join(f"{m} {len(v)} probes" for m, v in ids.items()) + f" on every configuration of {directory}")
 
 
+@dataset_app.command("search-splitting")
+def dataset_search_splitting(
+    directory: Annotated[Path, typer.Argument(help="dataset directory")] = SHIPPED_DATASET,
+    models: Annotated[Optional[str], typer.Option(help="comma-separated models (default: those no stored probe fully splits)")] = None,
+    candidates: Annotated[int, typer.Option(help="pool ids searched beyond the stored pool, per model")] = 100_000,
+    keep: Annotated[int, typer.Option(help="probes kept per model: every configuration answers them")] = 64,
+    near_share: Annotated[float, typer.Option(help="classes differing on at most this share of the pool are near twins")] = 0.25,
+) -> None:
+    """Search the pool stream for probes that split near-twin classes; store every configuration's answers; resumable."""
+    from hspi.collector.splitting_search import collect_searched_probes
+
+    with _progress() as progress:
+        task = progress.add_task("searching splitting probes", total=None)
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done, description=what)
+
+        chosen = [m.strip() for m in models.split(",")] if models else None
+        found = collect_searched_probes(directory, models=chosen, n_candidates=candidates, keep=keep,
+                                        near_share=near_share, on_progress=on_progress)
+    for model, search in found.items():
+        best = max((p.pairs_split for p in search.selected), default=0)
+        console.print(f"{model}: {len(search.selected)} probes kept of {search.candidates[1] - search.candidates[0]} "
+                      f"searched; best splits {best} of {search.pairs} near-twin pairs (stored pool: {search.best_stored})")
+
+
 @app.command()
 def demo(
     dataset: Annotated[Path, typer.Option(help="dataset directory")] = SHIPPED_DATASET,

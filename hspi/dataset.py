@@ -32,6 +32,11 @@ FORMAT = "hspi-dataset/1"
 MANIFEST = "dataset.json"
 # pool probes that split near-twin classes, re-run in another independent process (see collector.splitting_replay)
 SPLITTING_RUN = "replay-splitting"
+# pool probes beyond the first `size`, found by searching the pool stream for probes that split
+# near-twin classes: every configuration's answers (references) and an independent re-run
+# (see collector.splitting_search)
+SEARCHED_REFERENCE_RUN = "reference-searched"
+SEARCHED_REPLAY_RUN = "replay-searched"
 
 
 class ShardRef(BaseModel):
@@ -186,6 +191,29 @@ class Dataset:
                 raise DatasetError(f"{self.directory}: no {run} outputs of {model} for {config_id}") from None
             self._cache[key] = read_shard(self.directory, ref, model)
         return self._cache[key]
+
+    def has_searched_pool(self, model: str) -> bool:
+        """Whether every configuration with references of `model` also answered its searched pool probes
+        (a search in progress, or a merge with a dataset that has none, leaves the pool as it was)."""
+        configs = self.complete_configs(model, ("reference",))
+        return bool(configs) and all(cid in self.complete_configs(model, (SEARCHED_REFERENCE_RUN,)) for cid in configs)
+
+    def pool_references(self, config_id: str, model: str) -> Responses:
+        """A configuration's stored answers to every reference pool probe, sorted by probe id: the
+        `reference` run, plus the searched pool probes where every configuration has them."""
+        reference = self.responses(config_id, "reference", model)
+        if not self.has_searched_pool(model):
+            return reference
+        searched = self.responses(config_id, SEARCHED_REFERENCE_RUN, model)
+        if searched.probe_set != reference.probe_set or searched.native_dtype != reference.native_dtype:
+            raise DatasetError(f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} does not extend its "
+                               f"reference run ({searched.probe_set} {searched.native_dtype})")
+        ids = np.concatenate([reference.probe_ids, searched.probe_ids])
+        order = np.argsort(ids, kind="stable")
+        if len(np.unique(ids)) != len(ids):
+            raise DatasetError(f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} repeats reference probes")
+        native = np.concatenate([reference.native, searched.native])[order]
+        return Responses(model, reference.probe_set, ids[order].astype(np.int32), native, reference.native_dtype)
 
     def validate(self) -> None:
         """Read every shard once (hash-checked) and check the probe-set versions agree."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hspi.dataset import Dataset
+from hspi.dataset import SEARCHED_REFERENCE_RUN, Dataset
 from hspi.errors import DatasetError
 from hspi.platform import HEADS
 
@@ -24,10 +24,12 @@ def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
     configs = dataset.complete_configs(model, ("reference", "fresh"))
     if not configs:
         raise DatasetError(f"{dataset.directory}: no complete configuration for model {model}")
-    groups: dict[tuple[str, str], list[str]] = {}
+    searched = dataset.has_searched_pool(model)
+    groups: dict[tuple[str, ...], list[str]] = {}
     for cid in configs:
         runs = dataset.manifest.configs[cid].runs
-        key = (runs["reference"].shards[model].shard, runs["fresh"].shards[model].shard)
+        key = (runs["reference"].shards[model].shard, runs["fresh"].shards[model].shard,
+               runs[SEARCHED_REFERENCE_RUN].shards[model].shard if searched else "")
         groups.setdefault(key, []).append(cid)
     classes = []
     for members in groups.values():

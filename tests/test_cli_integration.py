@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hspi.dataset import load_manifest, save_manifest
@@ -173,7 +174,7 @@ def test_mismatched_probe_sets_refuse_to_merge(smoke: Path, tmp_path: Path) -> N
 
 def test_splitting_replay_answers_resumes_and_reaches_the_evaluation(smoke: Path, tmp_path: Path, monkeypatch) -> None:
     from hspi.classifier.evaluation import load_model_data
-    from hspi.collector import splitting_replay
+    from hspi.collector import reproduction, splitting_replay
     from hspi.dataset import SPLITTING_RUN, Dataset
 
     copy = tmp_path / "split"
@@ -197,7 +198,7 @@ def test_splitting_replay_answers_resumes_and_reaches_the_evaluation(smoke: Path
             want = ds.responses(cid, "reference", model).select(got.probe_ids)
             assert got.native.tobytes() == want.native.tobytes()
     data = load_model_data(ds, "lm-small")
-    assert sorted(data.splitting_ids.tolist()) == union and set(data.splitting) == set(data.replay)
+    assert sorted(data.targeted_ids.tolist()) == union and set(data.targeted) == set(data.replay)
 
     # interrupted after some configurations: a rerun answers only the ones missing
     manifest = load_manifest(copy)
@@ -206,8 +207,8 @@ def test_splitting_replay_answers_resumes_and_reaches_the_evaluation(smoke: Path
         del manifest.configs[cid].runs[SPLITTING_RUN]
     save_manifest(copy, manifest)
     ran: list[str] = []
-    real = splitting_replay.run_worker
-    monkeypatch.setattr(splitting_replay, "run_worker", lambda job, wd: ran.append(job.platform.id) or real(job, wd))
+    real = reproduction.run_worker
+    monkeypatch.setattr(reproduction, "run_worker", lambda job, wd: ran.append(job.platform.id) or real(job, wd))
     splitting_replay.collect_splitting_replay(copy, rare_share=1.0)
     assert sorted(ran) == dropped
     ran.clear()
@@ -231,3 +232,64 @@ def test_splitting_replay_refuses_another_machines_dataset(smoke: Path, tmp_path
     save_manifest(copy, manifest)
     with pytest.raises(CollectionError, match="does not reproduce"):
         splitting_replay.collect_splitting_replay(copy, rare_share=1.0)
+
+
+def test_splitting_search_extends_the_pool_resumes_and_reaches_audits(smoke: Path, tmp_path: Path, monkeypatch) -> None:
+    from hspi.classifier.evaluation import load_model_data
+    from hspi.collector import reproduction, splitting_search
+    from hspi.dataset import SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN, Dataset
+    from hspi.equivalence import equivalence_classes
+
+    copy = tmp_path / "search"
+    shutil.copytree(smoke, copy)
+    found = splitting_search.collect_searched_probes(copy, models=["mlp"], n_candidates=40, keep=4, near_share=1.0)
+    search = found["mlp"]
+    assert search.candidates == (40, 80) and 0 < len(search.selected) <= 4
+    scores = [p.pairs_split for p in search.selected]
+    assert scores == sorted(scores, reverse=True) and all(40 <= p.id < 80 for p in search.selected)
+    assert splitting_search.load_selection(copy)["mlp"] == search  # the selection is kept with the dataset
+    ds = Dataset(copy)
+    chosen = sorted(p.id for p in search.selected)
+    classes = equivalence_classes(ds, "mlp")
+    words = {c.name: ds.pool_references(c.members[0], "mlp") for c in classes}
+    for p in search.selected:  # the search's score is what every class's stored answers show
+        row = {name: r.select(np.array([p.id])).native.tobytes() for name, r in words.items()}
+        assert len(set(row.values())) >= p.distinct
+    for cid in ds.manifest.configs:
+        ref, again = ds.responses(cid, SEARCHED_REFERENCE_RUN, "mlp"), ds.responses(cid, SEARCHED_REPLAY_RUN, "mlp")
+        assert ref.probe_ids.tolist() == chosen == sorted(again.probe_ids.tolist())
+        assert again.select(ref.probe_ids).native.tobytes() == ref.native.tobytes()  # another process, same bits
+        pool = ds.pool_references(cid, "mlp")
+        assert pool.probe_ids.tolist() == list(range(40)) + chosen
+        assert ds.pool_references(cid, "lm-small").probe_ids.tolist() == list(range(40))  # not searched: unchanged
+    data = load_model_data(ds, "mlp")
+    assert data.pool_ids.tolist() == list(range(40)) + chosen and data.pool_size == 40
+    assert set(chosen) <= set(data.targeted_ids.tolist())
+    assert data.pool_f64.shape[0] == 40 + len(chosen)
+
+    # audits build their reference book over the extended pool, so they may ask a searched probe
+    from hspi.audit import _ReferenceContext
+
+    context = _ReferenceContext(copy, "mlp")
+    assert context.pool_ids.tolist() == list(range(40)) + chosen
+    assert context.book("logits").prior_split_scores().shape == (40 + len(chosen),)
+
+    # interrupted after some configurations: the pool stays as it was until every one has the probes
+    manifest = load_manifest(copy)
+    dropped = sorted(manifest.configs)[:2]
+    for cid in dropped:
+        del manifest.configs[cid].runs[SEARCHED_REPLAY_RUN]
+    del manifest.configs[dropped[0]].runs[SEARCHED_REFERENCE_RUN]
+    save_manifest(copy, manifest)
+    assert not Dataset(copy).has_searched_pool("mlp")
+    assert Dataset(copy).pool_references(dropped[1], "mlp").probe_ids.tolist() == list(range(40))
+    ran: list[str] = []
+    real = reproduction.run_worker
+    monkeypatch.setattr(reproduction, "run_worker", lambda job, wd: ran.append(job.platform.id) or real(job, wd))
+    monkeypatch.setattr(splitting_search, "run_worker", lambda job, wd: ran.append("search") or real(job, wd))
+    splitting_search.collect_searched_probes(copy, models=["mlp"], n_candidates=40, keep=4, near_share=1.0)
+    assert sorted(ran) == sorted(dropped * 2)  # stored search reused; two processes per configuration
+    ran.clear()
+    splitting_search.collect_searched_probes(copy, models=["mlp"], n_candidates=40, keep=4, near_share=1.0)
+    assert ran == []
+    assert Dataset(copy).has_searched_pool("mlp")
