@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from hspi.dataset import SEARCHED_REPLAY_RUN, SPLITTING_RUN, Dataset
-from hspi.equivalence import EquivalenceClass, equivalence_classes, joint_classes
+from hspi.equivalence import EquivalenceClass, distinct_answers, equivalence_classes, joint_classes
 from hspi.errors import DatasetError
 from hspi.platform import HEADS
 from hspi.features.intrinsic import intrinsic_features
@@ -137,7 +137,7 @@ def one_probe_split(data: ModelData) -> int:
     """The most classes any single pool probe tells apart (bitwise, logits): a ceiling on what one
     query can identify, whatever the classifier."""
     words = np.stack([data.reference[c].view(np.uint32) for c in range(len(data.classes))])  # (C, pool, V)
-    return max(len({words[c, p].tobytes() for c in range(len(words))}) for p in range(words.shape[1]))
+    return int(distinct_answers(words).max())
 
 
 def label_shares(labels: list[str]) -> dict[str, float]:

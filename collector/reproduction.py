@@ -38,17 +38,24 @@ def check_reproduces(ds: Dataset, config_id: str, model: str, got: Responses, wh
                               "on the machine the dataset came from")
 
 
-def run_checked(ds: Dataset, config_id: str, models: list[str], plan: RunPlan, what: str) -> RunRecord:
-    """Run `plan` for `config_id` in a fresh worker after the bit-for-bit check; only checked answers
-    reach the dataset's shards (the worker writes into a scratch directory).  The caller files the
-    returned run in the manifest."""
+def checked_answers(ds: Dataset, config_id: str, models: list[str], plan: RunPlan,
+                    what: str) -> tuple[RunRecord, dict[str, Responses]]:
+    """Run `plan` for `config_id` in a fresh worker after the bit-for-bit check: the worker's run
+    record (its shards are scratch, gone on return) and, per model, the checked answers."""
     record = ds.manifest.configs[config_id]
     with tempfile.TemporaryDirectory(prefix="hspi-checked-") as tmp:
         job = WorkerJob(platform=record.platform, models=models, runs=[check_plan(ds, models), plan], dataset_dir=tmp,
                         export_dir=str(ds.directory / "exports"))
         result = run_worker(job, Path(tmp))
-        run = result.runs[plan.name]
         for model in models:
             check_reproduces(ds, config_id, model, read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model), what)
-            run.shards[model] = write_shard(ds.directory, read_shard(Path(tmp), run.shards[model], model))
+        run = result.runs[plan.name]
+        return run, {model: read_shard(Path(tmp), run.shards[model], model) for model in models}
+
+
+def run_checked(ds: Dataset, config_id: str, models: list[str], plan: RunPlan, what: str) -> RunRecord:
+    """`checked_answers`, stored: only checked answers reach the dataset's shards (the worker writes into
+    a scratch directory).  The caller files the returned run in the manifest."""
+    run, answers = checked_answers(ds, config_id, models, plan, what)
+    run.shards = {model: write_shard(ds.directory, got) for model, got in answers.items()}
     return run

@@ -23,7 +23,6 @@ configuration has them: audits may ask them, and equivalence classes account for
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from itertools import combinations
@@ -32,12 +31,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from hspi.dataset import SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN, Dataset, read_shard, save_manifest
-from hspi.equivalence import equivalence_classes
+from hspi.dataset import SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN, Dataset, save_manifest
+from hspi.equivalence import distinct_answers, equivalence_classes
 from hspi.errors import ConfigError, DatasetError
-from hspi.collector.local_run import run_worker
-from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces, pool_size, run_checked
-from hspi.collector.worker import RunPlan, WorkerJob
+from hspi.collector.reproduction import checked_answers, pool_size, run_checked
+from hspi.collector.worker import RunPlan
 
 NEAR_SHARE = 0.25  # classes that differ on at most this share of the pool are near twins
 N_CANDIDATES = 100_000
@@ -64,22 +62,12 @@ class ModelSearch(BaseModel):
     seconds: float
 
 
-def classes_split_by_one_probe(words: np.ndarray) -> int:
-    """Most classes one probe tells apart, from (C, n, V) uint32 answers."""
-    return max(len({words[c, p].tobytes() for c in range(words.shape[0])}) for p in range(words.shape[1]))
-
-
 def pairs_split(words: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
     """(n,) per probe: how many of `pairs` answer it differently, from (C, n, V) uint32 answers."""
     counts = np.zeros(words.shape[1], dtype=np.int64)
     for a, b in pairs:
         counts += (words[a] != words[b]).any(axis=1)
     return counts
-
-
-def distinct_answers(words: np.ndarray) -> np.ndarray:
-    """(n,) per probe: how many distinct answers the C classes give."""
-    return np.array([len({words[c, p].tobytes() for c in range(words.shape[0])}) for p in range(words.shape[1])])
 
 
 def near_twins(words: np.ndarray, near_share: float) -> tuple[list[int], list[tuple[int, int]]]:
@@ -100,7 +88,7 @@ def searchable_models(ds: Dataset, near_share: float) -> list[str]:
     for model in ds.models:
         classes = equivalence_classes(ds, model)
         words = np.stack([ds.responses(c.members[0], "reference", model).as_float32().view(np.uint32) for c in classes])
-        if near_twins(words, near_share)[0] and classes_split_by_one_probe(words) < len(classes):
+        if near_twins(words, near_share)[0] and distinct_answers(words).max() < len(classes):
             chosen.append(model)
     return chosen
 
@@ -143,15 +131,9 @@ def search_model(ds: Dataset, model: str, *, n_candidates: int = N_CANDIDATES, k
         cid = classes[c].members[0]
         if on_progress:
             on_progress(f"{model} search {cid}", number, len(members))
-        plans = [check_plan(ds, [model]), RunPlan(name="search", probe_set="pool", size=start, ids=candidates.tolist())]
-        with tempfile.TemporaryDirectory(prefix="hspi-search-") as tmp:
-            job = WorkerJob(platform=ds.manifest.configs[cid].platform, models=[model], runs=plans, dataset_dir=tmp,
-                            export_dir=str(ds.directory / "exports"))
-            result = run_worker(job, Path(tmp))
-            check_reproduces(ds, cid, model, read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model),
-                             "a splitting-probe search")
-            got = read_shard(Path(tmp), result.runs["search"].shards[model], model)
-        answers.append(got.select(candidates).as_float32().view(np.uint32))
+        plan = RunPlan(name="search", probe_set="pool", size=start, ids=candidates.tolist())
+        _, got = checked_answers(ds, cid, [model], plan, "a splitting-probe search")
+        answers.append(got[model].select(candidates).as_float32().view(np.uint32))
     words = np.stack(answers)  # (near classes, candidates, V)
     split = pairs_split(words, pairs)
     order = np.lexsort((candidates, -split))[:keep]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hspi.dataset import SEARCHED_REFERENCE_RUN, Dataset
 from hspi.errors import DatasetError
 from hspi.platform import HEADS
@@ -53,3 +55,8 @@ def joint_classes(dataset: Dataset) -> list[EquivalenceClass]:
         labels["full"] = members[0]
         out.append(EquivalenceClass(members[0], tuple(members), labels))
     return out
+
+
+def distinct_answers(words: np.ndarray) -> np.ndarray:
+    """(n,) per probe: how many distinct answers C classes give, from their (C, n, V) uint32 answers."""
+    return np.array([len({words[c, p].tobytes() for c in range(words.shape[0])}) for p in range(words.shape[1])])

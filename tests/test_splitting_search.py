@@ -11,12 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hspi.collector.splitting_search import (
-    classes_split_by_one_probe, distinct_answers, near_twins, pairs_split,
-)
+from hspi.collector.splitting_search import near_twins, pairs_split
 from hspi.dataset import (
     SEARCHED_REFERENCE_RUN, ConfigRecord, Dataset, Manifest, RunRecord, save_manifest, write_shard,
 )
+from hspi.equivalence import distinct_answers
 from hspi.errors import DatasetError
 from hspi.platform import Platform
 from hspi.responses import Responses
@@ -36,7 +35,6 @@ def test_split_counts_agree_with_brute_force(words):
         rows = [tuple(words[c, p]) for c in range(C)]
         assert split[p] == sum(rows[a] != rows[b] for a, b in pairs)
         assert distinct[p] == len(set(rows))
-    assert classes_split_by_one_probe(words) == distinct.max()
 
 
 def test_near_twins_are_classes_that_differ_rarely_but_not_never():
