@@ -8,9 +8,10 @@ target will show under the posterior): probes where every likely candidate answe
 nothing, so an audit does not spend budget on them.
 
 Once the likely candidates are settled (no probe splits them), the next probes *verify* the
-leader: the probes on which its stored answer differs from its closest known neighbours.  Those
-are the inputs where this platform's rounding is fragile, so a platform never collected that is a
-near twin of the leader (e.g. another ISA in the same dtype) is most likely to show there.
+leader: the probes on which its stored answer differs from its known neighbours, the rarest
+partings first.  Those are the inputs where this platform's rounding is fragile, so a platform
+never collected that is a near twin of the leader (e.g. another ISA in the same dtype) is most
+likely to show there.
 """
 
 from __future__ import annotations
@@ -65,9 +66,15 @@ class ReferenceBook:
         return self._prior_scores
 
     def fragility(self, candidate: int) -> np.ndarray:
-        """(n_pool,) per probe: Σ_j agreement(candidate, j) over the other candidates j that answer it
-        differently.  High where the candidate's closest neighbours part from it."""
-        weights = self.agreement[candidate].copy()
+        """(n_pool,) per probe: Σ_j 1/(1 - a_j) over the other candidates j that answer it differently,
+        a_j the share of probes j answers like the candidate: the surprise of j parting.  Where a twin
+        that parts on 0.5% of probes parts counts 13 times more than where a sibling that parts on 6%
+        does, so verification asks where the leader *alone* is fragile, not where its whole group
+        parts from another group (an unknown twin answers like its group there; weights linear in a
+        picked those and missed the twins).  A candidate that never agrees adds 1 to every probe, so a
+        leader without close neighbours is still verified on further probes, not left alone."""
+        agreement = self.agreement[candidate]
+        weights = np.divide(1.0, 1.0 - agreement, out=np.zeros_like(agreement), where=agreement < 1.0)
         weights[candidate] = 0.0
         return weights @ ~self.same[candidate]
 

@@ -138,9 +138,21 @@ def test_fragility_is_where_close_neighbours_part() -> None:
     refs = _toy_candidates(np.random.default_rng(3))
     book = ReferenceBook(refs, [{"full": x} for x in "ABC"], "logits", np.arange(60))
     fragility = book.fragility(0)
-    # B agrees with A on 50 of 60 probes and parts on 0-9; C agrees on none, so it weighs nothing
-    assert fragility[:10] == pytest.approx(np.full(10, 50 / 60))
-    assert (fragility[10:] == 0).all()
+    # B agrees with A on 50 of 60 probes and parts on 0-9 (surprise 60/10); C parts everywhere (1 each)
+    assert fragility[:10] == pytest.approx(np.full(10, 6.0 + 1.0))
+    assert fragility[10:] == pytest.approx(np.ones(50))
+
+
+def test_fragility_ranks_a_close_twin_parting_above_a_group_parting() -> None:
+    # A's twin B parts on probe 0 only; the group C, D (A's siblings, 7 of 10 alike) parts on probes 1-3
+    a = np.random.default_rng(5).standard_normal((10, 8)).astype(np.float32)
+    b, group = a.copy(), a.copy()
+    b[0] += np.float32(0.25)
+    group[1:4] += np.float32(0.25)
+    book = ReferenceBook([a, b, group, group.copy()], [{"full": x} for x in "ABCD"], "logits", np.arange(10))
+    fragility = book.fragility(0)
+    assert fragility[0] == pytest.approx(10.0) and fragility[1] == pytest.approx(2 * 10 / 3)  # 1/0.1 vs 2 x 1/0.3
+    assert fragility[0] > fragility[1] == fragility[3] > fragility[4] == 0
 
 
 def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
@@ -160,7 +172,8 @@ def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
         evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
     assert len(split) < 10 and evidence.posterior()[0] > 0.999
     verified = []
-    while (probe := evidence.next_probe(rng)) is not None:  # nothing splits any more: verify A where B parts
-        verified.append(probe)
+    for _ in range(10 - len(split)):  # nothing splits any more: verify A where B parts first
+        verified.append(probe := evidence.next_probe(rng))
         evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
     assert verified and sorted(split + verified) == list(range(10))
+    assert evidence.next_probe(rng) >= 10  # then on, where only the far candidate C parts
