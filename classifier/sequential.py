@@ -8,8 +8,8 @@ target will show under the posterior): probes where every likely candidate answe
 nothing, so an audit does not spend budget on them.
 
 Once the likely candidates are settled (no probe splits them), the next probes *verify* the
-leader: the probes on which its stored answer differs from its known neighbours, the rarest
-partings first.  Those are the inputs where this platform's rounding is fragile, so a platform
+leader: the probes on which its stored answer differs from its known neighbours, or they differ
+from each other, the rarest partings first.  Those are the inputs where this platform's rounding is fragile, so a platform
 never collected that is a near twin of the leader (e.g. another ISA in the same dtype) is most
 likely to show there.
 """
@@ -66,17 +66,29 @@ class ReferenceBook:
         return self._prior_scores
 
     def fragility(self, candidate: int) -> np.ndarray:
-        """(n_pool,) per probe: Σ_j 1/(1 - a_j) over the other candidates j that answer it differently,
-        a_j the share of probes j answers like the candidate: the surprise of j parting.  Where a twin
-        that parts on 0.5% of probes parts counts 13 times more than where a sibling that parts on 6%
-        does, so verification asks where the leader *alone* is fragile, not where its whole group
-        parts from another group (an unknown twin answers like its group there; weights linear in a
-        picked those and missed the twins).  A candidate that never agrees adds 1 to every probe, so a
-        leader without close neighbours is still verified on further probes, not left alone."""
-        agreement = self.agreement[candidate]
-        weights = np.divide(1.0, 1.0 - agreement, out=np.zeros_like(agreement), where=agreement < 1.0)
+        """(n_pool,) per probe: how likely an unknown near twin of `candidate` is to part from it there.
+
+        Two terms, each parting weighed by its surprise 1/(1 - a), a the share of probes the two
+        answer alike: where a twin that parts on 0.5% of probes parts counts 13 times more than where
+        a sibling group that parts on 6% does (weights linear in a picked the group partings, where
+        an unknown twin answers like its group, and missed the twins).
+        - Σ_j over the other candidates j that answer the probe differently from `candidate`; one
+          that never agrees adds 1 to every probe, so a leader without close neighbours is still
+          verified on further probes, not left alone.
+        - Σ_{i<j} a_ci a_cj over pairs of its neighbours that part from each other there: rounding
+          is fragile on few probes (an output near a rounding boundary), and there every close pair
+          is likely to part.  On the CPU dataset the rare cnn bf16 twins part only on probes where
+          other bf16 twins do (avx2/sse42 on 1 stored pool probe, 349, where amx/avx512 part too).
+        """
+        surprise = np.divide(1.0, 1.0 - self.agreement, out=np.zeros_like(self.agreement), where=self.agreement < 1.0)
+        weights = surprise[candidate].copy()
         weights[candidate] = 0.0
-        return weights @ ~self.same[candidate]
+        own = weights @ ~self.same[candidate]
+        # partings between two of the leader's neighbours, weighted by how close both are to it
+        close = self.agreement[candidate].copy()
+        close[candidate] = 0.0
+        pair = np.outer(close, close) * surprise
+        return own + np.einsum("ij,ijn->n", pair, ~self.same) / 2.0
 
 
 class ReferenceEvidence:

@@ -151,8 +151,24 @@ def test_fragility_ranks_a_close_twin_parting_above_a_group_parting() -> None:
     group[1:4] += np.float32(0.25)
     book = ReferenceBook([a, b, group, group.copy()], [{"full": x} for x in "ABCD"], "logits", np.arange(10))
     fragility = book.fragility(0)
-    assert fragility[0] == pytest.approx(10.0) and fragility[1] == pytest.approx(2 * 10 / 3)  # 1/0.1 vs 2 x 1/0.3
+    # B's parting (1/0.1) outweighs C's and D's together (2 x 1/0.3); B parts from C and D on both
     assert fragility[0] > fragility[1] == fragility[3] > fragility[4] == 0
+
+
+def test_fragility_counts_where_the_leaders_close_neighbours_part_from_each_other() -> None:
+    # B and C are A's close neighbours (each parts from it on one probe: 1 and 2); on probe 0 they part
+    # from each other while A answers like B: rounding is fragile there for the whole neighbourhood
+    a = np.random.default_rng(6).standard_normal((10, 8)).astype(np.float32)
+    b, c, far = a.copy(), a.copy(), a + np.float32(1.0)
+    c[0] += np.float32(0.25)
+    b[1] += np.float32(0.25)
+    c[2] += np.float32(0.25)
+    book = ReferenceBook([a, b, c, far], [{"full": x} for x in "ABCD"], "logits", np.arange(10))
+    fragility = book.fragility(0)
+    own = np.array([5.0, 10.0, 5.0] + [0.0] * 7) + 1.0  # C parts on 0 and 2 (a = 0.8), B on 1 (a = 0.9); D everywhere
+    neighbours = np.array([0.9 * 0.8 / (1 - 0.7), 0.9 * 0.8 / (1 - 0.7), 0.9 * 0.8 / (1 - 0.7)] + [0.0] * 7)
+    assert fragility == pytest.approx(own + neighbours)
+    assert fragility[0] > fragility[3]  # A itself answers probe 0 like B, yet its neighbourhood is fragile there
 
 
 def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
