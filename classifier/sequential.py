@@ -160,15 +160,20 @@ class ReferenceEvidence:
         return scores
 
     def next_probe(self, rng: np.random.Generator, *, exclude_first_token: int | None = None,
-                   first_tokens: np.ndarray | None = None) -> int | None:
+                   first_tokens: np.ndarray | None = None, confidence: float | None = None) -> int | None:
         """The unused pool probe that best splits the likely candidates (ties at random); once they are
         settled, the one that best verifies the leader; None when no probe does either.
 
+        With `confidence`, settled candidates whose leader is below it end the audit (None): they
+        answer every unused probe alike, so no further answer can make one of them certain, and
+        verifying a leader that will never be reported would only spend the budget.
         `exclude_first_token` keeps consecutive prompts from sharing a first token, so a server's
         prefix cache cannot serve part of a prompt from the previous one.
         """
         scores = self.split_scores()
         if scores.max() <= SETTLED_BELOW:
+            if confidence is not None and self.posterior().max() < confidence:
+                return None
             scores = self.verification_scores()
         return most_splitting_probe(self.book, scores, rng, exclude_first_token=exclude_first_token,
                                     first_tokens=first_tokens)

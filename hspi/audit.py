@@ -220,7 +220,8 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         exclude = int(first_tokens[evidence.row_of(previous)]) if previous is not None and first_tokens is not None and evidence else None
         if evidence is not None and settings.order == "split":
             evidence.asked.update(r.probe_id for r in records if not r.complete)
-            return evidence.next_probe(rng, exclude_first_token=exclude, first_tokens=first_tokens)
+            return evidence.next_probe(rng, exclude_first_token=exclude, first_tokens=first_tokens,
+                                       confidence=settings.confidence)
         free = [int(p) for p in pool_ids if int(p) not in used | avoid]
         if first_tokens is not None and previous is not None:
             prev_first = first_tokens[int(np.flatnonzero(pool_ids == previous)[0])]

@@ -171,6 +171,23 @@ def test_fragility_counts_where_the_leaders_close_neighbours_part_from_each_othe
     assert fragility[0] > fragility[3]  # A itself answers probe 0 like B, yet its neighbourhood is fragile there
 
 
+def test_settled_candidates_below_confidence_end_the_audit() -> None:
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((60, 32)).astype(np.float32) * 3
+    b = a.copy()
+    b[0] += np.float32(0.01)  # B parts from A on probe 0 only, and that answer was lost
+    refs = [a, b, a + np.float32(0.5)]
+    labels = [{"full": x} for x in "ABC"]
+    evidence = ReferenceEvidence(_fitted_matcher(refs, labels, trees=120),
+                                 ReferenceBook(refs, labels, "logits", np.arange(60)))
+    evidence.asked.add(0)
+    for probe in range(1, 7):
+        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+    assert evidence.posterior()[:2] == pytest.approx([0.5, 0.5], abs=1e-6)  # A and B answer every other probe alike
+    assert evidence.next_probe(rng, confidence=0.99) is None  # no answer can make either certain
+    assert evidence.next_probe(rng) is not None  # without a confidence to reach, it goes on verifying
+
+
 def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
     rng = np.random.default_rng(4)
     a = rng.standard_normal((60, 32)).astype(np.float32) * 3
