@@ -330,7 +330,12 @@ class Evaluation:
             self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
         if self.open_set:
             matchers = self._open_set(data, tier, feats, train, calib, test)
-            self._open_set_sequential(data, tier, matchers, pool,
+            pools = {"lightgbm-sequential": pool}
+            if len(data.targeted_ids):
+                # the targeted probes were chosen with every class's answers, the left-out one's too:
+                # the same audits without them measure what random pool probes alone achieve
+                pools["lightgbm-sequential-untargeted"] = sequential_pool(data, tier, test, feats, ref_full, targeted=False)
+            self._open_set_sequential(data, tier, matchers, pools,
                                       sequential_pool(data, tier, calib, feats, ref_full, targeted=False))
 
     def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, pool: SequentialPool,
@@ -451,10 +456,11 @@ class Evaluation:
         return matchers
 
     def _open_set_sequential(self, data: ModelData, tier: str, matchers: dict[int, ReferenceMatcher],
-                             pool: SequentialPool, calib: SequentialPool) -> None:
-        """Method `lightgbm-sequential`: the same left-out classes, audited as `hspi audit` does: probes
-        that split the known candidates, then probes that verify the leader.  Thresholds per audit
-        size come from sequential audits of known configs over the calibration probes."""
+                             pools: dict[str, SequentialPool], calib: SequentialPool) -> None:
+        """Methods `lightgbm-sequential` (and `-untargeted`): the same left-out classes, audited as `hspi
+        audit` does: probes that split the known candidates, then probes that verify the leader, from
+        each method's pool of probes.  Thresholds per audit size come from sequential audits of known
+        configs over the calibration probes."""
         for held, m in matchers.items():
             keep_c = [c for c in range(len(data.classes)) if c != held]
             labels = [data.classes[c].labels for c in keep_c]
@@ -474,11 +480,12 @@ class Evaluation:
 
             known = [cid for cid in data.replay if data.class_of[cid] != held]
             calibration = audits(calib, known)
-            inside = audits(pool, known)
-            outside = audits(pool, [cid for cid in data.replay if data.class_of[cid] == held])
-            for q in QUERIES:
-                m.calibrate(calibration[q])
-                self._open_set_row(data, tier, "lightgbm-sequential", q, held, inside[q], outside[q], m.threshold_)
+            for method, pool in pools.items():
+                inside = audits(pool, known)
+                outside = audits(pool, [cid for cid in data.replay if data.class_of[cid] == held])
+                for q in QUERIES:
+                    m.calibrate(calibration[q])
+                    self._open_set_row(data, tier, method, q, held, inside[q], outside[q], m.threshold_)
 
     # -- intrinsic splits ------------------------------------------------------------------
     @staticmethod

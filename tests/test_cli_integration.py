@@ -266,6 +266,13 @@ def test_splitting_search_extends_the_pool_resumes_and_reaches_audits(smoke: Pat
     assert data.pool_ids.tolist() == list(range(40)) + chosen and data.pool_size == 40
     assert set(chosen) <= set(data.targeted_ids.tolist())
     assert data.pool_f64.shape[0] == 40 + len(chosen)
+    # open-set audits run with the searched probes and, to measure what they add, without them
+    from hspi.classifier.evaluation import Evaluation
+
+    rows = Evaluation(ds, models=["mlp"], tiers=["logits"]).run()["open_set"]
+    audited = {m: {(r["held_out_class"], r["queries"]) for r in rows if r["method"] == m}
+               for m in ("lightgbm-sequential", "lightgbm-sequential-untargeted")}
+    assert audited["lightgbm-sequential"] and audited["lightgbm-sequential"] == audited["lightgbm-sequential-untargeted"]
 
     # audits build their reference book over the extended pool, so they may ask a searched probe
     from hspi.audit import _ReferenceContext
