@@ -9,9 +9,9 @@ nothing, so an audit does not spend budget on them.
 
 Once the likely candidates are settled (no probe splits them), the next probes *verify* the
 leader: the probes on which its stored answer differs from its known neighbours, or they differ
-from each other, the rarest partings first.  Those are the inputs where this platform's rounding is fragile, so a platform
-never collected that is a near twin of the leader (e.g. another ISA in the same dtype) is most
-likely to show there.
+from each other, the rarest partings first.  Those are the inputs where this platform's rounding
+is fragile, so a platform never collected that is a near twin of the leader (e.g. another ISA in
+the same dtype) is most likely to show there.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ReferenceBook:
         """(n_pool,) per probe: how likely an unknown near twin of `candidate` is to part from it there.
 
         Two terms, each parting weighed by its surprise 1/(1 - a), a the share of probes the two
-        answer alike: where a twin that parts on 0.5% of probes parts counts 13 times more than where
+        answer alike: where a twin that parts on 0.5% of probes parts counts 12 times more than where
         a sibling group that parts on 6% does (weights linear in a picked the group partings, where
         an unknown twin answers like its group, and missed the twins).
         - Σ_j over the other candidates j that answer the probe differently from `candidate`; one
