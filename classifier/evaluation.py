@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -49,6 +49,7 @@ TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest
 INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
 BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
 OPEN_SET_TREES = 60
+TRANSFER_HEADS = ("hardware", "dtype", "engine", "kernel")  # a config's own labels: `full` is a class of one model
 
 
 @dataclass
@@ -164,6 +165,15 @@ def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, can
     view = tier_view(data.replay[config][rows], tier)
     probe_ids = data.replay_ids[rows]
     return np.stack([relative_features(view, ref_full[c][data.rows(probe_ids)]) for c in candidates], axis=1)
+
+
+class TransferTrainingSet(NamedTuple):
+    """Intrinsic training rows of the models other than the one tested (`transfer-model`)."""
+    features: list[np.ndarray]  # per (model, config): (probes, F) intrinsic features
+    values: list[np.ndarray]  # per (model, config): (probes, k) tier values, for the baseline
+    labels: dict[str, np.ndarray]  # head -> label per row
+    source: np.ndarray  # reference model per row: the tree-count folds
+    config: np.ndarray  # "model/config" per row: one target per config in validation audits
 
 
 @dataclass
@@ -534,8 +544,13 @@ class Evaluation:
                           trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0)
             self._baseline_rows(data.model, "heldout-probes", tier, q, correct)
 
-    def _transfer(self, data: dict[str, ModelData], model: str, tier: str) -> None:
-        heads = ("hardware", "dtype", "engine", "kernel")
+    def transfer_training_set(self, data: dict[str, ModelData], model: str, tier: str) -> TransferTrainingSet:
+        """Intrinsic rows of every model but `model`, from each config's class reference.
+
+        Labelled with each config's own labels, as the test on `model` is scored: a class's merged
+        label ("a|b") holds what one model could not tell apart, which another model may part, and a
+        head trained on it can never answer a config's own label."""
+        heads = TRANSFER_HEADS
         X, V, y, source, config = [], [], {h: [] for h in heads}, [], []
         for other, d in data.items():
             if other == model:
@@ -546,11 +561,16 @@ class Evaluation:
                 X.append(f), V.append(v)
                 source += [other] * len(probes)
                 config += [f"{other}/{cid}"] * len(probes)
+                own = self.dataset.manifest.configs[cid].labels
                 for h in heads:
-                    y[h] += [d.config_labels[cid][h]] * len(probes)
+                    y[h] += [own[h]] * len(probes)
+        return TransferTrainingSet(X, V, {h: np.array(v) for h, v in y.items()}, np.array(source), np.array(config))
+
+    def _transfer(self, data: dict[str, ModelData], model: str, tier: str) -> None:
+        heads = TRANSFER_HEADS
+        X, V, y, source, config = self.transfer_training_set(data, model, tier)
         # tree counts are chosen by predicting one training model from the other: transfer, as tested
-        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
-                                                   groups=np.array(source), targets=np.array(config), audit_sizes=QUERIES)
+        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), y, groups=source, targets=config, audit_sizes=QUERIES)
         widths = {v.shape[1] for v in V}
         target = data[model]
         baselines = None

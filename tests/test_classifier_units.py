@@ -293,3 +293,26 @@ def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
         a, b = clf.posteriors(X, rows)[head], loaded.posteriors(X, rows)[head]
         assert a[0] == b[0]
         np.testing.assert_allclose(a[1], b[1])
+
+
+# --- transfer-model training rows -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_transfer_trains_on_each_configs_own_labels():
+    """The transfer test scores a config's own label, so training rows carry their config's own label
+    too, never the merged label ("a|b") of a class that one training model could not part."""
+    from hspi.classifier.evaluation import TRANSFER_HEADS, Evaluation, load_model_data
+    from hspi.dataset import Dataset
+    from hspi.shipped import CPU_DATASET
+
+    dataset = Dataset(CPU_DATASET)
+    data = {m: load_model_data(dataset, m) for m in ("mlp", "cnn")}
+    merged = [cid for cid in data["cnn"].replay
+              if any("|" in v for v in data["cnn"].config_labels[cid].values())]
+    assert merged  # the shipped cnn merges configs whose labels differ: the case under test
+    rows = Evaluation(dataset, open_set=False).transfer_training_set(data, "lm-small", "top1")
+    assert set(rows.source) == {"mlp", "cnn"}
+    for head in TRANSFER_HEADS:
+        for config in np.unique(rows.config):
+            cid = config.split("/", 1)[1]
+            assert set(rows.labels[head][rows.config == config]) == {dataset.manifest.configs[cid].labels[head]}
