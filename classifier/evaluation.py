@@ -237,19 +237,24 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        stages: dict[str, float] = {}  # split -> seconds: where the evaluation's time goes
+
+        def stage(name: str, what: str, work: Callable[[], Any]) -> Any:
+            self.log(f"[{time.perf_counter() - started:4.0f} s] {what}")
+            t0 = time.perf_counter()
+            out = work()
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0
+            return out
+
         data = {}
         for model in self.models:
-            self.log(f"loading {model}")
-            data[model] = load_model_data(self.dataset, model)
+            data[model] = stage("loading", f"loading {model}", lambda: load_model_data(self.dataset, model))
         for model in self.models:
             for tier in self.tiers:
-                self.log(f"{model} {tier}: reference-match")
-                self._reference_match(data[model], tier)
-                self.log(f"{model} {tier}: heldout-probes")
-                self._heldout(data[model], tier)
+                stage("reference-match", f"{model} {tier}: reference-match", lambda: self._reference_match(data[model], tier))
+                stage("heldout-probes", f"{model} {tier}: heldout-probes", lambda: self._heldout(data[model], tier))
                 if len(self.models) >= 3:
-                    self.log(f"{model} {tier}: transfer-model")
-                    self._transfer(data, model, tier)
+                    stage("transfer-model", f"{model} {tier}: transfer-model", lambda: self._transfer(data, model, tier))
         classes = joint_classes(self.dataset)
         return {
             "dataset": self.dataset.manifest.name,
@@ -264,6 +269,7 @@ class Evaluation:
             "throughput": self.throughput,
             "_confusions": self.confusions,
             "seconds": round(time.perf_counter() - started, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         }
 
     # -- reference-match -------------------------------------------------------------------

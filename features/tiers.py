@@ -50,8 +50,19 @@ def log_softmax_f64(logits: np.ndarray) -> np.ndarray:
 
 def top_ids(values: np.ndarray, k: int) -> np.ndarray:
     """Ids of the k largest values per row, largest first, ties to the lower id."""
-    order = np.argsort(-values, axis=1, kind="stable")
-    return order[:, :k].astype(np.int32)
+    values = np.asarray(values)
+    n, width = values.shape
+    if not 0 < k < width or np.isnan(values).any():
+        return np.argsort(-values, axis=1, kind="stable")[:, :k].astype(np.int32)
+    # the same answer as a stable sort of whole rows, several times faster on wide rows: keep what
+    # beats each row's k-th largest value, fill up with its ties in id order, then sort those k
+    kth = -np.partition(-values, k - 1, axis=1)[:, k - 1:k]
+    above = values > kth
+    ties = values == kth
+    keep = above | (ties & (np.cumsum(ties, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+    ids = np.nonzero(keep)[1].reshape(n, k)  # row-major: each row's k ids in increasing order
+    order = np.argsort(-np.take_along_axis(values, ids, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1).astype(np.int32)
 
 
 def tier_view(logits: np.ndarray, tier: str) -> TierView:

@@ -316,3 +316,15 @@ def test_transfer_trains_on_each_configs_own_labels():
         for config in np.unique(rows.config):
             cid = config.split("/", 1)[1]
             assert set(rows.labels[head][rows.config == config]) == {dataset.manifest.configs[cid].labels[head]}
+
+
+def test_trees_replace_the_prior_only_beyond_one_standard_error():
+    from hspi.classifier.intrinsic import beats_prior
+    # 1,000 validation audits: trees right on 2 the prior missed and wrong on 1 it got: +0.001, SE 0.0017
+    few = np.r_[np.ones(2), -np.ones(1), np.zeros(997)]
+    assert not beats_prior(few)
+    many = np.r_[np.ones(60), -np.ones(10), np.zeros(930)]  # +0.05, SE 0.008
+    assert beats_prior(many)
+    assert not beats_prior(np.zeros(50))  # ties
+    assert not beats_prior(np.ones(1))  # one audit says nothing about noise
+    assert not beats_prior(-many)

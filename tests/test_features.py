@@ -12,7 +12,7 @@ from hspi.errors import ConfigError
 from hspi.features.bits import low_bit_rates, ordered_int, significant_bits, ulp_distance
 from hspi.features.intrinsic import INTRINSIC_FEATURES, intrinsic_features
 from hspi.features.relative import RELATIVE_FEATURES, relative_features
-from hspi.features.tiers import TIERS, TierView, check_tier, reference_values, tier_view
+from hspi.features.tiers import TIERS, TierView, check_tier, reference_values, tier_view, top_ids
 
 finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 PROPERTY = settings(max_examples=100, deadline=None)
@@ -350,3 +350,20 @@ def test_intrinsic_accepts_a_hand_built_view():
     features = intrinsic_features(view)
     assert intr(features, "sig_bits_mean")[0] == 1.0
     assert intr(features, "diff_on_grid_2^-2")[0] == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)),
+                  elements=st.sampled_from([-np.inf, -2.5, -1.0, -0.0, 0.0, 0.5, 3.0, np.inf, np.nan])),
+       st.integers(1, 45))
+def test_top_ids_is_a_stable_sort_of_each_row(values, k):
+    """Heavy ties, signed zeros, infinities and NaN: the first k of a stable descending sort, ties to the lower id."""
+    expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top_ids(values, k), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(30, 600)),
+                  elements=st.floats(-30, 5, width=32)), st.sampled_from([1, 5, 20]))
+def test_top_ids_matches_the_stable_sort_on_wide_rows(values, k):
+    np.testing.assert_array_equal(top_ids(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])
