@@ -49,7 +49,7 @@ TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest
 INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
 BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
 OPEN_SET_TREES = 60
-TRANSFER_HEADS = ("hardware", "dtype", "engine", "kernel")  # a config's own labels: `full` is a class of one model
+TRANSFER_HEADS = ("hardware", "dtype", "engine", "kernel")  # labels every model shares; `full` names one model's classes
 
 
 @dataclass

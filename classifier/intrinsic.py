@@ -156,9 +156,8 @@ class IntrinsicClassifier:
                 continue
             order = sorted(range(len(options)), key=lambda i: (-round(hits[q][i], 9), round(losses[q][i], 9), options[i]))
             best = order[0]
-            if best:
-                if not beats_prior(np.concatenate(paired[q], axis=1)[best - 1]):
-                    best = 0
+            if best and not beats_prior(np.concatenate(paired[q], axis=1)[best - 1]):
+                best = 0
             chosen[q] = options[best]
         return chosen
 
