@@ -581,11 +581,9 @@ class Evaluation:
         target = data[model]
         baselines = None
         if len(widths) == 1 and tier_view(target.fresh[next(iter(target.fresh))][:1], tier).values.shape[1] in widths:
-            labels = [{h: y[h][i] for h in heads} for i in range(len(y["dtype"]))]
-            rows = np.random.default_rng(SPLIT_SEED).permutation(len(labels))[:BASELINE_TRAIN_ROWS]
+            rows = np.random.default_rng(SPLIT_SEED).permutation(len(source))[:BASELINE_TRAIN_ROWS]
             values = np.concatenate(V)
-            baselines = {h: {e: HSPILDBaseline(encoding=e).fit(values[rows], np.array([labels[i][h] for i in rows]))
-                             for e in ENCODINGS} for h in heads}
+            baselines = {h: {e: HSPILDBaseline(encoding=e).fit(values[rows], y[h][rows]) for e in ENCODINGS} for h in heads}
         # the platforms this model is served on are known (its grid), their outputs are not: the label
         # shares of its grid replace the training models' as the prior
         target_prior = {h: label_shares([self.dataset.manifest.configs[cid].labels[h] for cid in target.fresh]) for h in heads}
