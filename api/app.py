@@ -28,7 +28,6 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hspi.errors import ConfigError, DatasetError, HspiError, ModelError, TargetError
 from hspi.api import store
 from hspi.api.catalog import Catalog
 from hspi.api.db import Database
@@ -38,25 +37,49 @@ from hspi.api.schemas import Health
 from hspi.api.security import BodyLimit, EndpointGuard, RateLimiter, Vault, new_api_key
 from hspi.api.settings import ServiceSettings, get_settings
 from hspi.api.workers import AuditWorkers
+from hspi.errors import ConfigError, DatasetError, HspiError, ModelError, TargetError
 
 log = logging.getLogger("hspi.api")
 SECRET_FIELDS = ("target_api_key", "authorization", "key")  # never echoed in an error message
-STATUS = [(store.NotFound, 404), (store.Conflict, 409), (store.Forbidden, 403), (ConfigError, 422),
-          (ModelError, 422), (TargetError, 502), (DatasetError, 500)]
+STATUS = [
+    (store.NotFound, 404),
+    (store.Conflict, 409),
+    (store.Forbidden, 403),
+    (ConfigError, 422),
+    (ModelError, 422),
+    (TargetError, 502),
+    (DatasetError, 500),
+]
 
 
-def build_services(settings: ServiceSettings, *,
-                   transport_factory: Callable[[], httpx.BaseTransport] | None = None) -> Services:
+def build_services(
+    settings: ServiceSettings, *, transport_factory: Callable[[], httpx.BaseTransport] | None = None
+) -> Services:
     db = Database(settings.database_url)
-    vault = Vault.from_settings(settings.secret_key.get_secret_value() if settings.secret_key else None,
-                                settings.secret_key_file)
+    vault = Vault.from_settings(
+        settings.secret_key.get_secret_value() if settings.secret_key else None, settings.secret_key_file
+    )
     guard = EndpointGuard(settings.allow_hosts)
-    workers = AuditWorkers(db, vault, guard, workers=settings.workers, per_host=settings.per_host,
-                           lease_s=settings.lease_s, max_attempts=settings.max_attempts,
-                           on_restart=settings.on_restart, transport_factory=transport_factory)
-    return Services(settings=settings, db=db, vault=vault, guard=guard,
-                    limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst), workers=workers,
-                    catalog=Catalog(settings.dataset, settings.classifier))
+    workers = AuditWorkers(
+        db,
+        vault,
+        guard,
+        workers=settings.workers,
+        per_host=settings.per_host,
+        lease_s=settings.lease_s,
+        max_attempts=settings.max_attempts,
+        on_restart=settings.on_restart,
+        transport_factory=transport_factory,
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        vault=vault,
+        guard=guard,
+        limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+        workers=workers,
+        catalog=Catalog(settings.dataset, settings.classifier),
+    )
 
 
 def bootstrap_admin_key(services: Services) -> str | None:
@@ -78,8 +101,12 @@ def bootstrap_admin_key(services: Services) -> str | None:
     return key
 
 
-def create_app(settings: ServiceSettings | None = None, *, start_workers: bool = True,
-               transport_factory: Callable[[], httpx.BaseTransport] | None = None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    start_workers: bool = True,
+    transport_factory: Callable[[], httpx.BaseTransport] | None = None,
+) -> FastAPI:
     settings = settings or get_settings()
     services = build_services(settings, transport_factory=transport_factory)
 
@@ -95,11 +122,14 @@ def create_app(settings: ServiceSettings | None = None, *, start_workers: bool =
             services.workers.stop()
             services.db.dispose()
 
-    app = FastAPI(title="hspi audit service", version="1",
-                  description="Audit what hardware and software serve a model endpoint: create an audit, follow it, "
-                              "read its report.  Every request needs an API key (`Authorization: Bearer hspi_...`) "
-                              "with the scope its route names; errors are `{\"detail\": \"...\"}`.",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="hspi audit service",
+        version="1",
+        description="Audit what hardware and software serve a model endpoint: create an audit, follow it, "
+        "read its report.  Every request needs an API key (`Authorization: Bearer hspi_...`) "
+        'with the scope its route names; errors are `{"detail": "..."}`.',
+        lifespan=lifespan,
+    )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app)
@@ -109,8 +139,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_workers: bool =
     def healthz() -> Health:
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["health"], summary="Readiness: database, schema, workers",
-             responses={503: {"model": Health, "description": "not ready: see checks"}})
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        tags=["health"],
+        summary="Readiness: database, schema, workers",
+        responses={503: {"model": Health, "description": "not ready: see checks"}},
+    )
     def readyz() -> Any:
         checks: dict[str, str] = {}
         try:
@@ -143,6 +178,7 @@ def _head_revision() -> str:
 
 # -- errors -------------------------------------------------------------------------------------------
 
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,8 +205,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
-        log.error("incident %s on %s %s: %s", incident, request.method, request.url.path, type(exc).__name__,
-                  exc_info=(type(exc), exc, exc.__traceback__))
+        log.error(
+            "incident %s on %s %s: %s",
+            incident,
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
         return JSONResponse({"detail": f"internal error (incident {incident}); the service logged it"}, status_code=500)
 
 

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from hspi.audit import TOP_GUESSES, HeadReport
-from hspi.claims import head_verdict, overall_verdict
-from hspi.dataset import Dataset
-from hspi.equivalence import EquivalenceClass, equivalence_classes
-from hspi.errors import ConfigError, ModelError
-from hspi.shipped import shipped_classifier, shipped_dataset
-from hspi.verdict import Guess
-from hspi.collector.models import MODEL_SPECS, model_spec
-from hspi.features.tiers import TIERS, TierView
+from hspi.api.schemas import ClassifierInfo, ClassifyRequest, ClassifyResult, PlatformClass, PlatformList
+from hspi.audit.claims import head_verdict, overall_verdict
+from hspi.audit.engine import TOP_GUESSES, HeadReport
+from hspi.audit.verdict import Guess
 from hspi.classifier.artifacts import load_matcher
 from hspi.classifier.reference import ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence
-from hspi.api.schemas import ClassifierInfo, ClassifyRequest, ClassifyResult, PlatformClass, PlatformList
+from hspi.collector.models import MODEL_SPECS, model_spec
+from hspi.dataset import Dataset
+from hspi.equivalence import EquivalenceClass, equivalence_classes
+from hspi.errors import ConfigError, ModelError
+from hspi.features.tiers import TIERS, TierView
+from hspi.shipped import shipped_classifier, shipped_dataset
 
 TIER_WIDTH = {"topk20": 20, "topk5": 5, "top1": 1}
 
@@ -52,8 +52,10 @@ class Catalog:
     def check_model(self, model: str) -> None:
         model_spec(model)  # an unknown name says which are known
         if not self._has(model):
-            raise ConfigError(f"this service has no reference dataset and classifier for {model}; "
-                              f"it audits: {', '.join(self.models()) or 'nothing'}")
+            raise ConfigError(
+                f"this service has no reference dataset and classifier for {model}; "
+                f"it audits: {', '.join(self.models()) or 'nothing'}"
+            )
 
     # -- platforms -----------------------------------------------------------------------------
     def classes(self, model: str) -> list[EquivalenceClass]:
@@ -64,9 +66,13 @@ class Catalog:
             return self._classes[model]
 
     def platforms(self, model: str) -> PlatformList:
-        return PlatformList(model=model, dataset=self.dataset_dir(model).name,
-                            data=[PlatformClass(name=c.name, members=list(c.members), labels=dict(c.labels))
-                                  for c in self.classes(model)])
+        return PlatformList(
+            model=model,
+            dataset=self.dataset_dir(model).name,
+            data=[
+                PlatformClass(name=c.name, members=list(c.members), labels=dict(c.labels)) for c in self.classes(model)
+            ],
+        )
 
     # -- classifiers ---------------------------------------------------------------------------
     def classifiers(self) -> list[ClassifierInfo]:
@@ -81,10 +87,18 @@ class Catalog:
                     meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue  # an unreadable artifact is not offered
-                found.append(ClassifierInfo(model=model, tier=tier, kind=str(meta.get("kind", "reference-matcher")),
-                                            heads=list(meta.get("heads", {})), threshold=float(meta.get("threshold", 0.0)),
-                                            classes=len(meta.get("classes", {})), dataset=meta.get("dataset"),
-                                            versions={k: str(v) for k, v in (meta.get("versions") or {}).items()}))
+                found.append(
+                    ClassifierInfo(
+                        model=model,
+                        tier=tier,
+                        kind=str(meta.get("kind", "reference-matcher")),
+                        heads=list(meta.get("heads", {})),
+                        threshold=float(meta.get("threshold", 0.0)),
+                        classes=len(meta.get("classes", {})),
+                        dataset=meta.get("dataset"),
+                        versions={k: str(v) for k, v in (meta.get("versions") or {}).items()},
+                    )
+                )
         return found
 
     def matcher(self, model: str, tier: str) -> ReferenceMatcher:
@@ -130,8 +144,10 @@ class Catalog:
         spec = model_spec(model)
         version, pool_ids = self.pool(model)
         if request.probe_set not in (None, version):
-            raise ConfigError(f"answers must be to the reference pool {version}, not {request.probe_set}: "
-                              "each is compared with every platform's stored answer to the same probe")
+            raise ConfigError(
+                f"answers must be to the reference pool {version}, not {request.probe_set}: "
+                "each is compared with every platform's stored answer to the same probe"
+            )
         if tier != "logits" and spec.input_kind != "tokens":
             raise ConfigError(f"{model} is not a language model: its answers are at the logits tier")
         width = spec.n_outputs if tier == "logits" else TIER_WIDTH[tier]
@@ -141,14 +157,18 @@ class Catalog:
         for i, answer in enumerate(request.answers):
             where = f"answers[{i}]"
             if answer.probe_id not in known:
-                raise ConfigError(f"{where}: probe {answer.probe_id} is not in the reference pool {version} "
-                                  f"(ids 0..{len(pool_ids) - 1})")
+                raise ConfigError(
+                    f"{where}: probe {answer.probe_id} is not in the reference pool {version} "
+                    f"(ids 0..{len(pool_ids) - 1})"
+                )
             if answer.probe_id in seen:
                 raise ConfigError(f"{where}: probe {answer.probe_id} is answered twice")
             seen.add(answer.probe_id)
             if len(answer.ids) != width or len(answer.values) != width:
-                raise ConfigError(f"{where}: the {tier} tier of {model} shows {width} values; got {len(answer.ids)} ids "
-                                  f"and {len(answer.values)} values")
+                raise ConfigError(
+                    f"{where}: the {tier} tier of {model} shows {width} values; got {len(answer.ids)} ids "
+                    f"and {len(answer.values)} values"
+                )
             if any(not 0 <= t < spec.n_outputs for t in answer.ids) or len(set(answer.ids)) != width:
                 raise ConfigError(f"{where}: ids must be distinct outputs of {model}, in 0..{spec.n_outputs - 1}")
             if not all(math.isfinite(v) for v in answer.values):
@@ -181,6 +201,15 @@ class Catalog:
         else:
             verdict_all = overall_verdict(verdicts) if claim else None
             reason = "a known platform matches the answers"
-        return ClassifyResult(model=model, tier=tier, status=status, verdict=verdict_all, reason=reason,
-                              answers_used=len(views), match_score=round(score, 4), threshold=round(threshold, 4),
-                              claim=claim, heads=heads)
+        return ClassifyResult(
+            model=model,
+            tier=tier,
+            status=status,
+            verdict=verdict_all,
+            reason=reason,
+            answers_used=len(views),
+            match_score=round(score, 4),
+            threshold=round(threshold, 4),
+            claim=claim,
+            heads=heads,
+        )

@@ -22,8 +22,22 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        TypeDecorator, UniqueConstraint, create_engine, event, text)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -35,7 +49,7 @@ POSTGRES_MIGRATION_LOCK = 0x68737069  # "hspi": one replica migrates at a time
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -49,13 +63,13 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: hspi stores aware UTC datetimes only")
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -143,8 +157,10 @@ class Database:
         try:
             parsed = make_url(url)
         except ArgumentError:
-            raise ConfigError(f"database URL {_safe_url(url)!r} is not a SQLAlchemy URL "
-                              "(sqlite:///file.db or postgresql+psycopg://user@host/db)") from None
+            raise ConfigError(
+                f"database URL {_safe_url(url)!r} is not a SQLAlchemy URL "
+                "(sqlite:///file.db or postgresql+psycopg://user@host/db)"
+            ) from None
         self.url, self.backend = parsed, parsed.get_backend_name()
         if self.backend not in ("sqlite", "postgresql"):
             raise ConfigError(f"database {self.backend!r} is not supported: use sqlite:/// or postgresql+psycopg://")
@@ -224,8 +240,13 @@ def _sqlite_engine(url: Any, echo: bool) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():  # key hashes and sealed credentials: readable by its owner only
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                           pool_size=20, max_overflow=20)
+    engine = create_engine(
+        url,
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_size=20,
+        max_overflow=20,
+    )
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _: Any) -> None:
@@ -240,7 +261,9 @@ def _sqlite_engine(url: Any, echo: bool) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         # a writer takes the lock up front: upgrading a read lock later can fail at once with "locked"
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get("hspi_write") else "BEGIN")
+        connection.exec_driver_sql(
+            "BEGIN IMMEDIATE" if connection.get_execution_options().get("hspi_write") else "BEGIN"
+        )
 
     return engine
 

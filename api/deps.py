@@ -65,11 +65,17 @@ _bearer = HTTPBearer(auto_error=False, description="an API key of this service: 
 def require(scope: str):  # type: ignore[no-untyped-def]
     """A dependency that admits a valid, unrevoked key holding `scope`, within its rate limit."""
 
-    def authenticate(request: Request, services: ServicesDep,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Principal:
+    def authenticate(
+        request: Request,
+        services: ServicesDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> Principal:
         if credentials is None:
-            raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer hspi_...'",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing API key: send the header 'Authorization: Bearer hspi_...'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         key = credentials.credentials
         key_id = key_id_of(key)
         row = store.get_key(services.db, key_id) if key_id else None
@@ -78,13 +84,19 @@ def require(scope: str):  # type: ignore[no-untyped-def]
         wait = services.limiter.take(row.id)
         if wait > 0:
             s = services.settings
-            raise HTTPException(429, f"rate limit exceeded for API key {row.id}: at most {s.rate_per_minute:g} requests "
-                                     f"a minute (bursts of {s.rate_burst}); retry in {wait:.1f} s",
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise HTTPException(
+                429,
+                f"rate limit exceeded for API key {row.id}: at most {s.rate_per_minute:g} requests "
+                f"a minute (bursts of {s.rate_burst}); retry in {wait:.1f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         scopes = frozenset(expand_scopes(row.scopes.split(",")))
         if scope not in scopes:
-            raise HTTPException(403, f"API key {row.id} has scope {max(scopes, key=('read', 'write', 'admin').index)!r}; "
-                                     f"{request.method} {request.url.path} needs {scope!r}")
+            raise HTTPException(
+                403,
+                f"API key {row.id} has scope {max(scopes, key=('read', 'write', 'admin').index)!r}; "
+                f"{request.method} {request.url.path} needs {scope!r}",
+            )
         services.touch(row.id)
         return Principal(row.id, scopes)
 

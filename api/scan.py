@@ -29,14 +29,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hspi.audit import AuditReport, AuditSettings
-from hspi.claims import parse_claim
-from hspi.errors import ConfigError
-from hspi.platform import HEADS
 from hspi.api import store
 from hspi.api.db import Database
 from hspi.api.security import EndpointGuard, Vault
 from hspi.api.workers import AuditWorkers
+from hspi.audit import AuditReport, AuditSettings
+from hspi.audit.claims import parse_claim
+from hspi.errors import ConfigError
+from hspi.platform import HEADS
 
 OPERATOR_ALLOW = ("0.0.0.0/0", "::/0")  # a scan's default: anything but cloud metadata addresses
 POLL_S = 0.25  # how often the scan looks for finished audits
@@ -58,7 +58,9 @@ class ScanTarget(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     min_answers: int = Field(default=2, ge=1, le=64)
-    api_key_env: str | None = Field(default=None, max_length=200, description="environment variable with the target's key")
+    api_key_env: str | None = Field(
+        default=None, max_length=200, description="environment variable with the target's key"
+    )
 
     @property
     def key(self) -> str:
@@ -81,8 +83,10 @@ def load_targets(path: Path) -> list[ScanTarget]:
         raise ConfigError(f"cannot read the targets file {path}: {exc.strerror}") from None
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(io.StringIO(text)))
-        entries = [({k.strip(): v.strip() for k, v in row.items() if k and v not in (None, "")}, f"line {i + 2}")
-                   for i, row in enumerate(rows)]
+        entries = [
+            ({k.strip(): v.strip() for k, v in row.items() if k and v not in (None, "")}, f"line {i + 2}")
+            for i, row in enumerate(rows)
+        ]
     else:
         import yaml
 
@@ -102,8 +106,10 @@ def load_targets(path: Path) -> list[ScanTarget]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{path} {where}: a target is a mapping with at least 'endpoint'")
         if any(k in entry for k in ("api_key", "key", "token", "target_api_key")):
-            raise ConfigError(f"{path} {where}: never put a target's key in the file; put it in an environment "
-                              "variable and name that in api_key_env")
+            raise ConfigError(
+                f"{path} {where}: never put a target's key in the file; put it in an environment "
+                "variable and name that in api_key_env"
+            )
         try:
             target = ScanTarget.model_validate(entry)
             target.claim = target.claim_dict()
@@ -119,7 +125,9 @@ def load_targets(path: Path) -> list[ScanTarget]:
     seen: dict[str, int] = {}
     for i, t in enumerate(targets):
         if t.key in seen:
-            raise ConfigError(f"{path}: entries {seen[t.key] + 1} and {i + 1} are both {t.key!r}: give them distinct names")
+            raise ConfigError(
+                f"{path}: entries {seen[t.key] + 1} and {i + 1} are both {t.key!r}: give them distinct names"
+            )
         seen[t.key] = i
     return targets
 
@@ -150,10 +158,17 @@ class ScanState:
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_scan(targets: list[ScanTarget], source: Path, db: Database, vault: Vault, options: ScanOptions, *,
-             on_progress: Callable[[ScanState], None] | None = None,
-             transport_factory: Callable[[], httpx.BaseTransport] | None = None,
-             should_stop: Callable[[], bool] = lambda: False) -> ScanState:
+def run_scan(
+    targets: list[ScanTarget],
+    source: Path,
+    db: Database,
+    vault: Vault,
+    options: ScanOptions,
+    *,
+    on_progress: Callable[[ScanState], None] | None = None,
+    transport_factory: Callable[[], httpx.BaseTransport] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ScanState:
     """Run (or resume) the scan; return when every target has ended, or on KeyboardInterrupt (re-raised)."""
     if options.concurrency < 1 or options.per_host < 1:
         raise ConfigError("--concurrency and --per-host must be at least 1")
@@ -165,8 +180,17 @@ def run_scan(targets: list[ScanTarget], source: Path, db: Database, vault: Vault
     name = options.name or (header or {}).get("name") or source.stem
     store.ensure_scan(db, scan_id, name, str(source), len(targets))
     if header is None:
-        _append(options.out, {"entry_type": "scan", "format": SCAN_FORMAT, "scan_id": scan_id, "name": name,
-                              "source": str(source), "started": _now()})
+        _append(
+            options.out,
+            {
+                "entry_type": "scan",
+                "format": SCAN_FORMAT,
+                "scan_id": scan_id,
+                "name": name,
+                "source": str(source),
+                "started": _now(),
+            },
+        )
     state = ScanState(scan_id=scan_id, total=len(targets), results=list(done.values()))
     state.finished = state.skipped = len([t for t in targets if t.key in done])
     pending: dict[str, ScanTarget] = {}
@@ -175,21 +199,45 @@ def run_scan(targets: list[ScanTarget], source: Path, db: Database, vault: Vault
             continue
         audit = store.scan_audit(db, scan_id, t.key)
         if audit is None:
-            settings = AuditSettings(endpoint=t.endpoint, model=t.model, claim=t.claim_dict(),
-                                     budget_queries=t.budget or options.budget, budget_tokens=t.budget_tokens,
-                                     api=t.api, served_model=t.served_model, max_tier=t.max_tier, seed=t.seed,
-                                     timeout_s=t.timeout_s, min_answers=t.min_answers, dataset=options.dataset,
-                                     classifier=options.classifier)
+            settings = AuditSettings(
+                endpoint=t.endpoint,
+                model=t.model,
+                claim=t.claim_dict(),
+                budget_queries=t.budget or options.budget,
+                budget_tokens=t.budget_tokens,
+                api=t.api,
+                served_model=t.served_model,
+                max_tier=t.max_tier,
+                seed=t.seed,
+                timeout_s=t.timeout_s,
+                min_answers=t.min_answers,
+                dataset=options.dataset,
+                classifier=options.classifier,
+            )
             secret = target_secret(t)
             host, port = guard.split(t.endpoint)
-            audit, _ = store.create_audit(db, settings, origin=f"{host}:{port}", label=t.name,
-                                          credential=vault.encrypt(secret) if secret else None,
-                                          scan_id=scan_id, scan_target=t.key)
+            audit, _ = store.create_audit(
+                db,
+                settings,
+                origin=f"{host}:{port}",
+                label=t.name,
+                credential=vault.encrypt(secret) if secret else None,
+                scan_id=scan_id,
+                scan_target=t.key,
+            )
         elif audit.status == "running":
             store.reset_for_scan(db, audit.id)  # its previous scan process died: it resumes from its answers
         pending[audit.id] = t
-    workers = AuditWorkers(db, vault, guard, workers=options.concurrency, per_host=options.per_host,
-                           lease_s=options.lease_s, scan_id=scan_id, transport_factory=transport_factory)
+    workers = AuditWorkers(
+        db,
+        vault,
+        guard,
+        workers=options.concurrency,
+        per_host=options.per_host,
+        lease_s=options.lease_s,
+        scan_id=scan_id,
+        transport_factory=transport_factory,
+    )
     workers.start()
     if on_progress is not None:
         on_progress(state)
@@ -206,8 +254,9 @@ def run_scan(targets: list[ScanTarget], source: Path, db: Database, vault: Vault
                 state.finished += 1
             running = [a for a in audits.values() if a.id in pending]
             state.queries = sum(a.queries for a in running) + sum(r.get("queries", 0) for r in state.results)
-            state.budget = sum(int(a.settings["budget_queries"]) for a in running) + \
-                sum(r.get("budget_queries", 0) for r in state.results)
+            state.budget = sum(int(a.settings["budget_queries"]) for a in running) + sum(
+                r.get("budget_queries", 0) for r in state.results
+            )
             if on_progress is not None:
                 on_progress(state)
             if pending and should_stop():  # after writing what has finished: nothing is redone
@@ -225,22 +274,40 @@ def target_secret(target: ScanTarget) -> str | None:
         return None
     value = os.environ.get(target.api_key_env)
     if not value:
-        raise ConfigError(f"target {target.key!r}: environment variable {target.api_key_env} (its api_key_env) is not set")
+        raise ConfigError(
+            f"target {target.key!r}: environment variable {target.api_key_env} (its api_key_env) is not set"
+        )
     return value
 
 
 def _result_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
     report = AuditReport.model_validate(audit.report) if audit.report else None
-    heads = {h: {"guess": r.guesses[0].label, "probability": r.guesses[0].probability, "verdict": r.verdict}
-             for h, r in (report.heads.items() if report else ()) if r.guesses}
-    return {"entry_type": "audit", "target": target.key, "endpoint": target.endpoint, "model": target.model,
-            "claim": audit.claim or {}, "audit_id": audit.id, "status": audit.status, "verdict": audit.verdict,
-            "stop": audit.stop, "reason": (report.reason if report else audit.error) or "",
-            "queries": audit.queries, "budget_queries": int(audit.settings["budget_queries"]),
-            "answers_used": report.answers_used if report else 0, "tier": report.tier if report else None,
-            "match_score": report.match_score if report else None, "heads": heads,
-            "seconds": report.seconds if report else None, "finished": _now(),
-            "report": report.model_dump(mode="json") if report else None}
+    heads = {
+        h: {"guess": r.guesses[0].label, "probability": r.guesses[0].probability, "verdict": r.verdict}
+        for h, r in (report.heads.items() if report else ())
+        if r.guesses
+    }
+    return {
+        "entry_type": "audit",
+        "target": target.key,
+        "endpoint": target.endpoint,
+        "model": target.model,
+        "claim": audit.claim or {},
+        "audit_id": audit.id,
+        "status": audit.status,
+        "verdict": audit.verdict,
+        "stop": audit.stop,
+        "reason": (report.reason if report else audit.error) or "",
+        "queries": audit.queries,
+        "budget_queries": int(audit.settings["budget_queries"]),
+        "answers_used": report.answers_used if report else 0,
+        "tier": report.tier if report else None,
+        "match_score": report.match_score if report else None,
+        "heads": heads,
+        "seconds": report.seconds if report else None,
+        "finished": _now(),
+        "report": report.model_dump(mode="json") if report else None,
+    }
 
 
 def _read_jsonl(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
@@ -282,4 +349,4 @@ def _append(path: Path, entry: dict[str, Any]) -> None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

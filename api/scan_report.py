@@ -41,8 +41,10 @@ def head_plot(results: list[dict[str, Any]], head: str) -> str | None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"probability of the leading {head} guess")
-    ax.set_title(f"{head}: leading guess per target (green consistent, red inconsistent, grey inconclusive, blue no claim)",
-                 fontsize=8)
+    ax.set_title(
+        f"{head}: leading guess per target (green consistent, red inconsistent, grey inconclusive, blue no claim)",
+        fontsize=8,
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
@@ -54,28 +56,37 @@ def write_html(results: list[dict[str, Any]], path: Path, *, title: str) -> None
     status = Counter(r["status"] for r in results)
     verdicts = Counter(r.get("verdict") or "-" for r in results)
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}"
-             ".consistent{color:#2e7d32}.inconsistent{color:#c62828}.failed{color:#c62828}</style></head><body>",
-             f"<h1>{e(title)}</h1>",
-             f"<p>{len(results)} targets: " + ", ".join(f"{n} {e(s)}" for s, n in sorted(status.items())) +
-             "; verdicts: " + ", ".join(f"{n} {e(v)}" for v, n in sorted(verdicts.items())) + "</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}"
+        ".consistent{color:#2e7d32}.inconsistent{color:#c62828}.failed{color:#c62828}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p>{len(results)} targets: "
+        + ", ".join(f"{n} {e(s)}" for s, n in sorted(status.items()))
+        + "; verdicts: "
+        + ", ".join(f"{n} {e(v)}" for v, n in sorted(verdicts.items()))
+        + "</p>",
+    ]
     for head in HEADS:
         png = head_plot(results, head)
         if png:
             parts.append(f"<h2>{e(head)}</h2><img alt='{e(head)} per target' src='data:image/png;base64,{png}'>")
-    parts.append("<h2>Targets</h2><table><tr><th>target</th><th>endpoint</th><th>claim</th><th>status</th>"
-                 "<th>verdict</th><th>platform (full)</th><th>queries</th><th>stopped</th></tr>")
+    parts.append(
+        "<h2>Targets</h2><table><tr><th>target</th><th>endpoint</th><th>claim</th><th>status</th>"
+        "<th>verdict</th><th>platform (full)</th><th>queries</th><th>stopped</th></tr>"
+    )
     for r in results:
         full = (r.get("heads") or {}).get("full")
         guess = f"{full['guess']} ({full['probability']:.0%})" if full else ""
         claim = ",".join(f"{k}={v}" for k, v in (r.get("claim") or {}).items())
-        parts.append(f"<tr><td>{e(r['target'])}</td><td>{e(r['endpoint'])}</td><td>{e(claim)}</td>"
-                     f"<td class='{e(r['status'])}'>{e(r['status'])}</td>"
-                     f"<td class='{e(r.get('verdict') or '')}'>{e(r.get('verdict') or '-')}</td><td>{e(guess)}</td>"
-                     f"<td>{r.get('queries', 0)}/{r.get('budget_queries', 0)}</td>"
-                     f"<td>{e(r.get('stop') or '')}: {e(r.get('reason') or '')}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(r['target'])}</td><td>{e(r['endpoint'])}</td><td>{e(claim)}</td>"
+            f"<td class='{e(r['status'])}'>{e(r['status'])}</td>"
+            f"<td class='{e(r.get('verdict') or '')}'>{e(r.get('verdict') or '-')}</td><td>{e(guess)}</td>"
+            f"<td>{r.get('queries', 0)}/{r.get('budget_queries', 0)}</td>"
+            f"<td>{e(r.get('stop') or '')}: {e(r.get('reason') or '')}</td></tr>"
+        )
     parts.append("</table></body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

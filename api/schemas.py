@@ -25,25 +25,45 @@ class ErrorBody(BaseModel):
 
 
 class AuditCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "endpoint": "http://127.0.0.1:8801/v1", "model": "lm-small", "claim": {"dtype": "fp32"}, "budget": 32}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"endpoint": "http://127.0.0.1:8801/v1", "model": "lm-small", "claim": {"dtype": "fp32"}, "budget": 32}
+            ]
+        },
+    )
 
-    endpoint: str = Field(max_length=2048, description="base URL of an OpenAI-compatible endpoint, ending in /v1 "
-                                                       "(or a JSON logits URL for vision models)")
+    endpoint: str = Field(
+        max_length=2048,
+        description="base URL of an OpenAI-compatible endpoint, ending in /v1 (or a JSON logits URL for vision models)",
+    )
     model: str = Field(default="lm-small", max_length=64, description="the reference model it claims to serve")
-    claim: dict[str, str] | str | None = Field(default=None, description="what the provider claims: "
-                                               "{\"dtype\": \"fp32\"} or \"dtype=fp32,hardware=x86-avx2\"")
+    claim: dict[str, str] | str | None = Field(
+        default=None, description='what the provider claims: {"dtype": "fp32"} or "dtype=fp32,hardware=x86-avx2"'
+    )
     budget: int = Field(default=64, description="most queries to send, retries included (1 to the service's maximum)")
-    budget_tokens: int | None = Field(default=None, ge=1, description="most billed tokens (default: what the queries cost)")
+    budget_tokens: int | None = Field(
+        default=None, ge=1, description="most billed tokens (default: what the queries cost)"
+    )
     api: Literal["completions", "chat"] = "completions"
     served_model: str | None = Field(default=None, max_length=200, description="the model name the endpoint expects")
     max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="probe-order seed")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds per request to the target")
-    min_answers: int = Field(default=2, ge=1, le=64, description=(
-        "answers before a match may be declared; the extra ones verify the leader where its near twins part"))
-    target_api_key: SecretStr | None = Field(default=None, max_length=4096, description=(
-        "the target's API key: sent as a Bearer token, encrypted at rest, never returned or logged"))
+    min_answers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "answers before a match may be declared; the extra ones verify the leader where its near twins part"
+        ),
+    )
+    target_api_key: SecretStr | None = Field(
+        default=None,
+        max_length=4096,
+        description=("the target's API key: sent as a Bearer token, encrypted at rest, never returned or logged"),
+    )
     label: str | None = Field(default=None, max_length=200, description="free text to find the audit by")
 
 

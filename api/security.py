@@ -42,12 +42,15 @@ KEY_PREFIX = "hspi_"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # cloud instance-metadata services: refused even inside an allowlisted network, unless named exactly
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 # -- API keys ---------------------------------------------------------------------------------
+
 
 def expand_scopes(scopes: Sequence[str]) -> set[str]:
     """Every scope a key holds, the implied ones included."""
@@ -73,7 +76,7 @@ def key_id_of(key: str) -> str | None:
     """The public id inside a presented key, or None if it is not shaped like one of ours."""
     if not key.startswith(KEY_PREFIX):
         return None
-    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
+    key_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
     return key_id if sep and secret and len(key_id) == 12 and all(c in "0123456789abcdef" for c in key_id) else None
 
 
@@ -83,6 +86,7 @@ def key_matches(key: str, stored_hash: str) -> bool:
 
 # -- the credential vault -----------------------------------------------------------------------
 
+
 class Vault:
     """Encrypts target credentials at rest; never logs or returns them."""
 
@@ -90,9 +94,11 @@ class Vault:
         try:
             self._fernet = MultiFernet([Fernet(k) for k in keys])
         except (ValueError, TypeError):
-            raise ConfigError("the secret key is not a Fernet key (32 url-safe base64-encoded bytes; "
-                              "make one with: python -c 'from cryptography.fernet import Fernet; "
-                              "print(Fernet.generate_key().decode())')") from None
+            raise ConfigError(
+                "the secret key is not a Fernet key (32 url-safe base64-encoded bytes; "
+                "make one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())')"
+            ) from None
 
     def __repr__(self) -> str:
         return "Vault(...)"
@@ -110,8 +116,10 @@ class Vault:
         try:
             return self._fernet.decrypt(token).decode()
         except InvalidToken:
-            raise ConfigError("the target credential cannot be decrypted with the service's secret key "
-                              "(was HSPI_SECRET_KEY or the key file changed?)") from None
+            raise ConfigError(
+                "the target credential cannot be decrypted with the service's secret key "
+                "(was HSPI_SECRET_KEY or the key file changed?)"
+            ) from None
 
 
 def _key_file(path: Path) -> bytes:
@@ -122,8 +130,9 @@ def _key_file(path: Path) -> bytes:
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(f"secret key file {path} is readable by others (mode {mode:04o}): "
-                              f"chmod 600 {path}") from None
+            raise ConfigError(
+                f"secret key file {path} is readable by others (mode {mode:04o}): chmod 600 {path}"
+            ) from None
         return path.read_bytes().strip()
     except OSError as exc:
         raise ConfigError(f"cannot create the secret key file {path}: {exc.strerror}") from None
@@ -134,6 +143,7 @@ def _key_file(path: Path) -> bytes:
 
 
 # -- the SSRF guard -------------------------------------------------------------------------------
+
 
 class EndpointRefused(ConfigError):
     """An endpoint the service will not connect to (its message says why, for a person)."""
@@ -174,8 +184,9 @@ class EndpointGuard:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise EndpointRefused(f"endpoint {url!r} is not an http(s) URL with a host")
         if parsed.userinfo:
-            raise EndpointRefused("endpoint URLs must not carry credentials (user:password@); "
-                                  "send the target's key as target_api_key")
+            raise EndpointRefused(
+                "endpoint URLs must not carry credentials (user:password@); send the target's key as target_api_key"
+            )
         return parsed.host.lower().rstrip("."), parsed.port or (443 if parsed.scheme == "https" else 80)
 
     def check(self, url: str) -> list[str]:
@@ -251,8 +262,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend, guard: EndpointGuard) -> None:
         self._inner, self._guard = inner, guard
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
         try:
             addresses = self._guard.check_host(host, port)
         except EndpointRefused as exc:
@@ -266,7 +283,9 @@ class _GuardedBackend(httpcore.NetworkBackend):
         assert error is not None
         raise error
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
         raise TargetError("target-error: unix sockets are not targets")
 
     def sleep(self, seconds: float) -> None:
@@ -274,6 +293,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
 
 # -- limits ---------------------------------------------------------------------------------------
+
 
 class RateLimiter:
     """A token bucket per key: `burst` requests at once, refilled at `per_minute` a minute."""
@@ -345,7 +365,15 @@ class BodyLimit:
 
         what = f"request body is {size} bytes" if size is not None else "request body is too large"
         body = json.dumps({"detail": f"{what}; the limit is {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

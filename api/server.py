@@ -18,14 +18,21 @@ DEMO_CLAIM = "dtype=fp32"
 LOOPBACK = ("127.0.0.0/8", "::1")
 
 
-def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, demo: bool = False,
-          demo_platform: str = DEMO_PLATFORM, out: TextIO = sys.stderr) -> None:
+def serve(
+    settings: ServiceSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    demo: bool = False,
+    demo_platform: str = DEMO_PLATFORM,
+    out: TextIO = sys.stderr,
+) -> None:
     import uvicorn
 
     with ExitStack() as stack:
         demo_url = None
         if demo:
-            from hspi.endpoint_evaluation import served_target
+            from hspi.audit.endpoint_evaluation import served_target
 
             print(f"starting a demo target: {DEMO_MODEL} on {demo_platform} (hspi target serve)...", file=out)
             demo_url = stack.enter_context(served_target(DEMO_MODEL, demo_platform))
@@ -40,10 +47,13 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
             base = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
             body = f'{{"endpoint": "{demo_url}", "model": "{DEMO_MODEL}", "claim": "{DEMO_CLAIM}", "budget": 32}}'
             auth = f"Authorization: Bearer {key}"
-            print(f"\nthe audit API is at {base} (OpenAPI: {base}/docs); database {services.db.safe_url}\n"
-                  f"a demo target serves {DEMO_MODEL} on {demo_platform} at {demo_url}; a dev API key "
-                  f"(scope write): {key}\n\naudit it (the claim says fp32; the target runs bf16):\n\n"
-                  f"  curl -s -X POST {base}/v1/audits -H {shlex.quote(auth)} -H 'Content-Type: application/json' "
-                  f"-d {shlex.quote(body)}\n\nthen read the report (the id is in the answer):\n\n"
-                  f"  curl -s {base}/v1/audits/AUDIT_ID -H {shlex.quote(auth)}\n\nCtrl-C stops.\n", file=out)
+            print(
+                f"\nthe audit API is at {base} (OpenAPI: {base}/docs); database {services.db.safe_url}\n"
+                f"a demo target serves {DEMO_MODEL} on {demo_platform} at {demo_url}; a dev API key "
+                f"(scope write): {key}\n\naudit it (the claim says fp32; the target runs bf16):\n\n"
+                f"  curl -s -X POST {base}/v1/audits -H {shlex.quote(auth)} -H 'Content-Type: application/json' "
+                f"-d {shlex.quote(body)}\n\nthen read the report (the id is in the answer):\n\n"
+                f"  curl -s {base}/v1/audits/AUDIT_ID -H {shlex.quote(auth)}\n\nCtrl-C stops.\n",
+                file=out,
+            )
         uvicorn.run(app, host=host, port=port, log_level="info")

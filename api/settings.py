@@ -28,8 +28,12 @@ class ServiceSettings(BaseSettings):
     allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(default=8, ge=1, le=256, description="audits running at once in this process")
     per_host: int = Field(default=2, ge=1, le=64, description="audits running at once against one host:port")
-    lease_s: float = Field(default=15.0, gt=0, description="a running audit whose worker is silent this long is resumed")
-    max_attempts: int = Field(default=3, ge=1, description="starts of one audit before a crash loop ends it interrupted")
+    lease_s: float = Field(
+        default=15.0, gt=0, description="a running audit whose worker is silent this long is resumed"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="starts of one audit before a crash loop ends it interrupted"
+    )
     on_restart: Literal["resume", "interrupt"] = "resume"  # what happens to audits a dead process left running
     max_budget: int = Field(default=4096, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
 from hspi.audit import AuditReport, AuditSettings, QueryRecord
 from hspi.errors import ConfigError, HspiError
-from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
 
@@ -52,14 +52,39 @@ class ListFilter:
 
 # -- audits: the API's side ------------------------------------------------------------------------
 
-def create_audit(db: Database, settings: AuditSettings, *, origin: str, label: str | None = None,
-                 credential: bytes | None = None, owner: str | None = None, idempotency_key: str | None = None,
-                 scan_id: str | None = None, scan_target: str | None = None) -> tuple[Audit, bool]:
+
+def create_audit(
+    db: Database,
+    settings: AuditSettings,
+    *,
+    origin: str,
+    label: str | None = None,
+    credential: bytes | None = None,
+    owner: str | None = None,
+    idempotency_key: str | None = None,
+    scan_id: str | None = None,
+    scan_target: str | None = None,
+) -> tuple[Audit, bool]:
     """(the audit, whether it was created now); an idempotency key or scan target seen before returns the first."""
-    audit = Audit(id=uuid.uuid4().hex, status="queued", endpoint=settings.endpoint, origin=origin, model=settings.model,
-                  claim=dict(settings.claim), settings=settings.model_dump(mode="json"), label=label,
-                  credential=credential, owner_key_id=owner, idempotency_key=idempotency_key, scan_id=scan_id,
-                  scan_target=scan_target, cancel_requested=False, attempts=0, queries=0, answers=0)
+    audit = Audit(
+        id=uuid.uuid4().hex,
+        status="queued",
+        endpoint=settings.endpoint,
+        origin=origin,
+        model=settings.model,
+        claim=dict(settings.claim),
+        settings=settings.model_dump(mode="json"),
+        label=label,
+        credential=credential,
+        owner_key_id=owner,
+        idempotency_key=idempotency_key,
+        scan_id=scan_id,
+        scan_target=scan_target,
+        cancel_requested=False,
+        attempts=0,
+        queries=0,
+        answers=0,
+    )
     try:
         with db.writing() as session:
             if existing := _duplicate(session, owner, idempotency_key, scan_id, scan_target):
@@ -74,11 +99,13 @@ def create_audit(db: Database, settings: AuditSettings, *, origin: str, label: s
     return audit, True
 
 
-def _duplicate(session: Any, owner: str | None, idempotency_key: str | None, scan_id: str | None,
-               scan_target: str | None) -> Audit | None:
+def _duplicate(
+    session: Any, owner: str | None, idempotency_key: str | None, scan_id: str | None, scan_target: str | None
+) -> Audit | None:
     if idempotency_key is not None:
-        return session.scalars(select(Audit).where(Audit.owner_key_id == owner,
-                                                   Audit.idempotency_key == idempotency_key)).first()
+        return session.scalars(
+            select(Audit).where(Audit.owner_key_id == owner, Audit.idempotency_key == idempotency_key)
+        ).first()
     if scan_id is not None and scan_target is not None:
         return session.scalars(select(Audit).where(Audit.scan_id == scan_id, Audit.scan_target == scan_target)).first()
     return None
@@ -95,9 +122,15 @@ def get_audit(db: Database, audit_id: str) -> Audit:
 def list_audits(db: Database, where: ListFilter, *, limit: int, cursor: str | None) -> tuple[list[Audit], str | None]:
     """Newest first; `cursor` continues after the last row of the previous page."""
     query = select(Audit)
-    for column, value in ((Audit.status, where.status), (Audit.model, where.model), (Audit.verdict, where.verdict),
-                          (Audit.endpoint, where.endpoint), (Audit.label, where.label), (Audit.scan_id, where.scan_id),
-                          (Audit.owner_key_id, where.owner)):
+    for column, value in (
+        (Audit.status, where.status),
+        (Audit.model, where.model),
+        (Audit.verdict, where.verdict),
+        (Audit.endpoint, where.endpoint),
+        (Audit.label, where.label),
+        (Audit.scan_id, where.scan_id),
+        (Audit.owner_key_id, where.owner),
+    ):
         if value is not None:
             query = query.where(column == value)
     if where.created_after is not None:
@@ -131,8 +164,12 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
 
 def answers(db: Database, audit_id: str, *, after: int = -1, limit: int = 1000) -> list[QueryRecord]:
     with db.reading() as session:
-        rows = session.scalars(select(AuditAnswer.record).where(AuditAnswer.audit_id == audit_id, AuditAnswer.idx > after)
-                               .order_by(AuditAnswer.idx).limit(limit))
+        rows = session.scalars(
+            select(AuditAnswer.record)
+            .where(AuditAnswer.audit_id == audit_id, AuditAnswer.idx > after)
+            .order_by(AuditAnswer.idx)
+            .limit(limit)
+        )
         return [QueryRecord.model_validate(r) for r in rows]
 
 
@@ -161,13 +198,15 @@ def counts_by_status(db: Database, scan_id: str | None = None) -> dict[str, int]
 
 # -- audits: the workers' side --------------------------------------------------------------------
 
+
 def queued(db: Database, *, limit: int, skip_origins: set[str], scan_id: str | None = None) -> list[tuple[str, str]]:
     """(id, origin) of the oldest queued audits, leaving out the origins already at their limit.
 
     The service runs the audits made through its API (no scan); a scan runs its own only.
     """
-    query = select(Audit.id, Audit.origin).where(Audit.status == "queued",
-                                                 Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id)
+    query = select(Audit.id, Audit.origin).where(
+        Audit.status == "queued", Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id
+    )
     if skip_origins:
         query = query.where(Audit.origin.not_in(sorted(skip_origins)))
     with db.reading() as session:
@@ -178,10 +217,18 @@ def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | N
     """Take a queued audit (None if another worker took it first or it was cancelled)."""
     now = utcnow()
     with db.writing() as session:
-        done = session.execute(update(Audit).where(Audit.id == audit_id, Audit.status == "queued")
-                               .values(status="running", worker=worker, lease_until=now + dt.timedelta(seconds=lease_s),
-                                       attempts=Audit.attempts + 1, updated_at=now)
-                               .execution_options(synchronize_session=False))
+        done = session.execute(
+            update(Audit)
+            .where(Audit.id == audit_id, Audit.status == "queued")
+            .values(
+                status="running",
+                worker=worker,
+                lease_until=now + dt.timedelta(seconds=lease_s),
+                attempts=Audit.attempts + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
         if done.rowcount != 1:
             return None
         audit = session.get(Audit, audit_id)
@@ -193,13 +240,24 @@ def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | N
 def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, lease_s: float) -> tuple[bool, bool]:
     """Store one answer as it arrives: (whether this worker still holds the audit, whether cancel was asked)."""
     now = utcnow()
-    values: dict[str, Any] = {"queries": record.queries_so_far, "answers": record.index + 1, "updated_at": now,
-                              "lease_until": now + dt.timedelta(seconds=lease_s)}
+    values: dict[str, Any] = {
+        "queries": record.queries_so_far,
+        "answers": record.index + 1,
+        "updated_at": now,
+        "lease_until": now + dt.timedelta(seconds=lease_s),
+    }
     if record.complete and record.leading:
         values["leading"] = record.leading
     with db.writing() as session:
-        held = session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
-                               .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        held = (
+            session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            == 1
+        )
         if not held:
             return False, False
         session.add(AuditAnswer(audit_id=audit_id, idx=record.index, record=record.model_dump(mode="json")))
@@ -212,35 +270,76 @@ def renew(db: Database, worker: str, audit_ids: list[str], lease_s: float) -> No
         return
     now = utcnow()
     with db.writing() as session:
-        session.execute(update(Audit).where(Audit.worker == worker, Audit.status == "running", Audit.id.in_(audit_ids))
-                        .values(lease_until=now + dt.timedelta(seconds=lease_s))
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Audit)
+            .where(Audit.worker == worker, Audit.status == "running", Audit.id.in_(audit_ids))
+            .values(lease_until=now + dt.timedelta(seconds=lease_s))
+            .execution_options(synchronize_session=False)
+        )
 
 
-def finish(db: Database, audit_id: str, worker: str, status: str, *, report: AuditReport | None = None,
-           error: str | None = None) -> bool:
+def finish(
+    db: Database,
+    audit_id: str,
+    worker: str,
+    status: str,
+    *,
+    report: AuditReport | None = None,
+    error: str | None = None,
+) -> bool:
     """End an audit this worker holds; the credential is wiped.  False if the lease was lost."""
     assert status in FINAL
     now = utcnow()
-    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "credential": None,
-                              "worker": None, "lease_until": None, "error": error}
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "credential": None,
+        "worker": None,
+        "lease_until": None,
+        "error": error,
+    }
     if report is not None:
-        values.update(report=report.model_dump(mode="json"), verdict=report.verdict, stop=report.stop,
-                      queries=report.queries, answers=len(report.evidence))
+        values.update(
+            report=report.model_dump(mode="json"),
+            verdict=report.verdict,
+            stop=report.stop,
+            queries=report.queries,
+            answers=len(report.evidence),
+        )
     with db.writing() as session:
-        return session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
-                               .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        return (
+            session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            == 1
+        )
 
 
 def release(db: Database, audit_id: str, worker: str) -> bool:
     """Give a running audit back to the queue (a clean shutdown): it resumes on the next start."""
     now = utcnow()
     with db.writing() as session:
-        return session.execute(update(Audit).where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
-                               .values(status="queued", worker=None, lease_until=None, updated_at=now,
-                                       attempts=func.max(Audit.attempts - 1, 0) if db.backend == "sqlite"
-                                       else func.greatest(Audit.attempts - 1, 0))
-                               .execution_options(synchronize_session=False)).rowcount == 1
+        return (
+            session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                .values(
+                    status="queued",
+                    worker=None,
+                    lease_until=None,
+                    updated_at=now,
+                    attempts=func.max(Audit.attempts - 1, 0)
+                    if db.backend == "sqlite"
+                    else func.greatest(Audit.attempts - 1, 0),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            == 1
+        )
 
 
 def recover_expired(db: Database) -> list[str]:
@@ -249,13 +348,17 @@ def recover_expired(db: Database) -> list[str]:
     with db.writing() as session:
         ids = list(session.scalars(select(Audit.id).where(Audit.status == "running", Audit.lease_until < now)))
         if ids:
-            session.execute(update(Audit).where(Audit.id.in_(ids), Audit.status == "running", Audit.lease_until < now)
-                            .values(status="queued", worker=None, lease_until=None, updated_at=now)
-                            .execution_options(synchronize_session=False))
+            session.execute(
+                update(Audit)
+                .where(Audit.id.in_(ids), Audit.status == "running", Audit.lease_until < now)
+                .values(status="queued", worker=None, lease_until=None, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
     return ids
 
 
 # -- API keys ---------------------------------------------------------------------------------------
+
 
 def add_key(db: Database, key_id: str, name: str, secret_hash: str, scopes: list[str]) -> ApiKey:
     key = ApiKey(id=key_id, name=name, secret_hash=secret_hash, scopes=",".join(scopes))
@@ -291,11 +394,16 @@ def revoke_key(db: Database, key_id: str) -> ApiKey:
 
 def touch_key(db: Database, key_id: str) -> None:
     with db.writing() as session:
-        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow())
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id)
+            .values(last_used_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 # -- scans ------------------------------------------------------------------------------------------
+
 
 def ensure_scan(db: Database, scan_id: str, name: str, source: str, total: int) -> Scan:
     with db.writing() as session:
@@ -336,6 +444,9 @@ def scan_audits(db: Database, scan_id: str, ids: list[str] | None = None) -> lis
 def reset_for_scan(db: Database, audit_id: str) -> None:
     """A scan resumed in a new process takes back its own audits that its dead predecessor left running."""
     with db.writing() as session:
-        session.execute(update(Audit).where(Audit.id == audit_id, Audit.status == "running")
-                        .values(status="queued", worker=None, lease_until=None)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Audit)
+            .where(Audit.id == audit_id, Audit.status == "running")
+            .values(status="queued", worker=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )

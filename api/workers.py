@@ -31,13 +31,13 @@ from collections.abc import Callable
 
 import httpx
 
-from hspi.audit import AuditReport, AuditSettings, QueryRecord, run_audit
-from hspi.errors import HspiError
-from hspi.shipped import shipped_classifier, shipped_dataset
-from hspi.collector.models import model_spec
 from hspi.api import store
 from hspi.api.db import Audit, Database
 from hspi.api.security import EndpointGuard, Vault
+from hspi.audit import AuditReport, AuditSettings, QueryRecord, run_audit
+from hspi.collector.models import model_spec
+from hspi.errors import HspiError
+from hspi.shipped import shipped_classifier, shipped_dataset
 
 log = logging.getLogger("hspi.api.workers")
 
@@ -60,9 +60,20 @@ class _Run:
 
 
 class AuditWorkers:
-    def __init__(self, db: Database, vault: Vault, guard: EndpointGuard, *, workers: int = 8, per_host: int = 2,
-                 lease_s: float = 15.0, max_attempts: int = 3, on_restart: str = "resume",
-                 scan_id: str | None = None, transport_factory: Callable[[], httpx.BaseTransport] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        vault: Vault,
+        guard: EndpointGuard,
+        *,
+        workers: int = 8,
+        per_host: int = 2,
+        lease_s: float = 15.0,
+        max_attempts: int = 3,
+        on_restart: str = "resume",
+        scan_id: str | None = None,
+        transport_factory: Callable[[], httpx.BaseTransport] | None = None,
+    ) -> None:
         """`scan_id`: run that scan's audits only (None: the audits made through the API)."""
         self.db, self.vault, self.guard, self.scan_id = db, vault, guard, scan_id
         self.workers, self.per_host, self.lease_s = workers, per_host, lease_s
@@ -156,8 +167,9 @@ class AuditWorkers:
         if free <= 0 or self._stopping.is_set():
             return 0
         started = 0
-        for audit_id, origin in store.queued(self.db, limit=free * self.per_host + 8, skip_origins=full,
-                                             scan_id=self.scan_id):
+        for audit_id, origin in store.queued(
+            self.db, limit=free * self.per_host + 8, skip_origins=full, scan_id=self.scan_id
+        ):
             with self._lock:
                 if len(self._runs) >= self.workers:
                     break
@@ -170,8 +182,9 @@ class AuditWorkers:
             with self._lock:
                 self._runs[audit_id] = run
                 self._by_origin[origin] += 1
-            threading.Thread(target=self._run_guarded, args=(audit, run), name=f"hspi-audit-{audit_id[:8]}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._run_guarded, args=(audit, run), name=f"hspi-audit-{audit_id[:8]}", daemon=True
+            ).start()
             started += 1
         return started
 
@@ -205,8 +218,13 @@ class AuditWorkers:
         settings = AuditSettings.model_validate(audit.settings)
         prior = store.answers(self.db, audit.id, limit=1_000_000)
         if audit.cancel_requested:
-            self._end(audit, run, "cancelled", replay_report(settings, prior, "cancelled through the API"),
-                      "cancelled through the API")
+            self._end(
+                audit,
+                run,
+                "cancelled",
+                replay_report(settings, prior, "cancelled through the API"),
+                "cancelled through the API",
+            )
             return
         if audit.attempts > self.max_attempts:
             why = f"started {audit.attempts - 1} times without finishing (the service kept stopping): given up"
@@ -238,8 +256,9 @@ class AuditWorkers:
                 raise _Stop(run.why)
 
         try:
-            report = run_audit(settings, api_key=api_key, on_query=on_query, prior=prior,
-                               transport=self.transport_factory())
+            report = run_audit(
+                settings, api_key=api_key, on_query=on_query, prior=prior, transport=self.transport_factory()
+            )
         except HspiError as exc:  # e.g. stored answers that no longer fit the reference pool
             self._end(audit, run, "failed", None, str(exc))
             return
@@ -267,8 +286,9 @@ class AuditWorkers:
             if (settings.model, dataset) in self._warmed:
                 return
             try:  # the audit's own per-process cache (see hspi.audit), filled here under a lock
-                context = audit_module._references(str(dataset), settings.model,
-                                                   audit_module._mtime(dataset / "dataset.json"))
+                context = audit_module._references(
+                    str(dataset), settings.model, audit_module._mtime(dataset / "dataset.json")
+                )
                 context.book(settings.max_tier)
             except HspiError:
                 return  # the audit itself reports what is wrong
@@ -284,13 +304,29 @@ def replay_report(settings: AuditSettings, prior: list[QueryRecord], reason: str
     if not prior:
         spec = model_spec(settings.model)
         per_query = spec.input_shape[0] + 1 if spec.input_kind == "tokens" else math.prod(spec.input_shape)
-        return AuditReport(endpoint=settings.endpoint, model=settings.model, api=settings.api, tier=None,
-                           status="no-evidence", verdict="inconclusive" if settings.claim else None, reason=reason,
-                           stop="interrupted", queries=0, tokens=0, budget_queries=settings.budget_queries,
-                           budget_tokens=settings.budget_tokens or settings.budget_queries * per_query,
-                           answers_used=0, match_score=0.0, threshold=0.0, claim=settings.claim, heads={}, evidence=[],
-                           dataset=str(settings.dataset or shipped_dataset(settings.model)),
-                           classifier=str(settings.classifier or shipped_classifier(settings.model)), seconds=0.0)
+        return AuditReport(
+            endpoint=settings.endpoint,
+            model=settings.model,
+            api=settings.api,
+            tier=None,
+            status="no-evidence",
+            verdict="inconclusive" if settings.claim else None,
+            reason=reason,
+            stop="interrupted",
+            queries=0,
+            tokens=0,
+            budget_queries=settings.budget_queries,
+            budget_tokens=settings.budget_tokens or settings.budget_queries * per_query,
+            answers_used=0,
+            match_score=0.0,
+            threshold=0.0,
+            claim=settings.claim,
+            heads={},
+            evidence=[],
+            dataset=str(settings.dataset or shipped_dataset(settings.model)),
+            classifier=str(settings.classifier or shipped_classifier(settings.model)),
+            seconds=0.0,
+        )
     last = len(prior) - 1
 
     def stop_after_replay(record: QueryRecord, _: float) -> None:
@@ -303,6 +339,3 @@ def replay_report(settings: AuditSettings, prior: list[QueryRecord], reason: str
 
 def _refuse(request: httpx.Request) -> httpx.Response:
     raise RuntimeError("a replayed audit must not reach the network")
-
-
-

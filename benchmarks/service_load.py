@@ -57,20 +57,23 @@ def free_ports(n: int) -> list[int]:
 
 # -- the target processes ---------------------------------------------------------------------------
 
+
 def farm(platform_id: str, ports: list[int]) -> None:
     """Serve lm-small on one platform at several ports of one process (one platform per process)."""
     import asyncio
 
     import uvicorn
 
-    from hspi.platform import Platform
     from hspi.collector.target_server import create_target_app
+    from hspi.platform import Platform
 
     app = create_target_app("lm-small", Platform.parse(platform_id), top_logprobs=20)
 
     async def main() -> None:
-        servers = [uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=p, log_level="warning", lifespan="off"))
-                   for p in ports]
+        servers = [
+            uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=p, log_level="warning", lifespan="off"))
+            for p in ports
+        ]
         await asyncio.gather(*(s.serve() for s in servers))
 
     asyncio.run(main())
@@ -118,8 +121,9 @@ def misbehave(ports: list[int], delay_s: float) -> None:
 
 def spawn(args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
     out = open(log, "a") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, *args], env={**os.environ, **(env or {})}, stdout=out,
-                            stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, *args], env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+    )
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -137,6 +141,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> Non
 
 
 # -- the API under load --------------------------------------------------------------------------------
+
 
 class Recorder:
     def __init__(self) -> None:
@@ -164,15 +169,26 @@ def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
     a = np.asarray(values)
-    return {"n": len(values), "p50_ms": round(float(np.percentile(a, 50)), 1),
-            "p90_ms": round(float(np.percentile(a, 90)), 1), "p99_ms": round(float(np.percentile(a, 99)), 1),
-            "max_ms": round(float(a.max()), 1)}
+    return {
+        "n": len(values),
+        "p50_ms": round(float(np.percentile(a, 50)), 1),
+        "p90_ms": round(float(np.percentile(a, 90)), 1),
+        "p99_ms": round(float(np.percentile(a, 99)), 1),
+        "max_ms": round(float(a.max()), 1),
+    }
 
 
 def start_api(workdir: Path, port: int, database: str) -> subprocess.Popen:
-    env = {"HSPI_ALLOW_HOSTS": "127.0.0.0/8", "HSPI_WORKERS": "16", "HSPI_PER_HOST": "4", "HSPI_LEASE_S": "3",
-           "HSPI_RATE_PER_MINUTE": "1000000", "HSPI_RATE_BURST": "100000",
-           "HSPI_BOOTSTRAP_KEY_FILE": str(workdir / "admin.key"), "HSPI_SECRET_KEY_FILE": str(workdir / "secret.key")}
+    env = {
+        "HSPI_ALLOW_HOSTS": "127.0.0.0/8",
+        "HSPI_WORKERS": "16",
+        "HSPI_PER_HOST": "4",
+        "HSPI_LEASE_S": "3",
+        "HSPI_RATE_PER_MINUTE": "1000000",
+        "HSPI_RATE_BURST": "100000",
+        "HSPI_BOOTSTRAP_KEY_FILE": str(workdir / "admin.key"),
+        "HSPI_SECRET_KEY_FILE": str(workdir / "secret.key"),
+    }
     proc = spawn(["-m", "hspi", "serve", "--database", database, "--port", str(port)], env, workdir / "api.log")
     wait_http(f"http://127.0.0.1:{port}/readyz", proc)
     return proc
@@ -189,8 +205,9 @@ def list_all(http: httpx.Client, rec: Recorder) -> list[dict]:
             return rows
 
 
-def run_load(base: str, key: str, plan: list[dict], rec: Recorder, *, creators: int = 8, readers: int = 4
-             ) -> tuple[list[str], list[tuple[float, int]], float]:
+def run_load(
+    base: str, key: str, plan: list[dict], rec: Recorder, *, creators: int = 8, readers: int = 4
+) -> tuple[list[str], list[tuple[float, int]], float]:
     """Create the planned audits from `creators` threads while `readers` poll; wait until all end."""
     ids: list[str] = []
     lock = threading.Lock()
@@ -302,8 +319,16 @@ def main() -> None:
         plan = []
         for i in range(args.audits):
             url, kind = targets[i % len(targets)]
-            plan.append({"endpoint": url, "claim": "dtype=fp32", "budget": BUDGET, "seed": i, "label": kind,
-                         **({"timeout_s": 1.0} if kind in MISBEHAVING else {})})
+            plan.append(
+                {
+                    "endpoint": url,
+                    "claim": "dtype=fp32",
+                    "budget": BUDGET,
+                    "seed": i,
+                    "label": kind,
+                    **({"timeout_s": 1.0} if kind in MISBEHAVING else {}),
+                }
+            )
         rec = Recorder()
         ids, progress, load_s = run_load(base, key, plan, rec)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
@@ -316,16 +341,25 @@ def main() -> None:
         bad_ok = all(a["status"] == "failed" for a in listed if a["label"] in MISBEHAVING)
         finished_at = max((t for t, n in progress if n >= len(plan)), default=load_s)
         load = {
-            "audits": len(plan), "targets": len(targets), "misbehaving_targets": len(MISBEHAVING),
-            "budget_queries": BUDGET, "wall_s": round(load_s, 1),
+            "audits": len(plan),
+            "targets": len(targets),
+            "misbehaving_targets": len(MISBEHAVING),
+            "budget_queries": BUDGET,
+            "wall_s": round(load_s, 1),
             "audits_per_minute": round(len(plan) / load_s * 60, 1),
-            "counts": {"created": len(set(ids)), "listed": len(by_id), **dict(statuses),
-                       "lost": len(set(ids) - set(by_id)), "duplicated": sum(n - 1 for n in by_id.values() if n > 1)},
+            "counts": {
+                "created": len(set(ids)),
+                "listed": len(by_id),
+                **dict(statuses),
+                "lost": len(set(ids) - set(by_id)),
+                "duplicated": sum(n - 1 for n in by_id.values() if n > 1),
+            },
             "good_target_verdicts_right": f"{right}/{len(good)}",
             "misbehaving_failed_only_their_own": bad_ok,
             "api_latency": {kind: percentiles(v) for kind, v in rec.latency.items()},
             "api_latency_all": percentiles([x for v in rec.latency.values() for x in v]),
-            "api_errors": dict(rec.errors), "progress": [(round(t, 2), n) for t, n in progress],
+            "api_errors": dict(rec.errors),
+            "progress": [(round(t, 2), n) for t, n in progress],
             "all_finished_by_s": round(finished_at, 1),
         }
         print(json.dumps({k: v for k, v in load.items() if k != "progress"}, indent=1), file=sys.stderr)
@@ -344,26 +378,57 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     result = {
-        "benchmark": "service-load", "machine": {"cpus": os.cpu_count(), "python": host_platform.python_version(),
-                                                 "system": host_platform.platform()},
-        "config": {"database": "sqlite (WAL)", "workers": 16, "per_host": 4, "budget_queries": BUDGET,
-                   "client_threads": {"creators": 8, "readers": 4},
-                   "targets": {**FARMS, "misbehaving": list(MISBEHAVING)}},
-        "load": load, "fault": fault, "seconds": round(time.perf_counter() - wall_start, 1)}
+        "benchmark": "service-load",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": host_platform.python_version(),
+            "system": host_platform.platform(),
+        },
+        "config": {
+            "database": "sqlite (WAL)",
+            "workers": 16,
+            "per_host": 4,
+            "budget_queries": BUDGET,
+            "client_threads": {"creators": 8, "readers": 4},
+            "targets": {**FARMS, "misbehaving": list(MISBEHAVING)},
+        },
+        "load": load,
+        "fault": fault,
+        "seconds": round(time.perf_counter() - wall_start, 1),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "service-load.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(result, args.out / "service-load.png")
     print(f"wrote {args.out / 'service-load.json'} and service-load.png", file=sys.stderr)
 
 
-def run_fault(n: int, targets: list[tuple[str, str]], workdir: Path, base: str, key: str,
-              api: subprocess.Popen, database: str, port: int) -> dict:
+def run_fault(
+    n: int,
+    targets: list[tuple[str, str]],
+    workdir: Path,
+    base: str,
+    key: str,
+    api: subprocess.Popen,
+    database: str,
+    port: int,
+) -> dict:
     good = [t for t in targets if t[1] not in MISBEHAVING]
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
-        ids = [http.post("/v1/audits", json={"endpoint": good[i % len(good)][0], "budget": 24, "seed": 1000 + i,
-                                             "claim": "dtype=fp32", "label": "fault"},
-                         headers={"Idempotency-Key": f"fault-{i}"}).json()["id"] for i in range(n)]
+        ids = [
+            http.post(
+                "/v1/audits",
+                json={
+                    "endpoint": good[i % len(good)][0],
+                    "budget": 24,
+                    "seed": 1000 + i,
+                    "claim": "dtype=fp32",
+                    "label": "fault",
+                },
+                headers={"Idempotency-Key": f"fault-{i}"},
+            ).json()["id"]
+            for i in range(n)
+        ]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # kill once some have ended and others run with answers stored
             audits = [a for a in http.get("/v1/audits", params={"label": "fault", "limit": 200}).json()["data"]]
@@ -385,8 +450,11 @@ def run_fault(n: int, targets: list[tuple[str, str]], workdir: Path, base: str, 
     api = start_api(workdir, port, database)
     with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
         # a client that did not see its answer retries with the same key: no duplicate
-        again = http.post("/v1/audits", json={"endpoint": good[0][0], "budget": 24, "seed": 1000, "claim": "dtype=fp32",
-                                              "label": "fault"}, headers={"Idempotency-Key": "fault-0"})
+        again = http.post(
+            "/v1/audits",
+            json={"endpoint": good[0][0], "budget": 24, "seed": 1000, "claim": "dtype=fp32", "label": "fault"},
+            headers={"Idempotency-Key": "fault-0"},
+        )
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             audits = [a for a in http.get("/v1/audits", params={"label": "fault", "limit": 200}).json()["data"]]
@@ -397,19 +465,29 @@ def run_fault(n: int, targets: list[tuple[str, str]], workdir: Path, base: str, 
         full = {i: http.get(f"/v1/audits/{i}").json() for i in ids}
     recovered_s = time.perf_counter() - restart_started
     prefix_kept = all(
-        [(r.probe_id, r.values) for r in before[i]] ==
-        [(e["probe_id"], e["values"]) for e in (full[i]["report"] or {"evidence": []})["evidence"][:len(before[i])]]
-        for i in ids)
-    stored_once = all([r.index for r in store.answers(db, i)] == list(range(full[i]["progress"]["answers"])) for i in ids)
+        [(r.probe_id, r.values) for r in before[i]]
+        == [(e["probe_id"], e["values"]) for e in (full[i]["report"] or {"evidence": []})["evidence"][: len(before[i])]]
+        for i in ids
+    )
+    stored_once = all(
+        [r.index for r in store.answers(db, i)] == list(range(full[i]["progress"]["answers"])) for i in ids
+    )
     db.dispose()
-    return {"_api": api, "audits": n, "killed_when": killed_at, "states_at_kill": dict(Counter(states.values())),
-            "answers_stored_at_kill": sum(len(v) for v in before.values()),
-            "after_restart": dict(Counter(a["status"] for a in audits.values())),
-            "lost": len(set(ids) - set(audits)), "duplicated": len(audits) - len(set(ids)),
-            "idempotent_retry_same_audit": again.json()["id"] == ids[0],
-            "resumed_audits_kept_their_answers": prefix_kept, "each_answer_stored_once": stored_once,
-            "resumed": sum(full[i]["attempts"] > 1 for i in ids),
-            "seconds_from_restart_to_all_ended": round(recovered_s, 1)}
+    return {
+        "_api": api,
+        "audits": n,
+        "killed_when": killed_at,
+        "states_at_kill": dict(Counter(states.values())),
+        "answers_stored_at_kill": sum(len(v) for v in before.values()),
+        "after_restart": dict(Counter(a["status"] for a in audits.values())),
+        "lost": len(set(ids) - set(audits)),
+        "duplicated": len(audits) - len(set(ids)),
+        "idempotent_retry_same_audit": again.json()["id"] == ids[0],
+        "resumed_audits_kept_their_answers": prefix_kept,
+        "each_answer_stored_once": stored_once,
+        "resumed": sum(full[i]["attempts"] > 1 for i in ids),
+        "seconds_from_restart_to_all_ended": round(recovered_s, 1),
+    }
 
 
 def plot(result: dict, path: Path) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from hspi.errors import ModelError
-from hspi.provenance import library_versions
 from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
 from hspi.classifier.lgbm import BinaryBooster, MulticlassBooster
 from hspi.classifier.reference import ReferenceMatcher
+from hspi.errors import ModelError
+from hspi.provenance import library_versions
 
 ARTIFACT_FORMAT = "hspi-classifier/1"
 
@@ -26,10 +26,20 @@ def save_matcher(directory: Path, matcher: ReferenceMatcher, metadata: dict[str,
             continue
         (directory / f"reference-{head}.txt").write_text(model.to_text(), encoding="utf-8")
         heads[head] = f"reference-{head}.txt"
-    meta = {"format": ARTIFACT_FORMAT, "kind": "reference-matcher", "heads": heads, "threshold": matcher.threshold_,
-            "params": {"n_estimators": matcher.n_estimators, "num_leaves": matcher.num_leaves,
-                       "learning_rate": matcher.learning_rate, "random_state": matcher.random_state},
-            "versions": library_versions(), **metadata}
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "kind": "reference-matcher",
+        "heads": heads,
+        "threshold": matcher.threshold_,
+        "params": {
+            "n_estimators": matcher.n_estimators,
+            "num_leaves": matcher.num_leaves,
+            "learning_rate": matcher.learning_rate,
+            "random_state": matcher.random_state,
+        },
+        "versions": library_versions(),
+        **metadata,
+    }
     (directory / "reference.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
@@ -52,12 +62,19 @@ def save_intrinsic(directory: Path, clf: IntrinsicClassifier, metadata: dict[str
             continue
         prior = [float(p) for p in clf.priors_[head]]
         if isinstance(model, ClassPrior):  # no tree generalised: the head is its training prior
-            heads[head] = {"classes": [str(c) for c in model.classes_], "prior": prior,
-                           "trees": {str(q): 0 for q in clf.rounds_[head]}}
+            heads[head] = {
+                "classes": [str(c) for c in model.classes_],
+                "prior": prior,
+                "trees": {str(q): 0 for q in clf.rounds_[head]},
+            }
             continue
         (directory / f"intrinsic-{head}.txt").write_text(model.to_text(), encoding="utf-8")
-        heads[head] = {"file": f"intrinsic-{head}.txt", "classes": [str(c) for c in model.classes_], "prior": prior,
-                       "trees": {str(q): k for q, k in clf.rounds_[head].items()}}  # per audit size
+        heads[head] = {
+            "file": f"intrinsic-{head}.txt",
+            "classes": [str(c) for c in model.classes_],
+            "prior": prior,
+            "trees": {str(q): k for q, k in clf.rounds_[head].items()},
+        }  # per audit size
     meta = {"format": ARTIFACT_FORMAT, "kind": "intrinsic", "heads": heads, "versions": library_versions(), **metadata}
     (directory / "intrinsic.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -72,8 +89,11 @@ def load_intrinsic(directory: Path) -> tuple[IntrinsicClassifier, dict[str, Any]
             continue
         clf.priors_[head] = np.asarray(spec["prior"], dtype=np.float64)
         clf.rounds_[head] = {int(q): int(k) for q, k in spec["trees"].items()}
-        clf.heads_[head] = ClassPrior(spec["classes"], spec["prior"]) if "file" not in spec else \
-            MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
+        clf.heads_[head] = (
+            ClassPrior(spec["classes"], spec["prior"])
+            if "file" not in spec
+            else MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
+        )
     return clf, meta
 
 

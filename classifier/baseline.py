@@ -7,12 +7,12 @@ each float32 split into sign / exponent / mantissa integers (its LLM code).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.linear_model import SGDClassifier
 
-from hspi.errors import ConfigError
 from hspi.classifier.evidence import group_sum, softmax
+from hspi.errors import ConfigError
 
 ENCODINGS = ("ieee-bits", "sign-exponent-mantissa")
 
@@ -31,8 +31,14 @@ def encode(values: np.ndarray, encoding: str) -> np.ndarray:
 
 
 class HSPILDBaseline:
-    def __init__(self, *, encoding: str = "sign-exponent-mantissa", alpha: float = 1e-4, max_iter: int = 15,
-                 random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        encoding: str = "sign-exponent-mantissa",
+        alpha: float = 1e-4,
+        max_iter: int = 15,
+        random_state: int = 0,
+    ) -> None:
         self.encoding = encoding
         self.alpha = alpha
         self.max_iter = max_iter
@@ -49,8 +55,12 @@ class HSPILDBaseline:
         # A linear SVM (hinge loss) fitted by SGD for a bounded number of epochs: liblinear's LinearSVC
         # does not converge on these encodings (the paper's LD "could not fit its own training data"
         # either) and took minutes per head here.
-        self.pipeline_ = make_pipeline(StandardScaler(), SGDClassifier(loss="hinge", alpha=self.alpha, max_iter=self.max_iter,
-                                                                       tol=None, random_state=self.random_state))
+        self.pipeline_ = make_pipeline(
+            StandardScaler(),
+            SGDClassifier(
+                loss="hinge", alpha=self.alpha, max_iter=self.max_iter, tol=None, random_state=self.random_state
+            ),
+        )
         self.pipeline_.fit(encode(values, self.encoding), y)
         return self
 

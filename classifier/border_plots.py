@@ -24,13 +24,19 @@ def write_border_plot(result: dict[str, Any], path: Path) -> Path:
         rows = result["models"][model]["accuracy"]
         for (probes, order), style in METHODS.items():
             for head, colour in HEAD_COLOURS.items():
-                pts = sorted((r["queries"], r["accuracy"]) for r in rows
-                             if r["probes"] == probes and r["order"] == order and r["head"] == head)
+                pts = sorted(
+                    (r["queries"], r["accuracy"])
+                    for r in rows
+                    if r["probes"] == probes and r["order"] == order and r["head"] == head
+                )
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", color=colour, markersize=3, linewidth=1.2)
         pairs = result["models"][model]["pairs"]
-        ax.set_title(f"{model}: {result['models'][model]['n_classes']} classes, "
-                     f"{pairs['told_apart_by_either']}/{pairs['total']} pairs told apart", fontsize=9)
+        ax.set_title(
+            f"{model}: {result['models'][model]['n_classes']} classes, "
+            f"{pairs['told_apart_by_either']}/{pairs['total']} pairs told apart",
+            fontsize=9,
+        )
         ax.set_xscale("log", base=2), ax.set_ylim(0, 1.02), ax.set_xlabel("greedy-token queries")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy on held-out answers")

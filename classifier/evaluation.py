@@ -30,17 +30,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from hspi.dataset import SEARCHED_REPLAY_RUN, SPLITTING_RUN, Dataset
-from hspi.equivalence import EquivalenceClass, distinct_answers, equivalence_classes, joint_classes
-from hspi.errors import DatasetError
-from hspi.platform import HEADS
-from hspi.features.intrinsic import intrinsic_features
-from hspi.features.relative import relative_features
-from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
 from hspi.classifier.baseline import ENCODINGS, HSPILDBaseline
 from hspi.classifier.intrinsic import IntrinsicClassifier
 from hspi.classifier.reference import ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
+from hspi.dataset import SEARCHED_REPLAY_RUN, SPLITTING_RUN, Dataset
+from hspi.equivalence import EquivalenceClass, distinct_answers, equivalence_classes, joint_classes
+from hspi.errors import DatasetError
+from hspi.features.intrinsic import intrinsic_features
+from hspi.features.relative import relative_features
+from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
+from hspi.platform import HEADS
 
 QUERIES = (1, 4, 16)
 SPLIT_SEED = 11
@@ -49,7 +49,12 @@ TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest
 INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
 BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
 OPEN_SET_TREES = 60
-TRANSFER_HEADS = ("hardware", "dtype", "engine", "kernel")  # labels every model shares; `full` names one model's classes
+TRANSFER_HEADS = (
+    "hardware",
+    "dtype",
+    "engine",
+    "kernel",
+)  # labels every model shares; `full` names one model's classes
 
 
 @dataclass
@@ -89,7 +94,12 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
     classes = equivalence_classes(dataset, model)
     if len(classes) < 2:
         raise DatasetError(f"{dataset.directory}: model {model} has one equivalence class only; nothing to tell apart")
-    configs = [c for cls in classes for c in cls.members if c in dataset.complete_configs(model, ("reference", "replay", "fresh"))]
+    configs = [
+        c
+        for cls in classes
+        for c in cls.members
+        if c in dataset.complete_configs(model, ("reference", "replay", "fresh"))
+    ]
     class_of = {c: i for i, cls in enumerate(classes) for c in cls.members}
     pool_refs = [dataset.pool_references(cls.members[0], model) for cls in classes]
     reference = {i: r.as_float32() for i, r in enumerate(pool_refs)}
@@ -104,15 +114,29 @@ def load_model_data(dataset: Dataset, model: str) -> ModelData:
     spec = model_spec(model)
     pool_size = dataset.responses(classes[0].members[0], "reference", model).probe_ids.shape[0]
     fresh_version = first.probe_set.replace("/pool", "/fresh")
-    fresh_size = max(dataset.manifest.probe_sets[model].get(fresh_version, int(fresh_ids.max()) + 1), int(fresh_ids.max()) + 1)
+    fresh_size = max(
+        dataset.manifest.probe_sets[model].get(fresh_version, int(fresh_ids.max()) + 1), int(fresh_ids.max()) + 1
+    )
     # truth is the class: members of one class are indistinguishable by construction
-    data = ModelData(model, classes, class_of, {c: dict(classes[class_of[c]].labels) for c in configs},
-                     reference, replay_ids, replay, fresh_ids, fresh)
+    data = ModelData(
+        model,
+        classes,
+        class_of,
+        {c: dict(classes[class_of[c]].labels) for c in configs},
+        reference,
+        replay_ids,
+        replay,
+        fresh_ids,
+        fresh,
+    )
     data.pool_ids, data.pool_size = pool_refs[0].probe_ids, pool_size
     if any(not np.array_equal(r.probe_ids, data.pool_ids) for r in pool_refs):
         raise DatasetError(f"{dataset.directory}: reference runs of {model} cover different pool probes")
-    runs = [run for run in (SPLITTING_RUN, SEARCHED_REPLAY_RUN)
-            if configs and set(configs) <= set(dataset.complete_configs(model, (run,)))]
+    runs = [
+        run
+        for run in (SPLITTING_RUN, SEARCHED_REPLAY_RUN)
+        if configs and set(configs) <= set(dataset.complete_configs(model, (run,)))
+    ]
     if SEARCHED_REPLAY_RUN in runs and not dataset.has_searched_pool(model):
         runs.remove(SEARCHED_REPLAY_RUN)  # re-runs of probes without every config's reference
     parts: dict[str, list] = {cid: [] for cid in configs}
@@ -159,8 +183,9 @@ def query_groups(n: int, q: int) -> np.ndarray:
     return np.concatenate([np.repeat(np.arange(n // q), q), -np.ones(n - usable, dtype=np.int64)]).astype(np.int64)
 
 
-def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, candidates: list[int],
-                  ref_full: dict[int, np.ndarray]) -> np.ndarray:
+def pair_features(
+    data: ModelData, tier: str, config: str, rows: np.ndarray, candidates: list[int], ref_full: dict[int, np.ndarray]
+) -> np.ndarray:
     """(len(rows), C, F) features of one config's replayed answers against each candidate class."""
     view = tier_view(data.replay[config][rows], tier)
     probe_ids = data.replay_ids[rows]
@@ -169,6 +194,7 @@ def pair_features(data: ModelData, tier: str, config: str, rows: np.ndarray, can
 
 class TransferTrainingSet(NamedTuple):
     """Intrinsic training rows of the models other than the one tested (`transfer-model`)."""
+
     features: list[np.ndarray]  # per (model, config): (probes, F) intrinsic features
     values: list[np.ndarray]  # per (model, config): (probes, k) tier values, for the baseline
     labels: dict[str, np.ndarray]  # head -> label per row
@@ -179,12 +205,20 @@ class TransferTrainingSet(NamedTuple):
 @dataclass
 class SequentialPool:
     """The probes a sequential audit may choose from, with every config's features against every class."""
+
     probe_ids: np.ndarray
     features: dict[str, np.ndarray]  # config -> (len(probe_ids), C, F)
 
 
-def sequential_pool(data: ModelData, tier: str, rows: np.ndarray, feats: dict[str, np.ndarray],
-                    ref_full: dict[int, np.ndarray], *, targeted: bool) -> SequentialPool:
+def sequential_pool(
+    data: ModelData,
+    tier: str,
+    rows: np.ndarray,
+    feats: dict[str, np.ndarray],
+    ref_full: dict[int, np.ndarray],
+    *,
+    targeted: bool,
+) -> SequentialPool:
     """Replay `rows` (features already computed), plus, with `targeted`, the re-run probes that split
     near twins (`replay-splitting`, `replay-searched`) and are not replay probes at all (so never
     trained or calibrated on)."""
@@ -195,14 +229,25 @@ def sequential_pool(data: ModelData, tier: str, rows: np.ndarray, feats: dict[st
         parts = [feats[cid][rows]]
         if extra.any():
             view = tier_view(data.targeted[cid][extra], tier)
-            parts.append(np.stack([relative_features(view, ref_full[c][data.rows(data.targeted_ids[extra])])
-                                   for c in range(len(data.classes))], axis=1))
+            parts.append(
+                np.stack(
+                    [
+                        relative_features(view, ref_full[c][data.rows(data.targeted_ids[extra])])
+                        for c in range(len(data.classes))
+                    ],
+                    axis=1,
+                )
+            )
         features[cid] = np.concatenate(parts)
     return SequentialPool(probe_ids, features)
 
 
-def sequential_audit(evidence: ReferenceEvidence, probabilities: dict[str, np.ndarray], rng: np.random.Generator,
-                     steps: tuple[int, ...] = QUERIES) -> Iterator[int]:
+def sequential_audit(
+    evidence: ReferenceEvidence,
+    probabilities: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    steps: tuple[int, ...] = QUERIES,
+) -> Iterator[int]:
     """Run one audit over answers already scored (`probabilities[head]` (n, C), rows in the book's
     order), yielding after each step in `steps` with the evidence of that many queries.  Once
     nothing splits or verifies the candidates, the evidence stands."""
@@ -218,8 +263,15 @@ def sequential_audit(evidence: ReferenceEvidence, probabilities: dict[str, np.nd
 
 
 class Evaluation:
-    def __init__(self, dataset: Dataset, *, models: list[str] | None = None, tiers: list[str] | None = None,
-                 open_set: bool = True, log: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        models: list[str] | None = None,
+        tiers: list[str] | None = None,
+        open_set: bool = True,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.dataset = dataset
         self.models = models or dataset.models
         self.tiers = tiers or list(TIERS)
@@ -230,10 +282,22 @@ class Evaluation:
         self.confusions: dict[str, dict[str, Any]] = {}
         self.throughput: dict[str, float] = {}
 
-    def _row(self, model: str, split: str, tier: str, head: str, method: str, q: int, correct: np.ndarray, **extra: Any) -> None:
-        self.results.append({"model": model, "split": split, "tier": tier, "head": head, "method": method,
-                             "queries": q, "accuracy": round(float(np.mean(correct)) if len(correct) else 0.0, 4),
-                             "n_test": int(len(correct)), **extra})
+    def _row(
+        self, model: str, split: str, tier: str, head: str, method: str, q: int, correct: np.ndarray, **extra: Any
+    ) -> None:
+        self.results.append(
+            {
+                "model": model,
+                "split": split,
+                "tier": tier,
+                "head": head,
+                "method": method,
+                "queries": q,
+                "accuracy": round(float(np.mean(correct)) if len(correct) else 0.0, 4),
+                "n_test": int(len(correct)),
+                **extra,
+            }
+        )
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -251,19 +315,32 @@ class Evaluation:
             data[model] = stage("loading", f"loading {model}", lambda: load_model_data(self.dataset, model))
         for model in self.models:
             for tier in self.tiers:
-                stage("reference-match", f"{model} {tier}: reference-match", lambda: self._reference_match(data[model], tier))
+                stage(
+                    "reference-match",
+                    f"{model} {tier}: reference-match",
+                    lambda: self._reference_match(data[model], tier),
+                )
                 stage("heldout-probes", f"{model} {tier}: heldout-probes", lambda: self._heldout(data[model], tier))
                 if len(self.models) >= 3:
-                    stage("transfer-model", f"{model} {tier}: transfer-model", lambda: self._transfer(data, model, tier))
+                    stage(
+                        "transfer-model", f"{model} {tier}: transfer-model", lambda: self._transfer(data, model, tier)
+                    )
         classes = joint_classes(self.dataset)
         return {
             "dataset": self.dataset.manifest.name,
             "n_classes": len(classes),
             "classes": {c.name: list(c.members) for c in classes},
-            "models": {m: {"n_classes": len(d.classes), "classes": {c.name: list(c.members) for c in d.classes},
-                           "n_configs": len(d.replay), "classes_split_by_one_probe": one_probe_split(d),
-                           "targeted_replay_probes": int(len(d.targeted_ids)),
-                           "searched_pool_probes": int(len(d.pool_ids) - d.pool_size)} for m, d in data.items()},
+            "models": {
+                m: {
+                    "n_classes": len(d.classes),
+                    "classes": {c.name: list(c.members) for c in d.classes},
+                    "n_configs": len(d.replay),
+                    "classes_split_by_one_probe": one_probe_split(d),
+                    "targeted_replay_probes": int(len(d.targeted_ids)),
+                    "searched_pool_probes": int(len(d.pool_ids) - d.pool_size),
+                }
+                for m, d in data.items()
+            },
             "results": self.results,
             "open_set": self.open_set_rows,
             "throughput": self.throughput,
@@ -280,7 +357,10 @@ class Evaluation:
         ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
         configs = list(data.replay)
         t0 = time.perf_counter()
-        feats = {cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full) for cid in configs}
+        feats = {
+            cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full)
+            for cid in configs
+        }
         n_pairs = sum(f.shape[0] * f.shape[1] for f in feats.values())
         if tier == "logits" and data.model == "lm-small":
             self.throughput["features_per_s"] = round(float(n_pairs) / (time.perf_counter() - t0), 1)
@@ -292,15 +372,26 @@ class Evaluation:
             for h in HEADS:
                 same[h].append(np.tile([truth[h] == cl[h] for cl in cand_labels], len(train)))
         matcher = ReferenceMatcher().fit(np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
-        calib_scores = np.concatenate([
-            ReferenceMatcher.match_scores(matcher.pair_probabilities(feats[cid][calib])["full"], np.arange(len(calib)))
-            for cid in configs])
+        calib_scores = np.concatenate(
+            [
+                ReferenceMatcher.match_scores(
+                    matcher.pair_probabilities(feats[cid][calib])["full"], np.arange(len(calib))
+                )
+                for cid in configs
+            ]
+        )
         matcher.calibrate(calib_scores)
         # exact-match lookup and the baseline share the same test groups
         baselines = self._fit_baselines(
-            np.concatenate([tier_view(data.replay[c][train], tier).values for c in configs]
-                           + [tier_view(data.reference[data.class_of[c]][data.rows(data.replay_ids[train])], tier).values for c in configs]),
-            [data.config_labels[c] for c in configs for _ in train] * 2)
+            np.concatenate(
+                [tier_view(data.replay[c][train], tier).values for c in configs]
+                + [
+                    tier_view(data.reference[data.class_of[c]][data.rows(data.replay_ids[train])], tier).values
+                    for c in configs
+                ]
+            ),
+            [data.config_labels[c] for c in configs for _ in train] * 2,
+        )
         for q in QUERIES:
             groups = query_groups(len(test), q)
             keep = groups >= 0
@@ -343,19 +434,30 @@ class Evaluation:
         pool = sequential_pool(data, tier, test, feats, ref_full, targeted=True)
         self._sequential(data, tier, matcher, pool, cand_labels)
         if tier == "logits" and data.model == "lm-small" and "_pred_s" in self.throughput:
-            self.throughput["predictions_per_s"] = round(float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1)
+            self.throughput["predictions_per_s"] = round(
+                float(self.throughput.pop("_pred_n") / self.throughput.pop("_pred_s")), 1
+            )
         if self.open_set:
             matchers = self._open_set(data, tier, feats, train, calib, test)
             pools = {"lightgbm-sequential": pool}
             if len(data.targeted_ids):
                 # the targeted probes were chosen with every class's answers, the left-out one's too:
                 # the same audits without them measure what random pool probes alone achieve
-                pools["lightgbm-sequential-untargeted"] = sequential_pool(data, tier, test, feats, ref_full, targeted=False)
-            self._open_set_sequential(data, tier, matchers, pools,
-                                      sequential_pool(data, tier, calib, feats, ref_full, targeted=False))
+                pools["lightgbm-sequential-untargeted"] = sequential_pool(
+                    data, tier, test, feats, ref_full, targeted=False
+                )
+            self._open_set_sequential(
+                data, tier, matchers, pools, sequential_pool(data, tier, calib, feats, ref_full, targeted=False)
+            )
 
-    def _sequential(self, data: ModelData, tier: str, matcher: ReferenceMatcher, pool: SequentialPool,
-                    cand_labels: list[dict[str, str]]) -> None:
+    def _sequential(
+        self,
+        data: ModelData,
+        tier: str,
+        matcher: ReferenceMatcher,
+        pool: SequentialPool,
+        cand_labels: list[dict[str, str]],
+    ) -> None:
         """Method `lightgbm-sequential`: audits that choose each next probe to split the likely candidates.
 
         The same matcher as `lightgbm`; the order differs, and so does the choice: each probe is
@@ -366,8 +468,12 @@ class Evaluation:
         near-twin classes; `replay-searched`: the searched pool probes; each answered in another
         independent process) that the matcher neither trained nor calibrated on.
         """
-        book = ReferenceBook([data.reference[c][data.rows(pool.probe_ids)] for c in range(len(data.classes))], cand_labels, tier,
-                             pool.probe_ids)
+        book = ReferenceBook(
+            [data.reference[c][data.rows(pool.probe_ids)] for c in range(len(data.classes))],
+            cand_labels,
+            tier,
+            pool.probe_ids,
+        )
         correct: dict[tuple[str, int], list[bool]] = {}
         for k, cid in enumerate(data.replay):
             probs = matcher.pair_probabilities(pool.features[cid])
@@ -379,18 +485,35 @@ class Evaluation:
                     for h in HEADS:
                         correct.setdefault((h, q), []).append(decision.get(h) == truth[h])
         for (h, q), hits in correct.items():
-            self._row(data.model, "reference-match", tier, h, "lightgbm-sequential", q, np.asarray(hits),
-                      probes_available=int(len(pool.probe_ids)))
+            self._row(
+                data.model,
+                "reference-match",
+                tier,
+                h,
+                "lightgbm-sequential",
+                q,
+                np.asarray(hits),
+                probes_available=int(len(pool.probe_ids)),
+            )
 
-    def _exact_match(self, data: ModelData, tier: str, cid: str, rows: np.ndarray, groups: np.ndarray,
-                     ref_full: dict[int, np.ndarray]) -> np.ndarray:
+    def _exact_match(
+        self,
+        data: ModelData,
+        tier: str,
+        cid: str,
+        rows: np.ndarray,
+        groups: np.ndarray,
+        ref_full: dict[int, np.ndarray],
+    ) -> np.ndarray:
         """Per group: the class whose stored answer is bit-identical on most probes (-1: none)."""
         view = tier_view(data.replay[cid][rows], tier)
         probe_ids = data.replay_ids[rows]
         hits = np.zeros((len(rows), len(data.classes)), dtype=bool)
         for c in range(len(data.classes)):
             ref_view = tier_view(data.reference[c][data.rows(probe_ids)], tier)
-            hits[:, c] = (view.ids == ref_view.ids).all(axis=1) & (view.values.view(np.uint32) == ref_view.values.view(np.uint32)).all(axis=1)
+            hits[:, c] = (view.ids == ref_view.ids).all(axis=1) & (
+                view.values.view(np.uint32) == ref_view.values.view(np.uint32)
+            ).all(axis=1)
         votes = np.zeros((int(groups.max()) + 1, len(data.classes)))
         np.add.at(votes, groups, hits)
         return np.where(votes.max(axis=1) > 0, votes.argmax(axis=1), -1)
@@ -405,7 +528,9 @@ class Evaluation:
         return out
 
     @staticmethod
-    def _baseline_predictions(models: dict[str, HSPILDBaseline], values: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
+    def _baseline_predictions(
+        models: dict[str, HSPILDBaseline], values: np.ndarray, groups: np.ndarray
+    ) -> dict[str, np.ndarray]:
         out = {}
         for enc, model in models.items():
             classes, post = model.posteriors(values, groups)
@@ -423,10 +548,21 @@ class Evaluation:
                 hits = np.concatenate([p[enc] for p in parts])
                 scores[enc] = hits
             best = max(ENCODINGS, key=lambda e: scores[e].mean())
-            self._row(model, split, tier, h, "hspi-ld-svm", q, scores[best], encoding=best,
-                      other_encoding_accuracy=round(float(scores[[e for e in ENCODINGS if e != best][0]].mean()), 4))
+            self._row(
+                model,
+                split,
+                tier,
+                h,
+                "hspi-ld-svm",
+                q,
+                scores[best],
+                encoding=best,
+                other_encoding_accuracy=round(float(scores[[e for e in ENCODINGS if e != best][0]].mean()), 4),
+            )
 
-    def _open_set_matcher(self, data: ModelData, held: int, feats: dict[str, np.ndarray], train: np.ndarray) -> ReferenceMatcher:
+    def _open_set_matcher(
+        self, data: ModelData, held: int, feats: dict[str, np.ndarray], train: np.ndarray
+    ) -> ReferenceMatcher:
         """A `full`-head matcher trained as if class `held` had never been collected."""
         keep_c = [c for c in range(len(data.classes)) if c != held]
         known = [cid for cid in data.replay if data.class_of[cid] != held]
@@ -434,18 +570,43 @@ class Evaluation:
         y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
         return ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
 
-    def _open_set_row(self, data: ModelData, tier: str, method: str, q: int, held: int, inside: np.ndarray,
-                      outside: np.ndarray, threshold: float) -> None:
+    def _open_set_row(
+        self,
+        data: ModelData,
+        tier: str,
+        method: str,
+        q: int,
+        held: int,
+        inside: np.ndarray,
+        outside: np.ndarray,
+        threshold: float,
+    ) -> None:
         labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
         auroc = float(roc_auc_score(labels, np.r_[inside, outside]))
-        self.open_set_rows.append({"model": data.model, "split": "reference-match", "tier": tier, "method": method,
-                                   "queries": q, "held_out_class": data.classes[held].name, "auroc": round(auroc, 4),
-                                   "unknown_rate": round(float((outside < threshold).mean()), 4),
-                                   "known_rejected_rate": round(float((inside < threshold).mean()), 4),
-                                   "threshold": round(threshold, 6)})
+        self.open_set_rows.append(
+            {
+                "model": data.model,
+                "split": "reference-match",
+                "tier": tier,
+                "method": method,
+                "queries": q,
+                "held_out_class": data.classes[held].name,
+                "auroc": round(auroc, 4),
+                "unknown_rate": round(float((outside < threshold).mean()), 4),
+                "known_rejected_rate": round(float((inside < threshold).mean()), 4),
+                "threshold": round(threshold, 6),
+            }
+        )
 
-    def _open_set(self, data: ModelData, tier: str, feats: dict[str, np.ndarray], train: np.ndarray, calib: np.ndarray,
-                  test: np.ndarray) -> dict[int, ReferenceMatcher]:
+    def _open_set(
+        self,
+        data: ModelData,
+        tier: str,
+        feats: dict[str, np.ndarray],
+        train: np.ndarray,
+        calib: np.ndarray,
+        test: np.ndarray,
+    ) -> dict[int, ReferenceMatcher]:
         """Method `lightgbm`: audits of random test probes, each class left out of training in turn.
         Returns the matcher trained without each class."""
         configs = list(data.replay)
@@ -471,8 +632,14 @@ class Evaluation:
                 self._open_set_row(data, tier, "lightgbm", q, held, inside, outside, m.threshold_)
         return matchers
 
-    def _open_set_sequential(self, data: ModelData, tier: str, matchers: dict[int, ReferenceMatcher],
-                             pools: dict[str, SequentialPool], calib: SequentialPool) -> None:
+    def _open_set_sequential(
+        self,
+        data: ModelData,
+        tier: str,
+        matchers: dict[int, ReferenceMatcher],
+        pools: dict[str, SequentialPool],
+        calib: SequentialPool,
+    ) -> None:
         """Methods `lightgbm-sequential` (and `-untargeted`): the same left-out classes, audited as `hspi
         audit` does: probes that split the known candidates, then probes that verify the leader, from
         each method's pool of probes.  Thresholds per audit size come from sequential audits of known
@@ -482,8 +649,9 @@ class Evaluation:
             labels = [data.classes[c].labels for c in keep_c]
 
             def audits(source: SequentialPool, configs: list[str]) -> dict[int, np.ndarray]:
-                book = ReferenceBook([data.reference[c][data.rows(source.probe_ids)] for c in keep_c], labels, tier,
-                                     source.probe_ids)
+                book = ReferenceBook(
+                    [data.reference[c][data.rows(source.probe_ids)] for c in keep_c], labels, tier, source.probe_ids
+                )
                 out: dict[int, list[float]] = {}
                 for cid in configs:
                     k = list(data.replay).index(cid)
@@ -526,9 +694,14 @@ class Evaluation:
             weight.append(np.full(len(probes), float(len(cls.members))))
             for h in HEADS:
                 y[h] += [cls.labels[h]] * len(probes)
-        clf = IntrinsicClassifier().fit(np.concatenate(X), {h: np.array(v) for h, v in y.items()},
-                                        groups=np.concatenate(probe_of), sample_weight=np.concatenate(weight),
-                                        targets=np.concatenate(target), audit_sizes=QUERIES)
+        clf = IntrinsicClassifier().fit(
+            np.concatenate(X),
+            {h: np.array(v) for h, v in y.items()},
+            groups=np.concatenate(probe_of),
+            sample_weight=np.concatenate(weight),
+            targets=np.concatenate(target),
+            audit_sizes=QUERIES,
+        )
         baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
         test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
         for q in QUERIES:
@@ -546,8 +719,16 @@ class Evaluation:
                     best = self._baseline_predictions(baselines[h], v[keep], groups[keep])
                     correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in HEADS:
-                self._row(data.model, "heldout-probes", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
-                          trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0)
+                self._row(
+                    data.model,
+                    "heldout-probes",
+                    tier,
+                    h,
+                    "lightgbm",
+                    q,
+                    np.concatenate(correct[(h, "lightgbm")]),
+                    trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0,
+                )
             self._baseline_rows(data.model, "heldout-probes", tier, q, correct)
 
     def transfer_training_set(self, data: dict[str, ModelData], model: str, tier: str) -> TransferTrainingSet:
@@ -561,7 +742,7 @@ class Evaluation:
         for other, d in data.items():
             if other == model:
                 continue
-            probes = np.random.default_rng(SPLIT_SEED).permutation(d.pool_size)[:INTRINSIC_TRAIN_PROBES // 3]
+            probes = np.random.default_rng(SPLIT_SEED).permutation(d.pool_size)[: INTRINSIC_TRAIN_PROBES // 3]
             for cid in d.replay:
                 f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
                 X.append(f), V.append(v)
@@ -576,17 +757,23 @@ class Evaluation:
         heads = TRANSFER_HEADS
         X, V, y, source, config = self.transfer_training_set(data, model, tier)
         # tree counts are chosen by predicting one training model from the other: transfer, as tested
-        clf = IntrinsicClassifier(heads=heads).fit(np.concatenate(X), y, groups=source, targets=config, audit_sizes=QUERIES)
+        clf = IntrinsicClassifier(heads=heads).fit(
+            np.concatenate(X), y, groups=source, targets=config, audit_sizes=QUERIES
+        )
         widths = {v.shape[1] for v in V}
         target = data[model]
         baselines = None
         if len(widths) == 1 and tier_view(target.fresh[next(iter(target.fresh))][:1], tier).values.shape[1] in widths:
             rows = np.random.default_rng(SPLIT_SEED).permutation(len(source))[:BASELINE_TRAIN_ROWS]
             values = np.concatenate(V)
-            baselines = {h: {e: HSPILDBaseline(encoding=e).fit(values[rows], y[h][rows]) for e in ENCODINGS} for h in heads}
+            baselines = {
+                h: {e: HSPILDBaseline(encoding=e).fit(values[rows], y[h][rows]) for e in ENCODINGS} for h in heads
+            }
         # the platforms this model is served on are known (its grid), their outputs are not: the label
         # shares of its grid replace the training models' as the prior
-        target_prior = {h: label_shares([self.dataset.manifest.configs[cid].labels[h] for cid in target.fresh]) for h in heads}
+        target_prior = {
+            h: label_shares([self.dataset.manifest.configs[cid].labels[h] for cid in target.fresh]) for h in heads
+        }
         for q in QUERIES:
             groups = query_groups(len(target.fresh_ids), q)
             keep = groups >= 0
@@ -605,6 +792,14 @@ class Evaluation:
                         best = self._baseline_predictions(baselines[h], v, groups[keep])
                         correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for h in heads:
-                self._row(model, "transfer-model", tier, h, "lightgbm", q, np.concatenate(correct[(h, "lightgbm")]),
-                          trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0)
+                self._row(
+                    model,
+                    "transfer-model",
+                    tier,
+                    h,
+                    "lightgbm",
+                    q,
+                    np.concatenate(correct[(h, "lightgbm")]),
+                    trees=clf.rounds_for(h, q) if h in clf.rounds_ else 0,
+                )
             self._baseline_rows(model, "transfer-model", tier, q, correct)

@@ -64,31 +64,46 @@ class TextVerdict:
 
 
 class GreedyVote(BaseEstimator):
-    def __init__(self, *, epsilon_floor: float = EPSILON_FLOOR, off_runner_up: float = OFF_RUNNER_UP,
-                 unknown_mix: float = UNKNOWN_MIX) -> None:
+    def __init__(
+        self,
+        *,
+        epsilon_floor: float = EPSILON_FLOOR,
+        off_runner_up: float = OFF_RUNNER_UP,
+        unknown_mix: float = UNKNOWN_MIX,
+    ) -> None:
         self.epsilon_floor = epsilon_floor
         self.off_runner_up = off_runner_up
         self.unknown_mix = unknown_mix
 
     # --- fitting ------------------------------------------------------------------------------------
 
-    def fit(self, expected: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-            repeated: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, classes: Sequence[str],
-            labels: Sequence[Mapping[str, str]], vocab_size: int) -> GreedyVote:
+    def fit(
+        self,
+        expected: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        repeated: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        *,
+        classes: Sequence[str],
+        labels: Sequence[Mapping[str, str]],
+        vocab_size: int,
+    ) -> GreedyVote:
         """Learn each class's expected tokens and error rate.
 
         expected[kind] = (probe_ids (n,), greedy (C, n), runner_up (C, n)): the reference answers.
         repeated[kind] = (class_index (r,), probe_ids (r,), greedy (r,)): answers of independent
         repeated runs (any number per class) to measure eps; probes must be known to `expected`.
         """
-        for name, value, low, high in (("epsilon_floor", self.epsilon_floor, 0.0, 0.5),
-                                       ("off_runner_up", self.off_runner_up, 0.0, 1.0),
-                                       ("unknown_mix", self.unknown_mix, 0.0, 1.0)):
+        for name, value, low, high in (
+            ("epsilon_floor", self.epsilon_floor, 0.0, 0.5),
+            ("off_runner_up", self.off_runner_up, 0.0, 1.0),
+            ("unknown_mix", self.unknown_mix, 0.0, 1.0),
+        ):
             if not low < value < high:
                 raise ConfigError(f"{name} must lie strictly between {low} and {high}, got {value}")
         n_classes = len(classes)
         if n_classes < 1 or len(labels) != n_classes or len(set(classes)) != n_classes:
-            raise ConfigError(f"need distinct class names with one label set each, got {n_classes} names, {len(labels)} label sets")
+            raise ConfigError(
+                f"need distinct class names with one label set each, got {n_classes} names, {len(labels)} label sets"
+            )
         if vocab_size < 3:
             raise ConfigError(f"vocab_size must be >= 3, got {vocab_size}")
         missing = [h for h in HEADS if any(h not in lab for lab in labels)]
@@ -103,8 +118,10 @@ class GreedyVote(BaseEstimator):
         for kind, (ids, greedy, second) in expected.items():
             ids, greedy, second = np.asarray(ids, np.int64), np.asarray(greedy, np.int64), np.asarray(second, np.int64)
             if greedy.shape != (n_classes, len(ids)) or second.shape != greedy.shape:
-                raise ConfigError(f"{kind}: expected ({n_classes}, {len(ids)}) greedy and runner-up tokens, "
-                                  f"got {greedy.shape} and {second.shape}")
+                raise ConfigError(
+                    f"{kind}: expected ({n_classes}, {len(ids)}) greedy and runner-up tokens, "
+                    f"got {greedy.shape} and {second.shape}"
+                )
             if len(np.unique(ids)) != len(ids):
                 raise ConfigError(f"{kind}: duplicate probe ids")
             if ((greedy < 0) | (greedy >= vocab_size) | (second < 0) | (second >= vocab_size)).any():
@@ -152,7 +169,9 @@ class GreedyVote(BaseEstimator):
 
     # --- scoring ------------------------------------------------------------------------------------
 
-    def _token_probs(self, observed: np.ndarray, e: np.ndarray, r: np.ndarray, eps: np.ndarray | None = None) -> np.ndarray:
+    def _token_probs(
+        self, observed: np.ndarray, e: np.ndarray, r: np.ndarray, eps: np.ndarray | None = None
+    ) -> np.ndarray:
         """P(observed | class) elementwise; eps broadcasts against the class axis (last by default)."""
         eps = self.epsilon_ if eps is None else eps
         other = eps * self.off_runner_up / (self.vocab_size_ - 2)
@@ -223,9 +242,14 @@ class GreedyVote(BaseEstimator):
             heads[head] = (values[best], float(p[best]))
             per_head[head] = {v: float(x) for v, x in zip(values, p)}
         order = np.argsort(-post, kind="stable")
-        return TextVerdict(ranked=[(self.classes_[i], float(post[i])) for i in order], heads=heads,
-                           unknown=bool(n) and score < self.threshold_, score=score, n_queries=n,
-                           head_posteriors=per_head)
+        return TextVerdict(
+            ranked=[(self.classes_[i], float(post[i])) for i in order],
+            heads=heads,
+            unknown=bool(n) and score < self.threshold_,
+            score=score,
+            n_queries=n,
+            head_posteriors=per_head,
+        )
 
     def calibrate(self, known_scores: Any, quantile: float = DEFAULT_ACCEPT_QUANTILE) -> GreedyVote:
         """Set the `unknown` threshold from match scores of held-out answers of known platforms."""
@@ -243,8 +267,10 @@ class GreedyVote(BaseEstimator):
         first = np.ones(tokens.shape, dtype=bool)
         for k in range(1, len(tokens)):
             first[k] = ~(tokens[:k] == tokens[k]).any(axis=0)
-        probs = self._token_probs(tokens[None, :, :], e[:, None, :], r[:, None, :],
-                                  self.epsilon_[:, None, None]) * first[None]  # (C, K, n)
+        probs = (
+            self._token_probs(tokens[None, :, :], e[:, None, :], r[:, None, :], self.epsilon_[:, None, None])
+            * first[None]
+        )  # (C, K, n)
         other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)  # (C, n): every token no class names, lumped
         cond = -(_xlogx(probs).sum(axis=1) + _xlogx(other))  # (C, n): entropy of the answer given the class
         return {"probs": probs, "other": other, "entropy": cond}
@@ -270,14 +296,28 @@ class GreedyVote(BaseEstimator):
         self._check_fitted()
         return {
             "format": VOTE_FORMAT,
-            "params": {"epsilon_floor": self.epsilon_floor, "off_runner_up": self.off_runner_up,
-                       "unknown_mix": self.unknown_mix},
-            "classes": self.classes_, "labels": self.labels_, "vocab_size": self.vocab_size_,
-            "epsilon": self.epsilon_.tolist(), "disagreements": self.disagreements_.tolist(),
-            "repeats": self.repeats_.tolist(), "threshold": self.threshold_,
-            "kinds": {kind: {"probe_ids": self.probe_ids_[kind].tolist(), "greedy": self.greedy_[kind].tolist(),
-                             "second": self.second_[kind].tolist()} for kind in self.probe_ids_},
-            "versions": library_versions(), "metadata": dict(metadata or {}),
+            "params": {
+                "epsilon_floor": self.epsilon_floor,
+                "off_runner_up": self.off_runner_up,
+                "unknown_mix": self.unknown_mix,
+            },
+            "classes": self.classes_,
+            "labels": self.labels_,
+            "vocab_size": self.vocab_size_,
+            "epsilon": self.epsilon_.tolist(),
+            "disagreements": self.disagreements_.tolist(),
+            "repeats": self.repeats_.tolist(),
+            "threshold": self.threshold_,
+            "kinds": {
+                kind: {
+                    "probe_ids": self.probe_ids_[kind].tolist(),
+                    "greedy": self.greedy_[kind].tolist(),
+                    "second": self.second_[kind].tolist(),
+                }
+                for kind in self.probe_ids_
+            },
+            "versions": library_versions(),
+            "metadata": dict(metadata or {}),
         }
 
     @classmethod
@@ -300,8 +340,9 @@ class GreedyVote(BaseEstimator):
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"corrupt greedy-vote data: {type(exc).__name__}: {exc}") from None
         c = len(vote.classes_)
-        if vote.epsilon_.shape != (c,) or any(g.shape != (c, len(vote.probe_ids_[k])) or vote.second_[k].shape != g.shape
-                                               for k, g in vote.greedy_.items()):
+        if vote.epsilon_.shape != (c,) or any(
+            g.shape != (c, len(vote.probe_ids_[k])) or vote.second_[k].shape != g.shape for k, g in vote.greedy_.items()
+        ):
             raise ModelError("corrupt greedy-vote data: array shapes do not match the classes")
         vote._prepare()
         return vote
@@ -346,8 +387,14 @@ def _xlogx(p: np.ndarray) -> np.ndarray:
     return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
 
 
-def rank_probes(vote: GreedyVote, posterior: Any, *, used: Mapping[str, Iterable[int]] | None = None,
-                kinds: Sequence[str] | None = None, limit: int | None = None) -> list[tuple[str, int, float]]:
+def rank_probes(
+    vote: GreedyVote,
+    posterior: Any,
+    *,
+    used: Mapping[str, Iterable[int]] | None = None,
+    kinds: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[tuple[str, int, float]]:
     """Unused probes ranked by expected information gain under `posterior`: [(kind, probe id, nats)],
     best first (ties: kinds in the order given, then the lower id)."""
     rows: list[tuple[float, int, int, str]] = []

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hspi.errors import ModelError
 from hspi.classifier.evidence import group_sum, log_prob, softmax
 from hspi.classifier.lgbm import MulticlassBooster
+from hspi.errors import ModelError
 
 ROUND_GRID = (5, 10, 20, 40, 80, 120)  # tree counts tried on the validation groups (0 = the prior)
 VALIDATION_SHARE = 1 / 3  # of the groups, when there are enough for a random split
@@ -84,8 +84,15 @@ def _audits(targets: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
 
 
 class IntrinsicClassifier:
-    def __init__(self, *, heads: Sequence[str] = ("hardware", "dtype", "engine", "kernel", "full"),
-                 n_estimators: int = 120, num_leaves: int = 15, learning_rate: float = 0.1, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        heads: Sequence[str] = ("hardware", "dtype", "engine", "kernel", "full"),
+        n_estimators: int = 120,
+        num_leaves: int = 15,
+        learning_rate: float = 0.1,
+        random_state: int = 0,
+    ) -> None:
         self.heads = heads
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
@@ -93,11 +100,22 @@ class IntrinsicClassifier:
         self.random_state = random_state
 
     def _booster(self, n_estimators: int) -> MulticlassBooster:
-        return MulticlassBooster(n_estimators=n_estimators, num_leaves=self.num_leaves,
-                                 learning_rate=self.learning_rate, random_state=self.random_state)
+        return MulticlassBooster(
+            n_estimators=n_estimators,
+            num_leaves=self.num_leaves,
+            learning_rate=self.learning_rate,
+            random_state=self.random_state,
+        )
 
-    def _choose_rounds(self, X: np.ndarray, labels: np.ndarray, weight: np.ndarray, groups: np.ndarray,
-                       targets: np.ndarray, audit_sizes: Sequence[int]) -> dict[int, int]:
+    def _choose_rounds(
+        self,
+        X: np.ndarray,
+        labels: np.ndarray,
+        weight: np.ndarray,
+        groups: np.ndarray,
+        targets: np.ndarray,
+        audit_sizes: Sequence[int],
+    ) -> dict[int, int]:
         """Per audit size: the tree count (0 = the prior) whose audits of that many held-out rows of one
         target are answered best over the validation folds: highest weighted accuracy (what an audit
         reports), then lowest log-loss, then fewest trees; and the prior unless that count's audits
@@ -108,18 +126,25 @@ class IntrinsicClassifier:
         grid = [k for k in ROUND_GRID if k < self.n_estimators] + [self.n_estimators]
         options = [0] + grid
         hits = {q: np.zeros(len(options)) for q in audit_sizes}
-        paired: dict[int, list[np.ndarray]] = {q: [] for q in audit_sizes}  # per audit: w * ([trees right] - [prior right])
+        paired: dict[int, list[np.ndarray]] = {
+            q: [] for q in audit_sizes
+        }  # per audit: w * ([trees right] - [prior right])
         losses = {q: np.zeros(len(options)) for q in audit_sizes}
         folds = {q: 0 for q in audit_sizes}
         for held in _validation_folds(groups):
             fit, val = np.flatnonzero(~held), np.flatnonzero(held)
             prior = ClassPrior.fit(labels[fit], weight[fit])
-            booster = self._booster(self.n_estimators).fit(X[fit], labels[fit], weight[fit]) \
-                if len(np.unique(labels[fit])) >= 2 else None  # else only the prior is defined on this fold
+            booster = (
+                self._booster(self.n_estimators).fit(X[fit], labels[fit], weight[fit])
+                if len(np.unique(labels[fit])) >= 2
+                else None
+            )  # else only the prior is defined on this fold
             classes = prior.classes_
             # audits of the validation fold are scored against its own label shares, as a test is
             shares = ClassPrior.fit(labels[val], weight[val])
-            target = log_prob(np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes]))
+            target = log_prob(
+                np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes])
+            )
             per_probe = []
             for k in options:
                 if k == 0:
@@ -154,16 +179,25 @@ class IntrinsicClassifier:
             if not folds[q]:  # no fold held an audit this large: keep the next smaller size's choice
                 chosen[q] = chosen[max(chosen)] if chosen else 0
                 continue
-            order = sorted(range(len(options)), key=lambda i: (-round(hits[q][i], 9), round(losses[q][i], 9), options[i]))
+            order = sorted(
+                range(len(options)), key=lambda i: (-round(hits[q][i], 9), round(losses[q][i], 9), options[i])
+            )
             best = order[0]
             if best and not beats_prior(np.concatenate(paired[q], axis=1)[best - 1]):
                 best = 0
             chosen[q] = options[best]
         return chosen
 
-    def fit(self, X: np.ndarray, y: dict[str, np.ndarray], *, groups: np.ndarray | None = None,
-            sample_weight: np.ndarray | None = None, targets: np.ndarray | None = None,
-            audit_sizes: Sequence[int] = (1,)) -> IntrinsicClassifier:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: dict[str, np.ndarray],
+        *,
+        groups: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+        audit_sizes: Sequence[int] = (1,),
+    ) -> IntrinsicClassifier:
         """Fit every head. With `groups` (which probe, or which reference model, each row came from),
         each head keeps, per audit size, the tree count that answers audits of held-out groups best,
         possibly none. `targets` (which platform each row's answer came from) lets validation audits
@@ -184,8 +218,11 @@ class IntrinsicClassifier:
             if len(np.unique(labels)) < 2:
                 self.heads_[head] = str(labels[0])  # one value only: the answer is known without a model
                 continue
-            rounds = {q: self.n_estimators for q in sizes} if groups is None else \
-                self._choose_rounds(X, labels, weight, np.asarray(groups), targets, sizes)
+            rounds = (
+                {q: self.n_estimators for q in sizes}
+                if groups is None
+                else self._choose_rounds(X, labels, weight, np.asarray(groups), targets, sizes)
+            )
             self.rounds_[head] = rounds
             prior = ClassPrior.fit(labels, weight)
             self.priors_[head] = prior.probabilities_
@@ -198,8 +235,9 @@ class IntrinsicClassifier:
         rounds = self.rounds_[head]
         return rounds[max(q for q in rounds if q <= max(audit_size, 1))]
 
-    def posteriors(self, X: np.ndarray, groups: np.ndarray, *,
-                   prior: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
+    def posteriors(
+        self, X: np.ndarray, groups: np.ndarray, *, prior: Mapping[str, Mapping[str, float]] | None = None
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per head, the posterior over its labels for each group of probes (one audit's answers).
 
         Each probe's posterior is summed in log space. That counts the prior once per probe, on purpose:
@@ -220,15 +258,21 @@ class IntrinsicClassifier:
                 continue
             classes = list(model.classes_)
             train_prior = log_prob(self.priors_[head])
-            target = train_prior if prior is None or head not in prior else \
-                np.log(np.array([prior[head].get(c, 0.0) for c in classes]) + 1e-300)
+            target = (
+                train_prior
+                if prior is None or head not in prior
+                else np.log(np.array([prior[head].get(c, 0.0) for c in classes]) + 1e-300)
+            )
             # each audit uses the trees chosen for its size
             trees = np.array([self.rounds_for(head, n) for n in sizes])[groups]
             logp = np.zeros((len(X), len(classes)))
             for k in np.unique(trees):
                 rows = trees == k
-                p = ClassPrior(classes, self.priors_[head]).predict_proba(X[rows]) if k == 0 else \
-                    model.predict_proba(X[rows], num_iteration=int(k))  # type: ignore[union-attr]
+                p = (
+                    ClassPrior(classes, self.priors_[head]).predict_proba(X[rows])
+                    if k == 0
+                    else model.predict_proba(X[rows], num_iteration=int(k))
+                )  # type: ignore[union-attr]
                 logp[rows] = log_prob(p)
             evidence = group_sum(logp - train_prior + target, groups)
             out[head] = (classes, softmax(evidence, axis=1))

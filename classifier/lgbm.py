@@ -11,8 +11,15 @@ from hspi.errors import ModelError
 
 
 class _BoosterEstimator:
-    def __init__(self, *, n_estimators: int = 150, num_leaves: int = 15, learning_rate: float = 0.1,
-                 min_child_samples: int = 10, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 150,
+        num_leaves: int = 15,
+        learning_rate: float = 0.1,
+        min_child_samples: int = 10,
+        random_state: int = 0,
+    ) -> None:
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -20,9 +27,16 @@ class _BoosterEstimator:
         self.random_state = random_state
 
     def _params(self) -> dict[str, Any]:
-        return {"num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
-                "min_child_samples": self.min_child_samples, "seed": self.random_state,
-                "deterministic": True, "num_threads": 2, "verbosity": -1, "force_col_wise": True}
+        return {
+            "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate,
+            "min_child_samples": self.min_child_samples,
+            "seed": self.random_state,
+            "deterministic": True,
+            "num_threads": 2,
+            "verbosity": -1,
+            "force_col_wise": True,
+        }
 
     def _check_fitted(self) -> lgb.Booster:
         booster = getattr(self, "booster_", None)

@@ -44,8 +44,15 @@ def write_plots(result: dict[str, Any], directory: Path, confusions: dict[str, A
                 ax = axes[i][j]
                 for head in ("full", "dtype", "hardware"):
                     for method, style in (("lightgbm", "-o"), ("hspi-ld-svm", "--s"), ("exact-match", ":^")):
-                        pts = sorted((r["queries"], r["accuracy"]) for r in rows if r["model"] == model and r["split"] == split
-                                     and r["tier"] == tier and r["head"] == head and r["method"] == method)
+                        pts = sorted(
+                            (r["queries"], r["accuracy"])
+                            for r in rows
+                            if r["model"] == model
+                            and r["split"] == split
+                            and r["tier"] == tier
+                            and r["head"] == head
+                            and r["method"] == method
+                        )
                         if pts:
                             ax.plot(*zip(*pts), style, label=f"{head} {method}", markersize=3)
                 ax.set_xscale("log", base=2), ax.set_ylim(0, 1.02), ax.set_title(f"{split} / {tier}", fontsize=9)
@@ -72,8 +79,11 @@ def _open_set_plot(rows: list[dict[str, Any]], directory: Path) -> Path:
     for row, method in enumerate(methods):
         for ax, model in zip(axes[row], models):
             for k, tier in enumerate(tiers):
-                pts = [(r.get("queries", 1), r["auroc"]) for r in rows
-                       if r["model"] == model and r["tier"] == tier and r.get("method", "lightgbm") == method]
+                pts = [
+                    (r.get("queries", 1), r["auroc"])
+                    for r in rows
+                    if r["model"] == model and r["tier"] == tier and r.get("method", "lightgbm") == method
+                ]
                 if not pts:
                     continue
                 q, auroc = np.array(pts, dtype=float).T

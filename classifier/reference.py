@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hspi.errors import ModelError
-from hspi.platform import HEADS
 from hspi.classifier.evidence import group_sum, log_odds, softmax
 from hspi.classifier.lgbm import BinaryBooster
+from hspi.errors import ModelError
+from hspi.platform import HEADS
 
 # Accept this share of known platforms' held-out audits when calibrating "unknown".
 DEFAULT_ACCEPT_QUANTILE = 0.01
@@ -26,8 +26,15 @@ SCORE_TOLERANCE = 1e-9
 
 
 class ReferenceMatcher:
-    def __init__(self, *, heads: Sequence[str] = HEADS, n_estimators: int = 120, num_leaves: int = 15,
-                 learning_rate: float = 0.1, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        heads: Sequence[str] = HEADS,
+        n_estimators: int = 120,
+        num_leaves: int = 15,
+        learning_rate: float = 0.1,
+        random_state: int = 0,
+    ) -> None:
         self.heads = heads
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
@@ -45,9 +52,12 @@ class ReferenceMatcher:
             if labels.all():  # every pair agrees (e.g. one engine only): nothing to learn, always "same"
                 self.heads_[head] = None
                 continue
-            self.heads_[head] = BinaryBooster(n_estimators=self.n_estimators, num_leaves=self.num_leaves,
-                                              learning_rate=self.learning_rate,
-                                              random_state=self.random_state).fit(X, labels)
+            self.heads_[head] = BinaryBooster(
+                n_estimators=self.n_estimators,
+                num_leaves=self.num_leaves,
+                learning_rate=self.learning_rate,
+                random_state=self.random_state,
+            ).fit(X, labels)
         self.threshold_ = 0.5
         return self
 
@@ -57,11 +67,19 @@ class ReferenceMatcher:
             raise ModelError("this ReferenceMatcher is not fitted yet")
         n, c, f = X.shape
         flat = X.reshape(n * c, f)
-        return {h: (np.ones(n * c) if m is None else m.predict_proba(flat)[:, 1]).reshape(n, c)
-                for h, m in self.heads_.items()}
+        return {
+            h: (np.ones(n * c) if m is None else m.predict_proba(flat)[:, 1]).reshape(n, c)
+            for h, m in self.heads_.items()
+        }
 
-    def posteriors(self, probs: dict[str, np.ndarray], candidate_labels: Sequence[dict[str, str]],
-                   groups: np.ndarray, *, from_full: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
+    def posteriors(
+        self,
+        probs: dict[str, np.ndarray],
+        candidate_labels: Sequence[dict[str, str]],
+        groups: np.ndarray,
+        *,
+        from_full: bool = True,
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per head: (label values, (G, L) posterior) for each group of probes answered by one target.
 
         With `from_full` (a known platform) a head's posterior is the `full` posterior summed over the

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hspi.errors import ConfigError
 from hspi.classifier.evidence import group_sum, log_odds, softmax
 from hspi.classifier.reference import ReferenceMatcher
+from hspi.errors import ConfigError
 from hspi.features.relative import relative_features
 from hspi.features.tiers import TierView, reference_values, tier_view
 
@@ -43,8 +43,9 @@ def answer_signatures(view: TierView) -> np.ndarray:
 class ReferenceBook:
     """Every candidate's stored answers at one tier, precomputed once and shared by many audits."""
 
-    def __init__(self, references: Sequence[np.ndarray], labels: Sequence[dict[str, str]], tier: str,
-                 pool_ids: np.ndarray) -> None:
+    def __init__(
+        self, references: Sequence[np.ndarray], labels: Sequence[dict[str, str]], tier: str, pool_ids: np.ndarray
+    ) -> None:
         """`references[c]` (n_pool, V): candidate c's stored outputs, rows in `pool_ids` order."""
         if not references:
             raise ConfigError("no candidate platforms to compare with")
@@ -112,7 +113,7 @@ class ReferenceEvidence:
     def update(self, probe_id: int, view: TierView) -> None:
         """Add one complete answer (a one-row `TierView`) to the evidence."""
         row = self.row_of(probe_id)
-        features = np.stack([relative_features(view, ref[row:row + 1]) for ref in self.reference_full], axis=1)
+        features = np.stack([relative_features(view, ref[row : row + 1]) for ref in self.reference_full], axis=1)
         self.add(probe_id, {head: p[0] for head, p in self.matcher.pair_probabilities(features).items()})
 
     def add(self, probe_id: int, probabilities: Mapping[str, np.ndarray]) -> None:
@@ -135,14 +136,20 @@ class ReferenceEvidence:
     def match_score(self) -> float:
         if not self.used:
             return 0.0
-        return float(ReferenceMatcher.match_scores(self._stacked()["full"], np.zeros(len(self.used), dtype=np.int64))[0])
+        return float(
+            ReferenceMatcher.match_scores(self._stacked()["full"], np.zeros(len(self.used), dtype=np.int64))[0]
+        )
 
     def head_posteriors(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per head: label values and their posterior; each head's own model when nothing matches."""
         known = self.match_score() >= self.matcher.threshold_
         groups = np.zeros(len(self.used), dtype=np.int64)
-        return {h: (values, post[0]) for h, (values, post)
-                in self.matcher.posteriors(self._stacked(), self.labels, groups, from_full=known).items()}
+        return {
+            h: (values, post[0])
+            for h, (values, post) in self.matcher.posteriors(
+                self._stacked(), self.labels, groups, from_full=known
+            ).items()
+        }
 
     def _used_rows(self) -> list[int]:
         return [self._row[u] for u in (set(self.used) | self.asked) if u in self._row]
@@ -159,8 +166,14 @@ class ReferenceEvidence:
         scores[self._used_rows()] = 0.0
         return scores
 
-    def next_probe(self, rng: np.random.Generator, *, exclude_first_token: int | None = None,
-                   first_tokens: np.ndarray | None = None, confidence: float | None = None) -> int | None:
+    def next_probe(
+        self,
+        rng: np.random.Generator,
+        *,
+        exclude_first_token: int | None = None,
+        first_tokens: np.ndarray | None = None,
+        confidence: float | None = None,
+    ) -> int | None:
         """The unused pool probe that best splits the likely candidates (ties at random); once they are
         settled, the one that best verifies the leader; None when no probe does either.
 
@@ -175,8 +188,9 @@ class ReferenceEvidence:
             if confidence is not None and self.posterior().max() < confidence:
                 return None
             scores = self.verification_scores()
-        return most_splitting_probe(self.book, scores, rng, exclude_first_token=exclude_first_token,
-                                    first_tokens=first_tokens)
+        return most_splitting_probe(
+            self.book, scores, rng, exclude_first_token=exclude_first_token, first_tokens=first_tokens
+        )
 
 
 def same_answers(signatures: np.ndarray) -> np.ndarray:
@@ -190,8 +204,14 @@ def split_scores(same: np.ndarray, posterior: np.ndarray) -> np.ndarray:
     return (1.0 - np.einsum("i,ijn,j->n", np.asarray(posterior, dtype=np.float64), same, posterior)) / 2.0
 
 
-def most_splitting_probe(book: ReferenceBook, scores: np.ndarray | None, rng: np.random.Generator, *,
-                         exclude_first_token: int | None = None, first_tokens: np.ndarray | None = None) -> int | None:
+def most_splitting_probe(
+    book: ReferenceBook,
+    scores: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    exclude_first_token: int | None = None,
+    first_tokens: np.ndarray | None = None,
+) -> int | None:
     """The probe with the highest split score (ties at random: an endpoint cannot predict the audit's
     prompts); with no scores yet, under a uniform prior.  None when no probe splits anything."""
     if scores is None:

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from hspi.border_store import BorderStore
+from hspi.classifier.greedy_vote import GreedyVote
+from hspi.collector.border_store import BorderStore
 from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import DatasetError
-from hspi.platform import HEADS
 from hspi.features.border import TextAnswers
-from hspi.classifier.greedy_vote import GreedyVote
+from hspi.platform import HEADS
 
 KINDS = ("pool", "border")
 QUERIES = (1, 4, 16, 64)
@@ -58,8 +58,12 @@ class TextData:
 
 def load_text_data(dataset: Dataset, store: BorderStore, model: str) -> TextData:
     classes = equivalence_classes(dataset, model)
-    configs = [c for cls in classes for c in cls.members
-               if c in dataset.complete_configs(model, ("reference", "replay")) and c in store.complete_configs(model)]
+    configs = [
+        c
+        for cls in classes
+        for c in cls.members
+        if c in dataset.complete_configs(model, ("reference", "replay")) and c in store.complete_configs(model)
+    ]
     classes = [cls for cls in classes if any(m in configs for m in cls.members)]
     if len(classes) < 2:
         raise DatasetError(f"{dataset.directory}: {model} has fewer than two classes with border answers")
@@ -76,10 +80,14 @@ def load_text_data(dataset: Dataset, store: BorderStore, model: str) -> TextData
         expected[kind] = rows[0]
         greedy[kind] = np.stack([r.greedy for r in rows])
         second[kind] = np.stack([r.second for r in rows])
-    repeat = {"pool": {c: _pool_answers(dataset, c, "replay", model).sorted() for c in configs},
-              "border": {c: store.answers(c, "border-replay", model).sorted() for c in configs}}
-    first = {"pool": {c: _pool_answers(dataset, c, "reference", model).select(repeat["pool"][c].probe_ids) for c in configs},
-             "border": {c: store.answers(c, "border", model).select(repeat["border"][c].probe_ids) for c in configs}}
+    repeat = {
+        "pool": {c: _pool_answers(dataset, c, "replay", model).sorted() for c in configs},
+        "border": {c: store.answers(c, "border-replay", model).sorted() for c in configs},
+    }
+    first = {
+        "pool": {c: _pool_answers(dataset, c, "reference", model).select(repeat["pool"][c].probe_ids) for c in configs},
+        "border": {c: store.answers(c, "border", model).select(repeat["border"][c].probe_ids) for c in configs},
+    }
     vocab = int(dataset.responses(representatives[0], "reference", model).native.shape[1])
     probe_sets = {"pool": expected["pool"].probe_set, "border": expected["border"].probe_set}
     return TextData(model, classes, class_of, vocab, expected, greedy, second, repeat, first, probe_sets)
@@ -90,8 +98,9 @@ def _pool_answers(dataset: Dataset, config: str, run: str, model: str) -> TextAn
     return TextAnswers.from_outputs(r.probe_set, r.probe_ids, r.as_float32())
 
 
-def fit_vote(data: TextData, *, train_ids: dict[str, np.ndarray] | None = None,
-             exclude: int | None = None, **params: Any) -> GreedyVote:
+def fit_vote(
+    data: TextData, *, train_ids: dict[str, np.ndarray] | None = None, exclude: int | None = None, **params: Any
+) -> GreedyVote:
     """The vote over every class (but `exclude`), eps from the repeats on `train_ids` (default: all)."""
     keep = [i for i in range(len(data.classes)) if i != exclude]
     renumber = {old: new for new, old in enumerate(keep)}
@@ -107,18 +116,25 @@ def fit_vote(data: TextData, *, train_ids: dict[str, np.ndarray] | None = None,
             ids.append(a.probe_ids)
             obs.append(a.greedy)
         repeated[kind] = (np.concatenate(cls), np.concatenate(ids), np.concatenate(obs))
-    return GreedyVote(**params).fit(expected, repeated, classes=[data.classes[i].name for i in keep],
-                                    labels=[data.classes[i].labels for i in keep], vocab_size=data.vocab_size)
+    return GreedyVote(**params).fit(
+        expected,
+        repeated,
+        classes=[data.classes[i].name for i in keep],
+        labels=[data.classes[i].labels for i in keep],
+        vocab_size=data.vocab_size,
+    )
 
 
-def calibrate_vote(vote: GreedyVote, data: TextData, probe_ids: dict[str, np.ndarray], *,
-                   exclude: int | None = None, seed: int = 0) -> GreedyVote:
+def calibrate_vote(
+    vote: GreedyVote, data: TextData, probe_ids: dict[str, np.ndarray], *, exclude: int | None = None, seed: int = 0
+) -> GreedyVote:
     """Set `unknown` from random audits (every budget) of the known configurations' repeat answers."""
     return vote.calibrate(known_scores(vote, data, probe_ids, exclude=exclude, seed=seed))
 
 
-def known_scores(vote: GreedyVote, data: TextData, probe_ids: dict[str, np.ndarray], *,
-                 exclude: int | None = None, seed: int = 0) -> list[float]:
+def known_scores(
+    vote: GreedyVote, data: TextData, probe_ids: dict[str, np.ndarray], *, exclude: int | None = None, seed: int = 0
+) -> list[float]:
     """Match scores of random audits at every budget of the known configurations' repeat answers."""
     rng = np.random.default_rng(seed)
     scores = []
@@ -136,7 +152,9 @@ def known_scores(vote: GreedyVote, data: TextData, probe_ids: dict[str, np.ndarr
     return scores
 
 
-def _queue(data: TextData, config: str, probe_ids: dict[str, np.ndarray], kinds: tuple[str, ...]) -> list[tuple[str, int, int]]:
+def _queue(
+    data: TextData, config: str, probe_ids: dict[str, np.ndarray], kinds: tuple[str, ...]
+) -> list[tuple[str, int, int]]:
     """The audited answers on offer: (kind, probe id, observed greedy id) from the config's repeat run."""
     out = []
     for kind in kinds:
@@ -187,7 +205,7 @@ def _folds(data: TextData) -> list[dict[str, np.ndarray]]:
     for kind in KINDS:
         ids = np.unique(np.concatenate([a.probe_ids for a in data.repeat[kind].values()]))
         perm = rng.permutation(ids)
-        halves[0][kind], halves[1][kind] = np.sort(perm[: len(ids) // 2]), np.sort(perm[len(ids) // 2:])
+        halves[0][kind], halves[1][kind] = np.sort(perm[: len(ids) // 2]), np.sort(perm[len(ids) // 2 :])
     return halves
 
 
@@ -195,8 +213,14 @@ def pair_table(data: TextData) -> list[dict[str, Any]]:
     rows = []
     for a, b in itertools.combinations(range(len(data.classes)), 2):
         counts = {k: int((data.greedy[k][a] != data.greedy[k][b]).sum()) for k in KINDS}
-        rows.append({"a": data.classes[a].name, "b": data.classes[b].name, **counts,
-                     "dtype": f"{data.classes[a].labels['dtype']} / {data.classes[b].labels['dtype']}"})
+        rows.append(
+            {
+                "a": data.classes[a].name,
+                "b": data.classes[b].name,
+                **counts,
+                "dtype": f"{data.classes[a].labels['dtype']} / {data.classes[b].labels['dtype']}",
+            }
+        )
     return rows
 
 
@@ -211,16 +235,32 @@ def text_tier_groups(data: TextData) -> list[list[str]]:
 def stability(data: TextData) -> dict[str, Any]:
     per_config = {}
     for config in data.repeat["pool"]:
-        per_config[config] = {k: {"disagreements": int((data.first[k][config].greedy != data.repeat[k][config].greedy).sum()),
-                                  "repeats": len(data.repeat[k][config])} for k in KINDS}
-    members_agree = all(np.array_equal(data.first[k][c].greedy, data.first[k][m].greedy)
-                        for k in KINDS for cls in data.classes for c in cls.members for m in cls.members
-                        if c in data.class_of and m in data.class_of)
+        per_config[config] = {
+            k: {
+                "disagreements": int((data.first[k][config].greedy != data.repeat[k][config].greedy).sum()),
+                "repeats": len(data.repeat[k][config]),
+            }
+            for k in KINDS
+        }
+    members_agree = all(
+        np.array_equal(data.first[k][c].greedy, data.first[k][m].greedy)
+        for k in KINDS
+        for cls in data.classes
+        for c in cls.members
+        for m in cls.members
+        if c in data.class_of and m in data.class_of
+    )
     return {"per_config": per_config, "class_members_agree": members_agree}
 
 
-def evaluate_model(data: TextData, *, seeds: int = RANDOM_SEEDS, open_set: bool = True,
-                   log: Callable[[str], None] = lambda _: None, **params: Any) -> dict[str, Any]:
+def evaluate_model(
+    data: TextData,
+    *,
+    seeds: int = RANDOM_SEEDS,
+    open_set: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+    **params: Any,
+) -> dict[str, Any]:
     """Accuracy per probe kinds x order x head x budget, and open-set rates; `params` go to `GreedyVote`."""
     folds = _folds(data)
     hits: dict[tuple, list[float]] = {}
@@ -240,13 +280,16 @@ def evaluate_model(data: TextData, *, seeds: int = RANDOM_SEEDS, open_set: bool 
                     for order in orders:
                         for q, post, score in _at_budgets(ll, unk, order):
                             for head, (values, p) in vote.head_posteriors(post).items():
-                                hits.setdefault((mode, order_name, head, q), []).append(tie_credit(values, p, truth[head]))
+                                hits.setdefault((mode, order_name, head, q), []).append(
+                                    tie_credit(values, p, truth[head])
+                                )
                             unknown_known.setdefault((mode, order_name, q), []).append(score < vote.threshold_)
         if open_set:
             log(f"{data.model}: open set, fold {fold + 1}/2")
             for hidden in range(len(data.classes)):
-                held = calibrate_vote(fit_vote(data, train_ids=train, exclude=hidden, **params), data, train,
-                                      exclude=hidden, seed=fold)
+                held = calibrate_vote(
+                    fit_vote(data, train_ids=train, exclude=hidden, **params), data, train, exclude=hidden, seed=fold
+                )
                 for config in [c for c, i in data.class_of.items() if i == hidden]:
                     queue = _queue(data, config, test, PROBE_MODES["pool+border"])
                     ll, unk = _query_scores(held, queue)
@@ -254,11 +297,22 @@ def evaluate_model(data: TextData, *, seeds: int = RANDOM_SEEDS, open_set: bool 
                         for order in orders:
                             for q, _, score in _at_budgets(ll, unk, order):
                                 unknown_hidden.setdefault((order_name, q), []).append(score < held.threshold_)
-    accuracy = [{"probes": m, "order": o, "head": h, "queries": q, "accuracy": round(float(np.mean(v)), 4), "n": len(v)}
-                for (m, o, h, q), v in sorted(hits.items(), key=lambda kv: (kv[0][0], kv[0][1], HEADS.index(kv[0][2]), kv[0][3]))]
-    open_rows = [{"order": o, "queries": q, "hidden_called_unknown": round(float(np.mean(v)), 4), "n_hidden": len(v),
-                  "known_called_unknown": round(float(np.mean(unknown_known[("pool+border", o, q)])), 4)}
-                 for (o, q), v in sorted(unknown_hidden.items())]
+    accuracy = [
+        {"probes": m, "order": o, "head": h, "queries": q, "accuracy": round(float(np.mean(v)), 4), "n": len(v)}
+        for (m, o, h, q), v in sorted(
+            hits.items(), key=lambda kv: (kv[0][0], kv[0][1], HEADS.index(kv[0][2]), kv[0][3])
+        )
+    ]
+    open_rows = [
+        {
+            "order": o,
+            "queries": q,
+            "hidden_called_unknown": round(float(np.mean(v)), 4),
+            "n_hidden": len(v),
+            "known_called_unknown": round(float(np.mean(unknown_known[("pool+border", o, q)])), 4),
+        }
+        for (o, q), v in sorted(unknown_hidden.items())
+    ]
     return {"accuracy": accuracy, "open_set": open_rows, "thresholds": [round(t, 4) for t in thresholds]}
 
 
@@ -269,10 +323,14 @@ def tie_credit(values: list[str], posterior: np.ndarray, truth: str) -> float:
     return sum(values[i] == truth for i in tied) / len(tied)
 
 
-def _orders(vote: GreedyVote, queue: list, ll: np.ndarray, seeds: int, seed: list[int]) -> list[tuple[str, list[list[int]]]]:
+def _orders(
+    vote: GreedyVote, queue: list, ll: np.ndarray, seeds: int, seed: list[int]
+) -> list[tuple[str, list[list[int]]]]:
     rng = np.random.default_rng(seed)
-    return [("random", [list(rng.permutation(len(queue))) for _ in range(seeds)]),
-            ("info-gain", [info_gain_order(vote, queue, ll, max(QUERIES))])]
+    return [
+        ("random", [list(rng.permutation(len(queue))) for _ in range(seeds)]),
+        ("info-gain", [info_gain_order(vote, queue, ll, max(QUERIES))]),
+    ]
 
 
 def _at_budgets(ll: np.ndarray, unk: np.ndarray, order: list[int]):
@@ -282,11 +340,23 @@ def _at_budgets(ll: np.ndarray, unk: np.ndarray, order: list[int]):
             yield q, GreedyVote.posterior_from(cum[q - 1]), float((cum[q - 1].max() - cum_unk[q - 1]) / q)
 
 
-def border_report(dataset: Dataset, store: BorderStore, *, models: list[str] | None = None, seeds: int = RANDOM_SEEDS,
-                  open_set: bool = True, log: Callable[[str], None] = lambda _: None) -> tuple[dict[str, Any], dict[str, GreedyVote]]:
+def border_report(
+    dataset: Dataset,
+    store: BorderStore,
+    *,
+    models: list[str] | None = None,
+    seeds: int = RANDOM_SEEDS,
+    open_set: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[dict[str, Any], dict[str, GreedyVote]]:
     """The report (JSON-ready) and, per model, the vote fitted on every repeat (calibrated by folds)."""
     started = time.perf_counter()
-    out: dict[str, Any] = {"dataset": dataset.manifest.name, "queries": list(QUERIES), "random_seeds": seeds, "models": {}}
+    out: dict[str, Any] = {
+        "dataset": dataset.manifest.name,
+        "queries": list(QUERIES),
+        "random_seeds": seeds,
+        "models": {},
+    }
     votes = {}
     for model in models or store.models:
         log(f"{model}: loading answers")
@@ -301,25 +371,44 @@ def border_report(dataset: Dataset, store: BorderStore, *, models: list[str] | N
         if open_set:  # how much "unknown" depends on the noise a known platform is allowed
             log(f"{model}: open set again with epsilon_floor={SENSITIVITY_FLOOR}")
             evaluation[f"open_set_epsilon_floor_{SENSITIVITY_FLOOR}"] = evaluate_model(
-                data, seeds=seeds, open_set=True, epsilon_floor=SENSITIVITY_FLOOR)["open_set"]
+                data, seeds=seeds, open_set=True, epsilon_floor=SENSITIVITY_FLOOR
+            )["open_set"]
         n_pairs = len(pairs)
         out["models"][model] = {
-            "n_classes": len(data.classes), "n_configs": len(data.class_of), "probe_sets": data.probe_sets,
-            "border_selection": {"n": len(sel.ids), "scanned": sel.scanned, "bases": sel.bases, "method": sel.method,
-                                 "margin_quantiles": _quantiles(sel.margin), "relative_margin_quantiles": _quantiles(sel.relative_margin)},
-            "probes_with_any_disagreement": {k: int((data.greedy[k] != data.greedy[k][:1]).any(axis=0).sum()) for k in KINDS},
-            "pairs": {"total": n_pairs,
-                      "told_apart_by_pool": sum(p["pool"] > 0 for p in pairs),
-                      "told_apart_by_border": sum(p["border"] > 0 for p in pairs),
-                      "told_apart_by_either": sum(p["pool"] + p["border"] > 0 for p in pairs),
-                      "indistinguishable": [[p["a"], p["b"]] for p in pairs if p["pool"] + p["border"] == 0],
-                      "text_tier_groups": text_tier_groups(data),
-                      "indistinguishable_without_border": sum(p["pool"] == 0 for p in pairs),
-                      "median_border_prompts_per_pair": float(np.median([p["border"] for p in pairs])),
-                      "per_pair": pairs},
-            "epsilon": {"floor": full.epsilon_floor, "min": float(full.epsilon_.min()), "max": float(full.epsilon_.max()),
-                        "per_class": {c: {"epsilon": float(e), "disagreements": int(d), "repeats": int(r)}
-                                      for c, e, d, r in zip(full.classes_, full.epsilon_, full.disagreements_, full.repeats_)}},
+            "n_classes": len(data.classes),
+            "n_configs": len(data.class_of),
+            "probe_sets": data.probe_sets,
+            "border_selection": {
+                "n": len(sel.ids),
+                "scanned": sel.scanned,
+                "bases": sel.bases,
+                "method": sel.method,
+                "margin_quantiles": _quantiles(sel.margin),
+                "relative_margin_quantiles": _quantiles(sel.relative_margin),
+            },
+            "probes_with_any_disagreement": {
+                k: int((data.greedy[k] != data.greedy[k][:1]).any(axis=0).sum()) for k in KINDS
+            },
+            "pairs": {
+                "total": n_pairs,
+                "told_apart_by_pool": sum(p["pool"] > 0 for p in pairs),
+                "told_apart_by_border": sum(p["border"] > 0 for p in pairs),
+                "told_apart_by_either": sum(p["pool"] + p["border"] > 0 for p in pairs),
+                "indistinguishable": [[p["a"], p["b"]] for p in pairs if p["pool"] + p["border"] == 0],
+                "text_tier_groups": text_tier_groups(data),
+                "indistinguishable_without_border": sum(p["pool"] == 0 for p in pairs),
+                "median_border_prompts_per_pair": float(np.median([p["border"] for p in pairs])),
+                "per_pair": pairs,
+            },
+            "epsilon": {
+                "floor": full.epsilon_floor,
+                "min": float(full.epsilon_.min()),
+                "max": float(full.epsilon_.max()),
+                "per_class": {
+                    c: {"epsilon": float(e), "disagreements": int(d), "repeats": int(r)}
+                    for c, e, d, r in zip(full.classes_, full.epsilon_, full.disagreements_, full.repeats_)
+                },
+            },
             "stability": stability(data),
             "border_agrees_with_float64": _oracle_agreement(data, sel),
             "unknown_threshold": full.threshold_,

@@ -7,16 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from hspi.dataset import Dataset
-from hspi.platform import HEADS
-from hspi.features.tiers import TIERS, check_tier, reference_values
 from hspi.classifier.artifacts import save_matcher
 from hspi.classifier.evaluation import load_model_data, pair_features, split_replay
 from hspi.classifier.reference import ReferenceMatcher
+from hspi.dataset import Dataset
+from hspi.features.tiers import TIERS, check_tier, reference_values
+from hspi.platform import HEADS
 
 
-def train(dataset: Dataset, out: Path, *, tiers: list[str] | None = None, models: list[str] | None = None,
-          log: Callable[[str], None] = lambda _: None) -> list[Path]:
+def train(
+    dataset: Dataset,
+    out: Path,
+    *,
+    tiers: list[str] | None = None,
+    models: list[str] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[Path]:
     written = []
     for model in models or dataset.models:
         data = load_model_data(dataset, model)
@@ -31,19 +37,29 @@ def train(dataset: Dataset, out: Path, *, tiers: list[str] | None = None, models
             ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
             X, same = [], {h: [] for h in HEADS}
             calib_scores = []
-            feats = {cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full)
-                     for cid in data.replay}
+            feats = {
+                cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full)
+                for cid in data.replay
+            }
             for cid, f in feats.items():
                 X.append(f[fit_rows].reshape(-1, f.shape[2]))
                 for h in HEADS:
                     same[h].append(np.tile([data.config_labels[cid][h] == cl[h] for cl in cand_labels], len(fit_rows)))
             matcher = ReferenceMatcher().fit(np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
-            for cid, f in feats.items():
+            for f in feats.values():
                 p = matcher.pair_probabilities(f[calib_rows])["full"]
                 calib_scores.append(ReferenceMatcher.match_scores(p, np.arange(len(calib_rows))))
             matcher.calibrate(np.concatenate(calib_scores))
             directory = out / model / tier
-            save_matcher(directory, matcher, {"dataset": dataset.manifest.name, "model": model, "tier": tier,
-                                              "classes": {c.name: list(c.members) for c in data.classes}})
+            save_matcher(
+                directory,
+                matcher,
+                {
+                    "dataset": dataset.manifest.name,
+                    "model": model,
+                    "tier": tier,
+                    "classes": {c.name: list(c.members) for c in data.classes},
+                },
+            )
             written.append(directory)
     return written

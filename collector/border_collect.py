@@ -10,7 +10,7 @@ environment, exactly as `hspi collect` runs them):
 Each process first re-answers a few pool probes and compares them bit for bit with the dataset's
 stored reference outputs: border answers from a machine that does not reproduce the dataset would
 be joined to the wrong classes, so such a run stops with a `CollectionError`.  Only the text tier
-is kept (greedy id, runner-up id, top-2 margin) in `hspi.border_store` shards; the index is
+is kept (greedy id, runner-up id, top-2 margin) in `hspi.collector.border_store` shards; the index is
 rewritten after each finished configuration and a rerun skips what it records.
 """
 
@@ -20,31 +20,43 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hspi.border_store import (
-    INDEX_FILE, RUNS, BorderConfig, BorderIndex, BorderRun, SelectionFile, border_dir, load_index, load_selection,
-    read_answers, save_index, selection_sha256, write_answers,
+from hspi.collector.border_store import (
+    INDEX_FILE,
+    RUNS,
+    BorderConfig,
+    BorderIndex,
+    BorderRun,
+    SelectionFile,
+    border_dir,
+    load_index,
+    load_selection,
+    read_answers,
+    save_index,
+    selection_sha256,
+    write_answers,
 )
+from hspi.collector.local_run import run_worker
+from hspi.collector.probes import BORDER_STREAM_SIZE
+from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces
+from hspi.collector.worker import RunPlan, WorkerJob
 from hspi.dataset import Dataset, read_shard
 from hspi.errors import ConfigError, DatasetError
 from hspi.features.border import TextAnswers
-from hspi.collector.local_run import run_worker
-from hspi.collector.reproduction import CHECK_RUN, check_plan, check_reproduces
-from hspi.collector.probes import BORDER_STREAM_SIZE
-from hspi.collector.worker import RunPlan, WorkerJob
 
 REPLAY_SEED = 17  # the shuffled order of the independent run
 
 Progress = Callable[[str, int, int], None]  # (config, done, total)
 
 
-def collect_border(dataset_dir: Path, *, configs: list[str] | None = None, restart: bool = False,
-                   on_progress: Progress | None = None) -> BorderIndex:
+def collect_border(
+    dataset_dir: Path, *, configs: list[str] | None = None, restart: bool = False, on_progress: Progress | None = None
+) -> BorderIndex:
     """Collect (or resume) the border answers of `dataset_dir`'s configurations (default: all)."""
     ds = Dataset(dataset_dir)
     directory = border_dir(ds.directory)
@@ -71,27 +83,50 @@ def collect_border(dataset_dir: Path, *, configs: list[str] | None = None, resta
         with tempfile.TemporaryDirectory(prefix="hspi-border-") as tmp:
             for run in RUNS:
                 shuffled = run == "border-replay"
-                plans = [check_plan(ds, needed),
-                         RunPlan(name=run, probe_set="border", size=BORDER_STREAM_SIZE, ids=union, shuffle=shuffled,
-                                 seed=REPLAY_SEED if shuffled else 0)]
+                plans = [
+                    check_plan(ds, needed),
+                    RunPlan(
+                        name=run,
+                        probe_set="border",
+                        size=BORDER_STREAM_SIZE,
+                        ids=union,
+                        shuffle=shuffled,
+                        seed=REPLAY_SEED if shuffled else 0,
+                    ),
+                ]
                 workdir = Path(tmp) / run
                 workdir.mkdir()
-                job = WorkerJob(platform=platform, models=needed, runs=plans, dataset_dir=str(workdir),
-                                export_dir=str(ds.directory / "exports"))
+                job = WorkerJob(
+                    platform=platform,
+                    models=needed,
+                    runs=plans,
+                    dataset_dir=str(workdir),
+                    export_dir=str(ds.directory / "exports"),
+                )
                 result = run_worker(job, workdir)
                 for model in needed:
-                    check_reproduces(ds, cid, model, read_shard(workdir, result.runs[CHECK_RUN].shards[model], model),
-                                     "border answers")
+                    check_reproduces(
+                        ds,
+                        cid,
+                        model,
+                        read_shard(workdir, result.runs[CHECK_RUN].shards[model], model),
+                        "border answers",
+                    )
                 before = record.runs.get(run)
                 shards = dict(before.shards) if before is not None else {}
                 for model in needed:
                     outputs = read_shard(workdir, result.runs[run].shards[model], model)
                     answers = TextAnswers.from_outputs(outputs.probe_set, outputs.probe_ids, outputs.as_float32())
-                    shards[model] = write_answers(directory, model, answers.select(np.sort(selection.models[model].ids)))
-                record.runs[run] = BorderRun(shards=shards, order="shuffled" if shuffled else "sorted",
-                                             seed=REPLAY_SEED if shuffled else 0,
-                                             seconds=round(result.runs[run].seconds + (before.seconds if before else 0.0), 2),
-                                             provenance=compact_provenance(result.runs[run].provenance))
+                    shards[model] = write_answers(
+                        directory, model, answers.select(np.sort(selection.models[model].ids))
+                    )
+                record.runs[run] = BorderRun(
+                    shards=shards,
+                    order="shuffled" if shuffled else "sorted",
+                    seed=REPLAY_SEED if shuffled else 0,
+                    seconds=round(result.runs[run].seconds + (before.seconds if before else 0.0), 2),
+                    provenance=compact_provenance(result.runs[run].provenance),
+                )
         record.wall_seconds = round(record.wall_seconds + time.perf_counter() - started, 1)
         index.configs[cid] = record
         save_index(directory, index)
@@ -107,15 +142,17 @@ def _open_index(ds: Dataset, directory: Path, selection: SelectionFile, restart:
     if (directory / INDEX_FILE).exists():
         index = load_index(directory)
     else:
-        index = BorderIndex(dataset=ds.manifest.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        index = BorderIndex(dataset=ds.manifest.name, created=datetime.now(UTC).isoformat(timespec="seconds"))
     if index.dataset != ds.manifest.name:
         raise DatasetError(f"{directory / INDEX_FILE} belongs to dataset {index.dataset!r}, not {ds.manifest.name!r}")
     for model, chosen in sorted(selection.models.items()):
         sha = selection_sha256(chosen)
         if index.selections.get(model, sha) != sha:
             if not restart:
-                raise DatasetError(f"{directory / INDEX_FILE} holds {model} answers to another selection; "
-                                   "collect with --restart to answer the new one")
+                raise DatasetError(
+                    f"{directory / INDEX_FILE} holds {model} answers to another selection; "
+                    "collect with --restart to answer the new one"
+                )
             for record in index.configs.values():
                 for run in record.runs.values():
                     run.shards.pop(model, None)
@@ -127,13 +164,24 @@ def _open_index(ds: Dataset, directory: Path, selection: SelectionFile, restart:
 def _missing(index: BorderIndex, config_id: str, models: list[str]) -> list[str]:
     """The models whose two runs this configuration has not recorded yet."""
     record = index.configs.get(config_id)
-    return [m for m in models if record is None or not all(r in record.runs and m in record.runs[r].shards for r in RUNS)]
+    return [
+        m for m in models if record is None or not all(r in record.runs and m in record.runs[r].shards for r in RUNS)
+    ]
 
 
 def compact_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
     """What identifies the process's kernels, without the verbose dumps the dataset already keeps."""
-    keys = ("cpu_model", "cpu_vendor", "cpu_flags", "onednn_isa", "aten_capability", "quantized_engine",
-            "float32_matmul_precision", "requested_env", "torch_threads")
+    keys = (
+        "cpu_model",
+        "cpu_vendor",
+        "cpu_flags",
+        "onednn_isa",
+        "aten_capability",
+        "quantized_engine",
+        "float32_matmul_precision",
+        "requested_env",
+        "torch_threads",
+    )
     out = {k: provenance[k] for k in keys if k in provenance}
     # inherited by the worker; PASSIVE keeps OpenMP from spinning on a shared machine (same numbers:
     # every process is checked bit for bit against the stored pool outputs)

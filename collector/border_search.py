@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from hspi.errors import ConfigError
-from hspi.provenance import library_versions
-from hspi.features.border import bf16_spacing, greedy_top2, relative_margin, select_smallest
 from hspi.collector.models import build_model, model_spec
 from hspi.collector.probes import ARC_STEP_BITS, BORDER_STREAM_SIZE, ProbeSet
+from hspi.errors import ConfigError
+from hspi.features.border import bf16_spacing, greedy_top2, relative_margin, select_smallest
+from hspi.provenance import library_versions
 
 DEFAULT_N = 512  # border prompts per model: enough for 64-query audits on half of them
 DEFAULT_PREFIXES = 65536  # token models: 65536 prefixes x 512 last tokens = 33.5M candidates (~25 min, 2 cores)
-DEFAULT_ARCS = 2**(31 - ARC_STEP_BITS)  # vector/image models: every arc of the int32 range (1024)
+DEFAULT_ARCS = 2 ** (31 - ARC_STEP_BITS)  # vector/image models: every arc of the int32 range (1024)
 COARSE_BITS = 9  # 512 float32 points per arc; winners that change twice between two of them are missed
 SHORTLIST_FACTOR = 8  # token models: the oracle re-ranks this many times N float32 candidates
 PREFIX_BATCH = 8  # prefixes per float32 pass (8 x 512 rows: the fastest batch measured on 2 cores)
@@ -42,9 +42,15 @@ ORACLE_BATCH = 512
 Progress = Callable[[int, int], None]  # (done, total) in candidates
 
 
-def search_border(model: str, *, n: int = DEFAULT_N, prefixes: int = DEFAULT_PREFIXES, arcs: int = DEFAULT_ARCS,
-                  on_progress: Progress | None = None) -> dict[str, Any]:
-    """The border selection of `model` (fields of `hspi.border_store.BorderSelection`)."""
+def search_border(
+    model: str,
+    *,
+    n: int = DEFAULT_N,
+    prefixes: int = DEFAULT_PREFIXES,
+    arcs: int = DEFAULT_ARCS,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The border selection of `model` (fields of `hspi.collector.border_store.BorderSelection`)."""
     spec = model_spec(model)
     if n < 1:
         raise ConfigError(f"border prompts per model must be >= 1, got {n}")
@@ -54,7 +60,10 @@ def search_border(model: str, *, n: int = DEFAULT_N, prefixes: int = DEFAULT_PRE
         if not 1 <= prefixes <= BORDER_STREAM_SIZE // spec.n_outputs:
             raise ConfigError(f"prefixes must lie in 1..{BORDER_STREAM_SIZE // spec.n_outputs}, got {prefixes}")
         candidates, scanned = _scan_prefixes(probes, prefixes, SHORTLIST_FACTOR * n, on_progress)
-        method, bases = "last-token lattice: float32 scan with cached prefixes, float64 oracle on the shortlist", prefixes
+        method, bases = (
+            "last-token lattice: float32 scan with cached prefixes, float64 oracle on the shortlist",
+            prefixes,
+        )
     else:
         if not 1 <= arcs <= DEFAULT_ARCS:
             raise ConfigError(f"arcs must lie in 1..{DEFAULT_ARCS}, got {arcs}")
@@ -68,11 +77,19 @@ def search_border(model: str, *, n: int = DEFAULT_N, prefixes: int = DEFAULT_PRE
     rel = relative_margin(outputs)
     keep = select_smallest(candidates, rel, n)
     return {
-        "model": model, "probe_set": probes.version, "stream_size": BORDER_STREAM_SIZE, "method": method,
-        "scanned": int(scanned), "bases": int(bases), "seconds": round(time.perf_counter() - started, 1),
-        "ids": [int(i) for i in candidates[keep]], "greedy": [int(g) for g in greedy[keep]],
-        "second": [int(s) for s in second[keep]], "margin": [float(m) for m in margin[keep]],
-        "relative_margin": [float(r) for r in rel[keep]], "versions": library_versions(),
+        "model": model,
+        "probe_set": probes.version,
+        "stream_size": BORDER_STREAM_SIZE,
+        "method": method,
+        "scanned": int(scanned),
+        "bases": int(bases),
+        "seconds": round(time.perf_counter() - started, 1),
+        "ids": [int(i) for i in candidates[keep]],
+        "greedy": [int(g) for g in greedy[keep]],
+        "second": [int(s) for s in second[keep]],
+        "margin": [float(m) for m in margin[keep]],
+        "relative_margin": [float(r) for r in rel[keep]],
+        "versions": library_versions(),
     }
 
 
@@ -83,6 +100,7 @@ def _oracle(probes: ProbeSet, ids: np.ndarray) -> np.ndarray:
 
 
 # --- token models: the last-token lattice -------------------------------------------------------------
+
 
 def last_token_outputs(module: Any, prefixes: np.ndarray) -> Any:
     """(P, T-1) prefixes -> (P, V, V) float32 next-token outputs with every vocabulary token appended.
@@ -106,8 +124,9 @@ def last_token_outputs(module: Any, prefixes: np.ndarray) -> Any:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
             att = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
             ql, kl, vl = block.qkv(block.norm1(last)).view(p, vocab, 3, heads, dh).permute(2, 0, 3, 1, 4)
-            weights = torch.softmax(torch.cat([(ql @ k.transpose(-2, -1)), (ql * kl).sum(-1, keepdim=True)], -1)
-                                    / math.sqrt(dh), dim=-1)
+            weights = torch.softmax(
+                torch.cat([(ql @ k.transpose(-2, -1)), (ql * kl).sum(-1, keepdim=True)], -1) / math.sqrt(dh), dim=-1
+            )
             att_last = weights[..., :-1] @ v + weights[..., -1:] * vl
             x = x + block.proj(att.transpose(1, 2).reshape(p, t1, d))
             x = x + block.mlp(block.norm2(x))
@@ -116,8 +135,9 @@ def last_token_outputs(module: Any, prefixes: np.ndarray) -> Any:
         return module.head(module.norm(last))
 
 
-def _scan_prefixes(probes: ProbeSet, n_prefixes: int, shortlist: int,
-                   on_progress: Progress | None) -> tuple[np.ndarray, int]:
+def _scan_prefixes(
+    probes: ProbeSet, n_prefixes: int, shortlist: int, on_progress: Progress | None
+) -> tuple[np.ndarray, int]:
     import torch
 
     vocab = probes.spec.n_outputs
@@ -144,20 +164,21 @@ def _scan_prefixes(probes: ProbeSet, n_prefixes: int, shortlist: int,
 
 # --- vector and image models: arc bisection -------------------------------------------------------
 
+
 def _bisect_arcs(probes: ProbeSet, n_arcs: int, on_progress: Progress | None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per tie found: the adjacent lattice ids (lo, hi = lo + 1) whose float64 winners differ."""
     import torch
 
     module32 = build_model(probes.spec.name)
     module64 = build_model(probes.spec.name).double()
-    coarse = 2**(ARC_STEP_BITS - COARSE_BITS)
+    coarse = 2 ** (ARC_STEP_BITS - COARSE_BITS)
     points = 2**COARSE_BITS
 
     def winners(module: Any, ids: np.ndarray, dtype: Any) -> np.ndarray:
         chunks = []
         with torch.inference_mode():
             for s in range(0, len(ids), 4096):
-                x = torch.from_numpy(probes.inputs(ids[s:s + 4096])).to(dtype)
+                x = torch.from_numpy(probes.inputs(ids[s : s + 4096])).to(dtype)
                 chunks.append(torch.argmax(module(x), dim=1).numpy())  # ties to the lower id
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 

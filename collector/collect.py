@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from hspi.dataset import ConfigRecord, Manifest, load_manifest, save_manifest
-from hspi.errors import ConfigError, DatasetError
-from hspi.platform import platform_labels
 from hspi.collector.grid import grid_platforms
+from hspi.collector.local_run import run_worker
 from hspi.collector.models import model_spec, resolve_models
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.local import check_supported
-from hspi.collector.local_run import run_worker
 from hspi.collector.worker import RunPlan, WorkerJob
+from hspi.dataset import ConfigRecord, Manifest, load_manifest, save_manifest
+from hspi.errors import ConfigError, DatasetError
+from hspi.platform import platform_labels
 
 POOL_SIZE = 1000  # reference pool per model (the issue's floor)
 FRESH_SIZE = 400  # fresh probes per model: never stored as references, held out for evaluation
@@ -32,13 +32,23 @@ REPLAY_SEED = 7
 def process_plans(pool: int, fresh: int, replay: int) -> dict[str, list[RunPlan]]:
     return {
         "reference": [RunPlan(name="reference", probe_set="pool", size=pool)],
-        "replay": [RunPlan(name="replay", probe_set="pool", size=pool, subset=replay, shuffle=True, seed=REPLAY_SEED),
-                   RunPlan(name="fresh", probe_set="fresh", size=fresh, shuffle=True, seed=REPLAY_SEED + 1)],
+        "replay": [
+            RunPlan(name="replay", probe_set="pool", size=pool, subset=replay, shuffle=True, seed=REPLAY_SEED),
+            RunPlan(name="fresh", probe_set="fresh", size=fresh, shuffle=True, seed=REPLAY_SEED + 1),
+        ],
     }
 
 
-def collect(grid: str, models: str, out: Path, *, pool: int = POOL_SIZE, fresh: int = FRESH_SIZE,
-            replay: int = REPLAY_SIZE, on_progress: Callable[[str, int, int], None] | None = None) -> Manifest:
+def collect(
+    grid: str,
+    models: str,
+    out: Path,
+    *,
+    pool: int = POOL_SIZE,
+    fresh: int = FRESH_SIZE,
+    replay: int = REPLAY_SIZE,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Manifest:
     """Collect `grid` × `models` into `out`; resume whatever a previous run of the same plan finished."""
     platforms = grid_platforms(grid)
     names = resolve_models(models)
@@ -47,16 +57,24 @@ def collect(grid: str, models: str, out: Path, *, pool: int = POOL_SIZE, fresh: 
             check_supported(platform, name)
     if replay > pool:
         raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
-    probe_sets = {name: {ProbeSet(model_spec(name), "pool", pool).version: pool,
-                         ProbeSet(model_spec(name), "fresh", fresh).version: fresh} for name in names}
+    probe_sets = {
+        name: {
+            ProbeSet(model_spec(name), "pool", pool).version: pool,
+            ProbeSet(model_spec(name), "fresh", fresh).version: fresh,
+        }
+        for name in names
+    }
     if (out / "dataset.json").exists():
         manifest = load_manifest(out)
         if manifest.probe_sets != probe_sets:
-            raise DatasetError(f"{out} was collected with other probe sets ({manifest.probe_sets}); "
-                               "collect into a new directory, or merge afterwards")
+            raise DatasetError(
+                f"{out} was collected with other probe sets ({manifest.probe_sets}); "
+                "collect into a new directory, or merge afterwards"
+            )
     else:
-        manifest = Manifest(name=out.name, grid=grid, probe_sets=probe_sets,
-                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        manifest = Manifest(
+            name=out.name, grid=grid, probe_sets=probe_sets, created=datetime.now(UTC).isoformat(timespec="seconds")
+        )
         save_manifest(out, manifest)
     plans = process_plans(pool, fresh, replay)
     todo = [p for p in platforms if not _done(manifest, p.id, names)]
@@ -66,9 +84,10 @@ def collect(grid: str, models: str, out: Path, *, pool: int = POOL_SIZE, fresh: 
             on_progress(platform.id, done_before + index, len(platforms))
         record = ConfigRecord(platform=platform, labels={}, source=manifest.name)
         with tempfile.TemporaryDirectory(prefix="hspi-worker-") as tmp:
-            for process, runs in plans.items():
-                job = WorkerJob(platform=platform, models=names, runs=runs, dataset_dir=str(out),
-                                export_dir=str(out / "exports"))
+            for _process, runs in plans.items():
+                job = WorkerJob(
+                    platform=platform, models=names, runs=runs, dataset_dir=str(out), export_dir=str(out / "exports")
+                )
                 result = run_worker(job, Path(tmp))
                 record.runs.update(result.runs)
         record.labels = platform_labels(platform, record.runs["reference"].provenance)
@@ -82,4 +101,6 @@ def collect(grid: str, models: str, out: Path, *, pool: int = POOL_SIZE, fresh: 
 def _done(manifest: Manifest, config_id: str, models: list[str]) -> bool:
     record = manifest.configs.get(config_id)
     return record is not None and all(
-        run in record.runs and all(m in record.runs[run].shards for m in models) for run in ("reference", "replay", "fresh"))
+        run in record.runs and all(m in record.runs[run].shards for m in models)
+        for run in ("reference", "replay", "fresh")
+    )

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from hspi.errors import ConfigError, TargetError
-from hspi.platform import GGUF_TYPES
 from hspi.collector.models import build_model, model_spec
 from hspi.collector.vocabulary import vocabulary
+from hspi.errors import ConfigError, TargetError
+from hspi.platform import GGUF_TYPES
 
 GGUF_EXPORT_VERSION = "gguf1"  # part of every file name: bump when the export's bytes change
 GGUF_MODELS = ("lm-gpt2",)  # models whose layout is exactly an architecture llama.cpp runs
@@ -110,12 +110,22 @@ def gpt2_tensors(module: Any) -> dict[str, np.ndarray]:
     state = {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
     positions = np.zeros((CONTEXT_LENGTH, state["pos"].shape[1]), dtype=np.float32)
     positions[: state["pos"].shape[0]] = state["pos"]
-    tensors = {"token_embd.weight": state["embed.weight"], "position_embd.weight": positions,
-               "output_norm.weight": state["norm.weight"], "output_norm.bias": state["norm.bias"],
-               "output.weight": state["head.weight"]}
+    tensors = {
+        "token_embd.weight": state["embed.weight"],
+        "position_embd.weight": positions,
+        "output_norm.weight": state["norm.weight"],
+        "output_norm.bias": state["norm.bias"],
+        "output.weight": state["head.weight"],
+    }
     n_layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    names = {"norm1": "attn_norm", "qkv": "attn_qkv", "proj": "attn_output", "norm2": "ffn_norm",
-             "mlp.0": "ffn_up", "mlp.2": "ffn_down"}
+    names = {
+        "norm1": "attn_norm",
+        "qkv": "attn_qkv",
+        "proj": "attn_output",
+        "norm2": "ffn_norm",
+        "mlp.0": "ffn_up",
+        "mlp.2": "ffn_down",
+    }
     for i in range(n_layers):
         for ours, theirs in names.items():
             for part in ("weight", "bias"):
@@ -146,8 +156,11 @@ def _write_float_gguf(model: str, gguf_type: str, path: Path) -> None:
         elif gguf_type == "F16":
             writer.add_tensor(name, array.astype(np.float16))
         else:  # BF16: round-to-nearest-even, the same rounding as ggml's own conversion
-            writer.add_tensor(name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16),
-                              raw_dtype=gguf.GGMLQuantizationType.BF16)
+            writer.add_tensor(
+                name,
+                gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16),
+                raw_dtype=gguf.GGMLQuantizationType.BF16,
+            )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -22,8 +22,12 @@ def _cpu_default() -> list[Platform]:
 
 def _cpu_smoke() -> list[Platform]:
     """A four-configuration grid for tests and quick checks (three classes at least)."""
-    return [Platform(dtype="fp32"), Platform(dtype="bf16"), Platform(profile="sse42", dtype="fp32"),
-            Platform(mkl_cbwr="COMPATIBLE")]
+    return [
+        Platform(dtype="fp32"),
+        Platform(dtype="bf16"),
+        Platform(profile="sse42", dtype="fp32"),
+        Platform(mkl_cbwr="COMPATIBLE"),
+    ]
 
 
 def _llama(dtype: str, **knobs: object) -> Platform:
@@ -42,14 +46,26 @@ def _llama_cpp() -> list[Platform]:
     classes, about 80 MB at these pool sizes: too heavy for a dataset shipped in the repository.
     """
     grid = [_llama(t) for t in GGUF_TYPES]
-    grid += [_llama("F16", flash_attn=True), _llama("F16", kv_type="f32"), _llama("F16", batch_size=8),
-             _llama("F16", flash_attn=True, kv_type="q8_0")]
-    grid += [_llama("Q4_0", flash_attn=True), _llama("Q4_0", batch_size=8), _llama("Q4_0", flash_attn=True, kv_type="q8_0")]
+    grid += [
+        _llama("F16", flash_attn=True),
+        _llama("F16", kv_type="f32"),
+        _llama("F16", batch_size=8),
+        _llama("F16", flash_attn=True, kv_type="q8_0"),
+    ]
+    grid += [
+        _llama("Q4_0", flash_attn=True),
+        _llama("Q4_0", batch_size=8),
+        _llama("Q4_0", flash_attn=True, kv_type="q8_0"),
+    ]
     # expected to merge with a configuration above
     grid += [_llama("F16", flash_attn=True, kv_type="f32"), _llama("F16", threads=1)]
-    grid += [_llama("Q4_0", flash_attn=True, kv_type="f32"), _llama("Q4_0", threads=1),
-             _llama("Q4_0", batch_size=8, flash_attn=True), _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="f32"),
-             _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="q8_0")]
+    grid += [
+        _llama("Q4_0", flash_attn=True, kv_type="f32"),
+        _llama("Q4_0", threads=1),
+        _llama("Q4_0", batch_size=8, flash_attn=True),
+        _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="f32"),
+        _llama("Q4_0", batch_size=8, flash_attn=True, kv_type="q8_0"),
+    ]
     return grid
 
 
@@ -59,8 +75,12 @@ def _llama_cpp_smoke() -> list[Platform]:
     return [_llama("F32", threads=1), _llama("Q8_0", threads=1), _llama("F32", batch_size=8, threads=1)]
 
 
-GRIDS = {"cpu-default": _cpu_default, "cpu-smoke": _cpu_smoke, "llama-cpp": _llama_cpp,
-         "llama-cpp-smoke": _llama_cpp_smoke}
+GRIDS = {
+    "cpu-default": _cpu_default,
+    "cpu-smoke": _cpu_smoke,
+    "llama-cpp": _llama_cpp,
+    "llama-cpp-smoke": _llama_cpp_smoke,
+}
 
 
 def grid_platforms(name: str) -> list[Platform]:

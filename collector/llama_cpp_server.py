@@ -36,10 +36,10 @@ from typing import IO
 
 import httpx
 
-from hspi.errors import TargetError
-from hspi.platform import Platform
 from hspi.collector.gguf_export import export_gguf, import_llama_cpp
 from hspi.collector.targets.llama_cpp import check_llama_cpp_supported, llama_kwargs
+from hspi.errors import TargetError
+from hspi.platform import Platform
 
 STARTUP_TIMEOUT_S = 60.0  # loading a 4 MB GGUF takes about a second; a busy 2-core machine much longer
 POLL_INTERVAL_S = 0.2
@@ -56,16 +56,34 @@ def free_port() -> int:
 
 def server_command(gguf: Path, platform: Platform, port: int) -> list[str]:
     """`python -m llama_cpp.server` with the platform's knobs as its command-line settings."""
-    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-            "--model_alias", gguf.stem, "--verbose", "False"]
+    args = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model_alias",
+        gguf.stem,
+        "--verbose",
+        "False",
+    ]
     for key, value in llama_kwargs(platform).items():
         args += [f"--{key}", str(value)]
     return args
 
 
 @contextlib.contextmanager
-def llama_cpp_server(platform: Platform, model: str = "lm-gpt2", *, export_dir: Path | None = None,
-                     startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+def llama_cpp_server(
+    platform: Platform,
+    model: str = "lm-gpt2",
+    *,
+    export_dir: Path | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[str]:
     """Run the server for `platform` while the block runs; yield its base URL; always stop it."""
     check_llama_cpp_supported(platform, model)
     import_llama_cpp()  # a missing install fails here with the install hint, not in the child
@@ -73,8 +91,9 @@ def llama_cpp_server(platform: Platform, model: str = "lm-gpt2", *, export_dir: 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryFile(mode="w+b") as log:
-        proc = subprocess.Popen(server_command(gguf, platform, port), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            server_command(gguf, platform, port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         try:
             _wait_until_ready(proc, base_url, log, startup_timeout_s)
             yield base_url

@@ -7,13 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hspi.collector.worker import RunPlan, WorkerJob, WorkerResult
 from hspi.dataset import read_shard
 from hspi.errors import CollectionError
 from hspi.platform import Platform
 from hspi.responses import Responses
-from hspi.collector.worker import RunPlan, WorkerJob, WorkerResult
 
-LOAD_TIME_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_VERBOSE")
+LOAD_TIME_VARIABLES = (
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "ONEDNN_VERBOSE",
+)
 WORKER_TIMEOUT_S = 1800  # torch.compile of three models on two cores takes minutes, not hours
 
 
@@ -25,8 +31,13 @@ def run_worker(job: WorkerJob, workdir: Path) -> WorkerResult:
     env = {k: v for k, v in os.environ.items() if k not in LOAD_TIME_VARIABLES}
     env.update(job.platform.environment())
     try:
-        proc = subprocess.run([sys.executable, "-m", "hspi.collector.worker", str(job_path), str(result_path)],
-                              env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hspi.collector.worker", str(job_path), str(result_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         raise CollectionError(f"{job.platform.id}: worker ran past {WORKER_TIMEOUT_S}s") from None
     if proc.returncode != 0 or not result_path.exists():
@@ -35,11 +46,14 @@ def run_worker(job: WorkerJob, workdir: Path) -> WorkerResult:
     return WorkerResult.model_validate_json(result_path.read_text(encoding="utf-8"))
 
 
-def run_in_fresh_process(platform: Platform, model: str, probe_sets: dict[str, int], n_probes: int, *,
-                         seed: int, workdir: Path) -> Responses:
+def run_in_fresh_process(
+    platform: Platform, model: str, probe_sets: dict[str, int], n_probes: int, *, seed: int, workdir: Path
+) -> Responses:
     """`n_probes` pool probes drawn with `seed`, answered by `platform` in a new process."""
     pool_size = next(size for version, size in probe_sets.items() if version.endswith("/pool"))
     plan = RunPlan(name="audit", probe_set="pool", size=pool_size, subset=n_probes, shuffle=True, seed=seed)
-    job = WorkerJob(platform=platform, models=[model], runs=[plan], dataset_dir=str(workdir), export_dir=str(workdir / "exports"))
+    job = WorkerJob(
+        platform=platform, models=[model], runs=[plan], dataset_dir=str(workdir), export_dir=str(workdir / "exports")
+    )
     result = run_worker(job, workdir)
     return read_shard(workdir, result.runs["audit"].shards[model], model)

@@ -71,8 +71,9 @@ def build_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
         elif name == "cnn":
             module = _cnn()
         elif name == "lm-gpt2":
-            module = TinyDecoderLM(vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention,
-                                   gpt2_layout=True)
+            module = TinyDecoderLM(
+                vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention, gpt2_layout=True
+            )
         else:
             module = TinyDecoderLM(vocab=spec.n_outputs, seq_len=spec.input_shape[0], attention=attention)
     finally:
@@ -92,10 +93,15 @@ def _cnn() -> torch.nn.Module:
     import torch.nn as nn
 
     module = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 100),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 100),
     )
     _spread_logits(module[-1])
     return module
@@ -143,8 +149,16 @@ def _lm_classes() -> tuple[type, type]:
     class LM(nn.Module):
         """A 4-layer decoder-only LM over a 512-token vocabulary (no tokenizer needed: ids are the input)."""
 
-        def __init__(self, vocab: int, seq_len: int, attention: str, dim: int = 128, layers: int = 4, heads: int = 4,
-                     gpt2_layout: bool = False) -> None:
+        def __init__(
+            self,
+            vocab: int,
+            seq_len: int,
+            attention: str,
+            dim: int = 128,
+            layers: int = 4,
+            heads: int = 4,
+            gpt2_layout: bool = False,
+        ) -> None:
             super().__init__()
             self.embed = nn.Embedding(vocab, dim)
             self.pos = nn.Parameter(torch.randn(seq_len, dim) * 0.02)

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hspi.errors import ConfigError
-
 from hspi.collector.models import ModelSpec
+from hspi.errors import ConfigError
 
 PROBE_SET_VERSION = "probes-v1"
 _STREAMS = {"pool": 1, "fresh": 2, "border": 3}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from hspi.dataset import Dataset, RunRecord, read_shard, write_shard
-from hspi.responses import Responses
-from hspi.errors import CollectionError
 from hspi.collector.local_run import run_worker
 from hspi.collector.worker import RunPlan, WorkerJob
+from hspi.dataset import Dataset, RunRecord, read_shard, write_shard
+from hspi.errors import CollectionError
+from hspi.responses import Responses
 
 CHECK_RUN = "check"
 CHECK_PROBES = 16  # pool probes each process re-answers: two batches of 8, so batch size 8 is checked too
@@ -33,22 +33,32 @@ def check_reproduces(ds: Dataset, config_id: str, model: str, got: Responses, wh
     """Raise unless `got` (the check run's answers) equals the stored reference bit for bit."""
     want = ds.responses(config_id, "reference", model).select(got.probe_ids)
     if got.native_dtype != want.native_dtype or got.native.tobytes() != want.native.tobytes():
-        raise CollectionError(f"{config_id}: this machine does not reproduce the stored {model} outputs of "
-                              f"{ds.manifest.name} (pool probes 0..{CHECK_PROBES - 1}); collect {what} "
-                              "on the machine the dataset came from")
+        raise CollectionError(
+            f"{config_id}: this machine does not reproduce the stored {model} outputs of "
+            f"{ds.manifest.name} (pool probes 0..{CHECK_PROBES - 1}); collect {what} "
+            "on the machine the dataset came from"
+        )
 
 
-def checked_answers(ds: Dataset, config_id: str, models: list[str], plan: RunPlan,
-                    what: str) -> tuple[RunRecord, dict[str, Responses]]:
+def checked_answers(
+    ds: Dataset, config_id: str, models: list[str], plan: RunPlan, what: str
+) -> tuple[RunRecord, dict[str, Responses]]:
     """Run `plan` for `config_id` in a fresh worker after the bit-for-bit check: the worker's run
     record (its shards are scratch, gone on return) and, per model, the checked answers."""
     record = ds.manifest.configs[config_id]
     with tempfile.TemporaryDirectory(prefix="hspi-checked-") as tmp:
-        job = WorkerJob(platform=record.platform, models=models, runs=[check_plan(ds, models), plan], dataset_dir=tmp,
-                        export_dir=str(ds.directory / "exports"))
+        job = WorkerJob(
+            platform=record.platform,
+            models=models,
+            runs=[check_plan(ds, models), plan],
+            dataset_dir=tmp,
+            export_dir=str(ds.directory / "exports"),
+        )
         result = run_worker(job, Path(tmp))
         for model in models:
-            check_reproduces(ds, config_id, model, read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model), what)
+            check_reproduces(
+                ds, config_id, model, read_shard(Path(tmp), result.runs[CHECK_RUN].shards[model], model), what
+            )
         run = result.runs[plan.name]
         return run, {model: read_shard(Path(tmp), run.shards[model], model) for model in models}
 

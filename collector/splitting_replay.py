@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi.collector.reproduction import pool_size, run_checked
+from hspi.collector.worker import RunPlan
 from hspi.dataset import SPLITTING_RUN, Dataset, save_manifest
 from hspi.equivalence import equivalence_classes
 from hspi.errors import ConfigError
-from hspi.collector.reproduction import pool_size, run_checked
-from hspi.collector.worker import RunPlan
 
 RARE_SHARE = 0.05  # classes that differ on at most this share of the pool are near twins
 SEED = 23
@@ -54,13 +54,16 @@ def splitting_selection(ds: Dataset, rare_share: float = RARE_SHARE) -> dict[str
     ids = {m: splitting_probes(ds, m, rare_share) for m in ds.models}
     ids = {m: chosen for m, chosen in ids.items() if len(chosen)}
     if not ids:
-        raise ConfigError(f"{ds.directory}: no two classes are near twins (differ on at most {rare_share:.0%} "
-                          "of the pool); nothing to replay")
+        raise ConfigError(
+            f"{ds.directory}: no two classes are near twins (differ on at most {rare_share:.0%} "
+            "of the pool); nothing to replay"
+        )
     return ids
 
 
-def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHARE,
-                             on_progress: Progress | None = None) -> dict[str, list[int]]:
+def collect_splitting_replay(
+    dataset_dir: Path, *, rare_share: float = RARE_SHARE, on_progress: Progress | None = None
+) -> dict[str, list[int]]:
     """Answer every model's splitting probes on every configuration (resumable); returns the probe ids."""
     ds = Dataset(dataset_dir)
     ids = splitting_selection(ds, rare_share)
@@ -72,7 +75,9 @@ def collect_splitting_replay(dataset_dir: Path, *, rare_share: float = RARE_SHAR
         if on_progress:
             on_progress(cid, len(configs) - len(todo) + number, len(configs))
         record = ds.manifest.configs[cid]
-        plan = RunPlan(name=SPLITTING_RUN, probe_set="pool", size=pool_size(ds, models), ids=union, shuffle=True, seed=SEED)
+        plan = RunPlan(
+            name=SPLITTING_RUN, probe_set="pool", size=pool_size(ds, models), ids=union, shuffle=True, seed=SEED
+        )
         run = run_checked(ds, cid, models, plan, "splitting-probe answers")
         record.runs[SPLITTING_RUN] = run
         save_manifest(ds.directory, ds.manifest)

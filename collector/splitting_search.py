@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from hspi.collector.reproduction import checked_answers, pool_size, run_checked
+from hspi.collector.worker import RunPlan
 from hspi.dataset import SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN, Dataset, save_manifest
 from hspi.equivalence import distinct_answers, equivalence_classes
 from hspi.errors import ConfigError, DatasetError
-from hspi.collector.reproduction import checked_answers, pool_size, run_checked
-from hspi.collector.worker import RunPlan
 
 NEAR_SHARE = 0.25  # classes that differ on at most this share of the pool are near twins
 N_CANDIDATES = 100_000
@@ -112,16 +112,25 @@ def save_selection(directory: Path, selection: dict[str, ModelSearch]) -> None:
     tmp.replace(path)
 
 
-def search_model(ds: Dataset, model: str, *, n_candidates: int = N_CANDIDATES, keep: int = KEEP,
-                 near_share: float = NEAR_SHARE, on_progress: Progress | None = None) -> ModelSearch:
+def search_model(
+    ds: Dataset,
+    model: str,
+    *,
+    n_candidates: int = N_CANDIDATES,
+    keep: int = KEEP,
+    near_share: float = NEAR_SHARE,
+    on_progress: Progress | None = None,
+) -> ModelSearch:
     """Stage 1 for one model: every near-twin class answers the candidates; the best `keep` are chosen."""
     started = time.perf_counter()
     classes = equivalence_classes(ds, model)
     stored = np.stack([ds.responses(c.members[0], "reference", model).as_float32().view(np.uint32) for c in classes])
     members, pairs = near_twins(stored, near_share)
     if not members:
-        raise ConfigError(f"{ds.directory}: {model} has no near-twin classes (differing on at most {near_share:.0%} of "
-                          "the pool); nothing to search for")
+        raise ConfigError(
+            f"{ds.directory}: {model} has no near-twin classes (differing on at most {near_share:.0%} of "
+            "the pool); nothing to search for"
+        )
     start = pool_size(ds, [model])
     candidates = np.arange(start, start + n_candidates, dtype=np.int64)
     if candidates[-1] > np.iinfo(np.int32).max:
@@ -140,16 +149,29 @@ def search_model(ds: Dataset, model: str, *, n_candidates: int = N_CANDIDATES, k
     order = order[split[order] > 0]
     distinct = distinct_answers(words[:, order])
     best_stored = int(pairs_split(stored[members], pairs).max())
-    return ModelSearch(candidates=(int(start), int(start + n_candidates)), near_share=near_share,
-                       classes=[classes[c].name for c in members], pairs=len(pairs), best_stored=best_stored,
-                       selected=[SearchedProbe(id=int(candidates[i]), pairs_split=int(split[i]), distinct=int(d))
-                                 for i, d in zip(order, distinct)],
-                       seconds=round(time.perf_counter() - started, 1))
+    return ModelSearch(
+        candidates=(int(start), int(start + n_candidates)),
+        near_share=near_share,
+        classes=[classes[c].name for c in members],
+        pairs=len(pairs),
+        best_stored=best_stored,
+        selected=[
+            SearchedProbe(id=int(candidates[i]), pairs_split=int(split[i]), distinct=int(d))
+            for i, d in zip(order, distinct)
+        ],
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
-def collect_searched_probes(dataset_dir: Path, *, models: list[str] | None = None, n_candidates: int = N_CANDIDATES,
-                            keep: int = KEEP, near_share: float = NEAR_SHARE,
-                            on_progress: Progress | None = None) -> dict[str, ModelSearch]:
+def collect_searched_probes(
+    dataset_dir: Path,
+    *,
+    models: list[str] | None = None,
+    n_candidates: int = N_CANDIDATES,
+    keep: int = KEEP,
+    near_share: float = NEAR_SHARE,
+    on_progress: Progress | None = None,
+) -> dict[str, ModelSearch]:
     """Search (or reuse a stored search), then answer the selection on every configuration; resumable."""
     if n_candidates < 1 or keep < 1:
         raise ConfigError(f"candidates ({n_candidates}) and probes kept ({keep}) must be at least 1")
@@ -161,16 +183,23 @@ def collect_searched_probes(dataset_dir: Path, *, models: list[str] | None = Non
         raise ConfigError(f"{', '.join(unknown)} not in {dataset_dir}; it has: {', '.join(ds.models)}")
     models = sorted(models or searchable_models(ds, near_share))
     if not models:
-        raise ConfigError(f"{dataset_dir}: every model has a stored probe that splits all its classes, or no near "
-                          "twins; nothing to search for")
+        raise ConfigError(
+            f"{dataset_dir}: every model has a stored probe that splits all its classes, or no near "
+            "twins; nothing to search for"
+        )
     selection = load_selection(ds.directory)
     for model in models:
         previous = selection.get(model)
         wanted = (pool_size(ds, [model]), pool_size(ds, [model]) + n_candidates)
-        if previous is None or previous.candidates != wanted or previous.near_share != near_share \
-                or len(previous.selected) > keep:
-            selection[model] = search_model(ds, model, n_candidates=n_candidates, keep=keep, near_share=near_share,
-                                            on_progress=on_progress)
+        if (
+            previous is None
+            or previous.candidates != wanted
+            or previous.near_share != near_share
+            or len(previous.selected) > keep
+        ):
+            selection[model] = search_model(
+                ds, model, n_candidates=n_candidates, keep=keep, near_share=near_share, on_progress=on_progress
+            )
             save_selection(ds.directory, selection)
     union = sorted({p.id for m in models for p in selection[m].selected})
     if not union:
@@ -183,7 +212,9 @@ def collect_searched_probes(dataset_dir: Path, *, models: list[str] | None = Non
         record = ds.manifest.configs[cid]
         for run, shuffle in ((SEARCHED_REFERENCE_RUN, False), (SEARCHED_REPLAY_RUN, True)):
             # two processes: the replay is independent of the reference it is compared with
-            plan = RunPlan(name=run, probe_set="pool", size=pool_size(ds, models), ids=union, shuffle=shuffle, seed=SEED)
+            plan = RunPlan(
+                name=run, probe_set="pool", size=pool_size(ds, models), ids=union, shuffle=shuffle, seed=SEED
+            )
             record.runs[run] = run_checked(ds, cid, models, plan, "searched pool probes")
         save_manifest(ds.directory, ds.manifest)
     if on_progress:
@@ -193,5 +224,7 @@ def collect_searched_probes(dataset_dir: Path, *, models: list[str] | None = Non
 
 def _done(ds: Dataset, config_id: str, models: list[str], union: list[int]) -> bool:
     runs = ds.manifest.configs[config_id].runs
-    return all(run in runs and all(m in runs[run].shards and runs[run].shards[m].n_probes == len(union) for m in models)
-               for run in (SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN))
+    return all(
+        run in runs and all(m in runs[run].shards and runs[run].shards[m].n_probes == len(union) for m in models)
+        for run in (SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN)
+    )

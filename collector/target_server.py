@@ -24,14 +24,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hspi.errors import ConfigError, HspiError
-from hspi.platform import Platform
-from hspi.responses import bfloat16_bits_to_float32
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.local import LocalTarget
 from hspi.collector.vocabulary import decode, encode
+from hspi.errors import ConfigError, HspiError
 from hspi.features.tiers import log_softmax_f32, top_ids
+from hspi.platform import Platform
+from hspi.responses import bfloat16_bits_to_float32
 
 MAX_NEW_TOKENS = 16
 TIER_CAPS = (0, 1, 5, 20)
@@ -74,7 +74,9 @@ class BadRequest(Exception):
 class ForwardRunner:
     """Runs the model in one thread, in static (padded) or dynamic batches."""
 
-    def __init__(self, target: LocalTarget, *, dynamic: bool, max_batch: int, window_s: float, filler: np.ndarray) -> None:
+    def __init__(
+        self, target: LocalTarget, *, dynamic: bool, max_batch: int, window_s: float, filler: np.ndarray
+    ) -> None:
         self.target, self.dynamic, self.max_batch, self.window_s = target, dynamic, max_batch, window_s
         self.filler = filler
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
@@ -116,7 +118,7 @@ class ForwardRunner:
                     break
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             groups: dict[tuple, list] = {}
             for item in items:  # prompts of different lengths cannot share a forward pass
@@ -135,18 +137,29 @@ class ForwardRunner:
                         future.set_result(out[i])
 
 
-def create_target_app(model: str, platform: Platform, *, top_logprobs: int = 20, dynamic_batching: bool = False,
-                      max_batch: int = 8, batch_window_ms: float = 5.0) -> FastAPI:
+def create_target_app(
+    model: str,
+    platform: Platform,
+    *,
+    top_logprobs: int = 20,
+    dynamic_batching: bool = False,
+    max_batch: int = 8,
+    batch_window_ms: float = 5.0,
+) -> FastAPI:
     spec = model_spec(model)
     if top_logprobs not in TIER_CAPS:
         raise ConfigError(f"top_logprobs cap {top_logprobs} is not one of {TIER_CAPS}")
     target = LocalTarget(model, platform)
     filler = ProbeSet(spec, "pool", 1).inputs(np.array([0]))[0]
-    runner = ForwardRunner(target, dynamic=dynamic_batching, max_batch=max_batch, window_s=batch_window_ms / 1000,
-                           filler=filler)
+    runner = ForwardRunner(
+        target, dynamic=dynamic_batching, max_batch=max_batch, window_s=batch_window_ms / 1000, filler=filler
+    )
     counter = itertools.count(1)
-    app = FastAPI(title="hspi reference target", version="1",
-                  description=f"{model} on {platform.id}; logprobs capped at {top_logprobs}")
+    app = FastAPI(
+        title="hspi reference target",
+        version="1",
+        description=f"{model} on {platform.id}; logprobs capped at {top_logprobs}",
+    )
     app.state.runner = runner
 
     @app.exception_handler(BadRequest)
@@ -157,8 +170,9 @@ def create_target_app(model: str, platform: Platform, *, top_logprobs: int = 20,
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"error": {"message": f"{where}: {first.get('msg')}", "type": "invalid_request_error"}},
-                            status_code=400)
+        return JSONResponse(
+            {"error": {"message": f"{where}: {first.get('msg')}", "type": "invalid_request_error"}}, status_code=400
+        )
 
     @app.exception_handler(HspiError)
     async def _hspi(_: Request, exc: HspiError) -> JSONResponse:
@@ -175,12 +189,14 @@ def create_target_app(model: str, platform: Platform, *, top_logprobs: int = 20,
             raise BadRequest(f"token ids must be in 0..{spec.n_outputs - 1}")
         return ids
 
-    async def generate(ids: np.ndarray, max_tokens: int, temperature: float, seed: int | None) -> list[tuple[int, np.ndarray]]:
+    async def generate(
+        ids: np.ndarray, max_tokens: int, temperature: float, seed: int | None
+    ) -> list[tuple[int, np.ndarray]]:
         """(token, float32 log-probabilities it was drawn from) per generated token; a 16-token window."""
         rng = np.random.default_rng(seed)
         window, out = list(ids), []
         for _ in range(max_tokens):
-            logits = await runner.run(np.asarray(window[-spec.input_shape[0]:], dtype=np.int64))
+            logits = await runner.run(np.asarray(window[-spec.input_shape[0] :], dtype=np.int64))
             logprobs = log_softmax_f32(logits[None])[0]
             if temperature == 0:
                 token = int(top_ids(logprobs[None], 1)[0, 0])
@@ -221,14 +237,23 @@ def create_target_app(model: str, platform: Platform, *, top_logprobs: int = 20,
             logprobs = {
                 "tokens": texts,
                 "token_logprobs": [float(lp[t]) for t, lp in generated],
-                "top_logprobs": [dict(alternatives(lp, k)) for _, lp in generated] if k > 0 and top_logprobs > 1 else None,
+                "top_logprobs": [dict(alternatives(lp, k)) for _, lp in generated]
+                if k > 0 and top_logprobs > 1
+                else None,
                 "text_offset": [len(ids) + i for i in range(len(texts))],
             }
-        return {"id": f"cmpl-{next(counter)}", "object": "text_completion", "created": int(time.time()),
-                "model": model, "choices": [{"index": 0, "text": "".join(texts), "logprobs": logprobs,
-                                             "finish_reason": "length"}],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(texts),
-                          "total_tokens": len(ids) + len(texts)}}
+        return {
+            "id": f"cmpl-{next(counter)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "text": "".join(texts), "logprobs": logprobs, "finish_reason": "length"}],
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(texts),
+                "total_tokens": len(ids) + len(texts),
+            },
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> dict:
@@ -243,16 +268,40 @@ def create_target_app(model: str, platform: Platform, *, top_logprobs: int = 20,
         logprobs = None
         if body.logprobs:
             k = body.top_logprobs or 0
-            logprobs = {"content": [{
-                "token": text, "logprob": float(lp[t]), "bytes": list(text.encode()),
-                "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in alternatives(lp, k)]
-                if k > 0 and top_logprobs > 1 else [],
-            } for text, (t, lp) in zip(texts, generated)]}
-        return {"id": f"chatcmpl-{next(counter)}", "object": "chat.completion", "created": int(time.time()),
-                "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)},
-                                             "logprobs": logprobs, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(texts),
-                          "total_tokens": len(ids) + len(texts)}}
+            logprobs = {
+                "content": [
+                    {
+                        "token": text,
+                        "logprob": float(lp[t]),
+                        "bytes": list(text.encode()),
+                        "top_logprobs": [
+                            {"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in alternatives(lp, k)
+                        ]
+                        if k > 0 and top_logprobs > 1
+                        else [],
+                    }
+                    for text, (t, lp) in zip(texts, generated)
+                ]
+            }
+        return {
+            "id": f"chatcmpl-{next(counter)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(texts)},
+                    "logprobs": logprobs,
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(texts),
+                "total_tokens": len(ids) + len(texts),
+            },
+        }
 
     @app.post("/v1/logits")
     async def logits(body: LogitsRequest) -> dict:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from hspi.collector.models import model_spec
+from hspi.collector.probes import ProbeSet
+from hspi.collector.targets.local import make_target
 from hspi.dataset import RunRecord, write_shard
 from hspi.errors import HspiError
 from hspi.platform import Platform
 from hspi.provenance import capture_native_output, cpu_info, library_versions, requested_environment, torch_runtime
-from hspi.collector.models import model_spec
-from hspi.collector.probes import ProbeSet
-from hspi.collector.targets.local import make_target
 
 
 class RunPlan(BaseModel):
@@ -88,8 +88,9 @@ def run_job(job: WorkerJob) -> WorkerResult:
     # the ISA line is process-wide; keep the first model's report at top level for labelling
     provenance["onednn_isa"] = next((n["onednn_isa"] for n in native.values() if n["onednn_isa"]), "")
     seconds = time.perf_counter() - started
-    return WorkerResult(runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds)
-                              for name, s in shards.items()})
+    return WorkerResult(
+        runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds) for name, s in shards.items()}
+    )
 
 
 def _llama_cpp_result(job: WorkerJob, provenance: dict, native: dict, shards: dict, started: float) -> WorkerResult:
@@ -99,8 +100,9 @@ def _llama_cpp_result(job: WorkerJob, provenance: dict, native: dict, shards: di
     provenance["llama_cpp_system_info"] = first["llama_cpp_system_info"]
     provenance["llama_cpp_python"] = first["llama_cpp_python"]
     seconds = time.perf_counter() - started
-    return WorkerResult(runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds)
-                              for name, s in shards.items()})
+    return WorkerResult(
+        runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds) for name, s in shards.items()}
+    )
 
 
 def main(argv: list[str]) -> int:

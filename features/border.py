@@ -63,8 +63,9 @@ class TextAnswers:
 
     __slots__ = ("probe_set", "probe_ids", "greedy", "second", "margin")
 
-    def __init__(self, probe_set: str, probe_ids: np.ndarray, greedy: np.ndarray, second: np.ndarray,
-                 margin: np.ndarray) -> None:
+    def __init__(
+        self, probe_set: str, probe_ids: np.ndarray, greedy: np.ndarray, second: np.ndarray, margin: np.ndarray
+    ) -> None:
         self.probe_set = probe_set
         self.probe_ids = np.asarray(probe_ids, dtype=np.int32)
         self.greedy = np.asarray(greedy, dtype=np.int32)
@@ -72,8 +73,10 @@ class TextAnswers:
         self.margin = np.asarray(margin, dtype=np.float64)
         n = len(self.probe_ids)
         if self.probe_ids.ndim != 1 or any(a.shape != (n,) for a in (self.greedy, self.second, self.margin)):
-            raise ValueError(f"text answers need matching vectors, got {self.probe_ids.shape}, {self.greedy.shape}, "
-                             f"{self.second.shape}, {self.margin.shape}")
+            raise ValueError(
+                f"text answers need matching vectors, got {self.probe_ids.shape}, {self.greedy.shape}, "
+                f"{self.second.shape}, {self.margin.shape}"
+            )
 
     @classmethod
     def from_outputs(cls, probe_set: str, probe_ids: np.ndarray, outputs: np.ndarray) -> TextAnswers:
@@ -90,7 +93,9 @@ class TextAnswers:
         if missing:
             raise KeyError(f"probe ids not answered: {missing[:5]}")
         rows = np.array([index[int(p)] for p in ids], dtype=np.int64)
-        return TextAnswers(self.probe_set, self.probe_ids[rows], self.greedy[rows], self.second[rows], self.margin[rows])
+        return TextAnswers(
+            self.probe_set, self.probe_ids[rows], self.greedy[rows], self.second[rows], self.margin[rows]
+        )
 
     def sorted(self) -> TextAnswers:
         return self.select(np.sort(self.probe_ids))

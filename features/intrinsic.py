@@ -25,8 +25,15 @@ INTRINSIC_FEATURES: tuple[str, ...] = (
     + tuple(f"sig_bits_le{e}" for e in SIG_BIT_EDGES)
     + tuple(f"diff_on_grid_2^-{j}" for j in GRID_EXPONENTS)
     + tuple(f"low_bit_{b}" for b in range(LOW_BITS))
-    + ("f64_ulp_log_median", "f64_ulp_log_mean", "f64_ulp_log_p90", "f64_ulp_log_max", "f64_signed_mean",
-       "f64_within_half_ulp", "f64_available")
+    + (
+        "f64_ulp_log_median",
+        "f64_ulp_log_mean",
+        "f64_ulp_log_p90",
+        "f64_ulp_log_max",
+        "f64_signed_mean",
+        "f64_within_half_ulp",
+        "f64_available",
+    )
 )
 
 
@@ -35,7 +42,7 @@ def _grid_shares(diffs: np.ndarray, scale: np.ndarray) -> np.ndarray:
     out = np.empty((diffs.shape[0], len(GRID_EXPONENTS)))
     tolerance = 4.0 * scale  # a few ULPs of the log-probabilities the differences came from
     for col, j in enumerate(GRID_EXPONENTS):
-        step = 2.0 ** -j
+        step = 2.0**-j
         residual = np.abs(diffs - np.round(diffs / step) * step)
         out[:, col] = (residual <= tolerance).mean(axis=1) if diffs.shape[1] else 0.0
     return out
@@ -59,9 +66,19 @@ def intrinsic_features(view: TierView, float64_values: np.ndarray | None = None)
     if float64_values is None:
         f64 = np.zeros((n, 7))
     else:
-        deviation = (values.astype(np.float64) - float64_values) / np.maximum(ulp_of(float64_values.astype(np.float32)), 1e-45)
+        deviation = (values.astype(np.float64) - float64_values) / np.maximum(
+            ulp_of(float64_values.astype(np.float32)), 1e-45
+        )
         log_dev = np.log2(1.0 + np.abs(deviation))
-        f64 = np.column_stack([np.median(log_dev, axis=1), log_dev.mean(axis=1), np.percentile(log_dev, 90, axis=1),
-                               log_dev.max(axis=1), np.tanh(deviation.mean(axis=1) / 8.0),
-                               (np.abs(deviation) <= 0.5).mean(axis=1), np.ones(n)])
+        f64 = np.column_stack(
+            [
+                np.median(log_dev, axis=1),
+                log_dev.mean(axis=1),
+                np.percentile(log_dev, 90, axis=1),
+                log_dev.max(axis=1),
+                np.tanh(deviation.mean(axis=1) / 8.0),
+                (np.abs(deviation) <= 0.5).mean(axis=1),
+                np.ones(n),
+            ]
+        )
     return np.column_stack(sig_cols + [grid, bit_rates, f64])

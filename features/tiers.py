@@ -56,7 +56,7 @@ def top_ids(values: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-values, axis=1, kind="stable")[:, :k].astype(np.int32)
     # the same answer as a stable sort of whole rows, several times faster on wide rows: keep what
     # beats each row's k-th largest value, fill up with its ties in id order, then sort those k
-    kth = -np.partition(-values, k - 1, axis=1)[:, k - 1:k]
+    kth = -np.partition(-values, k - 1, axis=1)[:, k - 1 : k]
     above = values > kth
     ties = values == kth
     keep = above | (ties & (np.cumsum(ties, axis=1) <= k - above.sum(axis=1, keepdims=True)))

@@ -89,19 +89,30 @@ def write_shard(directory: Path, responses: Responses) -> ShardRef:
         path.parent.mkdir(parents=True, exist_ok=True)
         width = responses.native.shape[1] * responses.native.itemsize
         rows = byte_planes(responses.native)
-        table = pa.table({
-            "probe_id": pa.array(responses.probe_ids.astype(np.int32)),
-            "value": pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(rows), [None, pa.py_buffer(rows.tobytes())]),
-        })
-        table = table.replace_schema_metadata({
-            "model": responses.model, "probe_set": responses.probe_set, "native_dtype": responses.native_dtype,
-            "n_outputs": str(responses.native.shape[1]), "sha": sha, "layout": "byte-planes",
-        })
+        table = pa.table(
+            {
+                "probe_id": pa.array(responses.probe_ids.astype(np.int32)),
+                "value": pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(width), len(rows), [None, pa.py_buffer(rows.tobytes())]
+                ),
+            }
+        )
+        table = table.replace_schema_metadata(
+            {
+                "model": responses.model,
+                "probe_set": responses.probe_set,
+                "native_dtype": responses.native_dtype,
+                "n_outputs": str(responses.native.shape[1]),
+                "sha": sha,
+                "layout": "byte-planes",
+            }
+        )
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp, compression="zstd", compression_level=9)
         os.replace(tmp, path)
-    return ShardRef(shard=sha, probe_set=responses.probe_set, n_probes=len(responses.probe_ids),
-                    native_dtype=responses.native_dtype)
+    return ShardRef(
+        shard=sha, probe_set=responses.probe_set, n_probes=len(responses.probe_ids), native_dtype=responses.native_dtype
+    )
 
 
 def byte_planes(native: np.ndarray) -> np.ndarray:
@@ -179,8 +190,11 @@ class Dataset:
 
     def complete_configs(self, model: str, runs: tuple[str, ...] = ("reference", "replay")) -> list[str]:
         """Configurations whose every listed run holds outputs for `model`, in manifest order."""
-        return [cid for cid, rec in self.manifest.configs.items()
-                if all(r in rec.runs and model in rec.runs[r].shards for r in runs)]
+        return [
+            cid
+            for cid, rec in self.manifest.configs.items()
+            if all(r in rec.runs and model in rec.runs[r].shards for r in runs)
+        ]
 
     def responses(self, config_id: str, run: str, model: str) -> Responses:
         key = (config_id, run + "/" + model)
@@ -206,12 +220,16 @@ class Dataset:
             return reference
         searched = self.responses(config_id, SEARCHED_REFERENCE_RUN, model)
         if searched.probe_set != reference.probe_set or searched.native_dtype != reference.native_dtype:
-            raise DatasetError(f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} does not extend its "
-                               f"reference run ({searched.probe_set} {searched.native_dtype})")
+            raise DatasetError(
+                f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} does not extend its "
+                f"reference run ({searched.probe_set} {searched.native_dtype})"
+            )
         ids = np.concatenate([reference.probe_ids, searched.probe_ids])
         order = np.argsort(ids, kind="stable")
         if len(np.unique(ids)) != len(ids):
-            raise DatasetError(f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} repeats reference probes")
+            raise DatasetError(
+                f"{self.directory}: {config_id} {SEARCHED_REFERENCE_RUN} of {model} repeats reference probes"
+            )
         native = np.concatenate([reference.native, searched.native])[order]
         return Responses(model, reference.probe_set, ids[order].astype(np.int32), native, reference.native_dtype)
 
@@ -222,6 +240,8 @@ class Dataset:
                 for model, ref in run_record.shards.items():
                     known = self.manifest.probe_sets.get(model, {})
                     if ref.probe_set not in known:
-                        raise DatasetError(f"{self.directory}: {cid} {run} {model} uses probe set {ref.probe_set!r}, "
-                                           f"the dataset declares {sorted(known)}")
+                        raise DatasetError(
+                            f"{self.directory}: {cid} {run} {model} uses probe set {ref.probe_set!r}, "
+                            f"the dataset declares {sorted(known)}"
+                        )
                     self.responses(cid, run, model)

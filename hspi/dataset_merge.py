@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hspi.dataset import Dataset, Manifest, save_manifest
@@ -15,15 +15,25 @@ def merge(out: Path, sources: list[Path]) -> Manifest:
         raise DatasetError("nothing to merge: name at least one source dataset")
     datasets = [Dataset(s) for s in sources]
     probe_sets = datasets[0].manifest.probe_sets
-    merged = Manifest(name=out.name, grid="+".join(sorted({d.manifest.grid for d in datasets})), probe_sets=probe_sets,
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    merged = Manifest(
+        name=out.name,
+        grid="+".join(sorted({d.manifest.grid for d in datasets})),
+        probe_sets=probe_sets,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     for ds in datasets:
         if ds.manifest.probe_sets != probe_sets:
-            raise DatasetError(f"{ds.directory}: probe sets {ds.manifest.probe_sets} differ from "
-                               f"{datasets[0].directory}'s {probe_sets}; they cannot be compared")
+            raise DatasetError(
+                f"{ds.directory}: probe sets {ds.manifest.probe_sets} differ from "
+                f"{datasets[0].directory}'s {probe_sets}; they cannot be compared"
+            )
         ds.validate()
         for cid, record in ds.manifest.configs.items():
-            key = cid if record.source in ("", ds.manifest.name) and cid not in merged.configs else f"{ds.manifest.name}:{cid}"
+            key = (
+                cid
+                if record.source in ("", ds.manifest.name) and cid not in merged.configs
+                else f"{ds.manifest.name}:{cid}"
+            )
             if key in merged.configs:
                 raise DatasetError(f"configuration {key} appears twice (in {ds.directory})")
             merged.configs[key] = record.model_copy(update={"source": record.source or ds.manifest.name})

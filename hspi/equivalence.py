@@ -30,13 +30,17 @@ def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
     groups: dict[tuple[str, ...], list[str]] = {}
     for cid in configs:
         runs = dataset.manifest.configs[cid].runs
-        key = (runs["reference"].shards[model].shard, runs["fresh"].shards[model].shard,
-               runs[SEARCHED_REFERENCE_RUN].shards[model].shard if searched else "")
+        key = (
+            runs["reference"].shards[model].shard,
+            runs["fresh"].shards[model].shard,
+            runs[SEARCHED_REFERENCE_RUN].shards[model].shard if searched else "",
+        )
         groups.setdefault(key, []).append(cid)
     classes = []
     for members in groups.values():
-        labels = {h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members}))
-                  for h in HEADS if h != "full"}
+        labels = {
+            h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"
+        }
         labels["full"] = members[0]
         classes.append(EquivalenceClass(members[0], tuple(members), labels))
     return classes
@@ -44,14 +48,18 @@ def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
 
 def joint_classes(dataset: Dataset) -> list[EquivalenceClass]:
     """Classes over every model at once: identical on every probe of every model."""
-    per_model = {m: {c: cls.name for cls in equivalence_classes(dataset, m) for c in cls.members} for m in dataset.models}
+    per_model = {
+        m: {c: cls.name for cls in equivalence_classes(dataset, m) for c in cls.members} for m in dataset.models
+    }
     configs = [c for c in dataset.manifest.configs if all(c in per_model[m] for m in dataset.models)]
     groups: dict[tuple[str, ...], list[str]] = {}
     for cid in configs:
         groups.setdefault(tuple(per_model[m][cid] for m in dataset.models), []).append(cid)
     out = []
     for members in groups.values():
-        labels = {h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"}
+        labels = {
+            h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"
+        }
         labels["full"] = members[0]
         out.append(EquivalenceClass(members[0], tuple(members), labels))
     return out

@@ -1,11 +1,11 @@
 """One exception tree for hspi, translated once into CLI exit codes (and later HTTP statuses).
 
-    HspiError
-     ├── ConfigError      bad grid / model / platform / option value
-     ├── DatasetError     corrupt, truncated or inconsistent dataset files
-     ├── ModelError       classifier artifacts missing or unusable
-     ├── TargetError      a target failed to answer probes
-     └── CollectionError  a collection configuration failed to run
+HspiError
+ ├── ConfigError      bad grid / model / platform / option value
+ ├── DatasetError     corrupt, truncated or inconsistent dataset files
+ ├── ModelError       classifier artifacts missing or unusable
+ ├── TargetError      a target failed to answer probes
+ └── CollectionError  a collection configuration failed to run
 """
 
 

@@ -23,9 +23,21 @@ PROFILES: dict[str, dict[str, str]] = {
     "native": {},
     "sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
     "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-    "avx512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512"},
-    "avx512_bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512"},
-    "amx": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512"},
+    "avx512": {
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
+    "avx512_bf16": {
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
+    "amx": {
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
 }
 # Ordered from the oldest kernel path to the newest; measured ISA labels use these names.
 ISA_LEVELS: tuple[str, ...] = ("sse42", "avx2", "avx512", "avx512_bf16", "amx")
@@ -106,8 +118,16 @@ class Platform(BaseModel):
                 f"bad platform id {platform_id!r}: expected DEVICE:PROFILE/DTYPE/ENGINE[/knob=value...]"
             ) from None
         fields: dict[str, Any] = {"device": device, "profile": profile, "dtype": dtype, "engine": engine}
-        names = {"attn": "attention", "bs": "batch_size", "qengine": "quant_engine", "mm": "matmul_precision",
-                 "mkl-cbwr": "mkl_cbwr", "threads": "threads", "fa": "flash_attn", "kv": "kv_type"}
+        names = {
+            "attn": "attention",
+            "bs": "batch_size",
+            "qengine": "quant_engine",
+            "mm": "matmul_precision",
+            "mkl-cbwr": "mkl_cbwr",
+            "threads": "threads",
+            "fa": "flash_attn",
+            "kv": "kv_type",
+        }
         for knob in knobs:
             key, _, value = knob.partition("=")
             if key not in names or not value or (key == "fa" and value not in ("on", "off")):
@@ -143,8 +163,13 @@ class Platform(BaseModel):
 
 def _isa_named_by_kernels(kernels: list[str]) -> str:
     """The highest ISA named in oneDNN kernel names (e.g. 'matmul:brg_matmul:avx512_core_bf16')."""
-    for marker, text in (("amx", "amx"), ("avx512_core_bf16", "avx-512 bfloat16"), ("avx512", "avx-512"),
-                         ("avx2", "avx2"), ("sse41", "sse4.1")):
+    for marker, text in (
+        ("amx", "amx"),
+        ("avx512_core_bf16", "avx-512 bfloat16"),
+        ("avx512", "avx-512"),
+        ("avx2", "avx2"),
+        ("sse41", "sse4.1"),
+    ):
         if any(marker in k for k in kernels):
             return text
     return ""
@@ -155,7 +180,11 @@ def llama_cpp_isa_level(system_info: str) -> str:
     ('CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | ...').  It names the CPU backend that was loaded (a
     GGML_NATIVE=OFF build has one, for AVX2), so a CPU with AVX-512 still runs the AVX2 kernels
     under such a build: the label is what llama.cpp ran, not what the CPU offers."""
-    features = {part.split("=")[0].split(":")[-1].strip().upper() for part in system_info.split("|") if part.strip().endswith("= 1")}
+    features = {
+        part.split("=")[0].split(":")[-1].strip().upper()
+        for part in system_info.split("|")
+        if part.strip().endswith("= 1")
+    }
     if features & {"AMX_INT8", "AMX_BF16"}:
         return "amx"
     if "AVX512_BF16" in features:
@@ -174,8 +203,11 @@ def measured_isa_level(provenance: dict[str, Any]) -> str:
         return llama_cpp_isa_level(str(provenance["llama_cpp_system_info"]))
     onednn = str(provenance.get("onednn_isa", "")).lower()
     if not onednn:  # the info header is printed once per process; the kernels it ran name their ISA too
-        kernels = [k.lower() for d in dict(provenance.get("native_dispatch") or {}).values()
-                   for k in d.get("onednn_kernels", [])]
+        kernels = [
+            k.lower()
+            for d in dict(provenance.get("native_dispatch") or {}).values()
+            for k in d.get("onednn_kernels", [])
+        ]
         onednn = _isa_named_by_kernels(kernels)
     if "amx" in onednn:
         level = "amx"
@@ -188,7 +220,9 @@ def measured_isa_level(provenance: dict[str, Any]) -> str:
     elif onednn:
         level = "sse42"
     else:  # oneDNN said nothing in that process: ATen's own report is the measurement left
-        level = {"DEFAULT": "sse42", "AVX2": "avx2", "AVX512": "avx512"}.get(str(provenance.get("aten_capability")), "unreported")
+        level = {"DEFAULT": "sse42", "AVX2": "avx2", "AVX512": "avx512"}.get(
+            str(provenance.get("aten_capability")), "unreported"
+        )
     # ATen's AVX512 is its top level, so it caps nothing
     aten = {"DEFAULT": "sse42", "AVX2": "avx2", "AVX512": "amx"}.get(str(provenance.get("aten_capability")))
     if aten is not None and level != "unreported" and ISA_LEVELS.index(aten) < ISA_LEVELS.index(level):

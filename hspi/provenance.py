@@ -18,10 +18,35 @@ from importlib import metadata
 from typing import Any
 
 # Library versions worth recording next to every output; missing ones are recorded as absent.
-_VERSIONED = ("torch", "numpy", "onnxruntime", "onnx", "lightgbm", "scikit-learn", "pyarrow", "llama-cpp-python", "gguf")
+_VERSIONED = (
+    "torch",
+    "numpy",
+    "onnxruntime",
+    "onnx",
+    "lightgbm",
+    "scikit-learn",
+    "pyarrow",
+    "llama-cpp-python",
+    "gguf",
+)
 # CPU flags that decide kernel paths; the full list is long and says nothing more.
-_RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                   "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+_RELEVANT_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "avx_vnni",
+)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -115,7 +140,7 @@ def parse_native_verbose(lines: list[str]) -> dict[str, Any]:
                 implementations.add(f"{fields[5]}:{fields[6]}")
         elif line.startswith("MKL_VERBOSE"):
             if ("Product build" in line or "oneMKL" in line) and not mkl_header:
-                mkl_header = line[len("MKL_VERBOSE"):].strip()
+                mkl_header = line[len("MKL_VERBOSE") :].strip()
             else:
                 match = re.match(r"MKL_VERBOSE\s+(\w+)\(", line)
                 if match:
@@ -134,7 +159,9 @@ def torch_runtime() -> dict[str, Any]:
     info: dict[str, Any] = {
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
-        "onednn_version": ".".join(str(v) for v in torch.backends.mkldnn.version()) if hasattr(torch.backends.mkldnn, "version") else None,
+        "onednn_version": ".".join(str(v) for v in torch.backends.mkldnn.version())
+        if hasattr(torch.backends.mkldnn, "version")
+        else None,
         "mkl_available": torch.backends.mkl.is_available(),
         "quantized_engine": torch.backends.quantized.engine,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -142,8 +169,14 @@ def torch_runtime() -> dict[str, Any]:
     }
     if torch.cuda.is_available():  # measured, never assumed
         props = torch.cuda.get_device_properties(0)
-        info.update({"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
-                     "cuda": torch.version.cuda, "gpu_sm_count": props.multi_processor_count})
+        info.update(
+            {
+                "gpu_name": props.name,
+                "gpu_capability": f"{props.major}.{props.minor}",
+                "cuda": torch.version.cuda,
+                "gpu_sm_count": props.multi_processor_count,
+            }
+        )
     return info
 
 

@@ -51,8 +51,14 @@ class Reply:
     def __init__(self, handler: BaseHTTPRequestHandler, state: Handled, index: int) -> None:
         self.handler, self.state, self.index = handler, state, index
 
-    def send(self, status: int, body: bytes | str | dict | list, *, content_type: str | None = None,
-             headers: dict[str, str] | None = None) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes | str | dict | list,
+        *,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if isinstance(body, (dict, list)):
             body, content_type = json.dumps(body).encode(), content_type or "application/json"
         elif isinstance(body, str):

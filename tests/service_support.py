@@ -15,8 +15,16 @@ import pytest
 from servers import serve_uvicorn
 
 POSTGRES_URL = os.environ.get("HSPI_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
-    not POSTGRES_URL, reason="HSPI_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)"))]
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not POSTGRES_URL,
+            reason="HSPI_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)",
+        ),
+    ),
+]
 
 
 def database_url(backend: str, tmp_path: Path) -> str:
@@ -36,9 +44,15 @@ def database_url(backend: str, tmp_path: Path) -> str:
 def service_settings(url: str, tmp_path: Path, **kwargs: Any):  # type: ignore[no-untyped-def]
     from hspi.api.settings import ServiceSettings
 
-    base: dict[str, Any] = dict(database_url=url, secret_key_file=tmp_path / "secret.key",
-                                bootstrap_key_file=tmp_path / "admin.key", allow_hosts=["127.0.0.0/8"],
-                                lease_s=2.0, workers=8, per_host=4)
+    base: dict[str, Any] = dict(
+        database_url=url,
+        secret_key_file=tmp_path / "secret.key",
+        bootstrap_key_file=tmp_path / "admin.key",
+        allow_hosts=["127.0.0.0/8"],
+        lease_s=2.0,
+        workers=8,
+        per_host=4,
+    )
     base.update(kwargs)
     return ServiceSettings(**base)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from servers import free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -31,8 +30,9 @@ def _env() -> dict[str, str]:
 
 
 def hspi(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hspi", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "hspi", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -67,9 +67,26 @@ def servers() -> Iterator[dict[str, str]]:
         for name, (platform, cap) in SERVERS.items():
             port = free_port()
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "hspi", "target", "serve", "--model", "lm-small", "--platform", platform,
-                 "--port", str(port), "--top-logprobs", str(cap)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+                [
+                    sys.executable,
+                    "-m",
+                    "hspi",
+                    "target",
+                    "serve",
+                    "--model",
+                    "lm-small",
+                    "--platform",
+                    platform,
+                    "--port",
+                    str(port),
+                    "--top-logprobs",
+                    str(cap),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
             urls[name] = f"http://127.0.0.1:{port}/v1"
         for name, url in urls.items():
             proc = procs[name]
@@ -79,8 +96,12 @@ def servers() -> Iterator[dict[str, str]]:
                 stop(proc)
                 raise AssertionError(f"{exc}: {proc.stderr.read()[-2000:] if proc.stderr else ''}") from None
             # the first forward pass warms torch up; audits should not pay for it in their timeouts
-            assert httpx.post(url + "/completions", json={"prompt": "\u4e00" * 16, "max_tokens": 1},
-                              timeout=60).status_code == 200
+            assert (
+                httpx.post(
+                    url + "/completions", json={"prompt": "\u4e00" * 16, "max_tokens": 1}, timeout=60
+                ).status_code
+                == 200
+            )
         yield urls
     finally:
         for proc in procs.values():
@@ -97,16 +118,34 @@ AUDITS = {  # name: extra arguments; both against the bf16 server, concurrently
 def audits(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`hspi audit` subprocesses: (completed process, JSON report or None, evidence records)."""
     out = tmp_path_factory.mktemp("audits")
-    running = {name: hspi("audit", "--endpoint", servers["bf16"], "--model", "lm-small", "--budget", "16",
-                          "--json", str(out / f"{name}.json"), "--evidence", str(out / f"{name}.jsonl"),
-                          "--seed", "0", *extra)
-               for name, extra in AUDITS.items()}
+    running = {
+        name: hspi(
+            "audit",
+            "--endpoint",
+            servers["bf16"],
+            "--model",
+            "lm-small",
+            "--budget",
+            "16",
+            "--json",
+            str(out / f"{name}.json"),
+            "--evidence",
+            str(out / f"{name}.jsonl"),
+            "--seed",
+            "0",
+            *extra,
+        )
+        for name, extra in AUDITS.items()
+    }
     results = {}
     for name, proc in running.items():
         done = finish(proc)
         path, evidence = out / f"{name}.json", out / f"{name}.jsonl"
-        results[name] = (done, json.loads(path.read_text()) if path.exists() else None,
-                         [json.loads(line) for line in evidence.read_text().splitlines()] if evidence.exists() else [])
+        results[name] = (
+            done,
+            json.loads(path.read_text()) if path.exists() else None,
+            [json.loads(line) for line in evidence.read_text().splitlines()] if evidence.exists() else [],
+        )
     return results
 
 
@@ -155,10 +194,25 @@ def test_audit_confirms_a_true_bf16_claim(audits: dict) -> None:
     assert report["queries"] <= 16
 
 
-def test_min_answers_spends_answers_verifying_the_leader(servers: dict[str, str], capsys: pytest.CaptureFixture,
-                                                         tmp_path: Path) -> None:
-    done = cli(capsys, "audit", "--endpoint", servers["bf16"], "--budget", "16", "--seed", "0", "--min-answers", "8",
-               "--claim", "dtype=bf16", "--json", str(tmp_path / "r.json"))
+def test_min_answers_spends_answers_verifying_the_leader(
+    servers: dict[str, str], capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    done = cli(
+        capsys,
+        "audit",
+        "--endpoint",
+        servers["bf16"],
+        "--budget",
+        "16",
+        "--seed",
+        "0",
+        "--min-answers",
+        "8",
+        "--claim",
+        "dtype=bf16",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["answers_used"] >= 8 and report["stop"] == "confident"
@@ -166,10 +220,23 @@ def test_min_answers_spends_answers_verifying_the_leader(servers: dict[str, str]
     assert len({r["probe_id"] for r in report["evidence"]}) == len(report["evidence"])  # no probe asked twice
 
 
-def test_audit_of_a_top5_server_uses_the_topk5_tier(servers: dict[str, str], capsys: pytest.CaptureFixture,
-                                                    tmp_path: Path) -> None:
-    done = cli(capsys, "audit", "--endpoint", servers["top5"], "--budget", "16", "--seed", "0",
-               "--claim", "dtype=fp32", "--json", str(tmp_path / "r.json"))
+def test_audit_of_a_top5_server_uses_the_topk5_tier(
+    servers: dict[str, str], capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    done = cli(
+        capsys,
+        "audit",
+        "--endpoint",
+        servers["top5"],
+        "--budget",
+        "16",
+        "--seed",
+        "0",
+        "--claim",
+        "dtype=fp32",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["tier"] == "topk5"
@@ -178,10 +245,25 @@ def test_audit_of_a_top5_server_uses_the_topk5_tier(servers: dict[str, str], cap
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "fp32"
 
 
-def test_audit_of_a_text_only_server_uses_the_border_prompt_vote(servers: dict[str, str], capsys: pytest.CaptureFixture,
-                                                                tmp_path: Path) -> None:
-    done = cli(capsys, "audit", "--endpoint", servers["text"], "--budget", "32", "--seed", "0",
-               "--claim", "dtype=bf16", "--json", str(tmp_path / "r.json"), "--evidence", str(tmp_path / "e.jsonl"))
+def test_audit_of_a_text_only_server_uses_the_border_prompt_vote(
+    servers: dict[str, str], capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    done = cli(
+        capsys,
+        "audit",
+        "--endpoint",
+        servers["text"],
+        "--budget",
+        "32",
+        "--seed",
+        "0",
+        "--claim",
+        "dtype=bf16",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--evidence",
+        str(tmp_path / "e.jsonl"),
+    )
     assert done.returncode == 0, done.stderr
     no_traceback(done)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -213,10 +295,17 @@ MORE_BAD_AUDITS = {  # the same, through main() in this process
     "min-answers-0": ["--min-answers", "0"],
 }
 EXPECTED = {  # words the one error line names
-    "budget-0": ["--budget", "greater than or equal to 1"], "max-tokens-0": ["--max-tokens"],
-    "timeout-0": ["--timeout"], "claim-nonsense": ["nonsense"], "claim-bad-head": ["colour"],
-    "endpoint-ftp": ["ftp://x", "http"], "endpoint-broken": ["http://[::1/v1"], "endpoint-no-host": ["http:///v1"],
-    "api-foo": ["--api"], "model-nope": ["unknown model", "nope"], "order-foo": ["--order"],
+    "budget-0": ["--budget", "greater than or equal to 1"],
+    "max-tokens-0": ["--max-tokens"],
+    "timeout-0": ["--timeout"],
+    "claim-nonsense": ["nonsense"],
+    "claim-bad-head": ["colour"],
+    "endpoint-ftp": ["ftp://x", "http"],
+    "endpoint-broken": ["http://[::1/v1"],
+    "endpoint-no-host": ["http:///v1"],
+    "api-foo": ["--api"],
+    "model-nope": ["unknown model", "nope"],
+    "order-foo": ["--order"],
     "min-answers-0": ["--min-answers", "greater than or equal to 1"],
 }
 BAD_SERVES = {
@@ -283,8 +372,18 @@ def test_served_models_are_listed(servers: dict[str, str]) -> None:
 
 def test_a_server_that_is_already_gone_is_a_target_error(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    done = cli(capsys, "audit", "--endpoint", f"http://127.0.0.1:{port}/v1", "--budget", "3", "--timeout", "0.5",
-               "--json", str(tmp_path / "r.json"))
+    done = cli(
+        capsys,
+        "audit",
+        "--endpoint",
+        f"http://127.0.0.1:{port}/v1",
+        "--budget",
+        "3",
+        "--timeout",
+        "0.5",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert done.returncode == 5, done.stderr
     no_traceback(done)
     report = json.loads((tmp_path / "r.json").read_text())

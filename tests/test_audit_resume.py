@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from servers import serve_asgi
 
 from hspi.audit import AuditSettings, QueryRecord, run_audit
+from hspi.collector.target_server import create_target_app
 from hspi.errors import ConfigError
 from hspi.platform import Platform
-from hspi.collector.target_server import create_target_app
-
-from servers import serve_asgi
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,15 @@ def target() -> str:
 
 
 def settings(url: str, **kwargs) -> AuditSettings:
-    base = dict(endpoint=url, model="lm-small", claim={"dtype": "fp32"}, budget_queries=8, seed=3,
-                order="random", min_answers=50)  # min_answers: spend the whole budget
+    base = dict(
+        endpoint=url,
+        model="lm-small",
+        claim={"dtype": "fp32"},
+        budget_queries=8,
+        seed=3,
+        order="random",
+        min_answers=50,
+    )  # min_answers: spend the whole budget
     base.update(kwargs)
     return AuditSettings(**base)
 
@@ -49,8 +55,12 @@ def test_resumed_audit_keeps_prior_answers_spends_the_rest_and_never_reasks(targ
     assert first.stop == "budget" and len(first.evidence) == first.queries == 3
     seen: list[tuple[int, bool]] = []
     counting = Counting()
-    resumed = run_audit(settings(target, budget_queries=8), prior=first.evidence, transport=counting,
-                        on_query=lambda r, _: seen.append((r.index, r.complete)))
+    resumed = run_audit(
+        settings(target, budget_queries=8),
+        prior=first.evidence,
+        transport=counting,
+        on_query=lambda r, _: seen.append((r.index, r.complete)),
+    )
     assert resumed.stop == "budget" and resumed.queries == 8 and len(counting.prompts) == 5
     assert [r.probe_id for r in resumed.evidence[:3]] == [r.probe_id for r in first.evidence]
     assert [r.values for r in resumed.evidence[:3]] == [r.values for r in first.evidence]
@@ -66,8 +76,9 @@ def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None
     decided = run_audit(settings(target, order="split", min_answers=2, budget_queries=16))
     assert decided.stop == "confident"
     counting = Counting()
-    again = run_audit(settings(target, order="split", min_answers=2, budget_queries=16), prior=decided.evidence,
-                      transport=counting)
+    again = run_audit(
+        settings(target, order="split", min_answers=2, budget_queries=16), prior=decided.evidence, transport=counting
+    )
     assert counting.prompts == [] and again.stop == "confident" and again.verdict == decided.verdict
     assert again.queries == decided.queries and again.heads == decided.heads
 

@@ -8,13 +8,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hspi.audit import AuditReport, QueryRecord
-from hspi.claims import head_verdict, label_matches, overall_verdict, parse_claim
-from hspi.endpoint_evaluation import decision_at
-from hspi.errors import ConfigError
-from hspi.features.tiers import tier_view
+from hspi.audit.claims import head_verdict, label_matches, overall_verdict, parse_claim
+from hspi.audit.endpoint_evaluation import decision_at
 from hspi.classifier.reference import ReferenceMatcher
-from hspi.classifier.sequential import SETTLED_BELOW, ReferenceBook, ReferenceEvidence, answer_signatures, same_answers, split_scores
+from hspi.classifier.sequential import (
+    SETTLED_BELOW,
+    ReferenceBook,
+    ReferenceEvidence,
+    answer_signatures,
+    same_answers,
+    split_scores,
+)
+from hspi.errors import ConfigError
 from hspi.features.relative import relative_features
+from hspi.features.tiers import tier_view
 
 
 def test_parse_claim_splits_pairs_and_keeps_kernel_commas() -> None:
@@ -67,7 +74,8 @@ def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]], trees:
         for h in same:
             same[h].append(np.tile([labels[t][h] == lab[h] for lab in labels], len(target)))
     return ReferenceMatcher(heads=tuple(same), n_estimators=trees).fit(
-        np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
+        np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()}
+    )
 
 
 def test_signatures_equal_exactly_when_rows_are_bit_identical() -> None:
@@ -91,7 +99,7 @@ def test_evidence_picks_splitting_probes_and_finds_the_true_candidate() -> None:
     assert scores[30] == 0.0
     probe = evidence.next_probe(rng)
     assert probe is not None and probe < 10
-    evidence.update(probe, tier_view(refs[1][probe:probe + 1], "logits"))
+    evidence.update(probe, tier_view(refs[1][probe : probe + 1], "logits"))
     post = evidence.posterior()
     assert int(np.argmax(post)) == 1 and post[1] > 0.9
     heads = evidence.head_posteriors()
@@ -110,27 +118,63 @@ def test_next_probe_is_none_when_nothing_splits() -> None:
 
 def test_decision_at_budget_uses_the_last_decision_within_it() -> None:
     def rec(i: int, q: int, guess: str, complete: bool = True) -> QueryRecord:
-        return QueryRecord(index=i, probe_set="p", probe_id=i, tier="topk20", complete=complete,
-                           queries_so_far=q, leading={"full": guess} if complete else {})
+        return QueryRecord(
+            index=i,
+            probe_set="p",
+            probe_id=i,
+            tier="topk20",
+            complete=complete,
+            queries_so_far=q,
+            leading={"full": guess} if complete else {},
+        )
 
-    report = AuditReport(endpoint="x", model="lm-small", api="completions", tier="topk20", status="match",
-                         verdict=None, reason="", stop="confident", queries=5, tokens=85, budget_queries=64,
-                         budget_tokens=1088, answers_used=3, match_score=1, threshold=0.5, claim={}, heads={},
-                         evidence=[rec(0, 2, "A"), rec(1, 3, "B", complete=False), rec(2, 5, "C")],
-                         dataset="d", classifier="c", seconds=1)
+    report = AuditReport(
+        endpoint="x",
+        model="lm-small",
+        api="completions",
+        tier="topk20",
+        status="match",
+        verdict=None,
+        reason="",
+        stop="confident",
+        queries=5,
+        tokens=85,
+        budget_queries=64,
+        budget_tokens=1088,
+        answers_used=3,
+        match_score=1,
+        threshold=0.5,
+        claim={},
+        heads={},
+        evidence=[rec(0, 2, "A"), rec(1, 3, "B", complete=False), rec(2, 5, "C")],
+        dataset="d",
+        classifier="c",
+        seconds=1,
+    )
     assert decision_at(report, 1) == {}
     assert decision_at(report, 4) == {"full": "A"}
     assert decision_at(report, 64) == {"full": "C"}
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5), min_size=1, max_size=6),
-       st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6))
-def test_split_scores_are_the_chance_two_draws_answer_differently(answers: list[list[int]], weights: list[float]) -> None:
+@given(
+    st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5), min_size=1, max_size=6),
+    st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6),
+)
+def test_split_scores_are_the_chance_two_draws_answer_differently(
+    answers: list[list[int]], weights: list[float]
+) -> None:
     signatures = np.asarray(answers, dtype=np.int64)  # (C, n): equal ints, equal answers
-    posterior = np.asarray(weights[:len(answers)]) / sum(weights[:len(answers)])
-    brute = [sum(posterior[i] * posterior[j] for i in range(len(answers)) for j in range(i + 1, len(answers))
-                 if signatures[i, n] != signatures[j, n]) for n in range(signatures.shape[1])]
+    posterior = np.asarray(weights[: len(answers)]) / sum(weights[: len(answers)])
+    brute = [
+        sum(
+            posterior[i] * posterior[j]
+            for i in range(len(answers))
+            for j in range(i + 1, len(answers))
+            if signatures[i, n] != signatures[j, n]
+        )
+        for n in range(signatures.shape[1])
+    ]
     assert split_scores(same_answers(signatures), posterior) == pytest.approx(brute, abs=1e-12)
 
 
@@ -178,11 +222,12 @@ def test_settled_candidates_below_confidence_end_the_audit() -> None:
     b[0] += np.float32(0.01)  # B parts from A on probe 0 only, and that answer was lost
     refs = [a, b, a + np.float32(0.5)]
     labels = [{"full": x} for x in "ABC"]
-    evidence = ReferenceEvidence(_fitted_matcher(refs, labels, trees=120),
-                                 ReferenceBook(refs, labels, "logits", np.arange(60)))
+    evidence = ReferenceEvidence(
+        _fitted_matcher(refs, labels, trees=120), ReferenceBook(refs, labels, "logits", np.arange(60))
+    )
     evidence.asked.add(0)
     for probe in range(1, 7):
-        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+        evidence.update(probe, tier_view(a[probe : probe + 1], "logits"))
     assert evidence.posterior()[:2] == pytest.approx([0.5, 0.5], abs=1e-6)  # A and B answer every other probe alike
     assert evidence.next_probe(rng, confidence=0.99) is None  # no answer can make either certain
     assert evidence.next_probe(rng) is not None  # without a confidence to reach, it goes on verifying
@@ -202,11 +247,11 @@ def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
         probe = evidence.next_probe(rng)
         assert probe is not None and probe < 10
         split.append(probe)
-        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+        evidence.update(probe, tier_view(a[probe : probe + 1], "logits"))
     assert len(split) < 10 and evidence.posterior()[0] > 0.999
     verified = []
     for _ in range(10 - len(split)):  # nothing splits any more: verify A where B parts first
         verified.append(probe := evidence.next_probe(rng))
-        evidence.update(probe, tier_view(a[probe:probe + 1], "logits"))
+        evidence.update(probe, tier_view(a[probe : probe + 1], "logits"))
     assert verified and sorted(split + verified) == list(range(10))
     assert evidence.next_probe(rng) >= 10  # then on, where only the far candidate C parts

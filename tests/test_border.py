@@ -14,17 +14,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from hspi.border_store import (
-    INDEX_FILE, SELECTION_FILE, BorderIndex, BorderSelection, BorderStore, SelectionFile, border_dir, load_selection,
-    read_answers, save_index, save_selection, selection_sha256, write_answers,
-)
-from hspi.errors import ConfigError, DatasetError, HspiError, ModelError
-from hspi.platform import HEADS
-from hspi.features.border import TextAnswers, bf16_spacing, greedy_top2, relative_margin, select_smallest
 from hspi.classifier.greedy_vote import GreedyVote, load_text_vote, rank_probes, text_vote_path
+from hspi.collector.border_store import (
+    INDEX_FILE,
+    SELECTION_FILE,
+    BorderIndex,
+    BorderSelection,
+    BorderStore,
+    SelectionFile,
+    border_dir,
+    load_selection,
+    read_answers,
+    save_index,
+    save_selection,
+    selection_sha256,
+    write_answers,
+)
 from hspi.collector.models import MODEL_SPECS, model_spec
 from hspi.collector.probes import ARC_STEP_BITS, BORDER_STREAM_SIZE, ProbeSet
 from hspi.collector.worker import RunPlan, plan_ids
+from hspi.errors import ConfigError, DatasetError, HspiError, ModelError
+from hspi.features.border import TextAnswers, bf16_spacing, greedy_top2, relative_margin, select_smallest
+from hspi.platform import HEADS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "cpu-amd-epyc"
 
@@ -42,6 +53,7 @@ def border(model: str) -> ProbeSet:
 
 
 # --- the border candidate stream ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", list(MODEL_SPECS))
 def test_border_candidates_regenerate_bit_for_bit(model):
@@ -82,9 +94,12 @@ def test_arc_layout_starts_at_the_first_endpoint_and_stays_standard_normal():
 def test_pool_and_fresh_streams_are_unchanged():
     spec = model_spec("mlp")
     rng = np.random.default_rng([sum(map(ord, spec.version)), 1, 3])
-    np.testing.assert_array_equal(ProbeSet(spec, "pool", 8).inputs(np.array([3]))[0],
-                                  rng.standard_normal(spec.input_shape).astype(np.float32))
-    assert not np.array_equal(border("mlp").inputs(np.array([3]))[0], ProbeSet(spec, "pool", 8).inputs(np.array([3]))[0])
+    np.testing.assert_array_equal(
+        ProbeSet(spec, "pool", 8).inputs(np.array([3]))[0], rng.standard_normal(spec.input_shape).astype(np.float32)
+    )
+    assert not np.array_equal(
+        border("mlp").inputs(np.array([3]))[0], ProbeSet(spec, "pool", 8).inputs(np.array([3]))[0]
+    )
 
 
 def test_border_stream_bad_ids_and_sizes():
@@ -93,7 +108,7 @@ def test_border_stream_bad_ids_and_sizes():
     with pytest.raises(ConfigError, match="0..9"):
         ProbeSet(model_spec("mlp"), "border", 10).inputs(np.array([-1]))
     with pytest.raises(ConfigError, match="too many to list"):
-        border("mlp").ids
+        _ = border("mlp").ids
     with pytest.raises(ConfigError, match="border stream"):
         ProbeSet(model_spec("mlp"), "border", 0)
     np.testing.assert_array_equal(ProbeSet(model_spec("mlp"), "border", 4).ids, np.arange(4))
@@ -102,7 +117,9 @@ def test_border_stream_bad_ids_and_sizes():
 def test_run_plan_explicit_ids():
     plan = RunPlan(name="b", probe_set="border", size=BORDER_STREAM_SIZE, ids=[9, 4, 2**30])
     assert plan_ids(plan).tolist() == [9, 4, 2**30]
-    shuffled = plan_ids(RunPlan(name="b", probe_set="border", size=BORDER_STREAM_SIZE, ids=list(range(50)), shuffle=True, seed=3))
+    shuffled = plan_ids(
+        RunPlan(name="b", probe_set="border", size=BORDER_STREAM_SIZE, ids=list(range(50)), shuffle=True, seed=3)
+    )
     assert sorted(shuffled.tolist()) == list(range(50)) and shuffled.tolist() != list(range(50))
     legacy = RunPlan(name="replay", probe_set="pool", size=100, subset=10, shuffle=True, seed=7)
     assert plan_ids(legacy).tolist() == plan_ids(RunPlan(**legacy.model_dump())).tolist()
@@ -110,6 +127,7 @@ def test_run_plan_explicit_ids():
 
 
 # --- margins and selection ----------------------------------------------------------------------
+
 
 def test_greedy_ties_go_to_the_lower_id_and_margins_are_exact():
     out = np.array([[1.0, 3.0, 3.0, 0.0], [0.5, 0.25, 2.0, 2.0 - 2**-20]], dtype=np.float32)
@@ -125,7 +143,7 @@ def test_relative_margin_is_in_bf16_steps_and_scale_free(exponent, top, gap):
     out = np.array([[top, top - gap, -1.0]]) * 2.0**exponent
     rel = relative_margin(out)[0]
     assert rel == pytest.approx(gap / 2**-7, rel=1e-9, abs=1e-12)
-    assert bf16_spacing(np.array([top * 2.0**exponent]))[0] == 2.0**(exponent - 7)
+    assert bf16_spacing(np.array([top * 2.0**exponent]))[0] == 2.0 ** (exponent - 7)
 
 
 @settings(max_examples=60, deadline=None)
@@ -171,6 +189,7 @@ def test_last_token_scan_matches_the_module():
 
 
 # --- the border store ---------------------------------------------------------------------------
+
 
 def answers(n: int = 6, seed: int = 0) -> TextAnswers:
     out = np.random.default_rng(seed).standard_normal((n, 9)).astype(np.float32)
@@ -223,9 +242,24 @@ def test_any_byte_flip_is_caught_or_harmless(tmp_path):
 
 
 def test_store_refuses_an_index_of_another_selection(tmp_path):
-    selection = SelectionFile(models={"mlp": BorderSelection(
-        model="mlp", probe_set="mlp-v1/probes-v1/border", stream_size=BORDER_STREAM_SIZE, method="test", scanned=1,
-        bases=1, seconds=0.0, ids=[1], greedy=[0], second=[1], margin=[0.0], relative_margin=[0.0])})
+    selection = SelectionFile(
+        models={
+            "mlp": BorderSelection(
+                model="mlp",
+                probe_set="mlp-v1/probes-v1/border",
+                stream_size=BORDER_STREAM_SIZE,
+                method="test",
+                scanned=1,
+                bases=1,
+                seconds=0.0,
+                ids=[1],
+                greedy=[0],
+                second=[1],
+                margin=[0.0],
+                relative_margin=[0.0],
+            )
+        }
+    )
     save_selection(tmp_path, selection)
     save_index(tmp_path, BorderIndex(dataset="x", selections={"mlp": "0" * 64}))
     with pytest.raises(DatasetError, match="mlp answers .* another selection.json"):
@@ -242,22 +276,38 @@ def test_store_refuses_an_index_of_another_selection(tmp_path):
 
 # --- the greedy vote ----------------------------------------------------------------------------
 
+
 def labels_for(n_classes: int) -> list[dict[str, str]]:
-    return [{"hardware": f"hw{i % 2}", "dtype": ["fp32", "bf16", "fp16"][i % 3], "engine": "torch-eager",
-             "kernel": f"k{i % 4}", "full": f"c{i}"} for i in range(n_classes)]
+    return [
+        {
+            "hardware": f"hw{i % 2}",
+            "dtype": ["fp32", "bf16", "fp16"][i % 3],
+            "engine": "torch-eager",
+            "kernel": f"k{i % 4}",
+            "full": f"c{i}",
+        }
+        for i in range(n_classes)
+    ]
 
 
 def make_vote(greedy: np.ndarray, *, vocab: int = 16, repeated: dict | None = None, **params) -> GreedyVote:
     n_classes, n = greedy.shape
     second = (greedy + 1) % vocab
     ids = np.arange(10, 10 + n)
-    return GreedyVote(**params).fit({"border": (ids, greedy, second)}, repeated or {},
-                                    classes=[f"c{i}" for i in range(n_classes)], labels=labels_for(n_classes),
-                                    vocab_size=vocab)
+    return GreedyVote(**params).fit(
+        {"border": (ids, greedy, second)},
+        repeated or {},
+        classes=[f"c{i}" for i in range(n_classes)],
+        labels=labels_for(n_classes),
+        vocab_size=vocab,
+    )
 
 
-tables = st.integers(2, 6).flatmap(lambda c: st.integers(1, 12).flatmap(
-    lambda n: st.lists(st.integers(0, 15), min_size=c * n, max_size=c * n).map(lambda v: np.array(v).reshape(c, n))))
+tables = st.integers(2, 6).flatmap(
+    lambda c: st.integers(1, 12).flatmap(
+        lambda n: st.lists(st.integers(0, 15), min_size=c * n, max_size=c * n).map(lambda v: np.array(v).reshape(c, n))
+    )
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -283,7 +333,9 @@ def test_log_likelihoods_are_at_most_zero_and_the_true_class_wins(greedy, data):
 @settings(max_examples=60, deadline=None)
 @given(tables, st.data())
 def test_information_gain_is_bounded_and_zero_where_classes_agree(greedy, data):
-    greedy = np.concatenate([greedy, np.full((greedy.shape[0], 1), 3)], axis=1)  # a last probe every class answers alike
+    greedy = np.concatenate(
+        [greedy, np.full((greedy.shape[0], 1), 3)], axis=1
+    )  # a last probe every class answers alike
     vote = make_vote(greedy)
     weights = np.array(data.draw(st.lists(st.floats(0.01, 1), min_size=len(greedy), max_size=len(greedy))))
     post = weights / weights.sum()
@@ -315,7 +367,11 @@ def test_unknown_platform_is_flagged_and_known_is_not():
     greedy = rng.integers(0, 16, size=(5, 64))
     vote = make_vote(greedy[:4])  # class 4 is left out: a platform nobody collected
     ids = vote.probe_ids_["border"]
-    known = [vote.match_score({"border": (ids[s:s + 16], greedy[c, s:s + 16])}) for c in range(4) for s in (0, 16, 32, 48)]
+    known = [
+        vote.match_score({"border": (ids[s : s + 16], greedy[c, s : s + 16])})
+        for c in range(4)
+        for s in (0, 16, 32, 48)
+    ]
     vote.calibrate(known)
     assert vote.threshold_ <= 0
     assert not vote.predict({"border": (ids[:16], greedy[2, :16])}).unknown
@@ -333,9 +389,13 @@ def test_vote_json_round_trip_and_errors(tmp_path):
     back = load_text_vote(tmp_path, "mlp")
     assert back.metadata_ == {"model": "mlp"} and path == tmp_path / "mlp" / "text" / "greedy-vote.json"
     ids = vote.probe_ids_["border"]
-    np.testing.assert_array_equal(back.log_likelihood("border", ids, greedy[0]), vote.log_likelihood("border", ids, greedy[0]))
+    np.testing.assert_array_equal(
+        back.log_likelihood("border", ids, greedy[0]), vote.log_likelihood("border", ids, greedy[0])
+    )
     assert back.threshold_ == vote.threshold_ and back.get_params() == vote.get_params()
-    np.testing.assert_array_equal(back.information_gain(np.full(3, 1 / 3), "border"), vote.information_gain(np.full(3, 1 / 3), "border"))
+    np.testing.assert_array_equal(
+        back.information_gain(np.full(3, 1 / 3), "border"), vote.information_gain(np.full(3, 1 / 3), "border")
+    )
     with pytest.raises(ModelError, match="not fitted"):
         GreedyVote().log_likelihood("border", ids, greedy[0])
     with pytest.raises(ConfigError, match="unknown probe kind"):
@@ -357,26 +417,30 @@ TWO_CONFIGS = ["cpu:native/fp32/torch-eager", "cpu:native/bf16/torch-eager/bs=8"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset of two shipped configurations (their stored shards) with a small real border search."""
-    from hspi.dataset import load_manifest, save_manifest
     from hspi.collector.border_search import search_border
+    from hspi.dataset import load_manifest, save_manifest
 
     out = tmp_path_factory.mktemp("border") / "two"
     manifest = load_manifest(SHIPPED)
     manifest.configs = {c: r for c, r in manifest.configs.items() if c in TWO_CONFIGS}
     save_manifest(out, manifest)
     os.symlink(SHIPPED / "shards", out / "shards")
-    selection = SelectionFile(models={"mlp": BorderSelection(**search_border("mlp", n=6, arcs=2)),
-                                      "lm-small": BorderSelection(**search_border("lm-small", n=6, prefixes=1))})
+    selection = SelectionFile(
+        models={
+            "mlp": BorderSelection(**search_border("mlp", n=6, arcs=2)),
+            "lm-small": BorderSelection(**search_border("lm-small", n=6, prefixes=1)),
+        }
+    )
     save_selection(border_dir(out), selection)
     return out
 
 
 @pytest.mark.slow
 def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: Path) -> None:
-    from hspi.dataset import Dataset
-    from hspi.cli_border import border_app
-    from hspi.collector.border_collect import collect_border, verify_border
     from hspi.classifier.text_tier import border_report
+    from hspi.cli.border import border_app
+    from hspi.collector.border_collect import collect_border, verify_border
+    from hspi.dataset import Dataset
 
     seen = []
     index = collect_border(tiny, on_progress=lambda c, d, n: seen.append(c))
@@ -404,7 +468,9 @@ def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: 
     assert mlp["epsilon"]["min"] == mlp["epsilon"]["max"] == 0.01
     pool = Dataset(tiny).responses(TWO_CONFIGS[0], "replay", "lm-small")
     seen_pool = TextAnswers.from_outputs(pool.probe_set, pool.probe_ids, pool.as_float32())
-    verdict = votes["lm-small"].predict({"pool": (seen_pool.probe_ids, seen_pool.greedy), "border": (fp32.probe_ids, fp32.greedy)})
+    verdict = votes["lm-small"].predict(
+        {"pool": (seen_pool.probe_ids, seen_pool.greedy), "border": (fp32.probe_ids, fp32.greedy)}
+    )
     assert verdict.heads["dtype"][0] == "fp32" and not verdict.unknown
 
     # a damaged shard ends in one DatasetError line, through the library and through the CLI
@@ -416,19 +482,24 @@ def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: 
         with pytest.raises(DatasetError) as info:
             BorderStore(border_dir(tiny)).answers(TWO_CONFIGS[0], "border", "mlp")
         assert "\n" not in str(info.value)
-        run = CliRunner().invoke(border_app, ["report", "--dataset", str(tiny), "--json", str(tmp_path / "r.json"),
-                                              "--no-plot", "--no-votes"], standalone_mode=False)
+        run = CliRunner().invoke(
+            border_app,
+            ["report", "--dataset", str(tiny), "--json", str(tmp_path / "r.json"), "--no-plot", "--no-votes"],
+            standalone_mode=False,
+        )
         assert isinstance(run.exception, DatasetError) and "border shard" in str(run.exception)
     finally:
         path.write_bytes(good)
 
 
 def test_cli_bad_inputs_are_hspi_errors(tmp_path: Path) -> None:
-    from hspi.cli_border import border_app
+    from hspi.cli.border import border_app
 
     run = CliRunner().invoke(border_app, ["collect", "--dataset", str(tmp_path)], standalone_mode=False)
     assert isinstance(run.exception, DatasetError) and "dataset.json" in str(run.exception)
-    run = CliRunner().invoke(border_app, ["search", "--dataset", str(SHIPPED), "--models", "resnet"], standalone_mode=False)
+    run = CliRunner().invoke(
+        border_app, ["search", "--dataset", str(SHIPPED), "--models", "resnet"], standalone_mode=False
+    )
     assert isinstance(run.exception, ConfigError) and "resnet" in str(run.exception)
     assert all(isinstance(e, type) and issubclass(e, HspiError) for e in (DatasetError, ConfigError))
 
@@ -436,23 +507,38 @@ def test_cli_bad_inputs_are_hspi_errors(tmp_path: Path) -> None:
 def test_index_grows_with_new_models_and_refuses_a_changed_selection(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from hspi.border_store import BorderConfig, BorderRun, BorderShardRef
     from hspi.collector.border_collect import _missing, _open_index
+    from hspi.collector.border_store import BorderConfig, BorderRun, BorderShardRef
     from hspi.platform import Platform
 
     def chosen(model: str, ids: list[int]) -> BorderSelection:
-        return BorderSelection(model=model, probe_set=f"{model}-v1/probes-v1/border", stream_size=BORDER_STREAM_SIZE,
-                               method="test", scanned=1, bases=1, seconds=0.0, ids=ids, greedy=[0] * len(ids),
-                               second=[1] * len(ids), margin=[0.0] * len(ids), relative_margin=[0.0] * len(ids))
+        return BorderSelection(
+            model=model,
+            probe_set=f"{model}-v1/probes-v1/border",
+            stream_size=BORDER_STREAM_SIZE,
+            method="test",
+            scanned=1,
+            bases=1,
+            seconds=0.0,
+            ids=ids,
+            greedy=[0] * len(ids),
+            second=[1] * len(ids),
+            margin=[0.0] * len(ids),
+            relative_margin=[0.0] * len(ids),
+        )
 
     ds = SimpleNamespace(manifest=SimpleNamespace(name="tiny"))
     index = _open_index(ds, tmp_path, SelectionFile(models={"mlp": chosen("mlp", [1, 2])}), restart=False)
-    run = BorderRun(shards={"mlp": BorderShardRef(sha256="a" * 64, n_probes=2)}, order="sorted", seed=0, seconds=1.0,
-                    provenance={})
-    index.configs["cpu:native/fp32/torch-eager"] = BorderConfig(platform=Platform(), runs={"border": run, "border-replay": run})
+    run = BorderRun(
+        shards={"mlp": BorderShardRef(sha256="a" * 64, n_probes=2)}, order="sorted", seed=0, seconds=1.0, provenance={}
+    )
+    index.configs["cpu:native/fp32/torch-eager"] = BorderConfig(
+        platform=Platform(), runs={"border": run, "border-replay": run}
+    )
     save_index(tmp_path, index)
-    grown = _open_index(ds, tmp_path, SelectionFile(models={"mlp": chosen("mlp", [1, 2]), "cnn": chosen("cnn", [5])}),
-                        restart=False)
+    grown = _open_index(
+        ds, tmp_path, SelectionFile(models={"mlp": chosen("mlp", [1, 2]), "cnn": chosen("cnn", [5])}), restart=False
+    )
     assert sorted(grown.selections) == ["cnn", "mlp"]
     assert _missing(grown, "cpu:native/fp32/torch-eager", ["cnn", "mlp"]) == ["cnn"]  # only the new model runs
     assert _missing(grown, "cpu:sse42/fp32/torch-eager", ["cnn", "mlp"]) == ["cnn", "mlp"]

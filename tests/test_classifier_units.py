@@ -13,11 +13,15 @@ from hspi.classifier.evidence import PROB_FLOOR, group_sum, log_odds, log_prob, 
 from hspi.classifier.lgbm import BinaryBooster, MulticlassBooster
 from hspi.errors import ConfigError, ModelError
 
-float32_matrices = hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 6)),
-                              elements=st.floats(width=32, allow_nan=True, allow_infinity=True))
+float32_matrices = hnp.arrays(
+    np.float32,
+    st.tuples(st.integers(1, 5), st.integers(1, 6)),
+    elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+)
 
 
 # --- baseline encodings ------------------------------------------------------------------------
+
 
 @settings(max_examples=80, deadline=None)
 @given(float32_matrices)
@@ -38,7 +42,7 @@ def test_sign_exponent_mantissa_encoding_rebuilds_the_floats(values):
     n, k = values.shape
     fields = encode(values, "sign-exponent-mantissa")
     assert fields.shape == (n, 3 * k)
-    sign, exponent, mantissa = (fields[:, i * k:(i + 1) * k].astype(np.uint32) for i in range(3))
+    sign, exponent, mantissa = (fields[:, i * k : (i + 1) * k].astype(np.uint32) for i in range(3))
     assert (sign <= 1).all() and (exponent <= 255).all() and (mantissa < 2**23).all()
     rebuilt = (sign << np.uint32(31)) | (exponent << np.uint32(23)) | mantissa
     np.testing.assert_array_equal(rebuilt, values.view(np.uint32))
@@ -96,6 +100,7 @@ def test_baseline_with_one_class_is_uninformative():
 
 
 # --- LightGBM wrappers -------------------------------------------------------------------------
+
 
 def blobs(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -163,6 +168,7 @@ def test_unfitted_boosters_refuse_to_predict(cls):
 
 # --- evidence ----------------------------------------------------------------------------------
 
+
 def test_group_sum():
     per_probe = np.array([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0], [8.0, 80.0]])
     out = group_sum(per_probe, np.array([0, 2, 0, 2]))
@@ -194,6 +200,7 @@ def test_log_prob_clips_at_the_floor():
 
 # --- intrinsic heads: tree counts chosen on held-out groups, the prior when nothing generalises ---
 
+
 def _intrinsic_data(seed: int = 0, n_groups: int = 30, per_group: int = 12):
     """Head "signal" is a noisy function of feature 0; head "noise" is independent of every feature."""
     rng = np.random.default_rng(seed)
@@ -206,6 +213,7 @@ def _intrinsic_data(seed: int = 0, n_groups: int = 30, per_group: int = 12):
 
 def test_intrinsic_heads_keep_trees_only_where_they_generalise():
     from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
+
     X, y, groups = _intrinsic_data()
     clf = IntrinsicClassifier(heads=("signal", "noise")).fit(X, y, groups=groups)
     assert clf.rounds_["signal"][1] > 0 and isinstance(clf.heads_["signal"], MulticlassBooster)
@@ -217,6 +225,7 @@ def test_intrinsic_heads_keep_trees_only_where_they_generalise():
 
 def test_intrinsic_without_groups_grows_the_fixed_size():
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     X, y, _ = _intrinsic_data()
     clf = IntrinsicClassifier(heads=("noise",), n_estimators=7).fit(X, y)
     assert clf.rounds_["noise"] == {1: 7}
@@ -225,6 +234,7 @@ def test_intrinsic_without_groups_grows_the_fixed_size():
 
 def test_intrinsic_sample_weight_sets_the_prior():
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     X, y, groups = _intrinsic_data()
     weight = np.where(y["noise"] == "b", 10.0, 1.0)  # b now outweighs a 10:3
     clf = IntrinsicClassifier(heads=("noise",)).fit(X, y, groups=groups, sample_weight=weight)
@@ -234,6 +244,7 @@ def test_intrinsic_sample_weight_sets_the_prior():
 
 def test_intrinsic_target_prior_shifts_and_rules_out_labels():
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     X, y, groups = _intrinsic_data()
     clf = IntrinsicClassifier(heads=("noise", "signal")).fit(X, y, groups=groups)
     rows = np.arange(8)
@@ -248,6 +259,7 @@ def test_intrinsic_target_prior_shifts_and_rules_out_labels():
 
 def test_intrinsic_heads_choose_trees_per_audit_size():
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     rng = np.random.default_rng(7)
     # 40 targets x 24 probes; each target's label shows weakly in every probe (one feature shifted by 0.7 sd)
     targets = np.repeat(np.arange(40), 24)
@@ -255,8 +267,9 @@ def test_intrinsic_heads_choose_trees_per_audit_size():
     X = rng.normal(size=(len(targets), 3))
     X[:, 0] += np.where(labels == "even", 0.35, -0.35)
     groups = np.tile(np.arange(24), 40)  # which probe: validation holds other probes
-    clf = IntrinsicClassifier(heads=("weak",)).fit(X, {"weak": labels}, groups=groups, targets=targets,
-                                                   audit_sizes=(1, 4, 16))
+    clf = IntrinsicClassifier(heads=("weak",)).fit(
+        X, {"weak": labels}, groups=groups, targets=targets, audit_sizes=(1, 4, 16)
+    )
     assert set(clf.rounds_["weak"]) == {1, 4, 16}
     assert clf.rounds_for("weak", 16) > 0  # sixteen weak probes of one target add up
     assert clf.rounds_for("weak", 9) == clf.rounds_["weak"][4] and clf.rounds_for("weak", 40) == clf.rounds_["weak"][16]
@@ -271,6 +284,7 @@ def test_intrinsic_heads_choose_trees_per_audit_size():
 
 def test_intrinsic_validation_needs_two_groups():
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     X, y, _ = _intrinsic_data()
     with pytest.raises(ModelError, match="two row groups"):
         IntrinsicClassifier(heads=("signal",)).fit(X, y, groups=np.zeros(len(X)))
@@ -279,6 +293,7 @@ def test_intrinsic_validation_needs_two_groups():
 def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
     from hspi.classifier.artifacts import load_intrinsic, save_intrinsic
     from hspi.classifier.intrinsic import IntrinsicClassifier
+
     X, y, groups = _intrinsic_data()
     y["constant"] = np.array(["only"] * len(X))
     clf = IntrinsicClassifier(heads=("signal", "noise", "constant")).fit(X, y, groups=groups)
@@ -297,6 +312,7 @@ def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
 
 # --- transfer-model training rows -----------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_transfer_trains_on_each_configs_own_labels():
     """The transfer test scores a config's own label, so training rows carry their config's own label
@@ -307,8 +323,7 @@ def test_transfer_trains_on_each_configs_own_labels():
 
     dataset = Dataset(CPU_DATASET)
     data = {m: load_model_data(dataset, m) for m in ("mlp", "cnn")}
-    merged = [cid for cid in data["cnn"].replay
-              if any("|" in v for v in data["cnn"].config_labels[cid].values())]
+    merged = [cid for cid in data["cnn"].replay if any("|" in v for v in data["cnn"].config_labels[cid].values())]
     assert merged  # the shipped cnn merges configs whose labels differ: the case under test
     rows = Evaluation(dataset, open_set=False).transfer_training_set(data, "lm-small", "top1")
     assert set(rows.source) == {"mlp", "cnn"}
@@ -320,6 +335,7 @@ def test_transfer_trains_on_each_configs_own_labels():
 
 def test_trees_replace_the_prior_only_beyond_one_standard_error():
     from hspi.classifier.intrinsic import beats_prior
+
     # 1,000 validation audits: trees right on 2 the prior missed and wrong on 1 it got: +0.001, SE 0.0017
     few = np.r_[np.ones(2), -np.ones(1), np.zeros(997)]
     assert not beats_prior(few)

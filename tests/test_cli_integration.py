@@ -71,16 +71,32 @@ def test_interrupted_collection_resumes_and_reproduces_bits(smoke: Path, tmp_pat
     after = load_manifest(copy)
     assert set(after.configs) == set(load_manifest(smoke).configs)
     for run in ("reference", "replay", "fresh"):  # a fresh process reproduces the stored outputs bit for bit
-        assert {m: r.shard for m, r in after.configs[lost].runs[run].shards.items()} == \
-               {m: r.shard for m, r in before.runs[run].shards.items()}
+        assert {m: r.shard for m, r in after.configs[lost].runs[run].shards.items()} == {
+            m: r.shard for m, r in before.runs[run].shards.items()
+        }
     untouched = "cpu:native/fp32/torch-eager"
-    assert after.configs[untouched].runs["reference"].seconds == load_manifest(smoke).configs[untouched].runs["reference"].seconds
+    assert (
+        after.configs[untouched].runs["reference"].seconds
+        == load_manifest(smoke).configs[untouched].runs["reference"].seconds
+    )
 
 
 def test_evaluate_writes_the_contract(smoke: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    proc = hspi("evaluate", "--dataset", str(smoke), "--json", str(out), "--models", "lm-small,mlp",
-                "--tiers", "logits,top1", "--no-open-set", "--plots", str(tmp_path / "plots"))
+    proc = hspi(
+        "evaluate",
+        "--dataset",
+        str(smoke),
+        "--json",
+        str(out),
+        "--models",
+        "lm-small,mlp",
+        "--tiers",
+        "logits,top1",
+        "--no-open-set",
+        "--plots",
+        str(tmp_path / "plots"),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert {"dataset", "n_classes", "classes", "results", "open_set", "throughput"} <= set(result)
@@ -100,8 +116,9 @@ def test_open_set_leaves_each_class_out_for_both_audit_kinds(smoke: Path) -> Non
     result = Evaluation(Dataset(smoke), models=["mlp"], tiers=["logits"]).run()
     rows, classes = result["open_set"], result["models"]["mlp"]["classes"]
     assert len(classes) >= 3
-    assert {(r["held_out_class"], r["queries"]) for r in rows if r["method"] == "lightgbm-sequential"} == \
-        {(c, q) for c in classes for q in (1, 4, 16)}
+    assert {(r["held_out_class"], r["queries"]) for r in rows if r["method"] == "lightgbm-sequential"} == {
+        (c, q) for c in classes for q in (1, 4, 16)
+    }
     assert {r["held_out_class"] for r in rows if r["method"] == "lightgbm"} == set(classes)
     # these classes differ in dtype or ISA everywhere: each left-out one is told from the rest
     assert all(r["auroc"] >= 0.95 for r in rows), [r for r in rows if r["auroc"] < 0.95]
@@ -112,8 +129,19 @@ def test_train_then_demo_identifies_a_hidden_platform(smoke: Path, tmp_path: Pat
     proc = hspi("train", "--dataset", str(smoke), "--out", str(tmp_path / "clf"), "--tiers", "logits")
     assert proc.returncode == 0, proc.stderr
     assert not list((tmp_path / "clf").rglob("*.pkl"))
-    proc = hspi("demo", "--dataset", str(smoke), "--classifier", str(tmp_path / "clf"), "--model", "lm-small",
-                "--queries", "4", "--seed", "3")
+    proc = hspi(
+        "demo",
+        "--dataset",
+        str(smoke),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--model",
+        "lm-small",
+        "--queries",
+        "4",
+        "--seed",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "the hidden platform was" in proc.stdout
     full_row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("│ full"))
@@ -126,12 +154,15 @@ def test_merge_keeps_every_configuration(smoke: Path, tmp_path: Path) -> None:
     assert len(load_manifest(tmp_path / "merged").configs) == 4
 
 
-@pytest.mark.parametrize("args, needle, code", [
-    (["collect", "--grid", "nope", "--out", "X"], "unknown grid 'nope'", 2),
-    (["collect", "--grid", "cpu-smoke", "--models", "gpt9", "--out", "X"], "unknown model 'gpt9'", 2),
-    (["evaluate", "--dataset", "does-not-exist", "--json", "x.json"], "no dataset at does-not-exist", 3),
-    (["evaluate", "--dataset", ".", "--json", "x.json", "--tiers", "top3"], "unknown tier 'top3'", 2),
-])
+@pytest.mark.parametrize(
+    "args, needle, code",
+    [
+        (["collect", "--grid", "nope", "--out", "X"], "unknown grid 'nope'", 2),
+        (["collect", "--grid", "cpu-smoke", "--models", "gpt9", "--out", "X"], "unknown model 'gpt9'", 2),
+        (["evaluate", "--dataset", "does-not-exist", "--json", "x.json"], "no dataset at does-not-exist", 3),
+        (["evaluate", "--dataset", ".", "--json", "x.json", "--tiers", "top3"], "unknown tier 'top3'", 2),
+    ],
+)
 def test_bad_input_is_one_line(args: list[str], needle: str, code: int, tmp_path: Path) -> None:
     proc = hspi(*args, cwd=tmp_path)
     assert proc.returncode == code
@@ -156,7 +187,9 @@ def test_one_class_dataset_is_refused(smoke: Path, tmp_path: Path) -> None:
     manifest = load_manifest(copy)
     manifest.configs = {k: v for k, v in manifest.configs.items() if k == "cpu:native/fp32/torch-eager"}
     save_manifest(copy, manifest)
-    proc = hspi("evaluate", "--dataset", str(copy), "--json", str(tmp_path / "x.json"), "--models", "mlp", "--no-open-set")
+    proc = hspi(
+        "evaluate", "--dataset", str(copy), "--json", str(tmp_path / "x.json"), "--models", "mlp", "--no-open-set"
+    )
     assert proc.returncode == 3
     assert "one equivalence class" in proc.stderr
 
@@ -165,7 +198,9 @@ def test_mismatched_probe_sets_refuse_to_merge(smoke: Path, tmp_path: Path) -> N
     other = tmp_path / "other"
     shutil.copytree(smoke, other)
     manifest = load_manifest(other)
-    manifest.probe_sets = {m: {k.replace("probes-v1", "probes-v0"): n for k, n in s.items()} for m, s in manifest.probe_sets.items()}
+    manifest.probe_sets = {
+        m: {k.replace("probes-v1", "probes-v0"): n for k, n in s.items()} for m, s in manifest.probe_sets.items()
+    }
     save_manifest(other, manifest)
     proc = hspi("dataset", "merge", str(tmp_path / "m"), str(smoke), str(other))
     assert proc.returncode == 3
@@ -190,7 +225,7 @@ def test_splitting_replay_answers_resumes_and_reaches_the_evaluation(smoke: Path
     for model, chosen in ids.items():
         assert chosen == sorted(splitting_replay.splitting_probes(ds, model, 1.0).tolist()) and chosen
     union = sorted({i for v in ids.values() for i in v})
-    for cid, record in ds.manifest.configs.items():
+    for cid, _record in ds.manifest.configs.items():
         for model in ds.models:
             got = ds.responses(cid, SPLITTING_RUN, model)
             assert sorted(got.probe_ids.tolist()) == union
@@ -270,12 +305,16 @@ def test_splitting_search_extends_the_pool_resumes_and_reaches_audits(smoke: Pat
     from hspi.classifier.evaluation import Evaluation
 
     rows = Evaluation(ds, models=["mlp"], tiers=["logits"]).run()["open_set"]
-    audited = {m: {(r["held_out_class"], r["queries"]) for r in rows if r["method"] == m}
-               for m in ("lightgbm-sequential", "lightgbm-sequential-untargeted")}
-    assert audited["lightgbm-sequential"] and audited["lightgbm-sequential"] == audited["lightgbm-sequential-untargeted"]
+    audited = {
+        m: {(r["held_out_class"], r["queries"]) for r in rows if r["method"] == m}
+        for m in ("lightgbm-sequential", "lightgbm-sequential-untargeted")
+    }
+    assert (
+        audited["lightgbm-sequential"] and audited["lightgbm-sequential"] == audited["lightgbm-sequential-untargeted"]
+    )
 
     # audits build their reference book over the extended pool, so they may ask a searched probe
-    from hspi.audit import _ReferenceContext
+    from hspi.audit.engine import _ReferenceContext
 
     context = _ReferenceContext(copy, "mlp")
     assert context.pool_ids.tolist() == list(range(40)) + chosen

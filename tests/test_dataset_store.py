@@ -13,16 +13,26 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hspi.dataset import (
-    FORMAT, MANIFEST, ConfigRecord, Dataset, Manifest, RunRecord, ShardRef, load_manifest, read_shard,
-    save_manifest, write_shard,
+    FORMAT,
+    MANIFEST,
+    ConfigRecord,
+    Dataset,
+    Manifest,
+    RunRecord,
+    ShardRef,
+    load_manifest,
+    read_shard,
+    save_manifest,
+    write_shard,
 )
 from hspi.errors import DatasetError
 from hspi.platform import Platform
 from hspi.responses import Responses, bfloat16_bits_to_float32, float32_to_bfloat16_bits
 
 
-def make_responses(native_dtype: str, n: int = 6, width: int = 12, seed: int = 0,
-                   probe_set: str = "mlp-v1/probes-v1/pool") -> Responses:
+def make_responses(
+    native_dtype: str, n: int = 6, width: int = 12, seed: int = 0, probe_set: str = "mlp-v1/probes-v1/pool"
+) -> Responses:
     values = (np.random.default_rng(seed).standard_normal((n, width)) * 4).astype(np.float32)
     if native_dtype == "float32":
         native = values
@@ -39,6 +49,7 @@ def shard_files(directory: Path) -> list[Path]:
 
 
 # --- bf16 conversions --------------------------------------------------------------------------
+
 
 @settings(max_examples=100, deadline=None)
 @given(hnp.arrays(np.uint16, st.integers(1, 32)))
@@ -63,10 +74,12 @@ def test_bf16_conversions_agree_with_torch(values):
 def test_bf16_known_words():
     np.testing.assert_array_equal(
         bfloat16_bits_to_float32(np.array([0x3F80, 0xC000, 0x0000, 0x3FC0], dtype=np.uint16)),
-        np.array([1.0, -2.0, 0.0, 1.5], dtype=np.float32))
+        np.array([1.0, -2.0, 0.0, 1.5], dtype=np.float32),
+    )
 
 
 # --- Responses ---------------------------------------------------------------------------------
+
 
 def test_responses_reject_shape_mismatch_and_unknown_dtype():
     ids = np.arange(3, dtype=np.int32)
@@ -101,6 +114,7 @@ def test_select_returns_rows_in_requested_order():
 
 
 # --- shards ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("native_dtype", ["float32", "float16", "bfloat16"])
 def test_shard_round_trip(tmp_path, native_dtype):
@@ -214,15 +228,23 @@ def test_missing_shard(tmp_path):
 
 # --- manifest ----------------------------------------------------------------------------------
 
+
 def sample_manifest(ref: ShardRef) -> Manifest:
     platform = Platform(profile="avx2", dtype="bf16", batch_size=8, mkl_cbwr="COMPATIBLE")
-    run = RunRecord(shards={"mlp": ref}, provenance={"onednn_isa": "Intel AVX2", "cpu_flags": ["avx2", "fma"]},
-                    seconds=1.25)
+    run = RunRecord(
+        shards={"mlp": ref}, provenance={"onednn_isa": "Intel AVX2", "cpu_flags": ["avx2", "fma"]}, seconds=1.25
+    )
     return Manifest(
-        name="unit", grid="cpu-default", probe_sets={"mlp": {ref.probe_set: 6}},
-        configs={platform.id: ConfigRecord(platform=platform, labels={"dtype": "bf16"}, runs={"reference": run},
-                                           source="unit")},
-        created="2025-01-01T00:00:00Z", notes=["a note"],
+        name="unit",
+        grid="cpu-default",
+        probe_sets={"mlp": {ref.probe_set: 6}},
+        configs={
+            platform.id: ConfigRecord(
+                platform=platform, labels={"dtype": "bf16"}, runs={"reference": run}, source="unit"
+            )
+        },
+        created="2025-01-01T00:00:00Z",
+        notes=["a note"],
     )
 
 
@@ -270,13 +292,16 @@ def test_load_manifest_missing_directory(tmp_path):
     assert str(missing) in str(info.value)
 
 
-@pytest.mark.parametrize("text", [
-    "{not json",
-    "",
-    json.dumps({"format": FORMAT}),  # no name
-    json.dumps({"name": "x", "configs": {"c": {"platform": {"profile": "avx9"}, "labels": {}}}}),
-    json.dumps([1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "",
+        json.dumps({"format": FORMAT}),  # no name
+        json.dumps({"name": "x", "configs": {"c": {"platform": {"profile": "avx9"}, "labels": {}}}}),
+        json.dumps([1, 2, 3]),
+    ],
+)
 def test_load_manifest_corrupt(tmp_path, text):
     (tmp_path / MANIFEST).write_text(text, encoding="utf-8")
     with pytest.raises(DatasetError, match="corrupt manifest") as info:

@@ -47,6 +47,7 @@ def words(*ints: int) -> np.ndarray:
 
 # --- bits --------------------------------------------------------------------------------------
 
+
 @PROPERTY
 @given(finite_f32)
 def test_adjacent_floats_are_one_ulp_apart(x):
@@ -132,12 +133,13 @@ def test_random_floats_mostly_need_more_than_16_bits():
 
 
 def test_low_bit_rates_counts_each_low_bit():
-    rows = np.stack([words(0x3F800001, 0x3F800000, 0x3F800003, 0x3F808000),
-                     words(0x3F800000, 0x3F800000, 0x3F800000, 0x3F800000)])
+    rows = np.stack(
+        [words(0x3F800001, 0x3F800000, 0x3F800003, 0x3F808000), words(0x3F800000, 0x3F800000, 0x3F800000, 0x3F800000)]
+    )
     rates = low_bit_rates(rows, 16)
     assert rates.shape == (2, 16)
     expected = np.zeros((2, 16))
-    expected[0, 0] = 0.5   # bit 0 set in two of four words
+    expected[0, 0] = 0.5  # bit 0 set in two of four words
     expected[0, 1] = 0.25  # bit 1 set in one
     expected[0, 15] = 0.25  # bit 15 set in one
     np.testing.assert_array_equal(rates, expected)
@@ -151,6 +153,7 @@ def test_low_bit_rates_zero_for_bf16_values():
 
 
 # --- tiers -------------------------------------------------------------------------------------
+
 
 def test_check_tier():
     for tier in ("logits", "topk20", "topk5", "top1"):
@@ -193,9 +196,10 @@ def test_ties_go_to_the_lower_id():
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(2, 40)),
-                  elements=st.floats(-30, 30, width=32)),
-       st.sampled_from(["topk20", "topk5", "top1"]))
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
+    st.sampled_from(["topk20", "topk5", "top1"]),
+)
 def test_topk_tiers_properties(logits, tier):
     view = tier_view(logits, tier)
     full = reference_values(logits, tier)
@@ -225,6 +229,7 @@ def test_reference_values():
 
 
 # --- relative features -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("tier", list(TIERS))
 def test_identical_answer_is_exact(tier):
@@ -271,6 +276,7 @@ def test_ranking_disagreement_on_topk_tier():
 
 
 # --- intrinsic features ------------------------------------------------------------------------
+
 
 def test_intrinsic_feature_names_are_unique():
     assert len(set(INTRINSIC_FEATURES)) == len(INTRINSIC_FEATURES)
@@ -353,9 +359,14 @@ def test_intrinsic_accepts_a_hand_built_view():
 
 
 @settings(max_examples=300, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)),
-                  elements=st.sampled_from([-np.inf, -2.5, -1.0, -0.0, 0.0, 0.5, 3.0, np.inf, np.nan])),
-       st.integers(1, 45))
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.integers(1, 40)),
+        elements=st.sampled_from([-np.inf, -2.5, -1.0, -0.0, 0.0, 0.5, 3.0, np.inf, np.nan]),
+    ),
+    st.integers(1, 45),
+)
 def test_top_ids_is_a_stable_sort_of_each_row(values, k):
     """Heavy ties, signed zeros, infinities and NaN: the first k of a stable descending sort, ties to the lower id."""
     expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
@@ -363,7 +374,9 @@ def test_top_ids_is_a_stable_sort_of_each_row(values, k):
 
 
 @settings(max_examples=100, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(30, 600)),
-                  elements=st.floats(-30, 5, width=32)), st.sampled_from([1, 5, 20]))
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(30, 600)), elements=st.floats(-30, 5, width=32)),
+    st.sampled_from([1, 5, 20]),
+)
 def test_top_ids_matches_the_stable_sort_on_wide_rows(values, k):
     np.testing.assert_array_equal(top_ids(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])

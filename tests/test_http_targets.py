@@ -12,22 +12,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import Reply, Request, serve_asgi, serve_handler
 
 from hspi.audit import AuditSettings, run_audit
-from hspi.errors import ConfigError, TargetError
-from hspi.platform import Platform
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.target_server import create_target_app
-from hspi.collector.targets.http_client import (MAX_RESPONSE_BYTES, BudgetExhausted,
-                                                QueryBudget, _retry_after)
+from hspi.collector.targets.http_client import MAX_RESPONSE_BYTES, BudgetExhausted, QueryBudget, _retry_after
 from hspi.collector.targets.json_logits import JSONLogitsTarget
 from hspi.collector.targets.local import LocalTarget
 from hspi.collector.targets.openai import OpenAICompatibleTarget, answers_from_tokens
 from hspi.collector.targets.openai_parse import FirstToken, load_json, parse_chat_completion, parse_completion
 from hspi.collector.vocabulary import decode, encode, token_id
-
-from servers import Reply, Request, serve_asgi, serve_handler
+from hspi.errors import ConfigError, TargetError
+from hspi.platform import Platform
 
 VOCAB = 512
 PROMPT = np.arange(16, dtype=np.int64)  # any 16 token ids make a prompt
@@ -53,18 +51,42 @@ def completion(top: dict[str, float] | None, *, token: str | None = None, logpro
         best = max(top, key=lambda t: top[t])
         token = best if token is None else token
         logprob = top[best] if logprob is None else logprob
-    logprobs = {"tokens": [token], "token_logprobs": [logprob], "top_logprobs": [top] if top else None,
-                "text_offset": [16]}
-    return {"id": "cmpl-1", "object": "text_completion", "model": "lm-small",
-            "choices": [{"index": 0, "text": token, "logprobs": logprobs, "finish_reason": "length"}]}
+    logprobs = {
+        "tokens": [token],
+        "token_logprobs": [logprob],
+        "top_logprobs": [top] if top else None,
+        "text_offset": [16],
+    }
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": "lm-small",
+        "choices": [{"index": 0, "text": token, "logprobs": logprobs, "finish_reason": "length"}],
+    }
 
 
 def chat(top: list[tuple[str, float]] | None, *, token: str, logprob: float) -> dict:
-    content = [{"token": token, "logprob": logprob, "bytes": list(token.encode()),
-                "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or [])]}]
-    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "lm-small",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": token},
-                         "logprobs": {"content": content}, "finish_reason": "length"}]}
+    content = [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or [])],
+        }
+    ]
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "lm-small",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": token},
+                "logprobs": {"content": content},
+                "finish_reason": "length",
+            }
+        ],
+    }
 
 
 GOOD_TOP = {tok(i): -1.0 - 0.25 * i for i in range(20)}
@@ -76,6 +98,7 @@ def bits(values) -> np.ndarray:
 
 
 # -- the parser -----------------------------------------------------------------------------------
+
 
 def test_parse_completion_ranks_alternatives_and_keeps_float32() -> None:
     shuffled = dict(reversed(list(GOOD_TOP.items())))
@@ -117,15 +140,19 @@ def test_shortest_float32_text_round_trips_too(value: float) -> None:
     x = np.float32(value)
     text = str(x)  # numpy prints a float32 with the fewest digits that identify it
     assert float(text) == float(np.float32(float(text))) or np.float32(float(text)) == x
-    body = ('{"choices":[{"text":"\u4e00","logprobs":{"tokens":["\u4e00"],"token_logprobs":[%s]}}]}' % text).encode()
+    body = (
+        f'{{"choices":[{{"text":"\u4e00","logprobs":{{"tokens":["\u4e00"],"token_logprobs":[{text}]}}}}]}}'
+    ).encode()
     assert bits([parse_completion(body).logprob]) == bits([x])
 
 
 def test_duplicate_token_texts_leave_the_row_incomplete() -> None:
     # two tokens that decode to one string: a JSON object keyed by text holds the key twice
     entries = ", ".join(f'"{tok(i)}": {-1.0 - i}' for i in range(19))
-    body = ('{"choices":[{"text":"%s","logprobs":{"tokens":["%s"],"token_logprobs":[-1.0],'
-            '"top_logprobs":[{%s, "%s": -30.0}]}}]}' % (tok(0), tok(0), entries, tok(5))).encode()
+    body = (
+        f'{{"choices":[{{"text":"{tok(0)}","logprobs":{{"tokens":["{tok(0)}"],"token_logprobs":[-1.0],'
+        f'"top_logprobs":[{{{entries}, "{tok(5)}": -30.0}}]}}}}]}}'
+    ).encode()
     answer = parse_completion(body)
     assert len(answer.top) == 19  # the last of each text survives
     assert dict(answer.top)[tok(5)] == np.float32(-30.0)
@@ -136,8 +163,7 @@ def test_duplicate_token_texts_leave_the_row_incomplete() -> None:
     answer = parse_chat_completion(json.dumps(chat(pairs, token=tok(0), logprob=-1.0)).encode())
     assert len(answer.top) == 20
     assert not answers_from_tokens("lm-small", "pool", np.array([7]), "topk20", [answer]).complete[0]
-    assert answers_from_tokens("lm-small", "pool", np.array([7]), "topk20",
-                               [parse_completion(GOOD)]).complete[0]
+    assert answers_from_tokens("lm-small", "pool", np.array([7]), "topk20", [parse_completion(GOOD)]).complete[0]
 
 
 def test_empty_and_foreign_token_texts() -> None:
@@ -153,46 +179,81 @@ def test_empty_and_foreign_token_texts() -> None:
     assert not answers_from_tokens("lm-small", "pool", np.array([1]), "top1", [empty]).complete[0]
     foreign = parse_completion(json.dumps(completion({"a": -0.1, tok(1): -3.0, tok(2): -4.0})).encode())
     assert not answers_from_tokens("lm-small", "pool", np.array([1]), "topk5", [foreign]).complete[0]
-    ties = parse_completion(json.dumps(completion({tok(9): -1.0, tok(3): -1.0, tok(4): -2.0, tok(5): -3.0,
-                                                    tok(6): -4.0})).encode())
+    ties = parse_completion(
+        json.dumps(completion({tok(9): -1.0, tok(3): -1.0, tok(4): -2.0, tok(5): -3.0, tok(6): -4.0})).encode()
+    )
     row = answers_from_tokens("lm-small", "pool", np.array([1]), "topk5", [ties])
     assert row.complete[0] and list(row.ids[0]) == [3, 9, 4, 5, 6]  # equal values: the lower id first
 
 
-@pytest.mark.parametrize("body, expected", [
-    ({"choices": [{"text": tok(4)}]}, FirstToken(tok(4), None, None)),
-    ({"choices": [{"text": tok(4), "logprobs": None}]}, FirstToken(tok(4), None, None)),
-    ({"choices": [{"text": "", "logprobs": None}]}, FirstToken(None, None, None)),
-    ({"choices": [{"text": tok(4), "logprobs": {"tokens": [tok(4)]}}]}, FirstToken(tok(4), None, None)),
-    ({"choices": [{"text": tok(4), "logprobs": {"tokens": [tok(4)], "token_logprobs": [-1.5],
-                                                "top_logprobs": None}}]}, FirstToken(tok(4), np.float32(-1.5), None)),
-    ({"choices": [{"text": tok(4), "logprobs": {"tokens": [tok(4)], "token_logprobs": [-1.5],
-                                                "top_logprobs": [None]}}]}, FirstToken(tok(4), np.float32(-1.5), None)),
-    ({"choices": [{"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": []}}]},
-     FirstToken(None, None, None)),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"choices": [{"text": tok(4)}]}, FirstToken(tok(4), None, None)),
+        ({"choices": [{"text": tok(4), "logprobs": None}]}, FirstToken(tok(4), None, None)),
+        ({"choices": [{"text": "", "logprobs": None}]}, FirstToken(None, None, None)),
+        ({"choices": [{"text": tok(4), "logprobs": {"tokens": [tok(4)]}}]}, FirstToken(tok(4), None, None)),
+        (
+            {
+                "choices": [
+                    {"text": tok(4), "logprobs": {"tokens": [tok(4)], "token_logprobs": [-1.5], "top_logprobs": None}}
+                ]
+            },
+            FirstToken(tok(4), np.float32(-1.5), None),
+        ),
+        (
+            {
+                "choices": [
+                    {"text": tok(4), "logprobs": {"tokens": [tok(4)], "token_logprobs": [-1.5], "top_logprobs": [None]}}
+                ]
+            },
+            FirstToken(tok(4), np.float32(-1.5), None),
+        ),
+        (
+            {"choices": [{"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": []}}]},
+            FirstToken(None, None, None),
+        ),
+    ],
+)
 def test_missing_and_null_fields_mean_less_shown(body: dict, expected: FirstToken) -> None:
     assert parse_completion(json.dumps(body).encode()) == expected
 
 
-@pytest.mark.parametrize("body, expected", [
-    ({"choices": [{"message": {"role": "assistant", "content": tok(2)}}]}, FirstToken(tok(2), None, None)),
-    ({"choices": [{"message": {"role": "assistant", "content": tok(2)}, "logprobs": None}]},
-     FirstToken(tok(2), None, None)),
-    ({"choices": [{"message": {"role": "assistant", "content": tok(2)}, "logprobs": {"content": None}}]},
-     FirstToken(tok(2), None, None)),
-    ({"choices": [{"message": None, "logprobs": {"content": []}}]}, FirstToken(None, None, None)),
-    ({"choices": [{"message": {"content": tok(2)}, "logprobs": {"content": [{"token": tok(2), "logprob": -0.25,
-                                                                             "top_logprobs": []}]}}]},
-     FirstToken(tok(2), np.float32(-0.25), None)),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"choices": [{"message": {"role": "assistant", "content": tok(2)}}]}, FirstToken(tok(2), None, None)),
+        (
+            {"choices": [{"message": {"role": "assistant", "content": tok(2)}, "logprobs": None}]},
+            FirstToken(tok(2), None, None),
+        ),
+        (
+            {"choices": [{"message": {"role": "assistant", "content": tok(2)}, "logprobs": {"content": None}}]},
+            FirstToken(tok(2), None, None),
+        ),
+        ({"choices": [{"message": None, "logprobs": {"content": []}}]}, FirstToken(None, None, None)),
+        (
+            {
+                "choices": [
+                    {
+                        "message": {"content": tok(2)},
+                        "logprobs": {"content": [{"token": tok(2), "logprob": -0.25, "top_logprobs": []}]},
+                    }
+                ]
+            },
+            FirstToken(tok(2), np.float32(-0.25), None),
+        ),
+    ],
+)
 def test_chat_missing_and_null_fields(body: dict, expected: FirstToken) -> None:
     assert parse_chat_completion(json.dumps(body).encode()) == expected
 
 
 def _raw(logprob_text: str) -> bytes:
-    return ('{"choices":[{"text":"\u4e00","logprobs":{"tokens":["\u4e00"],"token_logprobs":[%s],'
-            '"top_logprobs":[{"\u4e00": %s}]}}]}' % (logprob_text, logprob_text)).encode()
+    return (
+        f'{{"choices":[{{"text":"\u4e00","logprobs":{{"tokens":["\u4e00"],"token_logprobs":[{logprob_text}],'
+        f'"top_logprobs":[{{"\u4e00": {logprob_text}}}]}}}}]}}'
+    ).encode()
 
 
 BAD_BODIES = {
@@ -218,12 +279,19 @@ BAD_BODIES = {
     "no-choices": (b'{"choices": []}', ["no choices"]),
     "choice-not-object": (b'{"choices": [3]}', ["no choices"]),
     "text-not-string": (b'{"choices": [{"text": 5}]}', ["text", "not a string"]),
-    "tokens-not-list": (b'{"choices": [{"logprobs": {"tokens": {"a": 1}, "token_logprobs": [-1]}}]}', ["tokens", "not a list"]),
-    "token-logprobs-not-list": (b'{"choices": [{"logprobs": {"tokens": ["a"], "token_logprobs": {"a": 1}}}]}',
-                                ["token_logprobs", "not a list"]),
+    "tokens-not-list": (
+        b'{"choices": [{"logprobs": {"tokens": {"a": 1}, "token_logprobs": [-1]}}]}',
+        ["tokens", "not a list"],
+    ),
+    "token-logprobs-not-list": (
+        b'{"choices": [{"logprobs": {"tokens": ["a"], "token_logprobs": {"a": 1}}}]}',
+        ["token_logprobs", "not a list"],
+    ),
     "token-not-string": (b'{"choices": [{"logprobs": {"tokens": [7], "token_logprobs": [-1]}}]}', ["not a string"]),
-    "top-not-object": (b'{"choices": [{"logprobs": {"tokens": ["a"], "token_logprobs": [-1], "top_logprobs": [[1]]}}]}',
-                       ["top_logprobs[0]", "not an object"]),
+    "top-not-object": (
+        b'{"choices": [{"logprobs": {"tokens": ["a"], "token_logprobs": [-1], "top_logprobs": [[1]]}}]}',
+        ["top_logprobs[0]", "not an object"],
+    ),
 }
 
 
@@ -235,18 +303,25 @@ def test_bad_completion_bodies_are_one_line_target_errors(name: str) -> None:
     assert_target_error(info.value, *words)
 
 
-@pytest.mark.parametrize("body, words", [
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":NaN}]}}]}', ["NaN"]),
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":0.001}]}}]}', ["at most 0"]),
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":null}]}}]}', ["not a number"]),
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"logprob":-1}]}}]}', ["no token string"]),
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"logprob":-1}]}]}}]}',
-     ["top_logprobs[0]", "no token string"]),
-    (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":"a","logprob":1e999}]}]}}]}',
-     ["not finite"]),
-    (b"<html>oops</html>", ["not JSON"]),
-    (b'{"error": {"message": "bad request"}}', ["bad request"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":NaN}]}}]}', ["NaN"]),
+        (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":0.001}]}}]}', ["at most 0"]),
+        (b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":null}]}}]}', ["not a number"]),
+        (b'{"choices":[{"message":{},"logprobs":{"content":[{"logprob":-1}]}}]}', ["no token string"]),
+        (
+            b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"logprob":-1}]}]}}]}',
+            ["top_logprobs[0]", "no token string"],
+        ),
+        (
+            b'{"choices":[{"message":{},"logprobs":{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":"a","logprob":1e999}]}]}}]}',
+            ["not finite"],
+        ),
+        (b"<html>oops</html>", ["not JSON"]),
+        (b'{"error": {"message": "bad request"}}', ["bad request"]),
+    ],
+)
 def test_bad_chat_bodies_are_one_line_target_errors(body: bytes, words: list[str]) -> None:
     with pytest.raises(TargetError) as info:
         parse_chat_completion(body)
@@ -256,7 +331,8 @@ def test_bad_chat_bodies_are_one_line_target_errors(body: bytes, words: list[str
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def _maybe(sane: st.SearchStrategy) -> st.SearchStrategy:
@@ -269,10 +345,17 @@ LOGPROB = st.floats(max_value=0.0, allow_nan=False, allow_infinity=False)
 @st.composite
 def completion_like(draw: st.DrawFn) -> bytes:
     top = draw(_maybe(st.dictionaries(st.sampled_from([tok(i) for i in range(30)] + ["", "a"]), LOGPROB, max_size=6)))
-    logprobs = draw(_maybe(st.fixed_dictionaries({
-        "tokens": _maybe(st.lists(st.sampled_from([tok(0), tok(1), ""]), max_size=2)),
-        "token_logprobs": _maybe(st.lists(LOGPROB, max_size=2)),
-        "top_logprobs": _maybe(st.lists(st.just(top), max_size=2))})))
+    logprobs = draw(
+        _maybe(
+            st.fixed_dictionaries(
+                {
+                    "tokens": _maybe(st.lists(st.sampled_from([tok(0), tok(1), ""]), max_size=2)),
+                    "token_logprobs": _maybe(st.lists(LOGPROB, max_size=2)),
+                    "top_logprobs": _maybe(st.lists(st.just(top), max_size=2)),
+                }
+            )
+        )
+    )
     choice = draw(_maybe(st.fixed_dictionaries({"text": _maybe(st.just(tok(0))), "logprobs": st.just(logprobs)})))
     payload = draw(_maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(st.just(choice), max_size=2))})))
     return json.dumps(payload).encode()
@@ -280,12 +363,32 @@ def completion_like(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def chat_like(draw: st.DrawFn) -> bytes:
-    alt = _maybe(st.fixed_dictionaries({"token": _maybe(st.sampled_from([tok(0), tok(1), ""])), "logprob": _maybe(LOGPROB)}))
-    entry = draw(_maybe(st.fixed_dictionaries({"token": _maybe(st.just(tok(0))), "logprob": _maybe(LOGPROB),
-                                               "top_logprobs": _maybe(st.lists(alt, max_size=3))})))
-    choice = draw(_maybe(st.fixed_dictionaries({
-        "message": _maybe(st.fixed_dictionaries({"content": _maybe(st.just(tok(0)))})),
-        "logprobs": _maybe(st.fixed_dictionaries({"content": _maybe(st.lists(st.just(entry), max_size=2))}))})))
+    alt = _maybe(
+        st.fixed_dictionaries({"token": _maybe(st.sampled_from([tok(0), tok(1), ""])), "logprob": _maybe(LOGPROB)})
+    )
+    entry = draw(
+        _maybe(
+            st.fixed_dictionaries(
+                {
+                    "token": _maybe(st.just(tok(0))),
+                    "logprob": _maybe(LOGPROB),
+                    "top_logprobs": _maybe(st.lists(alt, max_size=3)),
+                }
+            )
+        )
+    )
+    choice = draw(
+        _maybe(
+            st.fixed_dictionaries(
+                {
+                    "message": _maybe(st.fixed_dictionaries({"content": _maybe(st.just(tok(0)))})),
+                    "logprobs": _maybe(
+                        st.fixed_dictionaries({"content": _maybe(st.lists(st.just(entry), max_size=2))})
+                    ),
+                }
+            )
+        )
+    )
     return json.dumps({"choices": draw(_maybe(st.lists(st.just(choice), max_size=2)))}).encode()
 
 
@@ -373,6 +476,7 @@ def test_bad_endpoints_are_config_errors(url: str) -> None:
 
 # -- misbehaving servers ----------------------------------------------------------------------------
 
+
 def good(req: Request, reply: Reply) -> None:
     reply.send(200, GOOD)
 
@@ -394,8 +498,19 @@ def positive(req: Request, reply: Reply) -> None:
 
 
 def no_tokens(req: Request, reply: Reply) -> None:
-    reply.send(200, {"choices": [{"index": 0, "text": "", "finish_reason": "length",
-                                  "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": []}}]})
+    reply.send(
+        200,
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "",
+                    "finish_reason": "length",
+                    "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": []},
+                }
+            ]
+        },
+    )
 
 
 def always_500(req: Request, reply: Reply) -> None:
@@ -603,23 +718,37 @@ def test_api_key_absent_from_timeouts_and_transport_errors() -> None:
 
 # -- through run_audit ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def good_server() -> str:
     with serve_asgi(create_target_app("lm-small", Platform())) as url:
         for prompt in (tok(1), decode(PROMPT, VOCAB)):  # torch warm-up, both shapes
-            assert httpx.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1}, timeout=60).status_code == 200
+            assert (
+                httpx.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1}, timeout=60).status_code
+                == 200
+            )
         yield url
 
 
 def audit_settings(url: str, **kwargs) -> AuditSettings:
-    base = dict(endpoint=url, model="lm-small", claim={"dtype": "fp32"}, budget_queries=8, timeout_s=10.0,
-                retries=2, seed=0)
+    base = dict(
+        endpoint=url, model="lm-small", claim={"dtype": "fp32"}, budget_queries=8, timeout_s=10.0, retries=2, seed=0
+    )
     base.update(kwargs)
     return AuditSettings(**base)
 
 
-AUDIT_FAILURES = ["html", "truncated", "nan", "positive", "always-500", "huge", "silent", "trickle-body",
-                  "trickle-headers"]
+AUDIT_FAILURES = [
+    "html",
+    "truncated",
+    "nan",
+    "positive",
+    "always-500",
+    "huge",
+    "silent",
+    "trickle-body",
+    "trickle-headers",
+]
 
 
 @pytest.mark.parametrize("name", AUDIT_FAILURES)
@@ -628,8 +757,9 @@ def test_audit_of_a_misbehaving_server_ends_with_target_error(name: str, tmp_pat
     evidence = tmp_path / "evidence.jsonl"
     with serve_handler(behaviour) as (url, seen):
         started = time.monotonic()
-        report = run_audit(audit_settings(url, budget_queries=6, timeout_s=TIMEOUT, retries=1), api_key=SECRET,
-                           evidence_path=evidence)
+        report = run_audit(
+            audit_settings(url, budget_queries=6, timeout_s=TIMEOUT, retries=1), api_key=SECRET, evidence_path=evidence
+        )
         elapsed = time.monotonic() - started
     attempts = min(attempts, 2)  # retries=1
     words = [w.replace("after 3 attempts", "after 2 attempts") for w in words]
@@ -658,21 +788,28 @@ def test_audit_budget_holds_when_retries_would_exceed_it() -> None:
 
 def proxy_then(base: str, n_good: int, bad):
     """Forward the first `n_good` requests to a real target server, then misbehave."""
+
     def behaviour(req: Request, reply: Reply) -> None:
         if reply.index < n_good:
-            answer = httpx.post(base + req.path.removeprefix("/v1"), content=req.body,
-                                headers={"content-type": "application/json"}, timeout=30)
+            answer = httpx.post(
+                base + req.path.removeprefix("/v1"),
+                content=req.body,
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
             reply.send(answer.status_code, answer.content)
         else:
             bad(req, reply)
+
     return behaviour
 
 
 def test_audit_keeps_evidence_when_the_server_turns_bad(good_server: str, tmp_path: Path) -> None:
     evidence = tmp_path / "evidence.jsonl"
     with serve_handler(proxy_then(good_server, 3, html)) as (url, seen):
-        report = run_audit(audit_settings(url, budget_queries=10, order="random", min_answers=20),
-                           evidence_path=evidence)
+        report = run_audit(
+            audit_settings(url, budget_queries=10, order="random", min_answers=20), evidence_path=evidence
+        )
     assert report.stop == "target-error" and report.reason.startswith("target-error:")
     assert "not JSON" in report.reason
     assert report.tier == "topk20" and report.queries == seen.count == 4
@@ -705,6 +842,7 @@ def _flaky(base: str):
             reply.send(503, {"error": {"message": "try again"}})
         else:
             forward(req, reply)
+
     return behaviour
 
 
@@ -718,8 +856,7 @@ def test_audit_never_exceeds_its_budget(good_server: str, budget: int) -> None:
 
 
 def test_audit_token_budget_binds_before_the_query_budget(good_server: str) -> None:
-    report = run_audit(audit_settings(good_server, budget_queries=5, budget_tokens=40, order="random",
-                                      min_answers=50))
+    report = run_audit(audit_settings(good_server, budget_queries=5, budget_tokens=40, order="random", min_answers=50))
     assert report.stop == "budget" and report.queries == 2 and report.tokens == 34 <= 40
 
 
@@ -733,8 +870,7 @@ def test_audit_of_a_good_server_is_consistent(good_server: str) -> None:
 @pytest.mark.parametrize("order", ["split", "random"])
 def test_audit_never_asks_the_probes_it_must_avoid(good_server: str, order: str) -> None:
     avoid = list(range(0, 1000, 2))  # every even pool probe
-    report = run_audit(audit_settings(good_server, budget_queries=12, order=order, min_answers=50,
-                                      avoid_probes=avoid))
+    report = run_audit(audit_settings(good_server, budget_queries=12, order=order, min_answers=50, avoid_probes=avoid))
     asked = [r.probe_id for r in report.evidence]
     assert asked and all(p % 2 == 1 for p in asked)
     # fifty answers wanted, twelve allowed: either order spends the budget (split order verifies the
@@ -748,6 +884,7 @@ def test_audit_through_the_chat_api(good_server: str) -> None:
 
 
 # -- JSON logits targets ---------------------------------------------------------------------------
+
 
 def test_json_logits_target_is_bit_exact_and_budgeted() -> None:
     spec = model_spec("mlp")
@@ -767,14 +904,17 @@ def test_json_logits_target_is_bit_exact_and_budgeted() -> None:
     assert report.tier == "logits" and report.queries <= 3 and report.stop != "target-error"
 
 
-@pytest.mark.parametrize("answer, words", [
-    ({"logits": [[0.0] * 10]}, ["expected 128", "10 values"]),
-    ({"logits": [[0.0] * 128, [0.0] * 128]}, ["one row"]),
-    ({"outputs": [[0.0] * 128]}, ["no 'logits'"]),
-    ({"logits": [[None] * 128]}, ["expected 128 numeric"]),
-    ({"logits": [[1e39] * 128]}, ["not finite"]),
-    ([1, 2], ["no 'logits'"]),
-])
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        ({"logits": [[0.0] * 10]}, ["expected 128", "10 values"]),
+        ({"logits": [[0.0] * 128, [0.0] * 128]}, ["one row"]),
+        ({"outputs": [[0.0] * 128]}, ["no 'logits'"]),
+        ({"logits": [[None] * 128]}, ["expected 128 numeric"]),
+        ({"logits": [[1e39] * 128]}, ["not finite"]),
+        ([1, 2], ["no 'logits'"]),
+    ],
+)
 def test_json_logits_target_rejects_bad_answers(answer, words: list[str]) -> None:
     pool = ProbeSet(model_spec("mlp"), "pool", 1000)
     with serve_handler(lambda req, reply: reply.send(200, answer)) as (url, _):

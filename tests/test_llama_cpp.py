@@ -12,18 +12,19 @@ import httpx
 import numpy as np
 import pytest
 
-from hspi.errors import ConfigError, TargetError
-from hspi.platform import Platform, llama_cpp_isa_level, measured_isa_level
-from hspi.features.logprob_conventions import llama_cpp_python_logprobs
 from hspi.collector.grid import grid_platforms
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.llama_cpp import llama_cpp_available
 from hspi.collector.targets.local import LocalTarget, check_supported
 from hspi.collector.vocabulary import decode, token_id
+from hspi.errors import ConfigError, TargetError
+from hspi.features.logprob_conventions import llama_cpp_python_logprobs
+from hspi.platform import Platform, llama_cpp_isa_level, measured_isa_level
 
-needs_llama_cpp = pytest.mark.skipif(not llama_cpp_available(),
-                                     reason="llama-cpp-python is not installed (pip install 'hspi[llama]')")
+needs_llama_cpp = pytest.mark.skipif(
+    not llama_cpp_available(), reason="llama-cpp-python is not installed (pip install 'hspi[llama]')"
+)
 VOCAB = model_spec("lm-gpt2").n_outputs
 # One thread: llama.cpp's numbers do not depend on it (measured: the llama-cpp grid holds the
 # pairs), and two spinning threads crawl on a busy two-core machine.
@@ -46,18 +47,22 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- platform rules: one line naming the bad value -----------------------------------------------
 
-@pytest.mark.parametrize("platform_id, model, needle", [
-    ("cpu:native/fp32/llama.cpp", "lm-gpt2", "not 'fp32'"),
-    ("cpu:native/Q8_0/torch-eager", "lm-gpt2", "GGUF type Q8_0 runs on engine llama.cpp only"),
-    ("cpu:native/F16/onnxruntime-all", "lm-small", "GGUF type F16"),
-    ("cpu:native/F32/llama.cpp", "lm-small", "not 'lm-small'"),
-    ("cpu:native/F32/llama.cpp/kv=q8_0", "lm-gpt2", "kv=q8_0) needs flash attention"),
-    ("cpu:native/F32/llama.cpp/kv=f16", "lm-gpt2", "kv=f16 is llama.cpp's default"),
-    ("cpu:avx2/F32/llama.cpp", "lm-gpt2", "CPU profile 'avx2'"),
-    ("cpu:native/F32/llama.cpp/attn=manual", "lm-gpt2", "knob 'attn' is a torch knob"),
-    ("cpu:native/fp32/torch-eager/fa=on", "lm-small", "knob fa=on is a llama.cpp knob"),
-    ("cpu:native/fp32/torch-eager/kv=f32", "lm-small", "knob kv=f32 is a llama.cpp knob"),
-])
+
+@pytest.mark.parametrize(
+    "platform_id, model, needle",
+    [
+        ("cpu:native/fp32/llama.cpp", "lm-gpt2", "not 'fp32'"),
+        ("cpu:native/Q8_0/torch-eager", "lm-gpt2", "GGUF type Q8_0 runs on engine llama.cpp only"),
+        ("cpu:native/F16/onnxruntime-all", "lm-small", "GGUF type F16"),
+        ("cpu:native/F32/llama.cpp", "lm-small", "not 'lm-small'"),
+        ("cpu:native/F32/llama.cpp/kv=q8_0", "lm-gpt2", "kv=q8_0) needs flash attention"),
+        ("cpu:native/F32/llama.cpp/kv=f16", "lm-gpt2", "kv=f16 is llama.cpp's default"),
+        ("cpu:avx2/F32/llama.cpp", "lm-gpt2", "CPU profile 'avx2'"),
+        ("cpu:native/F32/llama.cpp/attn=manual", "lm-gpt2", "knob 'attn' is a torch knob"),
+        ("cpu:native/fp32/torch-eager/fa=on", "lm-small", "knob fa=on is a llama.cpp knob"),
+        ("cpu:native/fp32/torch-eager/kv=f32", "lm-small", "knob kv=f32 is a llama.cpp knob"),
+    ],
+)
 def test_unsupported_platforms_are_refused_in_one_line(platform_id: str, model: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         check_supported(Platform.parse(platform_id), model)
@@ -101,6 +106,7 @@ def test_logprob_convention_is_a_float32_log_softmax() -> None:
 
 # --- GGUF export -----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_float_exports_hold_the_seeded_weights_and_are_deterministic(export_dir: Path, tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf", reason="the gguf package comes with the llama extra")
@@ -135,8 +141,9 @@ def test_llama_cpp_quantisation_is_deterministic(export_dir: Path, tmp_path: Pat
     from hspi.collector.gguf_export import export_gguf, file_sha256
 
     for gguf_type in ("Q8_0", "Q4_K_M"):
-        assert file_sha256(export_gguf("lm-gpt2", gguf_type, export_dir)) == \
-               file_sha256(export_gguf("lm-gpt2", gguf_type, tmp_path))
+        assert file_sha256(export_gguf("lm-gpt2", gguf_type, export_dir)) == file_sha256(
+            export_gguf("lm-gpt2", gguf_type, tmp_path)
+        )
 
 
 @pytest.mark.slow
@@ -166,14 +173,18 @@ def test_f32_gguf_logits_match_the_torch_reference(export_dir: Path) -> None:
     probes, ids = pool(), np.arange(40, dtype=np.int32)
     with torch.no_grad():
         reference = build_model("lm-gpt2")(torch.from_numpy(probes.inputs(ids))).numpy()
-    logits = LlamaCppTarget("lm-gpt2", Platform.parse("cpu:native/F32/llama.cpp/threads=1"), export_dir=export_dir) \
-        .answer(probes, ids).as_float32()
+    logits = (
+        LlamaCppTarget("lm-gpt2", Platform.parse("cpu:native/F32/llama.cpp/threads=1"), export_dir=export_dir)
+        .answer(probes, ids)
+        .as_float32()
+    )
     # not bit-equal: ggml's GELU reads an fp16 table and the KV cache is f16 (about 1e-3 here)
     assert np.abs(logits - reference).max() < 5e-3
     assert np.array_equal(logits.argmax(axis=1), reference.argmax(axis=1))
 
 
 # --- LlamaCppTarget ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @needs_llama_cpp
@@ -216,6 +227,7 @@ def test_prefix_cache_path_gives_other_numbers(export_dir: Path) -> None:
 
 # --- a real collection -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @needs_llama_cpp
 def test_small_llama_cpp_collection(tmp_path: Path) -> None:
@@ -223,9 +235,29 @@ def test_small_llama_cpp_collection(tmp_path: Path) -> None:
     from hspi.equivalence import equivalence_classes
 
     out = tmp_path / "llama"
-    proc = subprocess.run([sys.executable, "-m", "hspi", "collect", "--grid", "llama-cpp-smoke", "--models", "lm-gpt2",
-                           "--out", str(out), "--pool", "24", "--fresh", "8", "--replay", "12"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hspi",
+            "collect",
+            "--grid",
+            "llama-cpp-smoke",
+            "--models",
+            "lm-gpt2",
+            "--out",
+            str(out),
+            "--pool",
+            "24",
+            "--fresh",
+            "8",
+            "--replay",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     dataset = Dataset(out)
     dataset.validate()
@@ -234,8 +266,9 @@ def test_small_llama_cpp_collection(tmp_path: Path) -> None:
     for config_id, record in dataset.manifest.configs.items():
         provenance = record.runs["reference"].provenance
         assert provenance["native_dispatch"]["lm-gpt2"]["gguf_sha256"], config_id
-        assert record.labels["hardware"] == f"{provenance['cpu_vendor']}-x86-" + \
-            llama_cpp_isa_level(provenance["llama_cpp_system_info"])
+        assert record.labels["hardware"] == f"{provenance['cpu_vendor']}-x86-" + llama_cpp_isa_level(
+            provenance["llama_cpp_system_info"]
+        )
         assert record.labels["engine"] == "llama.cpp"
         # another process, another order: the same bits for the same probes
         reference = dataset.responses(config_id, "reference", "lm-gpt2")
@@ -246,9 +279,11 @@ def test_small_llama_cpp_collection(tmp_path: Path) -> None:
 
 # --- the real server ------------------------------------------------------------------------------------
 
+
 def _complete(client: httpx.Client, base_url: str, prompt: object, max_tokens: int = 1) -> httpx.Response:
-    return client.post(f"{base_url}/completions", json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                                                        "logprobs": 20})
+    return client.post(
+        f"{base_url}/completions", json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 20}
+    )
 
 
 def _top20(response: httpx.Response) -> dict[int, np.float32]:
@@ -315,19 +350,32 @@ def test_server_that_cannot_start_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_llama_cpp
-@pytest.mark.parametrize("platform_id, gguf_type, tier", [
-    ("cpu:native/Q8_0/llama.cpp/threads=1", "Q8_0", "topk5"),
-    ("cpu:native/Q4_0/llama.cpp/threads=1", "Q4_0", "top1"),
-])
-def test_audit_of_the_real_llama_cpp_server_names_its_quantisation(export_dir: Path, platform_id: str, gguf_type: str,
-                                                                   tier: str) -> None:
+@pytest.mark.parametrize(
+    "platform_id, gguf_type, tier",
+    [
+        ("cpu:native/Q8_0/llama.cpp/threads=1", "Q8_0", "topk5"),
+        ("cpu:native/Q4_0/llama.cpp/threads=1", "Q4_0", "top1"),
+    ],
+)
+def test_audit_of_the_real_llama_cpp_server_names_its_quantisation(
+    export_dir: Path, platform_id: str, gguf_type: str, tier: str
+) -> None:
     """hspi audit against `python -m llama_cpp.server`: the shipped llama.cpp references and classifier."""
     from hspi.audit import AuditSettings, run_audit
     from hspi.collector.llama_cpp_server import llama_cpp_server
 
     with llama_cpp_server(Platform.parse(platform_id), export_dir=export_dir) as base_url:
-        report = run_audit(AuditSettings(endpoint=base_url, model="lm-gpt2", max_tier=tier, budget_queries=16,
-                                         seed=0, claim={"dtype": "F16"}, timeout_s=60.0))
+        report = run_audit(
+            AuditSettings(
+                endpoint=base_url,
+                model="lm-gpt2",
+                max_tier=tier,
+                budget_queries=16,
+                seed=0,
+                claim={"dtype": "F16"},
+                timeout_s=60.0,
+            )
+        )
     assert report.tier == tier and report.status == "match" and report.queries <= 16
     assert report.heads["dtype"].guesses[0].label == gguf_type
     assert report.heads["full"].guesses[0].label == platform_id.removesuffix("/threads=1")

@@ -15,8 +15,9 @@ ONEDNN_SSE41 = "Intel SSE4.1"
 ONEDNN_AVX2 = "Intel AVX2"
 ONEDNN_AVX512 = "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions"
 ONEDNN_BF16 = "Intel AVX-512 with Intel DL Boost and bfloat16 support"
-ONEDNN_AMX = ("Intel AVX-512 with Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 "
-              "and 8-bit integer support")
+ONEDNN_AMX = (
+    "Intel AVX-512 with Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support"
+)
 
 platforms = st.builds(
     Platform,
@@ -34,6 +35,7 @@ platforms = st.builds(
 
 # --- ids ---------------------------------------------------------------------------------------
 
+
 def test_default_platform_id_has_no_knobs():
     assert Platform().id == "cpu:native/fp32/torch-eager"
 
@@ -44,10 +46,20 @@ def test_id_lists_only_non_default_knobs_in_fixed_order():
 
 
 def test_id_with_every_knob_set():
-    p = Platform(profile="amx", dtype="int8-dyn", engine="onnxruntime-all", attention="sdpa-math", batch_size=4,
-                 quant_engine="onednn", matmul_precision="medium", mkl_cbwr="COMPATIBLE", threads=8)
-    assert p.id == ("cpu:amx/int8-dyn/onnxruntime-all/attn=sdpa-math/bs=4/qengine=onednn/mm=medium/"
-                    "mkl-cbwr=compatible/threads=8")
+    p = Platform(
+        profile="amx",
+        dtype="int8-dyn",
+        engine="onnxruntime-all",
+        attention="sdpa-math",
+        batch_size=4,
+        quant_engine="onednn",
+        matmul_precision="medium",
+        mkl_cbwr="COMPATIBLE",
+        threads=8,
+    )
+    assert p.id == (
+        "cpu:amx/int8-dyn/onnxruntime-all/attn=sdpa-math/bs=4/qengine=onednn/mm=medium/mkl-cbwr=compatible/threads=8"
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -74,23 +86,26 @@ def test_parse_converts_knob_values_to_field_types():
     assert p.profile == "sse42" and p.dtype == "fp16" and p.engine == "torch-compile"
 
 
-@pytest.mark.parametrize(("platform_id", "bad"), [
-    ("cpu:avx9/fp32/torch-eager", "avx9"),
-    ("cpu:avx2/fp64/torch-eager", "fp64"),
-    ("cpu:avx2/fp32/tensorrt", "tensorrt"),
-    ("gpu:avx2/fp32/torch-eager", "gpu"),
-    ("cpu:avx2/fp32/torch-eager/bs=0", "bs=0"),
-    ("cpu:avx2/fp32/torch-eager/bs=eight", "bs=eight"),
-    ("cpu:avx2/fp32/torch-eager/threads=0", "threads=0"),
-    ("cpu:avx2/fp32/torch-eager/attn=flash", "attn=flash"),
-    ("cpu:avx2/fp32/torch-eager/colour=blue", "colour=blue"),
-    ("cpu:avx2/fp32/torch-eager/bs=", "bs="),
-    ("cpu:avx2/fp32/torch-eager/bs", "bs"),
-    ("cpu:avx2/fp32", "cpu:avx2/fp32"),
-    ("cpu/fp32/torch-eager", "cpu/fp32/torch-eager"),
-    ("cpu:avx2:x/fp32/torch-eager", "cpu:avx2:x"),
-    ("", "''"),
-])
+@pytest.mark.parametrize(
+    ("platform_id", "bad"),
+    [
+        ("cpu:avx9/fp32/torch-eager", "avx9"),
+        ("cpu:avx2/fp64/torch-eager", "fp64"),
+        ("cpu:avx2/fp32/tensorrt", "tensorrt"),
+        ("gpu:avx2/fp32/torch-eager", "gpu"),
+        ("cpu:avx2/fp32/torch-eager/bs=0", "bs=0"),
+        ("cpu:avx2/fp32/torch-eager/bs=eight", "bs=eight"),
+        ("cpu:avx2/fp32/torch-eager/threads=0", "threads=0"),
+        ("cpu:avx2/fp32/torch-eager/attn=flash", "attn=flash"),
+        ("cpu:avx2/fp32/torch-eager/colour=blue", "colour=blue"),
+        ("cpu:avx2/fp32/torch-eager/bs=", "bs="),
+        ("cpu:avx2/fp32/torch-eager/bs", "bs"),
+        ("cpu:avx2/fp32", "cpu:avx2/fp32"),
+        ("cpu/fp32/torch-eager", "cpu/fp32/torch-eager"),
+        ("cpu:avx2:x/fp32/torch-eager", "cpu:avx2:x"),
+        ("", "''"),
+    ],
+)
 def test_parse_rejects_bad_ids_with_one_line_config_error(platform_id, bad):
     with pytest.raises(ConfigError) as info:
         Platform.parse(platform_id)
@@ -101,6 +116,7 @@ def test_parse_rejects_bad_ids_with_one_line_config_error(platform_id, bad):
 
 
 # --- model behaviour ---------------------------------------------------------------------------
+
 
 def test_platform_is_frozen_and_hashable():
     p = Platform(profile="avx2")
@@ -118,8 +134,11 @@ def test_constructor_validates_fields(fields):
 def test_environment_of_a_capped_profile():
     env = Platform(profile="avx2", threads=3).environment()
     assert env == {
-        "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-        "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "OMP_NUM_THREADS": "3",
+        "MKL_NUM_THREADS": "3",
     }
 
 
@@ -144,23 +163,27 @@ def test_kernel_label():
 
 # --- measured ISA level and labels -------------------------------------------------------------
 
-@pytest.mark.parametrize(("onednn", "aten", "expected"), [
-    (ONEDNN_SSE41, "DEFAULT", "sse42"),
-    (ONEDNN_AVX2, "AVX2", "avx2"),
-    (ONEDNN_AVX512, "AVX512", "avx512"),
-    (ONEDNN_BF16, "AVX512", "avx512_bf16"),
-    ("", "AVX512", "avx512"),
-    ("", None, "unreported"),
-    (ONEDNN_BF16, None, "avx512_bf16"),
-    (ONEDNN_AMX, None, "amx"),
-    # ATen capped lower than oneDNN: the lower level is what ran
-    (ONEDNN_BF16, "AVX2", "avx2"),
-    (ONEDNN_AVX512, "DEFAULT", "sse42"),
-    (ONEDNN_AVX2, "DEFAULT", "sse42"),
-    # ATen higher than oneDNN does not raise the level
-    (ONEDNN_AVX2, "AVX512", "avx2"),
-    (ONEDNN_SSE41, "AVX2", "sse42"),
-])
+
+@pytest.mark.parametrize(
+    ("onednn", "aten", "expected"),
+    [
+        (ONEDNN_SSE41, "DEFAULT", "sse42"),
+        (ONEDNN_AVX2, "AVX2", "avx2"),
+        (ONEDNN_AVX512, "AVX512", "avx512"),
+        (ONEDNN_BF16, "AVX512", "avx512_bf16"),
+        ("", "AVX512", "avx512"),
+        ("", None, "unreported"),
+        (ONEDNN_BF16, None, "avx512_bf16"),
+        (ONEDNN_AMX, None, "amx"),
+        # ATen capped lower than oneDNN: the lower level is what ran
+        (ONEDNN_BF16, "AVX2", "avx2"),
+        (ONEDNN_AVX512, "DEFAULT", "sse42"),
+        (ONEDNN_AVX2, "DEFAULT", "sse42"),
+        # ATen higher than oneDNN does not raise the level
+        (ONEDNN_AVX2, "AVX512", "avx2"),
+        (ONEDNN_SSE41, "AVX2", "sse42"),
+    ],
+)
 def test_measured_isa_level(onednn, aten, expected):
     provenance = {"onednn_isa": onednn}
     if aten is not None:

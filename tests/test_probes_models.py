@@ -25,6 +25,7 @@ def probe_set(model: str, kind: str = "pool", size: int = 8) -> ProbeSet:
 
 # --- probes ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", list(MODEL_SPECS))
 def test_probe_inputs_are_deterministic(model):
     ids = np.array([0, 5, 3, 7], dtype=np.int32)
@@ -80,6 +81,7 @@ def test_unknown_probe_set_kind():
 
 # --- model specs -------------------------------------------------------------------------------
 
+
 def test_model_spec_lookup():
     assert model_spec("mlp").n_outputs == 128
     with pytest.raises(ConfigError, match="resnet"):
@@ -100,6 +102,7 @@ def test_resolve_models_rejects_unknown_or_empty(names):
 
 
 # --- models ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", list(MODEL_SPECS))
 def test_build_model_is_deterministic(model):

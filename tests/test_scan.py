@@ -12,17 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import serve_asgi, serve_handler
 
-from hspi.audit import AuditReport
-from hspi.platform import Platform
-from hspi.collector.target_server import create_target_app
 from hspi.api import store
 from hspi.api.db import Database
 from hspi.api.scan import ScanOptions, load_targets, run_scan
 from hspi.api.scan_report import write_html
 from hspi.api.security import Vault
-
-from servers import serve_asgi, serve_handler
+from hspi.audit import AuditReport
+from hspi.collector.target_server import create_target_app
+from hspi.platform import Platform
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,9 @@ def targets() -> tuple[str, str]:
 def targets_file(tmp_path: Path, good: tuple[str, str], bad: str, *, budget: int = 8) -> Path:
     lines = ["targets:"]
     for i in range(4):
-        lines.append(f"  - {{name: good-{i}, endpoint: '{good[i % 2]}', claim: 'dtype=fp32', budget: {budget}, seed: {i}}}")
+        lines.append(
+            f"  - {{name: good-{i}, endpoint: '{good[i % 2]}', claim: 'dtype=fp32', budget: {budget}, seed: {i}}}"
+        )
     lines.append(f"  - {{name: broken, endpoint: '{bad}', claim: 'dtype=fp32', budget: 3, timeout_s: 1}}")
     lines.append(f"  - {{name: liar, endpoint: '{good[0]}', claim: 'dtype=bf16', budget: {budget}}}")
     path = tmp_path / "targets.yaml"
@@ -61,8 +62,12 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
 
     def slow_proxy(request, reply):  # type: ignore[no-untyped-def]
         time.sleep(0.15)
-        upstream = httpx.post(targets[0] + request.path[len("/v1"):], content=request.body,
-                              headers={"content-type": "application/json"}, timeout=30)
+        upstream = httpx.post(
+            targets[0] + request.path[len("/v1") :],
+            content=request.body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         reply.send(upstream.status_code, upstream.content)
 
     with serve_handler(broken) as (bad, _), serve_handler(slow_proxy) as (slow, _):
@@ -88,8 +93,9 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
     assert lines[0]["scan_id"] == scan_id and state.skipped == len(first) - 1
     results = {r["target"]: r for r in lines[1:]}
     assert len(lines) - 1 == len(entries) == len(results)  # every target once
-    assert all(results[f"good-{i}"]["status"] == "done" and results[f"good-{i}"]["verdict"] == "consistent"
-               for i in range(4))
+    assert all(
+        results[f"good-{i}"]["status"] == "done" and results[f"good-{i}"]["verdict"] == "consistent" for i in range(4)
+    )
     assert results["liar"]["verdict"] == "inconsistent" and results["liar"]["heads"]["dtype"]["guess"] == "fp32"
     assert results["broken"]["status"] == "failed" and "HTTP 500" in results["broken"]["reason"]
     audits = store.scan_audits(db, scan_id)
@@ -97,7 +103,7 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
     for audit in audits:  # answers stored before the interruption are the start of the final evidence
         report = AuditReport.model_validate(audit.report)
         kept = answers_then[audit.scan_target]
-        assert [(r.probe_id, r.values) for r in report.evidence[:len(kept)]] == [(r.probe_id, r.values) for r in kept]
+        assert [(r.probe_id, r.values) for r in report.evidence[: len(kept)]] == [(r.probe_id, r.values) for r in kept]
     html = tmp_path / "scan.html"
     write_html(state.results, html, title="test scan")
     text = html.read_text()
@@ -108,9 +114,23 @@ def test_the_scan_command_end_to_end(tmp_path: Path, targets: tuple[str, str]) -
     with serve_handler(broken) as (bad, _):
         path = targets_file(tmp_path, targets, bad)
         env = {**os.environ, "HSPI_SECRET_KEY_FILE": str(tmp_path / "secret.key"), "COLUMNS": "200"}
-        command = [sys.executable, "-m", "hspi", "scan", str(path), "--out", str(tmp_path / "o.jsonl"),
-                   "--report", str(tmp_path / "r.html"), "--database", f"sqlite:///{tmp_path / 'db.sqlite'}",
-                   "--concurrency", "4", "--allow-host", "127.0.0.0/8"]
+        command = [
+            sys.executable,
+            "-m",
+            "hspi",
+            "scan",
+            str(path),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--report",
+            str(tmp_path / "r.html"),
+            "--database",
+            f"sqlite:///{tmp_path / 'db.sqlite'}",
+            "--concurrency",
+            "4",
+            "--allow-host",
+            "127.0.0.0/8",
+        ]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -126,14 +146,34 @@ def test_scan_errors_are_one_line(tmp_path: Path) -> None:
     path.write_text("- {endpoint: 'http://127.0.0.1:9/v1', api_key_env: HSPI_TEST_NOT_SET}\n")
     env = {k: v for k, v in os.environ.items() if k != "HSPI_TEST_NOT_SET"}
     env["HSPI_SECRET_KEY_FILE"] = str(tmp_path / "secret.key")
-    done = subprocess.run([sys.executable, "-m", "hspi", "scan", str(path), "--out", str(tmp_path / "o.jsonl"),
-                           "--database", f"sqlite:///{tmp_path / 'db.sqlite'}"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hspi",
+            "scan",
+            str(path),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--database",
+            f"sqlite:///{tmp_path / 'db.sqlite'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: target 'http://127.0.0.1:9/v1 lm-small': environment variable HSPI_TEST_NOT_SET (its api_key_env) is not set"]
+        "error: target 'http://127.0.0.1:9/v1 lm-small': environment variable HSPI_TEST_NOT_SET (its api_key_env) is not set"
+    ]
     other = tmp_path / "other.jsonl"
     other.write_text('{"hello": 1}\n')
-    done = subprocess.run([sys.executable, "-m", "hspi", "scan", str(tmp_path / "missing.yaml")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "hspi", "scan", str(tmp_path / "missing.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: cannot read the targets file")

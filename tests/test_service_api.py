@@ -14,15 +14,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-from hspi.audit import AuditReport
-from hspi.platform import Platform
-from hspi.collector.target_server import create_target_app
-from hspi.api.app import create_app
-
 from servers import serve_asgi, serve_handler
-from service_support import (BACKENDS, admin_key, client, database_url, make_key, serve_app, service_settings,
-                             wait_final, wait_for)
+from service_support import (
+    BACKENDS,
+    admin_key,
+    client,
+    database_url,
+    make_key,
+    serve_app,
+    service_settings,
+    wait_final,
+    wait_for,
+)
+
+from hspi.api.app import create_app
+from hspi.audit import AuditReport
+from hspi.collector.target_server import create_target_app
+from hspi.platform import Platform
 
 SECRET = "sk-test-DO-NOT-LEAK-4f9c2a"
 
@@ -48,8 +56,9 @@ def service(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-
 def test_an_audit_runs_in_the_background_and_reports_as_the_cli_does(service, target: str) -> None:  # type: ignore[no-untyped-def]
     base, _, write, read, _ = service
     with client(base, write) as c:
-        r = c.post("/v1/audits", json={"endpoint": target, "claim": "dtype=fp32", "budget": 16, "seed": 1,
-                                       "label": "nightly"})
+        r = c.post(
+            "/v1/audits", json={"endpoint": target, "claim": "dtype=fp32", "budget": 16, "seed": 1, "label": "nightly"}
+        )
         assert r.status_code == 202, r.text
         audit = r.json()
         assert r.headers["location"] == f"/v1/audits/{audit['id']}"
@@ -68,7 +77,8 @@ def test_an_audit_runs_in_the_background_and_reports_as_the_cli_does(service, ta
 
 
 def test_the_target_credential_is_sent_but_never_returned_logged_or_stored_in_plaintext(
-        service, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    service, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     base, _, write, _, app = service
     seen: list[str] = []
 
@@ -83,8 +93,14 @@ def test_the_target_credential_is_sent_but_never_returned_logged_or_stored_in_pl
         done = wait_final(c, r.json()["id"])
         bad = c.post("/v1/audits", json={"endpoint": url, "target_api_key": SECRET, "budget": 0})
         bad_type = c.post("/v1/audits", json={"endpoint": url, "target_api_key": {"k": SECRET}})
-        texts = [r.text, done and json.dumps(done), bad.text, bad_type.text,
-                 c.get("/v1/audits").text, c.get(f"/v1/audits/{done['id']}/answers").text]
+        texts = [
+            r.text,
+            done and json.dumps(done),
+            bad.text,
+            bad_type.text,
+            c.get("/v1/audits").text,
+            c.get(f"/v1/audits/{done['id']}/answers").text,
+        ]
     assert seen and all(h == f"Bearer {SECRET}" for h in seen)  # the target got it
     assert done["status"] == "failed" and "[redacted]" in done["error"] and done["has_credential"] is False
     assert bad.status_code == 422 and bad_type.status_code == 422
@@ -139,21 +155,28 @@ def test_keys_scopes_and_revocation(service) -> None:  # type: ignore[no-untyped
         assert c.get("/v1/audits").status_code == 401
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"endpoint": "http://127.0.0.1:9/v1", "budget": 0}, 422, "budget must be between 1 and 4096, got 0"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "budget": 5000}, 422, "budget must be between 1 and 4096, got 5000"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "model": "gpt-5"}, 422, "unknown model 'gpt-5'"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "claim": "gpu=h100"}, 422, "bad claim head 'gpu'"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "claim": {"gpu": "h100"}}, 422, "claim head 'gpu' is not one of"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "api": "grpc"}, 422, "api: input should be 'completions' or 'chat'"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "timeout_s": 0}, 422, "timeout_s: input should be greater than 0, got 0"),
-    ({"endpoint": "ftp://127.0.0.1/v1"}, 422, "not an http(s) URL"),
-    ({"endpoint": "http://u:p@127.0.0.1:9/v1"}, 422, "must not carry credentials"),
-    ({"endpoint": "http://169.254.169.254/latest"}, 422, "metadata address"),
-    ({"endpoint": "http://10.1.1.1/v1"}, 422, "private address"),
-    ({}, 422, "endpoint is required"),
-    ({"endpoint": "http://127.0.0.1:9/v1", "colour": "red"}, 422, "unknown field 'colour'"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"endpoint": "http://127.0.0.1:9/v1", "budget": 0}, 422, "budget must be between 1 and 4096, got 0"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "budget": 5000}, 422, "budget must be between 1 and 4096, got 5000"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "model": "gpt-5"}, 422, "unknown model 'gpt-5'"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "claim": "gpu=h100"}, 422, "bad claim head 'gpu'"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "claim": {"gpu": "h100"}}, 422, "claim head 'gpu' is not one of"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "api": "grpc"}, 422, "api: input should be 'completions' or 'chat'"),
+        (
+            {"endpoint": "http://127.0.0.1:9/v1", "timeout_s": 0},
+            422,
+            "timeout_s: input should be greater than 0, got 0",
+        ),
+        ({"endpoint": "ftp://127.0.0.1/v1"}, 422, "not an http(s) URL"),
+        ({"endpoint": "http://u:p@127.0.0.1:9/v1"}, 422, "must not carry credentials"),
+        ({"endpoint": "http://169.254.169.254/latest"}, 422, "metadata address"),
+        ({"endpoint": "http://10.1.1.1/v1"}, 422, "private address"),
+        ({}, 422, "endpoint is required"),
+        ({"endpoint": "http://127.0.0.1:9/v1", "colour": "red"}, 422, "unknown field 'colour'"),
+    ],
+)
 def test_bad_audit_requests_get_a_sentence(tmp_path: Path, body: dict, status: int, words: str) -> None:
     settings = service_settings(database_url("sqlite", tmp_path), tmp_path)
     with serve_app(create_app(settings, start_workers=False)) as base, client(base, admin_key(tmp_path)) as c:
@@ -167,22 +190,50 @@ def test_other_bad_requests_get_a_sentence(tmp_path: Path) -> None:
     settings = service_settings(database_url("sqlite", tmp_path), tmp_path)
     with serve_app(create_app(settings, start_workers=False)) as base, client(base, admin_key(tmp_path)) as c:
         checks = [
-            (c.post("/v1/audits", content=b"{not json", headers={"content-type": "application/json"}), 422, "not valid JSON"),
+            (
+                c.post("/v1/audits", content=b"{not json", headers={"content-type": "application/json"}),
+                422,
+                "not valid JSON",
+            ),
             (c.post("/v1/audits"), 422, "request body is missing"),
             (c.get("/v1/audits/nope"), 404, "no audit with id 'nope'"),
             (c.get("/v1/nowhere"), 404, "no such path: GET /v1/nowhere"),
             (c.delete("/v1/platforms"), 405, "DELETE is not allowed on /v1/platforms"),
-            (c.get("/v1/audits", params={"limit": 0}), 422, "limit: input should be greater than or equal to 1, got '0'"),
+            (
+                c.get("/v1/audits", params={"limit": 0}),
+                422,
+                "limit: input should be greater than or equal to 1, got '0'",
+            ),
             (c.get("/v1/audits", params={"cursor": "garbage"}), 422, "cursor is not one this service returned"),
             (c.get("/v1/audits", params={"status": "sleeping"}), 422, "status: input should be"),
             (c.get("/v1/platforms", params={"model": "gpt-5"}), 422, "unknown model 'gpt-5'"),
-            (c.post("/v1/classify", json={"tier": "topk20", "answers": []}), 422, "answers: list should have at least 1 item"),
-            (c.post("/v1/classify", json={"tier": "topk20", "answers": [{"probe_id": 10**6, "ids": [], "values": []}]}),
-             422, "probe 1000000 is not in the reference pool"),
-            (c.post("/v1/classify", json={"tier": "topk20", "answers": [{"probe_id": 0, "ids": [1], "values": [0.0]}]}),
-             422, "shows 20 values; got 1 ids"),
-            (c.post("/v1/classify", json={"model": "mlp", "tier": "topk5", "answers": [{"probe_id": 0, "ids": [], "values": []}]}),
-             422, "mlp is not a language model"),
+            (
+                c.post("/v1/classify", json={"tier": "topk20", "answers": []}),
+                422,
+                "answers: list should have at least 1 item",
+            ),
+            (
+                c.post(
+                    "/v1/classify", json={"tier": "topk20", "answers": [{"probe_id": 10**6, "ids": [], "values": []}]}
+                ),
+                422,
+                "probe 1000000 is not in the reference pool",
+            ),
+            (
+                c.post(
+                    "/v1/classify", json={"tier": "topk20", "answers": [{"probe_id": 0, "ids": [1], "values": [0.0]}]}
+                ),
+                422,
+                "shows 20 values; got 1 ids",
+            ),
+            (
+                c.post(
+                    "/v1/classify",
+                    json={"model": "mlp", "tier": "topk5", "answers": [{"probe_id": 0, "ids": [], "values": []}]},
+                ),
+                422,
+                "mlp is not a language model",
+            ),
         ]
     for response, status, words in checks:
         assert response.status_code == status, (words, response.text)
@@ -192,8 +243,12 @@ def test_other_bad_requests_get_a_sentence(tmp_path: Path) -> None:
 def test_cursor_pagination_filters_cancel_and_idempotency(tmp_path: Path) -> None:
     settings = service_settings(database_url("sqlite", tmp_path), tmp_path)
     with serve_app(create_app(settings, start_workers=False)) as base, client(base, admin_key(tmp_path)) as c:
-        ids = [c.post("/v1/audits", json={"endpoint": f"http://127.0.0.1:{9000 + i}/v1", "label": f"l{i % 2}"}).json()["id"]
-               for i in range(7)]
+        ids = [
+            c.post("/v1/audits", json={"endpoint": f"http://127.0.0.1:{9000 + i}/v1", "label": f"l{i % 2}"}).json()[
+                "id"
+            ]
+            for i in range(7)
+        ]
         seen, cursor = [], None
         while True:
             page = c.get("/v1/audits", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
@@ -218,11 +273,15 @@ def test_cursor_pagination_filters_cancel_and_idempotency(tmp_path: Path) -> Non
 
 
 def test_request_body_limit_and_rate_limit(tmp_path: Path) -> None:
-    settings = service_settings(database_url("sqlite", tmp_path), tmp_path, max_body_bytes=2048, rate_burst=5,
-                                rate_per_minute=6)
+    settings = service_settings(
+        database_url("sqlite", tmp_path), tmp_path, max_body_bytes=2048, rate_burst=5, rate_per_minute=6
+    )
     with serve_app(create_app(settings, start_workers=False)) as base, client(base, admin_key(tmp_path)) as c:
         r = c.post("/v1/audits", json={"endpoint": "http://127.0.0.1:9/v1", "label": "x" * 5000})
-        assert r.status_code == 413 and r.json()["detail"] == f"request body is {len(r.request.content)} bytes; the limit is 2048 bytes"
+        assert (
+            r.status_code == 413
+            and r.json()["detail"] == f"request body is {len(r.request.content)} bytes; the limit is 2048 bytes"
+        )
 
         def chunks():  # no Content-Length: the limit counts what streams in
             for _ in range(10):
@@ -240,9 +299,14 @@ def test_request_body_limit_and_rate_limit(tmp_path: Path) -> None:
 def test_ssrf_guard_without_an_allowlist(tmp_path: Path) -> None:
     settings = service_settings(database_url("sqlite", tmp_path), tmp_path, allow_hosts=[])
     with serve_app(create_app(settings, start_workers=False)) as base, client(base, admin_key(tmp_path)) as c:
-        for endpoint, words in (("http://127.0.0.1:8801/v1", "loopback"), ("http://localhost:8801/v1", "resolves to"),
-                                ("http://[::1]:8801/v1", "loopback"), ("http://169.254.169.254/", "metadata"),
-                                ("http://192.168.0.10/v1", "private"), ("http://[fe80::1]/v1", "link-local")):
+        for endpoint, words in (
+            ("http://127.0.0.1:8801/v1", "loopback"),
+            ("http://localhost:8801/v1", "resolves to"),
+            ("http://[::1]:8801/v1", "loopback"),
+            ("http://169.254.169.254/", "metadata"),
+            ("http://192.168.0.10/v1", "private"),
+            ("http://[fe80::1]/v1", "link-local"),
+        ):
             r = c.post("/v1/audits", json={"endpoint": endpoint})
             assert r.status_code == 422 and words in r.json()["detail"], (endpoint, r.text)
         assert c.get("/v1/audits").json()["data"] == []
@@ -251,15 +315,19 @@ def test_ssrf_guard_without_an_allowlist(tmp_path: Path) -> None:
 def test_health_platforms_classifiers_and_classify(tmp_path: Path) -> None:
     from hspi.dataset import Dataset
     from hspi.equivalence import equivalence_classes
-    from hspi.shipped import CPU_DATASET
     from hspi.features.tiers import tier_view
+    from hspi.shipped import CPU_DATASET
 
     settings = service_settings(database_url("sqlite", tmp_path), tmp_path)
     with serve_app(create_app(settings)) as base, client(base, make_key_direct(tmp_path, base)) as c:
         assert httpx.get(base + "/healthz").json() == {"status": "ok", "checks": {}}
         ready = httpx.get(base + "/readyz").json()
-        assert ready["status"] == "ok" and ready["checks"] == {"database": "ok", "schema": "ok", "workers": "ok",
-                                                               "classifiers": "ok"}
+        assert ready["status"] == "ok" and ready["checks"] == {
+            "database": "ok",
+            "schema": "ok",
+            "workers": "ok",
+            "classifiers": "ok",
+        }
         platforms = c.get("/v1/platforms").json()
         assert platforms["model"] == "lm-small" and len(platforms["data"]) > 5
         tiers = {(k["model"], k["tier"]) for k in c.get("/v1/classifiers").json()["data"]}
@@ -269,8 +337,10 @@ def test_health_platforms_classifiers_and_classify(tmp_path: Path) -> None:
         cls = next(c_ for c_ in equivalence_classes(ds, "lm-small") if c_.labels["dtype"] == "bf16")
         responses = ds.responses(cls.members[0], "reference", "lm-small")
         view = tier_view(responses.as_float32()[:4], "topk20")
-        answers = [{"probe_id": int(p), "ids": view.ids[i].tolist(), "values": view.values[i].astype(np.float64).tolist()}
-                   for i, p in enumerate(responses.probe_ids[:4])]
+        answers = [
+            {"probe_id": int(p), "ids": view.ids[i].tolist(), "values": view.values[i].astype(np.float64).tolist()}
+            for i, p in enumerate(responses.probe_ids[:4])
+        ]
         result = c.post("/v1/classify", json={"tier": "topk20", "answers": answers, "claim": "dtype=fp32"}).json()
         assert result["status"] == "match" and result["heads"]["full"]["guesses"][0]["label"] == cls.name
         assert result["verdict"] == "inconsistent" and result["answers_used"] == 4
@@ -313,7 +383,9 @@ def test_openapi_declares_every_route_and_the_statuses_it_answers(tmp_path: Path
             schema = operations[key]["responses"][status]["content"]["application/json"]["schema"]
             assert schema["$ref"].split("/")[-1] in ("ErrorBody", "Health"), (key, status, schema)
     create = operations[("POST", "/v1/audits")]
-    body_schema = spec["components"]["schemas"][create["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]]
+    body_schema = spec["components"]["schemas"][
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    ]
     assert body_schema["properties"]["target_api_key"]["anyOf"][0]["writeOnly"] is True
     public = spec["components"]["schemas"]["AuditPublic"]["properties"]
     assert "target_api_key" not in public and "credential" not in public
@@ -338,11 +410,14 @@ def test_a_slow_target_does_not_block_audits_of_another(tmp_path: Path, target: 
 
     app = create_app(settings)
     with serve_handler(slow) as (slow_url, _), serve_app(app) as base, client(base, admin_key(tmp_path)) as c:
-        slow_ids = [c.post("/v1/audits", json={"endpoint": slow_url, "budget": 3, "timeout_s": 30}).json()["id"]
-                    for _ in range(3)]
+        slow_ids = [
+            c.post("/v1/audits", json={"endpoint": slow_url, "budget": 3, "timeout_s": 30}).json()["id"]
+            for _ in range(3)
+        ]
         wait_for(lambda: concurrent[0] == 1, 10, "the first slow audit to reach its target")
-        fast_ids = [c.post("/v1/audits", json={"endpoint": target, "budget": 8, "seed": i}).json()["id"]
-                    for i in range(3)]
+        fast_ids = [
+            c.post("/v1/audits", json={"endpoint": target, "budget": 8, "seed": i}).json()["id"] for i in range(3)
+        ]
         started = time.monotonic()
         fast = [wait_final(c, i, timeout_s=30) for i in fast_ids]
         assert all(a["status"] == "done" for a in fast) and time.monotonic() - started < 20
@@ -361,13 +436,20 @@ def test_cancel_a_running_audit_keeps_its_answers(tmp_path: Path, target: str) -
         if request.path.endswith("/completions") and len(seen) > 1:
             gate.wait(20)
         seen.append(request)
-        upstream = httpx.post(target + request.path[len("/v1"):], content=request.body,
-                              headers={"content-type": "application/json"}, timeout=30)
+        upstream = httpx.post(
+            target + request.path[len("/v1") :],
+            content=request.body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         reply.send(upstream.status_code, upstream.content)
 
     seen: list = []
-    with serve_handler(slow_proxy) as (url, _), serve_app(create_app(settings)) as base, \
-            client(base, admin_key(tmp_path)) as c:
+    with (
+        serve_handler(slow_proxy) as (url, _),
+        serve_app(create_app(settings)) as base,
+        client(base, admin_key(tmp_path)) as c,
+    ):
         audit = c.post("/v1/audits", json={"endpoint": url, "budget": 40, "claim": "dtype=fp32"}).json()
         wait_for(lambda: c.get(f"/v1/audits/{audit['id']}").json()["progress"]["answers"] >= 1, 20, "a first answer")
         r = c.post(f"/v1/audits/{audit['id']}/cancel")
@@ -375,5 +457,7 @@ def test_cancel_a_running_audit_keeps_its_answers(tmp_path: Path, target: str) -
         gate.set()
         done = wait_final(c, audit["id"])
     assert done["status"] == "cancelled" and "cancelled through the API" in done["error"]
-    assert done["report"]["stop"] == "interrupted" and len(done["report"]["evidence"]) == done["progress"]["answers"] >= 1
+    assert (
+        done["report"]["stop"] == "interrupted" and len(done["report"]["evidence"]) == done["progress"]["answers"] >= 1
+    )
     assert done["verdict"] != "consistent"  # an audit cut short confirms nothing

@@ -21,17 +21,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port, serve_asgi, serve_handler, wait_for_http
+from service_support import BACKENDS, database_url, wait_for
 
-from hspi.audit import AuditReport, AuditSettings, run_audit
-from hspi.platform import Platform
-from hspi.collector.target_server import create_target_app
 from hspi.api import store
 from hspi.api.db import Audit, AuditAnswer, Database
 from hspi.api.security import EndpointGuard, Vault
 from hspi.api.workers import AuditWorkers
-
-from servers import free_port, serve_asgi, serve_handler, wait_for_http
-from service_support import BACKENDS, database_url, wait_for
+from hspi.audit import AuditReport, AuditSettings, run_audit
+from hspi.collector.target_server import create_target_app
+from hspi.platform import Platform
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
 
@@ -57,14 +56,26 @@ def pool(db: Database, tmp_path: Path, seen: list | None = None, **kwargs) -> Au
     options = dict(workers=4, per_host=4, lease_s=1.0)
     options.update(kwargs)
     factory = (lambda: Counting(seen)) if seen is not None else None
-    return AuditWorkers(db, Vault.from_settings(None, tmp_path / "k"), EndpointGuard(["127.0.0.0/8"]),
-                        transport_factory=factory, **options)
+    return AuditWorkers(
+        db,
+        Vault.from_settings(None, tmp_path / "k"),
+        EndpointGuard(["127.0.0.0/8"]),
+        transport_factory=factory,
+        **options,
+    )
 
 
 def long_settings(url: str, budget: int = 8) -> AuditSettings:
     """Spends its whole budget: random order, and more answers needed than the budget allows."""
-    return AuditSettings(endpoint=url, model="lm-small", claim={"dtype": "fp32"}, budget_queries=budget, seed=5,
-                         order="random", min_answers=50)
+    return AuditSettings(
+        endpoint=url,
+        model="lm-small",
+        claim={"dtype": "fp32"},
+        budget_queries=budget,
+        seed=5,
+        order="random",
+        min_answers=50,
+    )
 
 
 def dead_worker_audit(db: Database, settings: AuditSettings, answers: list, *, attempts: int) -> str:
@@ -73,7 +84,7 @@ def dead_worker_audit(db: Database, settings: AuditSettings, answers: list, *, a
     with db.writing() as session:
         row = session.get(Audit, audit.id)
         row.status, row.worker, row.attempts = "running", "dead-process", attempts
-        row.lease_until = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+        row.lease_until = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
         row.queries, row.answers = answers[-1].queries_so_far, len(answers)
         for record in answers:
             session.add(AuditAnswer(audit_id=audit.id, idx=record.index, record=record.model_dump(mode="json")))
@@ -100,7 +111,8 @@ def test_a_dead_workers_audit_resumes_from_its_answers(backend: str, tmp_path: P
     report = AuditReport.model_validate(audit.report)
     assert audit.status == "done" and audit.attempts == 2 and report.queries == 8 and len(seen) == 5
     assert [r.model_dump() for r in report.evidence[:3]] == [
-        r.model_copy(update={"leading": report.evidence[i].leading}).model_dump() for i, r in enumerate(before)]
+        r.model_copy(update={"leading": report.evidence[i].leading}).model_dump() for i, r in enumerate(before)
+    ]
     probes = [r.probe_id for r in report.evidence]
     assert len(set(probes)) == len(probes) == 8
     assert [r.index for r in store.answers(db, audit_id)] == list(range(8))  # each answer stored once
@@ -112,8 +124,7 @@ def test_a_crash_loop_ends_interrupted_with_the_stored_evidence(tmp_path: Path, 
     db.migrate()
     before = run_audit(long_settings(target, budget=3)).evidence
     looping = dead_worker_audit(db, long_settings(target), before, attempts=3)
-    empty = dead_worker_audit(db, long_settings(target), [before[0].model_copy(update={"complete": False})],
-                              attempts=3)
+    empty = dead_worker_audit(db, long_settings(target), [before[0].model_copy(update={"complete": False})], attempts=3)
     seen: list = []
     workers = pool(db, tmp_path, seen, max_attempts=3)
     workers.start()
@@ -152,14 +163,22 @@ def test_a_clean_stop_requeues_running_audits_and_the_next_pool_resumes_them(tmp
     def proxy(request, reply):  # type: ignore[no-untyped-def]
         if slow.is_set():
             time.sleep(0.3)
-        upstream = httpx.post(target + request.path[len("/v1"):], content=request.body,
-                              headers={"content-type": "application/json"}, timeout=30)
+        upstream = httpx.post(
+            target + request.path[len("/v1") :],
+            content=request.body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         reply.send(upstream.status_code, upstream.content)
 
     with serve_handler(proxy) as (url, seen):
         slow.set()
-        ids = [store.create_audit(db, long_settings(url, budget=12).model_copy(update={"seed": i}),
-                                  origin="127.0.0.1:x")[0].id for i in range(3)]
+        ids = [
+            store.create_audit(db, long_settings(url, budget=12).model_copy(update={"seed": i}), origin="127.0.0.1:x")[
+                0
+            ].id
+            for i in range(3)
+        ]
         workers = pool(db, tmp_path, lease_s=5.0)
         workers.start()
         wait_for(lambda: all(store.get_audit(db, i).answers >= 2 for i in ids), 30, "answers of every audit")
@@ -177,7 +196,7 @@ def test_a_clean_stop_requeues_running_audits_and_the_next_pool_resumes_them(tmp
         report = AuditReport.model_validate(audit.report)
         assert audit.status == "done" and report.queries == 12 and len(report.evidence) == 12
         kept = stopped[audit.id]
-        assert [r.values for r in report.evidence[:len(kept)]] == [r.values for r in kept]
+        assert [r.values for r in report.evidence[: len(kept)]] == [r.values for r in kept]
         assert len({r.probe_id for r in report.evidence}) == 12
     assert seen.count == 36  # 3 x 12: nothing asked twice
 
@@ -196,10 +215,18 @@ def test_misbehaving_targets_fail_only_their_own_audits(tmp_path: Path, target: 
         reply.stall(10)
 
     with serve_handler(garbage) as (g, _), serve_handler(broken) as (b, _), serve_handler(silent) as (s, _):
-        bad = {url: store.create_audit(db, AuditSettings(endpoint=url, budget_queries=4, timeout_s=0.5, retries=1),
-                                       origin=url)[0].id for url in (g, b, s)}
-        good = [store.create_audit(db, AuditSettings(endpoint=target, claim={"dtype": "fp32"}, budget_queries=8, seed=i),
-                                   origin="good")[0].id for i in range(4)]
+        bad = {
+            url: store.create_audit(
+                db, AuditSettings(endpoint=url, budget_queries=4, timeout_s=0.5, retries=1), origin=url
+            )[0].id
+            for url in (g, b, s)
+        }
+        good = [
+            store.create_audit(
+                db, AuditSettings(endpoint=target, claim={"dtype": "fp32"}, budget_queries=8, seed=i), origin="good"
+            )[0].id
+            for i in range(4)
+        ]
         workers = pool(db, tmp_path, workers=8)
         workers.start()
         try:
@@ -214,10 +241,15 @@ def test_misbehaving_targets_fail_only_their_own_audits(tmp_path: Path, target: 
 @pytest.mark.slow
 def test_the_api_process_killed_mid_run_restarts_and_accounts_for_every_audit(tmp_path: Path, target: str) -> None:
     """SIGKILL `hspi serve` while audits run; start it again; every audit ends, none lost or run twice."""
+
     def proxy(request, reply):  # type: ignore[no-untyped-def]
         time.sleep(0.25)  # slow enough that the kill lands mid-audit
-        upstream = httpx.post(target + request.path[len("/v1"):], content=request.body,
-                              headers={"content-type": "application/json"}, timeout=30)
+        upstream = httpx.post(
+            target + request.path[len("/v1") :],
+            content=request.body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         reply.send(upstream.status_code, upstream.content)
 
     database = f"sqlite:///{tmp_path / 'service.db'}"
@@ -225,9 +257,16 @@ def test_the_api_process_killed_mid_run_restarts_and_accounts_for_every_audit(tm
     base = f"http://127.0.0.1:{port}"
     # polling nine audits every 50 ms is far above the default per-key rate: lift it, or a 429 body
     # (no "status") would stand in for an audit
-    env = {**os.environ, "HSPI_LEASE_S": "1", "HSPI_ALLOW_HOSTS": "127.0.0.0/8", "HSPI_PER_HOST": "3",
-           "HSPI_RATE_PER_MINUTE": "100000", "HSPI_RATE_BURST": "10000",
-           "HSPI_BOOTSTRAP_KEY_FILE": str(tmp_path / "admin.key"), "HSPI_SECRET_KEY_FILE": str(tmp_path / "secret.key")}
+    env = {
+        **os.environ,
+        "HSPI_LEASE_S": "1",
+        "HSPI_ALLOW_HOSTS": "127.0.0.0/8",
+        "HSPI_PER_HOST": "3",
+        "HSPI_RATE_PER_MINUTE": "100000",
+        "HSPI_RATE_BURST": "10000",
+        "HSPI_BOOTSTRAP_KEY_FILE": str(tmp_path / "admin.key"),
+        "HSPI_SECRET_KEY_FILE": str(tmp_path / "secret.key"),
+    }
     command = [sys.executable, "-m", "hspi", "serve", "--database", database, "--port", str(port)]
 
     def start() -> subprocess.Popen:
@@ -255,8 +294,12 @@ def test_the_api_process_killed_mid_run_restarts_and_accounts_for_every_audit(tm
         assert "running" in states.values() and any(at_kill.values())
         proc = start()
         try:
-            ended = {i: wait_for(lambda i=i: (a := http.get(f"/v1/audits/{i}").json())["status"] in FINAL and a, 90,
-                                 f"audit {i}") for i in ids}
+            ended = {
+                i: wait_for(
+                    lambda i=i: (a := http.get(f"/v1/audits/{i}").json())["status"] in FINAL and a, 90, f"audit {i}"
+                )
+                for i in ids
+            }
             listed = http.get("/v1/audits", params={"limit": 200}).json()["data"]
         finally:
             proc.terminate()
@@ -267,7 +310,7 @@ def test_the_api_process_killed_mid_run_restarts_and_accounts_for_every_audit(tm
         assert audit["status"] == "done", (audit_id, states[audit_id], audit["error"])
         report = AuditReport.model_validate(audit["report"])
         kept = at_kill[audit_id]
-        assert [(r.probe_id, r.values) for r in report.evidence[:len(kept)]] == [(r.probe_id, r.values) for r in kept]
+        assert [(r.probe_id, r.values) for r in report.evidence[: len(kept)]] == [(r.probe_id, r.values) for r in kept]
         complete = [r.probe_id for r in report.evidence if r.complete]
         assert len(set(complete)) == len(complete) and report.queries <= 16
         assert [r.index for r in store.answers(db, audit_id)] == list(range(len(report.evidence)))

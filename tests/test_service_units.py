@@ -10,20 +10,28 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-
-from hspi.errors import ConfigError, TargetError
-from hspi.api.app import validation_message
-from hspi.api.db import Base, Database
-from hspi.api.scan import load_targets
-from hspi.api.security import (EndpointGuard, EndpointRefused, RateLimiter, Vault, expand_scopes, hash_key,
-                               key_id_of, key_matches, new_api_key)
-from hspi.api.store import decode_cursor
-
 from servers import serve_handler
 from service_support import BACKENDS, database_url
 
+from hspi.api.app import validation_message
+from hspi.api.db import Base, Database
+from hspi.api.scan import load_targets
+from hspi.api.security import (
+    EndpointGuard,
+    EndpointRefused,
+    RateLimiter,
+    Vault,
+    expand_scopes,
+    hash_key,
+    key_id_of,
+    key_matches,
+    new_api_key,
+)
+from hspi.api.store import decode_cursor
+from hspi.errors import ConfigError, TargetError
 
 # -- keys and scopes --------------------------------------------------------------------------------
+
 
 def test_scopes_are_ordered_and_checked() -> None:
     assert expand_scopes(["read"]) == {"read"}
@@ -44,6 +52,7 @@ def test_api_keys_are_random_and_only_their_hash_is_kept() -> None:
 
 
 # -- the vault ------------------------------------------------------------------------------------
+
 
 def test_vault_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "secret.key"
@@ -75,6 +84,7 @@ def test_vault_rotation_and_a_wrong_key(tmp_path: Path) -> None:
 
 # -- the SSRF guard -----------------------------------------------------------------------------------
 
+
 def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
     def resolve(host: str, port: int) -> list[str]:
         if host not in table:
@@ -86,30 +96,37 @@ def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
     return resolve
 
 
-PUBLIC = {"api.example.com": ["93.184.215.14"], "sneaky.example.com": ["93.184.215.14", "127.0.0.1"],
-          "inside.example.com": ["10.1.2.3"], "localhost": ["127.0.0.1", "::1"]}
+PUBLIC = {
+    "api.example.com": ["93.184.215.14"],
+    "sneaky.example.com": ["93.184.215.14", "127.0.0.1"],
+    "inside.example.com": ["10.1.2.3"],
+    "localhost": ["127.0.0.1", "::1"],
+}
 
 
-@pytest.mark.parametrize("url, words", [
-    ("http://127.0.0.1:8801/v1", "loopback"),
-    ("http://[::1]:8801/v1", "loopback"),
-    ("http://localhost:8801/v1", "resolves to 127.0.0.1, which is a loopback"),
-    ("http://sneaky.example.com/v1", "resolves to 127.0.0.1"),
-    ("http://inside.example.com/v1", "private"),
-    ("http://10.0.0.5/v1", "private"),
-    ("http://192.168.1.1/v1", "private"),
-    ("http://172.16.0.1/v1", "private"),
-    ("http://169.254.169.254/latest/meta-data", "metadata"),
-    ("http://169.254.10.10/v1", "link-local"),
-    ("http://[fe80::1]/v1", "link-local"),
-    ("http://[::ffff:127.0.0.1]/v1", "loopback"),
-    ("http://100.64.0.1/v1", "shared"),
-    ("http://0.0.0.0/v1", "unspecified"),
-    ("http://no-such-host.example.com/v1", "does not resolve"),
-    ("ftp://api.example.com/v1", "not an http(s) URL"),
-    ("http://user:pw@api.example.com/v1", "must not carry credentials"),
-    ("not a url", "not an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http://127.0.0.1:8801/v1", "loopback"),
+        ("http://[::1]:8801/v1", "loopback"),
+        ("http://localhost:8801/v1", "resolves to 127.0.0.1, which is a loopback"),
+        ("http://sneaky.example.com/v1", "resolves to 127.0.0.1"),
+        ("http://inside.example.com/v1", "private"),
+        ("http://10.0.0.5/v1", "private"),
+        ("http://192.168.1.1/v1", "private"),
+        ("http://172.16.0.1/v1", "private"),
+        ("http://169.254.169.254/latest/meta-data", "metadata"),
+        ("http://169.254.10.10/v1", "link-local"),
+        ("http://[fe80::1]/v1", "link-local"),
+        ("http://[::ffff:127.0.0.1]/v1", "loopback"),
+        ("http://100.64.0.1/v1", "shared"),
+        ("http://0.0.0.0/v1", "unspecified"),
+        ("http://no-such-host.example.com/v1", "does not resolve"),
+        ("ftp://api.example.com/v1", "not an http(s) URL"),
+        ("http://user:pw@api.example.com/v1", "must not carry credentials"),
+        ("not a url", "not an http(s) URL"),
+    ],
+)
 def test_guard_refuses_what_is_not_public(url: str, words: str) -> None:
     guard = EndpointGuard(resolver=resolver(PUBLIC))
     with pytest.raises(EndpointRefused, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
@@ -155,8 +172,9 @@ def test_guarded_transport_never_follows_a_redirect_to_metadata() -> None:
         reply.send(302, {}, headers={"Location": "http://169.254.169.254/latest/meta-data"})
 
     with serve_handler(redirect) as (url, seen):
-        client = BudgetedHTTPClient(url, QueryBudget(3, 100), retries=0,
-                                    transport=EndpointGuard(["127.0.0.0/8"]).transport())
+        client = BudgetedHTTPClient(
+            url, QueryBudget(3, 100), retries=0, transport=EndpointGuard(["127.0.0.0/8"]).transport()
+        )
         with pytest.raises(TargetError, match="302"):
             client.post("/completions", {}, billed=1)
         client.close()
@@ -164,6 +182,7 @@ def test_guarded_transport_never_follows_a_redirect_to_metadata() -> None:
 
 
 # -- limits and messages --------------------------------------------------------------------------
+
 
 def test_rate_limiter_is_a_token_bucket_per_key() -> None:
     now = [0.0]
@@ -198,6 +217,7 @@ def test_a_cursor_that_was_not_issued_is_refused() -> None:
 
 # -- persistence ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_migrations_build_exactly_the_models_and_run_twice(backend: str, tmp_path: Path) -> None:
     from alembic.autogenerate import compare_metadata
@@ -208,7 +228,9 @@ def test_migrations_build_exactly_the_models_and_run_twice(backend: str, tmp_pat
     db.migrate()  # idempotent: a restart migrates again
     assert db.revision() == "0001"
     with db.engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata) == []
+        assert (
+            compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata) == []
+        )
     if backend == "sqlite":
         with db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -228,29 +250,35 @@ def test_database_errors_are_one_line_without_the_password(tmp_path: Path) -> No
 
 # -- the targets file of a scan -------------------------------------------------------------------------
 
+
 def test_targets_from_yaml_and_csv(tmp_path: Path) -> None:
     yaml_file = tmp_path / "t.yaml"
-    yaml_file.write_text("targets:\n  - endpoint: http://a/v1\n    claim: dtype=fp32\n"
-                         "  - {name: b, endpoint: 'http://b/v1', claim: {hardware: x86-avx2}, budget: 8, api_key_env: B_KEY}\n")
+    yaml_file.write_text(
+        "targets:\n  - endpoint: http://a/v1\n    claim: dtype=fp32\n"
+        "  - {name: b, endpoint: 'http://b/v1', claim: {hardware: x86-avx2}, budget: 8, api_key_env: B_KEY}\n"
+    )
     a, b = load_targets(yaml_file)
     assert a.key == "http://a/v1 lm-small" and a.claim == {"dtype": "fp32"}
     assert b.key == "b" and b.budget == 8 and b.claim == {"hardware": "x86-avx2"} and b.api_key_env == "B_KEY"
     csv_file = tmp_path / "t.csv"
-    csv_file.write_text("name,endpoint,claim,budget\nx,http://x/v1,\"dtype=bf16,hardware=x86-amx\",4\ny,http://y/v1,,\n")
+    csv_file.write_text('name,endpoint,claim,budget\nx,http://x/v1,"dtype=bf16,hardware=x86-amx",4\ny,http://y/v1,,\n')
     x, y = load_targets(csv_file)
     assert x.claim == {"dtype": "bf16", "hardware": "x86-amx"} and x.budget == 4 and y.claim == {} and y.budget is None
 
 
-@pytest.mark.parametrize("text, words", [
-    ("- endpoint: http://a/v1\n  api_key: sk-1\n", "entry 1: never put a target's key in the file"),
-    ("- endpoint: http://a/v1\n- {endpoint: http://a/v1}\n", "entries 1 and 2 are both"),
-    ("- {endpoint: http://a/v1, budget: 0}\n", "entry 1: budget"),
-    ("- {endpoint: http://a/v1, claim: gpu=h100}\n", "entry 1: bad claim head 'gpu'"),
-    ("- {endpoint: http://a/v1, colour: red}\n", "entry 1: colour"),
-    ("- just-a-string\n", "entry 1: a target is a mapping"),
-    ("targets: [\n", "not valid YAML at line"),
-    ("[]\n", "lists no targets"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("- endpoint: http://a/v1\n  api_key: sk-1\n", "entry 1: never put a target's key in the file"),
+        ("- endpoint: http://a/v1\n- {endpoint: http://a/v1}\n", "entries 1 and 2 are both"),
+        ("- {endpoint: http://a/v1, budget: 0}\n", "entry 1: budget"),
+        ("- {endpoint: http://a/v1, claim: gpu=h100}\n", "entry 1: bad claim head 'gpu'"),
+        ("- {endpoint: http://a/v1, colour: red}\n", "entry 1: colour"),
+        ("- just-a-string\n", "entry 1: a target is a mapping"),
+        ("targets: [\n", "not valid YAML at line"),
+        ("[]\n", "lists no targets"),
+    ],
+)
 def test_bad_targets_files_name_the_entry(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "t.yaml"
     path.write_text(text)

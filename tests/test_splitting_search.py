@@ -13,15 +13,22 @@ from hypothesis.extra import numpy as hnp
 
 from hspi.collector.splitting_search import near_twins, pairs_split
 from hspi.dataset import (
-    SEARCHED_REFERENCE_RUN, ConfigRecord, Dataset, Manifest, RunRecord, save_manifest, write_shard,
+    SEARCHED_REFERENCE_RUN,
+    ConfigRecord,
+    Dataset,
+    Manifest,
+    RunRecord,
+    save_manifest,
+    write_shard,
 )
 from hspi.equivalence import distinct_answers
 from hspi.errors import DatasetError
 from hspi.platform import Platform
 from hspi.responses import Responses
 
-answers = hnp.arrays(np.uint32, st.tuples(st.integers(2, 5), st.integers(1, 12), st.integers(1, 3)),
-                     elements=st.integers(0, 2))  # few values: many ties between classes
+answers = hnp.arrays(
+    np.uint32, st.tuples(st.integers(2, 5), st.integers(1, 12), st.integers(1, 3)), elements=st.integers(0, 2)
+)  # few values: many ties between classes
 
 
 @given(answers)
@@ -54,15 +61,22 @@ def _dataset(tmp_path: Path, searched: dict[str, list[int]] | None) -> Path:
     rng = np.random.default_rng(0)
     for cid in ("a", "b"):
         record = ConfigRecord(platform=Platform(), labels={})
-        ref = Responses("mlp", "mlp-v1/probes-v1/pool", np.arange(4, dtype=np.int32),
-                        rng.standard_normal((4, 3)).astype(np.float32), "float32")
+        ref = Responses(
+            "mlp",
+            "mlp-v1/probes-v1/pool",
+            np.arange(4, dtype=np.int32),
+            rng.standard_normal((4, 3)).astype(np.float32),
+            "float32",
+        )
         record.runs["reference"] = RunRecord(shards={"mlp": write_shard(tmp_path, ref)}, provenance={}, seconds=0)
         if searched and cid in searched:
             ids = np.array(searched[cid], dtype=np.int32)
-            extra = Responses("mlp", "mlp-v1/probes-v1/pool", ids, rng.standard_normal((len(ids), 3)).astype(np.float32),
-                              "float32")
-            record.runs[SEARCHED_REFERENCE_RUN] = RunRecord(shards={"mlp": write_shard(tmp_path, extra)}, provenance={},
-                                                            seconds=0)
+            extra = Responses(
+                "mlp", "mlp-v1/probes-v1/pool", ids, rng.standard_normal((len(ids), 3)).astype(np.float32), "float32"
+            )
+            record.runs[SEARCHED_REFERENCE_RUN] = RunRecord(
+                shards={"mlp": write_shard(tmp_path, extra)}, provenance={}, seconds=0
+            )
         manifest.configs[cid] = record
     save_manifest(tmp_path, manifest)
     return tmp_path

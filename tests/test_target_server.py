@@ -10,9 +10,8 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from servers import serve_asgi
 
-from hspi.errors import ConfigError
-from hspi.platform import Platform
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.target_server import create_target_app
@@ -20,9 +19,9 @@ from hspi.collector.targets.http_client import QueryBudget
 from hspi.collector.targets.local import LocalTarget
 from hspi.collector.targets.openai import OpenAICompatibleTarget, answers_from_tokens
 from hspi.collector.vocabulary import decode, token_text
+from hspi.errors import ConfigError
 from hspi.features.tiers import tier_view
-
-from servers import serve_asgi
+from hspi.platform import Platform
 
 FP32 = Platform()
 BF16 = Platform.parse("cpu:native/bf16/torch-eager")
@@ -45,8 +44,10 @@ def ask(client: TestClient, probe: int, **fields) -> httpx.Response:
 
 
 def ask_chat(client: TestClient, probe: int, **fields) -> httpx.Response:
-    return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt(probe)}],
-                                                     "max_tokens": 1, "temperature": 0, **fields})
+    return client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": prompt(probe)}], "max_tokens": 1, "temperature": 0, **fields},
+    )
 
 
 def error_of(response: httpx.Response) -> str:
@@ -75,6 +76,7 @@ def capped(apps: dict) -> dict:
 
 # -- exactly the dataset's tier derivation --------------------------------------------------------
 
+
 @pytest.mark.parametrize("platform", [FP32, BF16], ids=lambda p: p.id)
 def test_served_logprobs_are_the_tier_derivation_bit_for_bit(platform: Platform) -> None:
     expected_logits = LocalTarget("lm-small", platform).answer(POOL, IDS).as_float32()
@@ -93,8 +95,12 @@ def test_served_logprobs_are_the_tier_derivation_bit_for_bit(platform: Platform)
                 assert bits(logprobs["token_logprobs"]) == bits(views["top1"].values[row])
             chat = ask_chat(client, int(probe), logprobs=True, top_logprobs=20).json()
             content = chat["choices"][0]["logprobs"]["content"][0]
-            assert [a["token"] for a in content["top_logprobs"]] == [token_text(int(i), VOCAB) for i in views["topk20"].ids[row]]
-            assert np.array_equal(bits([a["logprob"] for a in content["top_logprobs"]]), bits(views["topk20"].values[row]))
+            assert [a["token"] for a in content["top_logprobs"]] == [
+                token_text(int(i), VOCAB) for i in views["topk20"].ids[row]
+            ]
+            assert np.array_equal(
+                bits([a["logprob"] for a in content["top_logprobs"]]), bits(views["topk20"].values[row])
+            )
             assert content["token"] == chat["choices"][0]["message"]["content"]
 
 
@@ -133,6 +139,7 @@ def test_over_http_the_client_reads_back_the_exact_tier_view(apps: dict) -> None
 
 # -- tier caps ---------------------------------------------------------------------------------------
 
+
 def test_cap_20(client: TestClient) -> None:
     assert len(ask(client, 1, logprobs=20).json()["choices"][0]["logprobs"]["top_logprobs"][0]) == 20
     assert "logprobs" in error_of(ask(client, 1, logprobs=21))
@@ -144,7 +151,12 @@ def test_cap_5_refuses_20(capped: dict) -> None:
     assert error_of(ask(c, 1, logprobs=20)) == "logprobs must be at most 5"
     assert error_of(ask_chat(c, 1, logprobs=True, top_logprobs=20)) == "logprobs must be at most 5"
     assert len(ask(c, 1, logprobs=5).json()["choices"][0]["logprobs"]["top_logprobs"][0]) == 5
-    assert len(ask_chat(c, 1, logprobs=True, top_logprobs=5).json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 5
+    assert (
+        len(
+            ask_chat(c, 1, logprobs=True, top_logprobs=5).json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        )
+        == 5
+    )
 
 
 def test_cap_1_gives_the_sampled_tokens_logprob_only(capped: dict) -> None:
@@ -189,35 +201,46 @@ def test_a_cap_outside_the_tiers_is_a_config_error() -> None:
 T = token_text(7, VOCAB)
 
 
-@pytest.mark.parametrize("payload, words", [
-    ({"prompt": "abc"}, ["'a'", "U+0061", "vocabulary"]),
-    ({"prompt": T + "\u4e00x"}, ["'x'", "vocabulary"]),
-    ({"prompt": T * 17}, ["1 to 16 tokens", "17"]),
-    ({"prompt": ""}, ["1 to 16 tokens", "has 0"]),
-    ({"prompt": []}, ["1 to 16 tokens", "has 0"]),
-    ({"prompt": [512]}, ["0..511"]),
-    ({"prompt": [3, -1]}, ["0..511"]),
-    ({"prompt": [1.5]}, ["prompt"]),
-    ({"prompt": None}, ["prompt"]),
-    ({}, ["prompt", "required"]),
-    ({"prompt": T, "max_tokens": 0}, ["max_tokens"]),
-    ({"prompt": T, "max_tokens": 17}, ["max_tokens"]),
-    ({"prompt": T, "temperature": -1}, ["temperature"]),
-    ({"prompt": T, "logprobs": -1}, ["logprobs"]),
-    ({"prompt": T, "logprobs": "all"}, ["logprobs"]),
-])
-def test_bad_completion_requests_are_400s_naming_the_problem(client: TestClient, payload: dict, words: list[str]) -> None:
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        ({"prompt": "abc"}, ["'a'", "U+0061", "vocabulary"]),
+        ({"prompt": T + "\u4e00x"}, ["'x'", "vocabulary"]),
+        ({"prompt": T * 17}, ["1 to 16 tokens", "17"]),
+        ({"prompt": ""}, ["1 to 16 tokens", "has 0"]),
+        ({"prompt": []}, ["1 to 16 tokens", "has 0"]),
+        ({"prompt": [512]}, ["0..511"]),
+        ({"prompt": [3, -1]}, ["0..511"]),
+        ({"prompt": [1.5]}, ["prompt"]),
+        ({"prompt": None}, ["prompt"]),
+        ({}, ["prompt", "required"]),
+        ({"prompt": T, "max_tokens": 0}, ["max_tokens"]),
+        ({"prompt": T, "max_tokens": 17}, ["max_tokens"]),
+        ({"prompt": T, "temperature": -1}, ["temperature"]),
+        ({"prompt": T, "logprobs": -1}, ["logprobs"]),
+        ({"prompt": T, "logprobs": "all"}, ["logprobs"]),
+    ],
+)
+def test_bad_completion_requests_are_400s_naming_the_problem(
+    client: TestClient, payload: dict, words: list[str]
+) -> None:
     message = error_of(client.post("/v1/completions", json=payload))
     assert all(w in message for w in words), message
 
 
-@pytest.mark.parametrize("payload, words", [
-    ({"messages": []}, ["messages"]),
-    ({"messages": [{"role": "user", "content": "hello"}]}, ["'h'", "vocabulary"]),
-    ({"messages": [{"role": "user"}]}, ["content"]),
-    ({"messages": [{"role": "user", "content": T * 9}, {"role": "user", "content": T * 8}]}, ["1 to 16 tokens", "17"]),
-    ({"messages": [{"role": "user", "content": T}], "top_logprobs": 21, "logprobs": True}, ["top_logprobs"]),
-])
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        ({"messages": []}, ["messages"]),
+        ({"messages": [{"role": "user", "content": "hello"}]}, ["'h'", "vocabulary"]),
+        ({"messages": [{"role": "user"}]}, ["content"]),
+        (
+            {"messages": [{"role": "user", "content": T * 9}, {"role": "user", "content": T * 8}]},
+            ["1 to 16 tokens", "17"],
+        ),
+        ({"messages": [{"role": "user", "content": T}], "top_logprobs": 21, "logprobs": True}, ["top_logprobs"]),
+    ],
+)
 def test_bad_chat_requests_are_400s(client: TestClient, payload: dict, words: list[str]) -> None:
     message = error_of(client.post("/v1/chat/completions", json=payload))
     assert all(w in message for w in words), message
@@ -242,17 +265,20 @@ def _inputs(n: int = 1, width: int = 64, value: float = 0.5) -> list:
     return [[value] * width for _ in range(n)]
 
 
-@pytest.mark.parametrize("inputs, words", [
-    (_inputs(width=2), ["shape [64]", "got [2]"]),
-    (_inputs(width=65), ["shape [64]", "got [65]"]),
-    ([0.5] * 64, ["shape [64]", "got []"]),
-    ([_inputs()], ["shape [64]", "got [1, 64]"]),
-    ([[0.5] * 64, [0.5] * 63], ["nested list of numbers"]),
-    ([["a"] * 64], ["nested list of numbers"]),
-    ([], ["inputs"]),
-    (_inputs(65), ["inputs"]),
-    (_inputs(value=1e39), ["finite"]),
-])
+@pytest.mark.parametrize(
+    "inputs, words",
+    [
+        (_inputs(width=2), ["shape [64]", "got [2]"]),
+        (_inputs(width=65), ["shape [64]", "got [65]"]),
+        ([0.5] * 64, ["shape [64]", "got []"]),
+        ([_inputs()], ["shape [64]", "got [1, 64]"]),
+        ([[0.5] * 64, [0.5] * 63], ["nested list of numbers"]),
+        ([["a"] * 64], ["nested list of numbers"]),
+        ([], ["inputs"]),
+        (_inputs(65), ["inputs"]),
+        (_inputs(value=1e39), ["finite"]),
+    ],
+)
 def test_mlp_logits_with_bad_inputs_are_400s(mlp: TestClient, inputs: list, words: list[str]) -> None:
     message = error_of(mlp.post("/v1/logits", json={"inputs": inputs}))
     assert all(w in message for w in words), message
@@ -278,8 +304,15 @@ def test_mlp_logits_are_the_local_targets_bit_for_bit(mlp: TestClient) -> None:
     assert "not a language model" in error_of(mlp.post("/v1/completions", json={"prompt": T}))
 
 
-@pytest.mark.parametrize("row, words", [([600] * 16, ["token ids", "0..511"]), ([1.5] * 16, ["token ids"]),
-                                        ([-1] * 16, ["token ids"]), ([1] * 17, ["shape [16]"])])
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ([600] * 16, ["token ids", "0..511"]),
+        ([1.5] * 16, ["token ids"]),
+        ([-1] * 16, ["token ids"]),
+        ([1] * 17, ["shape [16]"]),
+    ],
+)
 def test_lm_logits_with_bad_token_ids_are_400s(client: TestClient, row: list, words: list[str]) -> None:
     message = error_of(client.post("/v1/logits", json={"inputs": [row]}))
     assert all(w in message for w in words), message
@@ -295,6 +328,7 @@ def test_lm_logits_endpoint_matches_the_local_target(client: TestClient) -> None
 
 # -- chat, generation ---------------------------------------------------------------------------------
 
+
 def test_chat_and_completions_give_the_same_first_token(client: TestClient) -> None:
     for probe in IDS[:2]:
         completion = ask(client, int(probe), logprobs=20).json()["choices"][0]["logprobs"]
@@ -302,14 +336,21 @@ def test_chat_and_completions_give_the_same_first_token(client: TestClient) -> N
         content = chat["choices"][0]["logprobs"]["content"][0]
         assert content["token"] == completion["tokens"][0]
         assert content["logprob"] == completion["token_logprobs"][0]
-        assert [(a["token"], a["logprob"]) for a in content["top_logprobs"]] == list(completion["top_logprobs"][0].items())
+        assert [(a["token"], a["logprob"]) for a in content["top_logprobs"]] == list(
+            completion["top_logprobs"][0].items()
+        )
         assert all(a["bytes"] == list(a["token"].encode()) for a in content["top_logprobs"])
         assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
     # messages are joined without a template: split prompts are the same pool probe
     whole = prompt(int(IDS[0]))
-    split = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": whole[:5]},
-                                                                  {"role": "user", "content": whole[5:]}],
-                                                     "max_tokens": 1, "temperature": 0}).json()
+    split = client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "system", "content": whole[:5]}, {"role": "user", "content": whole[5:]}],
+            "max_tokens": 1,
+            "temperature": 0,
+        },
+    ).json()
     assert split["choices"][0]["message"]["content"] == ask(client, int(IDS[0])).json()["choices"][0]["text"]
 
 
@@ -337,6 +378,7 @@ def test_short_prompts_run_with_static_batching() -> None:
 
 # -- dynamic batching ---------------------------------------------------------------------------------
 
+
 async def _concurrently(app, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://target") as c:
@@ -345,8 +387,10 @@ async def _concurrently(app, requests: list[tuple[str, dict]]) -> list[httpx.Res
 
 def test_dynamic_batching_runs_concurrent_requests_together() -> None:
     app = create_target_app("lm-small", FP32, dynamic_batching=True, max_batch=8, batch_window_ms=200)
-    requests = [("/v1/completions", {"prompt": prompt(int(p)), "max_tokens": 1, "temperature": 0, "logprobs": 5})
-                for p in range(6)]
+    requests = [
+        ("/v1/completions", {"prompt": prompt(int(p)), "max_tokens": 1, "temperature": 0, "logprobs": 5})
+        for p in range(6)
+    ]
     answers = asyncio.run(_concurrently(app, requests))
     assert [a.status_code for a in answers] == [200] * 6
     sizes = app.state.runner.batch_sizes
@@ -361,11 +405,13 @@ def test_dynamic_batching_runs_concurrent_requests_together() -> None:
 
 def test_dynamic_batching_mixed_lengths_and_a_bad_request_do_not_fail_batch_mates() -> None:
     app = create_target_app("lm-small", FP32, dynamic_batching=True, max_batch=8, batch_window_ms=200)
-    requests = [("/v1/completions", {"prompt": prompt(1), "max_tokens": 1, "temperature": 0}),
-                ("/v1/completions", {"prompt": T * 3, "max_tokens": 1, "temperature": 0}),
-                ("/v1/logits", {"inputs": [[600] * 16]}),
-                ("/v1/completions", {"prompt": prompt(2), "max_tokens": 2, "temperature": 0}),
-                ("/v1/chat/completions", {"messages": [{"role": "user", "content": T}], "max_tokens": 1})]
+    requests = [
+        ("/v1/completions", {"prompt": prompt(1), "max_tokens": 1, "temperature": 0}),
+        ("/v1/completions", {"prompt": T * 3, "max_tokens": 1, "temperature": 0}),
+        ("/v1/logits", {"inputs": [[600] * 16]}),
+        ("/v1/completions", {"prompt": prompt(2), "max_tokens": 2, "temperature": 0}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": T}], "max_tokens": 1}),
+    ]
     answers = asyncio.run(_concurrently(app, requests))
     assert [a.status_code for a in answers] == [200, 200, 400, 200, 200], [a.text for a in answers]
     assert max(app.state.runner.batch_sizes) > 1
@@ -376,9 +422,11 @@ def test_dynamic_batching_over_real_http_threads(apps: dict) -> None:
 
     app = create_target_app("lm-small", FP32, dynamic_batching=True, max_batch=8, batch_window_ms=150)
     with serve_asgi(app) as url:
+
         def one(p: int) -> int:
-            return httpx.post(url + "/completions", json={"prompt": prompt(p), "max_tokens": 1, "logprobs": 1},
-                              timeout=30).status_code
+            return httpx.post(
+                url + "/completions", json={"prompt": prompt(p), "max_tokens": 1, "logprobs": 1}, timeout=30
+            ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             codes = list(pool.map(one, range(6)))

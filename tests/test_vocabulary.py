@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hspi.errors import ConfigError
 from hspi.collector.models import build_model, resolve_models
 from hspi.collector.vocabulary import decode, encode, token_id, vocabulary
+from hspi.errors import ConfigError
 
 
 @given(st.lists(st.integers(0, 511), min_size=0, max_size=32))

@@ -13,9 +13,12 @@ target_metadata = Base.metadata
 
 
 def _configure(connection) -> None:  # type: ignore[no-untyped-def]
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
-                      compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

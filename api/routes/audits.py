@@ -7,20 +7,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from hspi.audit import AuditReport, AuditSettings
-from hspi.claims import parse_claim
-from hspi.errors import ConfigError
-from hspi.platform import HEADS
 from hspi.api import store
 from hspi.api.db import Audit
 from hspi.api.deps import ReadKey, ServicesDep, WriteKey
-from hspi.api.schemas import (AnswerList, AuditCreate, AuditList, AuditPublic, AuditStatus, AuditSummary, ErrorBody,
-                              Progress)
+from hspi.api.schemas import (
+    AnswerList,
+    AuditCreate,
+    AuditList,
+    AuditPublic,
+    AuditStatus,
+    AuditSummary,
+    ErrorBody,
+    Progress,
+)
+from hspi.audit import AuditReport, AuditSettings
+from hspi.audit.claims import parse_claim
+from hspi.errors import ConfigError
+from hspi.platform import HEADS
 
 router = APIRouter(prefix="/audits", tags=["audits"])
-AUTH_ERRORS = {401: {"model": ErrorBody, "description": "missing, invalid or revoked API key"},
-               403: {"model": ErrorBody, "description": "the key lacks the scope"},
-               429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"}}
+AUTH_ERRORS = {
+    401: {"model": ErrorBody, "description": "missing, invalid or revoked API key"},
+    403: {"model": ErrorBody, "description": "the key lacks the scope"},
+    429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"},
+}
 # routes that take parameters or a body: their validation errors are sentences too, not pydantic's list
 ERRORS = {**AUTH_ERRORS, 422: {"model": ErrorBody, "description": "a request the service cannot accept"}}
 BODY_ERRORS = {**ERRORS, 413: {"model": ErrorBody, "description": "the request body is over the service's limit"}}
@@ -39,14 +49,31 @@ def claim_of(value: dict[str, str] | str | None) -> dict[str, str]:
 
 
 def summary(audit: Audit) -> dict:
-    return {"id": audit.id, "status": audit.status, "created_at": audit.created_at, "started_at": audit.started_at,
-            "finished_at": audit.finished_at, "endpoint": audit.endpoint, "model": audit.model,
-            "claim": audit.claim or {}, "label": audit.label, "scan_id": audit.scan_id, "owner": audit.owner_key_id,
-            "attempts": audit.attempts, "has_credential": audit.credential is not None,
-            "cancel_requested": audit.cancel_requested,
-            "progress": Progress(queries=audit.queries, budget_queries=int(audit.settings.get("budget_queries", 0)),
-                                 answers=audit.answers, leading=audit.leading or {}),
-            "verdict": audit.verdict, "stop": audit.stop, "error": audit.error}
+    return {
+        "id": audit.id,
+        "status": audit.status,
+        "created_at": audit.created_at,
+        "started_at": audit.started_at,
+        "finished_at": audit.finished_at,
+        "endpoint": audit.endpoint,
+        "model": audit.model,
+        "claim": audit.claim or {},
+        "label": audit.label,
+        "scan_id": audit.scan_id,
+        "owner": audit.owner_key_id,
+        "attempts": audit.attempts,
+        "has_credential": audit.credential is not None,
+        "cancel_requested": audit.cancel_requested,
+        "progress": Progress(
+            queries=audit.queries,
+            budget_queries=int(audit.settings.get("budget_queries", 0)),
+            answers=audit.answers,
+            leading=audit.leading or {},
+        ),
+        "verdict": audit.verdict,
+        "stop": audit.stop,
+        "error": audit.error,
+    }
 
 
 def public(audit: Audit) -> AuditPublic:
@@ -54,12 +81,29 @@ def public(audit: Audit) -> AuditPublic:
     return AuditPublic(**summary(audit), report=report)
 
 
-@router.post("", status_code=202, response_model=AuditPublic, summary="Create an audit (it runs in the background)",
-             responses={**BODY_ERRORS, 200: {"model": AuditPublic, "description": "the audit this Idempotency-Key created before"}})
-def create_audit(body: AuditCreate, principal: WriteKey, services: ServicesDep, response: Response,
-                 idempotency_key: Annotated[str | None, Header(max_length=200, description=(
-                     "retrying with the same key returns the audit created first, never a second one"))] = None
-                 ) -> AuditPublic:
+@router.post(
+    "",
+    status_code=202,
+    response_model=AuditPublic,
+    summary="Create an audit (it runs in the background)",
+    responses={
+        **BODY_ERRORS,
+        200: {"model": AuditPublic, "description": "the audit this Idempotency-Key created before"},
+    },
+)
+def create_audit(
+    body: AuditCreate,
+    principal: WriteKey,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description=("retrying with the same key returns the audit created first, never a second one"),
+        ),
+    ] = None,
+) -> AuditPublic:
     limits = services.settings
     if not 1 <= body.budget <= limits.max_budget:
         raise ConfigError(f"budget must be between 1 and {limits.max_budget}, got {body.budget}")
@@ -67,13 +111,31 @@ def create_audit(body: AuditCreate, principal: WriteKey, services: ServicesDep, 
     services.catalog.check_model(body.model)
     host, port = services.guard.split(body.endpoint)
     services.guard.check_host(host, port)
-    settings = AuditSettings(endpoint=body.endpoint, model=body.model, claim=claim, budget_queries=body.budget,
-                             budget_tokens=body.budget_tokens, api=body.api, served_model=body.served_model,
-                             max_tier=body.max_tier, seed=body.seed, timeout_s=body.timeout_s,
-                             min_answers=body.min_answers, dataset=limits.dataset, classifier=limits.classifier)
+    settings = AuditSettings(
+        endpoint=body.endpoint,
+        model=body.model,
+        claim=claim,
+        budget_queries=body.budget,
+        budget_tokens=body.budget_tokens,
+        api=body.api,
+        served_model=body.served_model,
+        max_tier=body.max_tier,
+        seed=body.seed,
+        timeout_s=body.timeout_s,
+        min_answers=body.min_answers,
+        dataset=limits.dataset,
+        classifier=limits.classifier,
+    )
     credential = services.vault.encrypt(body.target_api_key.get_secret_value()) if body.target_api_key else None
-    audit, created = store.create_audit(services.db, settings, origin=f"{host}:{port}", label=body.label,
-                                        credential=credential, owner=principal.key_id, idempotency_key=idempotency_key)
+    audit, created = store.create_audit(
+        services.db,
+        settings,
+        origin=f"{host}:{port}",
+        label=body.label,
+        credential=credential,
+        owner=principal.key_id,
+        idempotency_key=idempotency_key,
+    )
     if created:
         services.workers.submit(audit.id)
     else:
@@ -83,49 +145,83 @@ def create_audit(body: AuditCreate, principal: WriteKey, services: ServicesDep, 
 
 
 @router.get("", response_model=AuditList, summary="List audits, newest first", responses=ERRORS)
-def list_audits(principal: ReadKey, services: ServicesDep,
-                status: AuditStatus | None = None, model: str | None = None,
-                verdict: Annotated[str | None, Query(description="consistent, inconsistent, inconclusive, unknown-platform")] = None,
-                endpoint: str | None = None, label: str | None = None, scan_id: str | None = None,
-                owner: Annotated[str | None, Query(description="an API key id, or 'me'")] = None,
-                created_after: dt.datetime | None = None, created_before: dt.datetime | None = None,
-                limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
-                ) -> AuditList:
-    where = store.ListFilter(status=status, model=model, verdict=verdict, endpoint=endpoint, label=label,
-                             scan_id=scan_id, owner=principal.key_id if owner == "me" else owner,
-                             created_after=_aware(created_after), created_before=_aware(created_before))
+def list_audits(
+    principal: ReadKey,
+    services: ServicesDep,
+    status: AuditStatus | None = None,
+    model: str | None = None,
+    verdict: Annotated[
+        str | None, Query(description="consistent, inconsistent, inconclusive, unknown-platform")
+    ] = None,
+    endpoint: str | None = None,
+    label: str | None = None,
+    scan_id: str | None = None,
+    owner: Annotated[str | None, Query(description="an API key id, or 'me'")] = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+) -> AuditList:
+    where = store.ListFilter(
+        status=status,
+        model=model,
+        verdict=verdict,
+        endpoint=endpoint,
+        label=label,
+        scan_id=scan_id,
+        owner=principal.key_id if owner == "me" else owner,
+        created_after=_aware(created_after),
+        created_before=_aware(created_before),
+    )
     rows, next_cursor = store.list_audits(services.db, where, limit=limit, cursor=cursor)
     return AuditList(data=[AuditSummary(**summary(a)) for a in rows], next_cursor=next_cursor)
 
 
-@router.get("/{audit_id}", response_model=AuditPublic, summary="One audit: status, progress, report",
-            responses={**ERRORS, **NOT_FOUND})
+@router.get(
+    "/{audit_id}",
+    response_model=AuditPublic,
+    summary="One audit: status, progress, report",
+    responses={**ERRORS, **NOT_FOUND},
+)
 def get_audit(audit_id: str, principal: ReadKey, services: ServicesDep) -> AuditPublic:
     return public(store.get_audit(services.db, audit_id))
 
 
-@router.get("/{audit_id}/answers", response_model=AnswerList, summary="The answers stored so far, in order",
-            responses={**ERRORS, **NOT_FOUND})
-def get_answers(audit_id: str, principal: ReadKey, services: ServicesDep,
-                after: Annotated[int, Query(ge=-1, description="index of the last answer already read")] = -1,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> AnswerList:
+@router.get(
+    "/{audit_id}/answers",
+    response_model=AnswerList,
+    summary="The answers stored so far, in order",
+    responses={**ERRORS, **NOT_FOUND},
+)
+def get_answers(
+    audit_id: str,
+    principal: ReadKey,
+    services: ServicesDep,
+    after: Annotated[int, Query(ge=-1, description="index of the last answer already read")] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> AnswerList:
     store.get_audit(services.db, audit_id)
     records = store.answers(services.db, audit_id, after=after, limit=limit)
     return AnswerList(data=records, next_index=records[-1].index if len(records) == limit else None)
 
 
-@router.post("/{audit_id}/cancel", status_code=202, response_model=AuditPublic, summary="Cancel an audit",
-             responses={**ERRORS, **NOT_FOUND, 409: {"model": ErrorBody, "description": "the audit has already ended"}})
+@router.post(
+    "/{audit_id}/cancel",
+    status_code=202,
+    response_model=AuditPublic,
+    summary="Cancel an audit",
+    responses={**ERRORS, **NOT_FOUND, 409: {"model": ErrorBody, "description": "the audit has already ended"}},
+)
 def cancel_audit(audit_id: str, principal: WriteKey, services: ServicesDep) -> AuditPublic:
     audit = store.get_audit(services.db, audit_id)
     if not principal.admin and audit.owner_key_id != principal.key_id:
-        raise store.Forbidden(f"audit {audit_id} was created by another API key: only that key or an admin key "
-                              "can cancel it")
+        raise store.Forbidden(
+            f"audit {audit_id} was created by another API key: only that key or an admin key can cancel it"
+        )
     audit = store.request_cancel(services.db, audit_id)
     services.workers.cancel(audit_id)
     return public(audit)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value

@@ -16,8 +16,14 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 def key_public(key: ApiKey) -> dict:
     scopes = key.scopes.split(",")
-    return {"id": key.id, "name": key.name, "scopes": [s for s in SCOPES if s in scopes],
-            "created_at": key.created_at, "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scopes": [s for s in SCOPES if s in scopes],
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+    }
 
 
 @router.post("", status_code=201, response_model=KeyCreated, responses=BODY_ERRORS, summary="Create an API key")
@@ -32,7 +38,11 @@ def list_keys(principal: AdminKey, services: ServicesDep) -> KeyList:
     return KeyList(data=[KeyPublic(**key_public(k)) for k in store.list_keys(services.db)])
 
 
-@router.delete("/{key_id}", response_model=KeyPublic, summary="Revoke an API key",
-               responses={**ERRORS, 404: {"model": ErrorBody, "description": "no such key"}})
+@router.delete(
+    "/{key_id}",
+    response_model=KeyPublic,
+    summary="Revoke an API key",
+    responses={**ERRORS, 404: {"model": ErrorBody, "description": "no such key"}},
+)
 def revoke_key(key_id: str, principal: AdminKey, services: ServicesDep) -> KeyPublic:
     return KeyPublic(**key_public(store.revoke_key(services.db, key_id)))

@@ -12,9 +12,21 @@ from hspi.api.schemas import ScanList, ScanPublic
 router = APIRouter(prefix="/scans", tags=["scans"])
 
 
-@router.get("", response_model=ScanList, responses=AUTH_ERRORS, summary="Scans, newest first (audits: ?scan_id= on /v1/audits)")
+@router.get(
+    "", response_model=ScanList, responses=AUTH_ERRORS, summary="Scans, newest first (audits: ?scan_id= on /v1/audits)"
+)
 def list_scans(principal: ReadKey, services: ServicesDep) -> ScanList:
-    return ScanList(data=[ScanPublic(id=s.id, name=s.name, source=s.source, created_at=s.created_at,
-                                     finished_at=s.finished_at, total=s.total,
-                                     counts=store.counts_by_status(services.db, s.id))
-                          for s in store.list_scans(services.db)])
+    return ScanList(
+        data=[
+            ScanPublic(
+                id=s.id,
+                name=s.name,
+                source=s.source,
+                created_at=s.created_at,
+                finished_at=s.finished_at,
+                total=s.total,
+                counts=store.counts_by_status(services.db, s.id),
+            )
+            for s in store.list_scans(services.db)
+        ]
+    )

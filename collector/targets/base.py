@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from hspi.responses import Responses
 from hspi.collector.probes import ProbeSet
+from hspi.responses import Responses
 
 
 class Target(ABC):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
-from hspi.errors import ConfigError, TargetError
 from hspi.collector.targets.openai_parse import load_json
+from hspi.errors import ConfigError, TargetError
 
 MAX_RESPONSE_BYTES = 4_000_000  # a one-token answer with 20 alternatives is a few kB
 MAX_RETRY_AFTER_S = 30.0
@@ -38,20 +38,32 @@ class QueryBudget:
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.max_tokens < 1:
-            raise ConfigError(f"a budget needs at least 1 query and 1 token, got {self.max_queries} / {self.max_tokens}")
+            raise ConfigError(
+                f"a budget needs at least 1 query and 1 token, got {self.max_queries} / {self.max_tokens}"
+            )
 
     def spend(self, tokens: int) -> None:
         if self.queries + 1 > self.max_queries or self.tokens + tokens > self.max_tokens:
-            raise BudgetExhausted(f"budget spent: {self.queries}/{self.max_queries} queries, "
-                                  f"{self.tokens}/{self.max_tokens} tokens")
+            raise BudgetExhausted(
+                f"budget spent: {self.queries}/{self.max_queries} queries, {self.tokens}/{self.max_tokens} tokens"
+            )
         self.queries += 1
         self.tokens += tokens
 
 
 class BudgetedHTTPClient:
-    def __init__(self, base_url: str, budget: QueryBudget, *, api_key: str | None = None, timeout_s: float = 10.0,
-                 retries: int = 2, backoff_s: float = 0.2, max_response_bytes: int = MAX_RESPONSE_BYTES,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        budget: QueryBudget,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        backoff_s: float = 0.2,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url, self.budget = base_url.rstrip("/"), budget
         try:
             parsed = httpx.URL(self.base_url)
@@ -63,8 +75,9 @@ class BudgetedHTTPClient:
         self.max_response_bytes = max_response_bytes
         self._secret = api_key.encode() if api_key else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers, transport=transport,
-                                    follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s), headers=headers, transport=transport, follow_redirects=False
+        )
         self._local = threading.local()  # the overall deadline of the request this thread is sending
         _install_deadline(self._client, self._local)
 
@@ -80,7 +93,7 @@ class BudgetedHTTPClient:
         last = "no attempt"
         for attempt in range(self.retries + 1):
             self.budget.spend(billed)
-            wait = self.backoff_s * (2 ** attempt)
+            wait = self.backoff_s * (2**attempt)
             try:
                 status, headers, body = self._send(url, payload)
                 if self._secret:  # a server that echoes the key must not put it in a message
@@ -110,7 +123,9 @@ class BudgetedHTTPClient:
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > self.max_response_bytes:
-                        raise TargetError(f"target-error: {url} sent more than {self.max_response_bytes} bytes for one token")
+                        raise TargetError(
+                            f"target-error: {url} sent more than {self.max_response_bytes} bytes for one token"
+                        )
                     if time.monotonic() > deadline:
                         raise httpx.ReadTimeout("overall deadline passed")  # a trickling server must not hang us
                     chunks.append(chunk)
@@ -190,7 +205,13 @@ def _error_message(body: bytes) -> str:
     except TargetError:
         return ""
     error = payload.get("error") if isinstance(payload, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else payload.get("detail") if isinstance(payload, dict) else None
+    message = (
+        error.get("message")
+        if isinstance(error, dict)
+        else error
+        if isinstance(error, str)
+        else payload.get("detail")
+        if isinstance(payload, dict)
+        else None
+    )
     return f": {' '.join(str(message).split())[:160]}" if message else ""  # one line, whatever the server sent
-
-

@@ -11,25 +11,35 @@ from typing import ClassVar
 import httpx
 import numpy as np
 
-from hspi.errors import TargetError
-from hspi.responses import Responses
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetedHTTPClient, QueryBudget
 from hspi.collector.targets.openai_parse import load_json
+from hspi.errors import TargetError
+from hspi.responses import Responses
 
 
 class JSONLogitsTarget(Target):
     kind: ClassVar[str] = "json-logits"
     tier: ClassVar[str] = "logits"
 
-    def __init__(self, url: str, model: str, budget: QueryBudget, *, api_key: str | None = None,
-                 timeout_s: float = 10.0, retries: int = 2, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        budget: QueryBudget,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.spec = model_spec(model)
         self.model = model
-        self.http = BudgetedHTTPClient(url, budget, api_key=api_key, timeout_s=timeout_s, retries=retries,
-                                       transport=transport)
+        self.http = BudgetedHTTPClient(
+            url, budget, api_key=api_key, timeout_s=timeout_s, retries=retries, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -47,7 +57,9 @@ class JSONLogitsTarget(Target):
         if not isinstance(logits, list) or len(logits) != 1 or not isinstance(logits[0], list):
             raise TargetError("target-error: the response has no 'logits' list with one row")
         row = logits[0]
-        if len(row) != self.spec.n_outputs or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+        if len(row) != self.spec.n_outputs or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in row
+        ):
             raise TargetError(f"target-error: expected {self.spec.n_outputs} numeric logits, got {len(row)} values")
         values = np.asarray(row, dtype=np.float64).astype(np.float32)
         if not np.isfinite(values).all():

@@ -17,14 +17,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hspi.errors import ConfigError, TargetError
-from hspi.platform import GGUF_TYPES, Platform
-from hspi.responses import Responses
-from hspi.collector.gguf_export import (CONTEXT_LENGTH, GGUF_MODELS, export_gguf, file_sha256, import_llama_cpp,
-                                        quiet_llama_logs)
+from hspi.collector.gguf_export import (
+    CONTEXT_LENGTH,
+    GGUF_MODELS,
+    export_gguf,
+    file_sha256,
+    import_llama_cpp,
+    quiet_llama_logs,
+)
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
+from hspi.errors import ConfigError, TargetError
+from hspi.platform import GGUF_TYPES, Platform
+from hspi.responses import Responses
 
 N_CTX = CONTEXT_LENGTH  # every position the GGUF declares; the server is started with the same
 KV_GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values (ggml.h) for type_k / type_v
@@ -37,12 +43,19 @@ def check_llama_cpp_supported(platform: Platform, model: str) -> None:
     if model not in GGUF_MODELS:
         raise ConfigError(f"{platform.id}: llama.cpp runs {', '.join(GGUF_MODELS)} only, not {model!r}")
     if platform.dtype not in GGUF_TYPES:
-        raise ConfigError(f"{platform.id}: llama.cpp takes a GGUF type ({', '.join(GGUF_TYPES)}), not {platform.dtype!r}")
+        raise ConfigError(
+            f"{platform.id}: llama.cpp takes a GGUF type ({', '.join(GGUF_TYPES)}), not {platform.dtype!r}"
+        )
     if platform.profile != "native":
-        raise ConfigError(f"{platform.id}: CPU profile {platform.profile!r} caps torch's libraries, not llama.cpp; "
-                          "use profile native")
-    torch_knobs = {"attn": platform.attention != "sdpa", "qengine": platform.quant_engine is not None,
-                   "mm": platform.matmul_precision != "highest", "mkl-cbwr": platform.mkl_cbwr is not None}
+        raise ConfigError(
+            f"{platform.id}: CPU profile {platform.profile!r} caps torch's libraries, not llama.cpp; use profile native"
+        )
+    torch_knobs = {
+        "attn": platform.attention != "sdpa",
+        "qengine": platform.quant_engine is not None,
+        "mm": platform.matmul_precision != "highest",
+        "mkl-cbwr": platform.mkl_cbwr is not None,
+    }
     for knob, set_ in torch_knobs.items():
         if set_:
             raise ConfigError(f"{platform.id}: knob {knob!r} is a torch knob; llama.cpp has no such setting")
@@ -118,10 +131,17 @@ class LlamaCppTarget(Target):
 def llama_kwargs(platform: Platform) -> dict[str, Any]:
     """The `llama_cpp.Llama` settings of a platform; the server launcher passes the same ones."""
     kv = KV_GGML_TYPES[platform.kv_type or DEFAULT_KV_TYPE]
-    return {"n_ctx": N_CTX, "n_batch": platform.batch_size, "n_ubatch": platform.batch_size,
-            "n_threads": platform.threads, "n_threads_batch": platform.threads,
-            "flash_attn": platform.flash_attn, "type_k": kv, "type_v": kv,
-            "logits_all": True}
+    return {
+        "n_ctx": N_CTX,
+        "n_batch": platform.batch_size,
+        "n_ubatch": platform.batch_size,
+        "n_threads": platform.threads,
+        "n_threads_batch": platform.threads,
+        "flash_attn": platform.flash_attn,
+        "type_k": kv,
+        "type_v": kv,
+        "logits_all": True,
+    }
 
 
 def llama_cpp_available() -> bool:

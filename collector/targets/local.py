@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hspi.errors import ConfigError, TargetError
-from hspi.platform import GGUF_TYPES, Platform
-from hspi.responses import Responses, float32_to_bfloat16_bits
 from hspi.collector.models import build_model, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
+from hspi.errors import ConfigError, TargetError
+from hspi.platform import GGUF_TYPES, Platform
+from hspi.responses import Responses, float32_to_bfloat16_bits
 
 
 def check_supported(platform: Platform, model: str) -> None:
@@ -29,7 +29,9 @@ def check_supported(platform: Platform, model: str) -> None:
         check_llama_cpp_supported(platform, model)
         return
     if platform.dtype in GGUF_TYPES:
-        raise ConfigError(f"{platform.id}: GGUF type {platform.dtype} runs on engine llama.cpp only, not {platform.engine}")
+        raise ConfigError(
+            f"{platform.id}: GGUF type {platform.dtype} runs on engine llama.cpp only, not {platform.engine}"
+        )
     if platform.flash_attn or platform.kv_type is not None:
         knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}"
         raise ConfigError(f"{platform.id}: knob {knob} is a llama.cpp knob; {platform.engine} has no such setting")
@@ -73,8 +75,10 @@ class LocalTarget(Target):
             return self._onnx_runner(module)
         if p.dtype == "int8-dyn":
             if p.quant_engine not in torch.backends.quantized.supported_engines:
-                raise ConfigError(f"{p.id}: quantised engine {p.quant_engine} is not built into this torch "
-                                  f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+                raise ConfigError(
+                    f"{p.id}: quantised engine {p.quant_engine} is not built into this torch "
+                    f"(supported: {', '.join(torch.backends.quantized.supported_engines)})"
+                )
             torch.backends.quantized.engine = p.quant_engine
             module = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
         elif p.dtype in ("bf16", "fp16"):
@@ -102,9 +106,11 @@ class LocalTarget(Target):
         directory = self.export_dir or Path(tempfile.mkdtemp(prefix="hspi-onnx-"))
         path = export_onnx(module, self.model, self.platform.attention, directory)
         options = ort.SessionOptions()
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-                                            if self.platform.engine == "onnxruntime-basic"
-                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            if self.platform.engine == "onnxruntime-basic"
+            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         options.intra_op_num_threads = self.platform.threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -137,7 +143,7 @@ class LocalTarget(Target):
         inputs = probes.inputs(ids)
         chunks = []
         for start in range(0, len(ids), bs):
-            chunk = inputs[start:start + bs]
+            chunk = inputs[start : start + bs]
             try:
                 chunks.append(self._runner(chunk))
             except Exception as exc:  # a kernel failure is this target's failure, named with its platform
@@ -167,7 +173,15 @@ def export_onnx(module: Any, model: str, attention: str, directory: Path) -> Pat
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(tmp), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     tmp.replace(path)
     return path

@@ -14,12 +14,12 @@ from typing import Literal
 import httpx
 import numpy as np
 
-from hspi.errors import ConfigError, TargetError
-from hspi.responses import TierAnswers
 from hspi.collector.models import model_spec
 from hspi.collector.targets.http_client import MAX_RESPONSE_BYTES, BudgetedHTTPClient, QueryBudget
 from hspi.collector.targets.openai_parse import FirstToken, parse_chat_completion, parse_completion
 from hspi.collector.vocabulary import decode, token_id
+from hspi.errors import ConfigError, TargetError
+from hspi.responses import TierAnswers
 
 TIER_K = {"topk20": 20, "topk5": 5, "top1": 1, "text": 1}
 
@@ -27,10 +27,21 @@ TIER_K = {"topk20": 20, "topk5": 5, "top1": 1, "text": 1}
 class OpenAICompatibleTarget:
     kind = "openai-compatible"
 
-    def __init__(self, base_url: str, model: str, budget: QueryBudget, *, served_model: str | None = None,
-                 api: Literal["completions", "chat"] = "completions", api_key: str | None = None,
-                 timeout_s: float = 10.0, retries: int = 2, backoff_s: float = 0.2,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        budget: QueryBudget,
+        *,
+        served_model: str | None = None,
+        api: Literal["completions", "chat"] = "completions",
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        backoff_s: float = 0.2,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint {base_url!r} is not an http(s) URL")
         if api not in ("completions", "chat"):
@@ -40,8 +51,16 @@ class OpenAICompatibleTarget:
             raise ConfigError(f"model {model} takes {self.spec.input_kind}s, not prompts: use a JSON logits target")
         self.base_url, self.model, self.budget = base_url.rstrip("/"), model, budget
         self.served_model, self.api = served_model or model, api
-        self.http = BudgetedHTTPClient(self.base_url, budget, api_key=api_key, timeout_s=timeout_s, retries=retries,
-                                       backoff_s=backoff_s, max_response_bytes=max_response_bytes, transport=transport)
+        self.http = BudgetedHTTPClient(
+            self.base_url,
+            budget,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            max_response_bytes=max_response_bytes,
+            transport=transport,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -62,8 +81,12 @@ class OpenAICompatibleTarget:
                 payload["logprobs"] = top_logprobs
             body = self.http.post("/completions", payload, billed=len(prompt_ids) + 1)
             return parse_completion(body)
-        payload = {"model": self.served_model, "messages": [{"role": "user", "content": prompt}],
-                   "max_tokens": 1, "temperature": 0.0}
+        payload = {
+            "model": self.served_model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 1,
+            "temperature": 0.0,
+        }
         if top_logprobs is not None:
             payload["logprobs"] = True
             if top_logprobs > 0:
@@ -77,8 +100,12 @@ class OpenAICompatibleTarget:
         (HTTP 4xx) or a shorter list moves down a tier.  Each attempt is a billed query.  `most`
         caps what is asked for (an auditor may choose to audit at a lower tier).
         """
-        asks: tuple[int | None, ...] = {"topk20": (20, 5, 0, None), "topk5": (5, 0, None), "top1": (0, None),
-                                          "text": (None,)}[most]
+        asks: tuple[int | None, ...] = {
+            "topk20": (20, 5, 0, None),
+            "topk5": (5, 0, None),
+            "top1": (0, None),
+            "text": (None,),
+        }[most]
         for ask in asks:
             try:
                 answer = self.first_token(prompt_ids, ask)
@@ -97,8 +124,10 @@ class OpenAICompatibleTarget:
                 return "text", answer
         raise TargetError("target-error: the endpoint generated no token for a probe, at any tier")
 
-def answers_from_tokens(model: str, probe_set: str, probe_ids: np.ndarray, tier: str,
-                        tokens: list[FirstToken]) -> TierAnswers:
+
+def answers_from_tokens(
+    model: str, probe_set: str, probe_ids: np.ndarray, tier: str, tokens: list[FirstToken]
+) -> TierAnswers:
     """Turn first tokens into a `TierAnswers` at `tier`, mapping texts to ids with the model's vocabulary.
 
     A text that is no single token of the vocabulary, or an answer with fewer alternatives than the

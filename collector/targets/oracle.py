@@ -15,6 +15,6 @@ def float64_outputs(probes: ProbeSet, ids: np.ndarray, batch: int = 256) -> np.n
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(ids), batch):
-            x = torch.from_numpy(probes.inputs(ids[start:start + batch]))
+            x = torch.from_numpy(probes.inputs(ids[start : start + batch]))
             chunks.append(module(x.double() if x.is_floating_point() else x).numpy())
     return np.concatenate(chunks)

@@ -23,26 +23,45 @@ import httpx
 import numpy as np
 
 from hspi.audit import AuditReport, AuditSettings, run_audit
-from hspi.dataset import Dataset
-from hspi.equivalence import EquivalenceClass, equivalence_classes
-from hspi.errors import TargetError
-from hspi.platform import HEADS
 from hspi.collector.llama_cpp_server import free_port
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.vocabulary import decode
+from hspi.dataset import Dataset
+from hspi.equivalence import EquivalenceClass, equivalence_classes
+from hspi.errors import TargetError
+from hspi.platform import HEADS
 
 BUDGETS = (1, 4, 16, 64)
 START_TIMEOUT_S = 120.0  # torch import + (for torch.compile) the first compilation on 2 cores
 
 
 @contextmanager
-def served_target(model: str, platform_id: str, *, top_logprobs: int = 20, dynamic_batching: bool = False,
-                  log_path: Path | None = None) -> Iterator[str]:
+def served_target(
+    model: str,
+    platform_id: str,
+    *,
+    top_logprobs: int = 20,
+    dynamic_batching: bool = False,
+    log_path: Path | None = None,
+) -> Iterator[str]:
     """`hspi target serve` in a subprocess on a free loopback port; yields its /v1 URL, always stops it."""
     port = free_port()
-    cmd = [sys.executable, "-m", "hspi", "target", "serve", "--model", model, "--platform", platform_id,
-           "--port", str(port), "--top-logprobs", str(top_logprobs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hspi",
+        "target",
+        "serve",
+        "--model",
+        model,
+        "--platform",
+        platform_id,
+        "--port",
+        str(port),
+        "--top-logprobs",
+        str(top_logprobs),
+    ]
     if dynamic_batching:
         cmd.append("--dynamic-batching")
     log = open(log_path or os.devnull, "w")
@@ -59,7 +78,9 @@ def served_target(model: str, platform_id: str, *, top_logprobs: int = 20, dynam
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise TargetError(f"target-error: hspi target serve for {platform_id} not ready in {START_TIMEOUT_S:g}s")
+                raise TargetError(
+                    f"target-error: hspi target serve for {platform_id} not ready in {START_TIMEOUT_S:g}s"
+                )
             time.sleep(0.2)
         yield url
     finally:
@@ -128,26 +149,37 @@ def score_audits(audits: Sequence[tuple[EquivalenceClass, AuditReport]], budgets
 def hspi_target_server(model: str) -> Callable[[str, bool], AbstractContextManager[str]]:
     def serve(platform_id: str, dynamic_batching: bool) -> AbstractContextManager[str]:
         return served_target(model, platform_id, dynamic_batching=dynamic_batching)
+
     return serve
 
 
 def llama_cpp_target_server(model: str) -> Callable[[str, bool], AbstractContextManager[str]]:
     """The real `llama_cpp.server` (it batches nothing across requests: `dynamic_batching` must be False)."""
-    from hspi.platform import Platform
     from hspi.collector.llama_cpp_server import llama_cpp_server
+    from hspi.platform import Platform
 
     def serve(platform_id: str, dynamic_batching: bool) -> AbstractContextManager[str]:
         if dynamic_batching:
             raise TargetError("target-error: llama_cpp.server has no dynamic batching to measure")
         return llama_cpp_server(Platform.parse(platform_id), model)
+
     return serve
 
 
-def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm-small", *,
-                       tiers: Sequence[str] = ("topk20", "topk5", "top1", "text"), batching: Sequence[bool] = (False, True),
-                       batching_tiers: Sequence[str] = ("topk20",), seeds: int = 3, budgets: Sequence[int] = BUDGETS,
-                       only: Sequence[str] | None = None, target: str = "hspi-target",
-                       log: Callable[[str], None] = lambda _: None) -> dict:
+def evaluate_endpoints(
+    dataset_dir: Path,
+    classifier_dir: Path,
+    model: str = "lm-small",
+    *,
+    tiers: Sequence[str] = ("topk20", "topk5", "top1", "text"),
+    batching: Sequence[bool] = (False, True),
+    batching_tiers: Sequence[str] = ("topk20",),
+    seeds: int = 3,
+    budgets: Sequence[int] = BUDGETS,
+    only: Sequence[str] | None = None,
+    target: str = "hspi-target",
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
     """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
 
     `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
@@ -156,8 +188,13 @@ def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm
     ds = Dataset(dataset_dir)
     classes = [c for c in equivalence_classes(ds, model) if only is None or c.name in only]
     # the shipped matcher learned from replayed answers on these pool probes: audits never ask them
-    seen = sorted({int(p) for cid in ds.complete_configs(model, ("replay",))
-                   for p in ds.responses(cid, "replay", model).probe_ids})
+    seen = sorted(
+        {
+            int(p)
+            for cid in ds.complete_configs(model, ("replay",))
+            for p in ds.responses(cid, "replay", model).probe_ids
+        }
+    )
     audits: dict[tuple[str, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
     seconds: dict[tuple[str, bool], list[float]] = {}
     failures: list[str] = []
@@ -171,10 +208,17 @@ def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm
                     with background_load(url, model) if dyn else _nothing():
                         for tier in run_tiers:
                             for seed in range(seeds):
-                                settings = AuditSettings(endpoint=url, model=model, budget_queries=max(budgets),
-                                                         max_tier=tier, seed=1000 * i + seed, dataset=dataset_dir,
-                                                         classifier=classifier_dir, timeout_s=30.0,
-                                                         avoid_probes=seen)
+                                settings = AuditSettings(
+                                    endpoint=url,
+                                    model=model,
+                                    budget_queries=max(budgets),
+                                    max_tier=tier,
+                                    seed=1000 * i + seed,
+                                    dataset=dataset_dir,
+                                    classifier=classifier_dir,
+                                    timeout_s=30.0,
+                                    avoid_probes=seen,
+                                )
                                 report = run_audit(settings)
                                 audits.setdefault((tier, dyn), []).append((cls, report))
                                 seconds.setdefault((tier, dyn), []).append(report.seconds)
@@ -184,13 +228,31 @@ def evaluate_endpoints(dataset_dir: Path, classifier_dir: Path, model: str = "lm
     rows = []
     for (tier, dyn), items in audits.items():
         for (head, b), (correct, n) in score_audits(items, budgets).items():
-            rows.append({"split": "endpoint", "model": model, "tier": tier, "head": head,
-                         "method": "lightgbm-sequential", "queries": b, "accuracy": round(correct / n, 4),
-                         "n_test": n, "target": target, "batching": dyn})
-    timing = [{"tier": t, "batching": d, "audits": len(v), "seconds_p50": round(float(np.median(v)), 3),
-               "seconds_max": round(float(np.max(v)), 3),
-               "queries_mean": round(float(np.mean([r.queries for _, r in audits[(t, d)]])), 2)}
-              for (t, d), v in seconds.items()]
+            rows.append(
+                {
+                    "split": "endpoint",
+                    "model": model,
+                    "tier": tier,
+                    "head": head,
+                    "method": "lightgbm-sequential",
+                    "queries": b,
+                    "accuracy": round(correct / n, 4),
+                    "n_test": n,
+                    "target": target,
+                    "batching": dyn,
+                }
+            )
+    timing = [
+        {
+            "tier": t,
+            "batching": d,
+            "audits": len(v),
+            "seconds_p50": round(float(np.median(v)), 3),
+            "seconds_max": round(float(np.max(v)), 3),
+            "queries_mean": round(float(np.mean([r.queries for _, r in audits[(t, d)]])), 2),
+        }
+        for (t, d), v in seconds.items()
+    ]
     return {"rows": rows, "timing": timing, "failures": failures}
 
 
@@ -203,16 +265,26 @@ def merge_endpoint_rows(result: dict, measured: dict, *, target: str) -> None:
     """Replace `result`'s endpoint rows for this target, model, tier and batching mode with the measured ones."""
     models = {r["model"] for r in measured["rows"]}
     replaced = {(r["model"], r["tier"], r["batching"]) for r in measured["rows"]}  # only what was measured again
-    result["results"] = [r for r in result.get("results", [])
-                         if not (r["split"] == "endpoint" and r.get("target") == target
-                                 and (r["model"], r["tier"], r.get("batching")) in replaced)]
+    result["results"] = [
+        r
+        for r in result.get("results", [])
+        if not (
+            r["split"] == "endpoint"
+            and r.get("target") == target
+            and (r["model"], r["tier"], r.get("batching")) in replaced
+        )
+    ]
     result["results"].extend(measured["rows"])
-    timing = [t for t in result.get("endpoint_timing", [])
-              if not (t.get("target") == target and (t.get("model"), t["tier"], t["batching"]) in replaced)]
+    timing = [
+        t
+        for t in result.get("endpoint_timing", [])
+        if not (t.get("target") == target and (t.get("model"), t["tier"], t["batching"]) in replaced)
+    ]
     timing += [{**t, "target": target, "model": m} for m in models for t in measured["timing"]]
     result["endpoint_timing"] = timing
-    result["endpoint_failures"] = measured["failures"] + [f for f in result.get("endpoint_failures", [])
-                                                          if not any(f.startswith(m) for m in models)]
+    result["endpoint_failures"] = measured["failures"] + [
+        f for f in result.get("endpoint_failures", []) if not any(f.startswith(m) for m in models)
+    ]
 
 
 def plot_endpoint_accuracy(result: dict, path: Path) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from hspi.audit.verdict import Guess, Verdict
+from hspi.classifier.reference import ReferenceMatcher
 from hspi.dataset import Dataset
 from hspi.equivalence import equivalence_classes
 from hspi.errors import DatasetError
-from hspi.responses import Responses
-from hspi.verdict import Guess, Verdict
 from hspi.features.relative import relative_features
 from hspi.features.tiers import reference_values, tier_view
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.responses import Responses
 
 TOP_GUESSES = 3
 
@@ -38,7 +38,18 @@ def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, 
         order = np.argsort(-post[0])[:TOP_GUESSES]
         heads[head] = [Guess(label=values[i], probability=round(float(post[0][i]), 4)) for i in order]
     status = "match" if score >= matcher.threshold_ else "unknown"
-    reason = ("" if status == "match" else
-              f"no stored platform matches: best candidate scores {score:.3f} < threshold {matcher.threshold_:.3f}")
-    return Verdict(model=responses.model, tier=tier, queries=len(responses.probe_ids), status=status,
-                   match_score=round(score, 4), threshold=round(matcher.threshold_, 4), heads=heads, reason=reason)
+    reason = (
+        ""
+        if status == "match"
+        else f"no stored platform matches: best candidate scores {score:.3f} < threshold {matcher.threshold_:.3f}"
+    )
+    return Verdict(
+        model=responses.model,
+        tier=tier,
+        queries=len(responses.probe_ids),
+        status=status,
+        match_score=round(score, 4),
+        threshold=round(matcher.threshold_, 4),
+        heads=heads,
+        reason=reason,
+    )

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hspi.errors import ModelError
+from hspi.classifier.greedy_vote import GreedyVote, TextVerdict, load_text_vote, rank_probes, text_vote_path
 from hspi.collector.models import ModelSpec
 from hspi.collector.probes import BORDER_STREAM_SIZE, ProbeSet
-from hspi.classifier.greedy_vote import GreedyVote, TextVerdict, load_text_vote, rank_probes, text_vote_path
+from hspi.errors import ModelError
 
 
 @lru_cache(maxsize=8)
@@ -27,10 +27,15 @@ def text_vote(classifier_dir: str, model: str) -> GreedyVote:
 
 
 class TextEvidence:
-    def __init__(self, vote: GreedyVote, spec: ModelSpec, pool_size: int, *, avoid_pool: set[int] = frozenset()) -> None:
+    def __init__(
+        self, vote: GreedyVote, spec: ModelSpec, pool_size: int, *, avoid_pool: set[int] = frozenset()
+    ) -> None:
         self.vote = vote
         self.avoid_pool = set(avoid_pool)  # pool probes never to ask
-        self.probe_sets = {"pool": ProbeSet(spec, "pool", pool_size), "border": ProbeSet(spec, "border", BORDER_STREAM_SIZE)}
+        self.probe_sets = {
+            "pool": ProbeSet(spec, "pool", pool_size),
+            "border": ProbeSet(spec, "border", BORDER_STREAM_SIZE),
+        }
         self.answers: dict[str, tuple[list[int], list[int]]] = {}
         self.last_first_token: int | None = None
 

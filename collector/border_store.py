@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, ValidationError
 
 from hspi.errors import DatasetError
-from hspi.platform import Platform
 from hspi.features.border import TextAnswers
+from hspi.platform import Platform
 
 SELECTION_FORMAT = "hspi-border-selection/1"
 INDEX_FORMAT = "hspi-border/1"
@@ -115,6 +115,7 @@ def _read_json_model(path: Path, cls: type[BaseModel], fmt: str, what: str) -> A
 
 # --- selection ------------------------------------------------------------------------------------
 
+
 def save_selection(directory: Path, selection: SelectionFile) -> Path:
     path = Path(directory) / SELECTION_FILE
     _write_atomic(path, json.dumps(selection.model_dump(mode="json"), indent=1))
@@ -133,6 +134,7 @@ def selection_sha256(selection: BorderSelection) -> str:
 
 # --- shards ---------------------------------------------------------------------------------------
 
+
 def content_sha256(answers: TextAnswers) -> str:
     digest = hashlib.sha256()
     digest.update(answers.probe_set.encode())
@@ -150,8 +152,14 @@ def write_answers(directory: Path, model: str, answers: TextAnswers) -> BorderSh
     path = Path(directory) / "shards" / f"{sha}.parquet"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"probe_id": pa.array(answers.probe_ids), "greedy": pa.array(answers.greedy),
-                          "second": pa.array(answers.second), "margin": pa.array(answers.margin)})
+        table = pa.table(
+            {
+                "probe_id": pa.array(answers.probe_ids),
+                "greedy": pa.array(answers.greedy),
+                "second": pa.array(answers.second),
+                "margin": pa.array(answers.margin),
+            }
+        )
         table = table.replace_schema_metadata({"model": model, "probe_set": answers.probe_set, "sha256": sha})
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp, compression="zstd", compression_level=9)
@@ -166,8 +174,13 @@ def read_answers(directory: Path, ref: BorderShardRef) -> TextAnswers:
     try:
         table = pq.read_table(path)
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        answers = TextAnswers(meta["probe_set"], table.column("probe_id").to_numpy(), table.column("greedy").to_numpy(),
-                              table.column("second").to_numpy(), table.column("margin").to_numpy())
+        answers = TextAnswers(
+            meta["probe_set"],
+            table.column("probe_id").to_numpy(),
+            table.column("greedy").to_numpy(),
+            table.column("second").to_numpy(),
+            table.column("margin").to_numpy(),
+        )
     except (pa.ArrowException, OSError, KeyError, ValueError, UnicodeDecodeError) as exc:
         raise DatasetError(f"corrupt or truncated border shard {path}: {str(exc).splitlines()[0]}") from None
     if content_sha256(answers) != ref.sha256 or len(answers) != ref.n_probes:
@@ -176,6 +189,7 @@ def read_answers(directory: Path, ref: BorderShardRef) -> TextAnswers:
 
 
 # --- index ----------------------------------------------------------------------------------------
+
 
 def load_index(directory: Path) -> BorderIndex:
     return _read_json_model(Path(directory) / INDEX_FILE, BorderIndex, INDEX_FORMAT, "border index")
@@ -194,8 +208,10 @@ class BorderStore:
         self.index = load_index(self.directory)
         for model, sha in self.index.selections.items():
             if model not in self.selection.models or selection_sha256(self.selection.models[model]) != sha:
-                raise DatasetError(f"{self.directory}: the {model} answers in {INDEX_FILE} answer another "
-                                   f"{SELECTION_FILE}; collect them again (--restart)")
+                raise DatasetError(
+                    f"{self.directory}: the {model} answers in {INDEX_FILE} answer another "
+                    f"{SELECTION_FILE}; collect them again (--restart)"
+                )
         self._cache: dict[tuple[str, str, str], TextAnswers] = {}
 
     @property
@@ -204,8 +220,11 @@ class BorderStore:
         return sorted(m for m in self.selection.models if m in self.index.selections)
 
     def complete_configs(self, model: str) -> list[str]:
-        return [cid for cid, rec in self.index.configs.items()
-                if all(r in rec.runs and model in rec.runs[r].shards for r in RUNS)]
+        return [
+            cid
+            for cid, rec in self.index.configs.items()
+            if all(r in rec.runs and model in rec.runs[r].shards for r in RUNS)
+        ]
 
     def answers(self, config_id: str, run: str, model: str) -> TextAnswers:
         key = (config_id, run, model)

@@ -24,13 +24,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from hspi.claims import head_verdict, overall_verdict
-from hspi.dataset import Dataset
-from hspi.equivalence import equivalence_classes
-from hspi.errors import ConfigError, DatasetError, ModelError, TargetError
-from hspi.responses import TierAnswers
-from hspi.shipped import shipped_classifier, shipped_dataset
-from hspi.verdict import Guess
+from hspi.audit.claims import head_verdict, overall_verdict
+from hspi.audit.text import TextEvidence, text_vote
+from hspi.audit.verdict import Guess
+from hspi.classifier.artifacts import load_matcher
+from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
@@ -38,11 +37,12 @@ from hspi.collector.targets.json_logits import JSONLogitsTarget
 from hspi.collector.targets.openai import OpenAICompatibleTarget, answers_from_tokens
 from hspi.collector.targets.openai_parse import FirstToken
 from hspi.collector.vocabulary import token_id
+from hspi.dataset import Dataset
+from hspi.equivalence import equivalence_classes
+from hspi.errors import ConfigError, DatasetError, ModelError, TargetError
 from hspi.features.tiers import TierView, tier_view
-from hspi.classifier.artifacts import load_matcher
-from hspi.classifier.reference import ReferenceMatcher
-from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
-from hspi.text_audit import TextEvidence, text_vote
+from hspi.responses import TierAnswers
+from hspi.shipped import shipped_classifier, shipped_dataset
 
 TOP_GUESSES = 3
 NO_MATCH_AFTER = 8  # answers before an audit may stop because nothing known fits
@@ -116,9 +116,15 @@ class AuditSettings(BaseModel):
     avoid_probes: list[int] = Field(default_factory=list)
 
 
-def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_path: Path | None = None,
-              on_query: Callable[[QueryRecord, float], None] | None = None, transport: object = None,
-              prior: Sequence[QueryRecord] | None = None) -> AuditReport:
+def run_audit(
+    settings: AuditSettings,
+    *,
+    api_key: str | None = None,
+    evidence_path: Path | None = None,
+    on_query: Callable[[QueryRecord, float], None] | None = None,
+    transport: object = None,
+    prior: Sequence[QueryRecord] | None = None,
+) -> AuditReport:
     """Audit `settings.endpoint`; `prior` resumes an interrupted audit from the answers it stored.
 
     Prior answers (in their order) are replayed into the evidence and passed to `on_query` (not to
@@ -153,20 +159,40 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
     def add_answer(probe_id: int, answers: TierAnswers | None, view: TierView | None, note: str = "") -> None:
         tier = state["tier"]
         if view is None or answers is None or not bool(answers.complete[0]):
-            keep(QueryRecord(index=len(records), probe_set=pool.version, probe_id=probe_id, tier=tier or "-",
-                             complete=False, queries_so_far=budget.queries,
-                             ids=[int(i) for i in answers.ids[0]] if answers is not None else [],
-                             note=note or "incomplete answer (missing or unknown tokens): not scored"))
+            keep(
+                QueryRecord(
+                    index=len(records),
+                    probe_set=pool.version,
+                    probe_id=probe_id,
+                    tier=tier or "-",
+                    complete=False,
+                    queries_so_far=budget.queries,
+                    ids=[int(i) for i in answers.ids[0]] if answers is not None else [],
+                    note=note or "incomplete answer (missing or unknown tokens): not scored",
+                )
+            )
             return
-        keep(QueryRecord(index=len(records), probe_set=pool.version, probe_id=probe_id, tier=tier, complete=True,
-                         ids=[int(i) for i in view.ids[0]], values=[float(v) for v in view.values[0]],
-                         queries_so_far=budget.queries, leading=score(probe_id, view), note=note))
+        keep(
+            QueryRecord(
+                index=len(records),
+                probe_set=pool.version,
+                probe_id=probe_id,
+                tier=tier,
+                complete=True,
+                ids=[int(i) for i in view.ids[0]],
+                values=[float(v) for v in view.values[0]],
+                queries_so_far=budget.queries,
+                leading=score(probe_id, view),
+                note=note,
+            )
+        )
 
     def score(probe_id: int, view: TierView) -> dict[str, str]:
         """Add one complete answer to the evidence; each head's leading guess after it."""
         if state["evidence"] is None:
-            state["evidence"] = ReferenceEvidence(_matcher(str(classifier_dir), settings.model, state["tier"]),
-                                                  context.book(state["tier"]))
+            state["evidence"] = ReferenceEvidence(
+                _matcher(str(classifier_dir), settings.model, state["tier"]), context.book(state["tier"])
+            )
             state["evidence"].asked.update(avoid)
         state["evidence"].update(probe_id, view)
         return {h: values[int(np.argmax(post))] for h, (values, post) in state["evidence"].head_posteriors().items()}
@@ -176,8 +202,10 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         last = None
         for record in stored:
             if record.probe_set != pool.version:
-                raise ConfigError(f"stored answer {record.index} is for probe set {record.probe_set}, "
-                                  f"not {pool.version}: it cannot resume this audit")
+                raise ConfigError(
+                    f"stored answer {record.index} is for probe set {record.probe_set}, "
+                    f"not {pool.version}: it cannot resume this audit"
+                )
             if record.tier == "text":
                 state["tier"] = "text"
                 text = text_evidence()
@@ -187,15 +215,18 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
                 continue
             if record.tier != "-":
                 if state["tier"] not in (None, record.tier):
-                    raise ConfigError(f"stored answer {record.index} is at tier {record.tier}, the ones before "
-                                      f"it at {state['tier']}: it cannot resume this audit")
+                    raise ConfigError(
+                        f"stored answer {record.index} is at tier {record.tier}, the ones before "
+                        f"it at {state['tier']}: it cannot resume this audit"
+                    )
                 state["tier"] = record.tier
             budget.queries = max(budget.queries, record.queries_so_far)
             budget.tokens = budget.queries * per_query  # every query bills one probe and one token
             replayed = record.model_copy(update={"index": len(records)})
             if record.complete:
-                view = TierView(record.tier, np.asarray([record.ids], dtype=np.int32),
-                                np.asarray([record.values], dtype=np.float32))  # float32 -> float64 -> float32 is exact
+                view = TierView(
+                    record.tier, np.asarray([record.ids], dtype=np.int32), np.asarray([record.values], dtype=np.float32)
+                )  # float32 -> float64 -> float32 is exact
                 replayed.leading = score(record.probe_id, view)
             keep(replayed, replayed=True)
             last = record.probe_id
@@ -217,11 +248,16 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
     def next_probe(previous: int | None) -> int | None:
         evidence: ReferenceEvidence | None = state["evidence"]
         used = set(evidence.used if evidence else []) | {r.probe_id for r in records}
-        exclude = int(first_tokens[evidence.row_of(previous)]) if previous is not None and first_tokens is not None and evidence else None
+        exclude = (
+            int(first_tokens[evidence.row_of(previous)])
+            if previous is not None and first_tokens is not None and evidence
+            else None
+        )
         if evidence is not None and settings.order == "split":
             evidence.asked.update(r.probe_id for r in records if not r.complete)
-            return evidence.next_probe(rng, exclude_first_token=exclude, first_tokens=first_tokens,
-                                       confidence=settings.confidence)
+            return evidence.next_probe(
+                rng, exclude_first_token=exclude, first_tokens=first_tokens, confidence=settings.confidence
+            )
         free = [int(p) for p in pool_ids if int(p) not in used | avoid]
         if first_tokens is not None and previous is not None:
             prev_first = first_tokens[int(np.flatnonzero(pool_ids == previous)[0])]
@@ -230,18 +266,28 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
 
     def text_evidence() -> TextEvidence:
         if state.get("text") is None:
-            state["text"] = TextEvidence(text_vote(str(classifier_dir), settings.model), spec, len(pool_ids),
-                                         avoid_pool=avoid)
+            state["text"] = TextEvidence(
+                text_vote(str(classifier_dir), settings.model), spec, len(pool_ids), avoid_pool=avoid
+            )
         return state["text"]
 
     def add_text_answer(kind: str, probe_id: int, observed: int) -> None:
         text = text_evidence()
         text.add(kind, probe_id, observed)
         verdict = text.verdict()
-        keep(QueryRecord(index=len(records), probe_set=text.version(kind), probe_id=probe_id, tier="text",
-                         complete=observed >= 0, ids=[observed], queries_so_far=budget.queries,
-                         leading={h: label for h, (label, _) in verdict.heads.items()},
-                         note="" if observed >= 0 else "the answer is not one token of the vocabulary"))
+        keep(
+            QueryRecord(
+                index=len(records),
+                probe_set=text.version(kind),
+                probe_id=probe_id,
+                tier="text",
+                complete=observed >= 0,
+                ids=[observed],
+                queries_so_far=budget.queries,
+                leading={h: label for h, (label, _) in verdict.heads.items()},
+                note="" if observed >= 0 else "the answer is not one token of the vocabulary",
+            )
+        )
 
     def text_audit(first: tuple[int, FirstToken] | None) -> None:
         """Greedy tokens only: the border-prompt vote, one most informative prompt at a time."""
@@ -266,12 +312,27 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
 
     target: OpenAICompatibleTarget | JSONLogitsTarget
     if spec.input_kind == "tokens":
-        target = OpenAICompatibleTarget(settings.endpoint, settings.model, budget, served_model=settings.served_model,
-                                        api=settings.api, api_key=api_key, timeout_s=settings.timeout_s,
-                                        retries=settings.retries, transport=transport)  # type: ignore[arg-type]
+        target = OpenAICompatibleTarget(
+            settings.endpoint,
+            settings.model,
+            budget,
+            served_model=settings.served_model,
+            api=settings.api,
+            api_key=api_key,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            transport=transport,
+        )  # type: ignore[arg-type]
     else:
-        target = JSONLogitsTarget(settings.endpoint, settings.model, budget, api_key=api_key,
-                                  timeout_s=settings.timeout_s, retries=settings.retries, transport=transport)  # type: ignore[arg-type]
+        target = JSONLogitsTarget(
+            settings.endpoint,
+            settings.model,
+            budget,
+            api_key=api_key,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            transport=transport,
+        )  # type: ignore[arg-type]
     previous: int | None = None
     try:
         previous = replay(prior or ())
@@ -280,11 +341,19 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         while state["tier"] != "text":
             if previous is None:
                 # the first prompt splits the classes best at the richest tier asked for (ties at random)
-                book = context.book(settings.max_tier if settings.max_tier != "text" and spec.input_kind == "tokens"
-                                    else "topk20" if spec.input_kind == "tokens" else "logits")
+                book = context.book(
+                    settings.max_tier
+                    if settings.max_tier != "text" and spec.input_kind == "tokens"
+                    else "topk20"
+                    if spec.input_kind == "tokens"
+                    else "logits"
+                )
                 allowed = ~np.isin(pool_ids, list(avoid))
-                first = (None if settings.order == "random"
-                         else most_splitting_probe(book, np.where(allowed, book.prior_split_scores(), 0.0), rng))
+                first = (
+                    None
+                    if settings.order == "random"
+                    else most_splitting_probe(book, np.where(allowed, book.prior_split_scores(), 0.0), rng)
+                )
                 probe = int(rng.choice(pool_ids[allowed])) if first is None else first
             else:  # after an answer (or the replayed ones): stop, or pick the next probe
                 if decided():
@@ -292,8 +361,9 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
                 nxt = next_probe(previous)
                 if nxt is None:
                     evidence = state["evidence"]
-                    state["stop"] = ("no-splitting-probe" if evidence is not None and settings.order == "split"
-                                     else "pool-exhausted")
+                    state["stop"] = (
+                        "no-splitting-probe" if evidence is not None and settings.order == "split" else "pool-exhausted"
+                    )
                     break
                 probe = nxt
             if isinstance(target, OpenAICompatibleTarget):
@@ -306,12 +376,14 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
                 else:
                     token = target.first_token(prompt, {"topk20": 20, "topk5": 5, "top1": 0}[state["tier"]])
                 answers = answers_from_tokens(settings.model, pool.version, np.array([probe]), state["tier"], [token])
-                view = (TierView(state["tier"], answers.ids, answers.values) if bool(answers.complete[0]) else None)
+                view = TierView(state["tier"], answers.ids, answers.values) if bool(answers.complete[0]) else None
             else:
                 state["tier"] = "logits"
                 responses = target.answer(pool, np.array([probe]))
                 view = tier_view(responses.as_float32(), "logits")
-                answers = TierAnswers(settings.model, pool.version, responses.probe_ids, "logits", view.ids, view.values)
+                answers = TierAnswers(
+                    settings.model, pool.version, responses.probe_ids, "logits", view.ids, view.values
+                )
             add_answer(probe, answers, view)
             previous = probe
     except BudgetExhausted:
@@ -324,8 +396,15 @@ def run_audit(settings: AuditSettings, *, api_key: str | None = None, evidence_p
         target.close()
         if sink is not None:
             sink.close()
-    return _report(settings, state, records, budget, classes_dataset=str(dataset_dir), classifier=str(classifier_dir),
-                   seconds=time.perf_counter() - started)
+    return _report(
+        settings,
+        state,
+        records,
+        budget,
+        classes_dataset=str(dataset_dir),
+        classifier=str(classifier_dir),
+        seconds=time.perf_counter() - started,
+    )
 
 
 class _ReferenceContext:
@@ -373,8 +452,16 @@ def _matcher(classifier_dir: str, model: str, tier: str) -> ReferenceMatcher:
     return load_matcher(directory)[0]
 
 
-def _report(settings: AuditSettings, state: dict, records: list[QueryRecord], budget: QueryBudget, *,
-            classes_dataset: str, classifier: str, seconds: float) -> AuditReport:
+def _report(
+    settings: AuditSettings,
+    state: dict,
+    records: list[QueryRecord],
+    budget: QueryBudget,
+    *,
+    classes_dataset: str,
+    classifier: str,
+    seconds: float,
+) -> AuditReport:
     evidence: ReferenceEvidence | None = state["evidence"]
     text: TextEvidence | None = state.get("text")
     heads: dict[str, HeadReport] = {}
@@ -405,8 +492,9 @@ def _report(settings: AuditSettings, state: dict, records: list[QueryRecord], bu
                 verdicts[head] = verdict
             heads[head] = report
         if status == "unknown":
-            reason = reason or (f"no known platform matches: best candidate scores {match_score:.3f} "
-                                f"< threshold {threshold:.3f}")
+            reason = reason or (
+                f"no known platform matches: best candidate scores {match_score:.3f} < threshold {threshold:.3f}"
+            )
     if status == "unknown":
         verdict_all = "unknown-platform" if settings.claim else None
     elif status == "no-evidence":
@@ -416,17 +504,36 @@ def _report(settings: AuditSettings, state: dict, records: list[QueryRecord], bu
         if state["stop"] in ("target-error", "interrupted") and verdict_all == "consistent":
             verdict_all = "inconclusive"  # an audit cut short confirms nothing
     if not reason:
-        reason = {"confident": "one candidate is certain and matches",
-                  "no-splitting-probe": "no unused pool probe separates the candidates still likely",
-                  "no-match": "the answers fit no known platform",
-                  "budget": "the budget is spent", "pool-exhausted": "every pool probe was asked"}.get(state["stop"], "")
-    return AuditReport(endpoint=settings.endpoint, model=settings.model, api=settings.api, tier=state["tier"],
-                       status=status, verdict=verdict_all, reason=reason, stop=state["stop"],
-                       queries=budget.queries, tokens=budget.tokens, budget_queries=budget.max_queries,
-                       budget_tokens=budget.max_tokens, answers_used=answers_used,
-                       match_score=round(match_score, 4), threshold=round(threshold, 4), claim=settings.claim,
-                       heads=heads, evidence=records, dataset=classes_dataset, classifier=classifier,
-                       seconds=round(seconds, 3))
+        reason = {
+            "confident": "one candidate is certain and matches",
+            "no-splitting-probe": "no unused pool probe separates the candidates still likely",
+            "no-match": "the answers fit no known platform",
+            "budget": "the budget is spent",
+            "pool-exhausted": "every pool probe was asked",
+        }.get(state["stop"], "")
+    return AuditReport(
+        endpoint=settings.endpoint,
+        model=settings.model,
+        api=settings.api,
+        tier=state["tier"],
+        status=status,
+        verdict=verdict_all,
+        reason=reason,
+        stop=state["stop"],
+        queries=budget.queries,
+        tokens=budget.tokens,
+        budget_queries=budget.max_queries,
+        budget_tokens=budget.max_tokens,
+        answers_used=answers_used,
+        match_score=round(match_score, 4),
+        threshold=round(threshold, 4),
+        claim=settings.claim,
+        heads=heads,
+        evidence=records,
+        dataset=classes_dataset,
+        classifier=classifier,
+        seconds=round(seconds, 3),
+    )
 
 
 def _greedy_id(token: FirstToken, vocab_size: int) -> int:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from typing import TYPE_CHECKING
-
-from hspi.verdict import Verdict
+from hspi.audit.verdict import Verdict
 
 if TYPE_CHECKING:
     from hspi.audit import AuditReport
 
 
 def render_verdict(verdict: Verdict, console: Console, truth: dict[str, str] | None = None) -> None:
-    console.print(f"[bold]Platform detection[/bold] for [cyan]{verdict.model}[/cyan]: tier {verdict.tier}, "
-                  f"{verdict.queries} queries")
+    console.print(
+        f"[bold]Platform detection[/bold] for [cyan]{verdict.model}[/cyan]: tier {verdict.tier}, "
+        f"{verdict.queries} queries"
+    )
     if verdict.status == "unknown":
         console.print(f"[yellow]No exact platform match.[/yellow] {verdict.reason}")
     else:
@@ -33,9 +35,12 @@ def render_verdict(verdict: Verdict, console: Console, truth: dict[str, str] | N
 
 def render_audit(report: AuditReport, console: Console) -> None:
     """nmap-style: the verdict, then ranked guesses per head, then what it cost and why it stopped."""
-    colour = {"consistent": "green", "inconsistent": "red", "unknown-platform": "yellow"}.get(report.verdict or "", "white")
-    console.print(f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), "
-                  f"tier {report.tier or 'none'}")
+    colour = {"consistent": "green", "inconsistent": "red", "unknown-platform": "yellow"}.get(
+        report.verdict or "", "white"
+    )
+    console.print(
+        f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), tier {report.tier or 'none'}"
+    )
     if report.verdict is not None:
         claim = ",".join(f"{k}={v}" for k, v in report.claim.items())
         console.print(f"Claim {claim}: [{colour}][bold]{report.verdict}[/bold][/{colour}]")
@@ -56,6 +61,8 @@ def render_audit(report: AuditReport, console: Console) -> None:
     for head, h in report.heads.items():
         if h.claimed:
             console.print(f"  {head}: {h.why}")
-    console.print(f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
-                  f"{report.seconds:.1f} s; stopped: {report.stop}"
-                  + (f" ({report.reason})" if report.stop in ("target-error", "interrupted") else ""))
+    console.print(
+        f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
+        f"{report.seconds:.1f} s; stopped: {report.stop}"
+        + (f" ({report.reason})" if report.stop in ("target-error", "interrupted") else "")
+    )

@@ -45,16 +45,21 @@ def _split_pairs(text: str) -> list[str]:
 def label_matches(claimed: str, label: str) -> bool:
     members = label.lower().split("|")
     parts = [p.strip() for p in claimed.lower().split(",") if p.strip()]
-    return any(all(any(p == q or q.endswith("-" + p) for q in member.split(",")) for p in parts) or member == claimed.lower()
-               for member in members)
+    return any(
+        all(any(p == q or q.endswith("-" + p) for q in member.split(",")) for p in parts) or member == claimed.lower()
+        for member in members
+    )
 
 
 def head_verdict(claimed: str, values: list[str], posterior: list[float]) -> tuple[str, float | None, str]:
     """(verdict, probability of the claim, why) for one head."""
     matching = [i for i, v in enumerate(values) if label_matches(claimed, v)]
     if not matching:
-        return ("inconclusive", None,
-                f"no reference platform has {claimed!r}; the known labels are {', '.join(values)}")
+        return (
+            "inconclusive",
+            None,
+            f"no reference platform has {claimed!r}; the known labels are {', '.join(values)}",
+        )
     p = float(sum(posterior[i] for i in matching))
     if p >= CONSISTENT_AT:
         return "consistent", p, f"the answers fit {claimed!r} with probability {p:.3f}"

@@ -1,0 +1,94 @@
+"""`hspi audit`: audit one black-box endpoint against a claim."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hspi.cli.app import app, console, progress_bar
+from hspi.errors import ConfigError
+
+
+@app.command()
+def audit(
+    endpoint: Annotated[str, typer.Option(help="base URL of the endpoint, e.g. http://127.0.0.1:8801/v1")],
+    model: Annotated[str, typer.Option(help="the reference model the endpoint claims to serve")] = "lm-small",
+    claim: Annotated[
+        Optional[str], typer.Option(help="what the provider claims, e.g. dtype=fp32,hardware=x86-avx2")
+    ] = None,
+    budget: Annotated[int, typer.Option(help="most queries to send (retries count)")] = 64,
+    max_tokens: Annotated[
+        Optional[int], typer.Option(help="most tokens to be billed (default: what the queries cost)")
+    ] = None,
+    api: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    served_model: Annotated[Optional[str], typer.Option(help="the model name the endpoint expects")] = None,
+    order: Annotated[str, typer.Option(help="split (most informative probe next) or random")] = "split",
+    max_tier: Annotated[str, typer.Option(help="richest tier to ask for: topk20, topk5, top1 or text")] = "topk20",
+    seed: Annotated[Optional[int], typer.Option(help="probe-order seed (default: random)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 10.0,
+    min_answers: Annotated[
+        int,
+        typer.Option(
+            help="answers before a match may be declared; the extra ones verify "
+            "the leader against near twins never collected"
+        ),
+    ] = 2,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
+    evidence: Annotated[
+        Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")
+    ] = None,
+    dataset: Annotated[Optional[Path], typer.Option(help="reference dataset (default: the shipped one)")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="classifier directory (default: the shipped one)")] = None,
+) -> None:
+    """Audit a black-box endpoint: which platform served it, and does that fit the claim?
+
+    The API key, if any, is read from the HSPI_TARGET_API_KEY environment variable, never from argv.
+    """
+    import os
+
+    from pydantic import ValidationError
+
+    from hspi.audit import AuditSettings, run_audit, write_report
+    from hspi.audit.claims import parse_claim
+    from hspi.cli.render import render_audit
+
+    try:
+        settings = AuditSettings(
+            endpoint=endpoint,
+            model=model,
+            claim=parse_claim(claim),
+            budget_queries=budget,
+            budget_tokens=max_tokens,
+            api=api,
+            served_model=served_model,
+            order=order,
+            max_tier=max_tier,
+            seed=seed,
+            timeout_s=timeout,
+            min_answers=min_answers,
+            dataset=dataset,
+            classifier=classifier,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0])  # named as the option the user typed
+        flag = {"budget_queries": "budget", "budget_tokens": "max-tokens", "timeout_s": "timeout"}.get(field, field)
+        raise ConfigError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("auditing", total=budget)
+        report = run_audit(
+            settings,
+            api_key=os.environ.get("HSPI_TARGET_API_KEY"),
+            evidence_path=evidence,
+            on_query=lambda r, _: progress.update(task, completed=r.index + 1, description=f"auditing ({r.tier})"),
+        )
+    if json_path is not None:
+        write_report(report, json_path)
+    render_audit(report, console)
+    if report.stop == "interrupted":
+        sys.exit(130)
+    if report.stop == "target-error" and report.status == "no-evidence":
+        sys.exit(5)
