@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llama
 
-.PHONY: setup run demo test evaluate collect bench-service clean
+.PHONY: setup run demo test test-fast lint typecheck package-copy evaluate collect bench-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,31 @@ demo: $(STAMP)
 bench-service: $(STAMP)
 	$(PY) benchmarks/service_load.py --out benchmarks/results/
 
-test: $(LLAMA_STAMP)
+# the whole suite, slow integration tests included, after the linters (what CI runs)
+test: $(LLAMA_STAMP) lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200
+
+# the inner loop: unit tests only (no subprocess collections, servers or llama.cpp)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --timeout 300 -x
+
+# The stage folders sit at the top level but import as hspi.* (a package-dir mapping); import-linter
+# and mypy read packages from disk, so they read a copy laid out as installed (hspi/audit <- audit/, ...)
+PACKAGE_COPY := build/package
+package-copy:
+	rm -rf $(PACKAGE_COPY) && mkdir -p $(PACKAGE_COPY)/hspi
+	cp hspi/*.py $(PACKAGE_COPY)/hspi/ && cp -r hspi/cli $(PACKAGE_COPY)/hspi/cli
+	for d in audit collector features classifier api; do cp -r $$d $(PACKAGE_COPY)/hspi/$$d; done
+	find $(PACKAGE_COPY) -name __pycache__ -prune -exec rm -rf {} +
+
+# ruff (lint and format) and the import contract: stages import one way (pyproject.toml)
+lint: $(STAMP) package-copy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd $(PACKAGE_COPY) && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports $(CURDIR)/pyproject.toml
+
+typecheck: $(STAMP) package-copy
+	cd $(PACKAGE_COPY) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p hspi
 
 evaluate: $(STAMP)
 	$(VENV)/bin/hspi evaluate --dataset datasets/cpu-amd-epyc --json benchmarks/results/cpu-amd-epyc.json --plots benchmarks/results/

@@ -37,6 +37,7 @@ from hspi.api.schemas import Health
 from hspi.api.security import BodyLimit, EndpointGuard, RateLimiter, Vault, new_api_key
 from hspi.api.settings import ServiceSettings, get_settings
 from hspi.api.workers import AuditWorkers
+from hspi.audit.references import ReferenceStore
 from hspi.errors import ConfigError, DatasetError, HspiError, ModelError, TargetError
 
 log = logging.getLogger("hspi.api")
@@ -60,6 +61,7 @@ def build_services(
         settings.secret_key.get_secret_value() if settings.secret_key else None, settings.secret_key_file
     )
     guard = EndpointGuard(settings.allow_hosts)
+    references = ReferenceStore(settings.dataset, settings.classifier)  # loaded once, shared by API and workers
     workers = AuditWorkers(
         db,
         vault,
@@ -70,6 +72,7 @@ def build_services(
         max_attempts=settings.max_attempts,
         on_restart=settings.on_restart,
         transport_factory=transport_factory,
+        references=references,
     )
     return Services(
         settings=settings,
@@ -78,7 +81,7 @@ def build_services(
         guard=guard,
         limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
         workers=workers,
-        catalog=Catalog(settings.dataset, settings.classifier),
+        catalog=Catalog(references),
     )
 
 

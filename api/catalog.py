@@ -1,46 +1,45 @@
 """What the service knows: reference datasets (platform classes), classifiers, and classifying
-answers collected elsewhere against them.  Loaded lazily, once per process, and shared."""
+answers collected elsewhere against them, all through the service's one `ReferenceStore`."""
 
 from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from hspi.api.schemas import ClassifierInfo, ClassifyRequest, ClassifyResult, PlatformClass, PlatformList
-from hspi.audit.claims import head_verdict, overall_verdict
-from hspi.audit.engine import TOP_GUESSES, HeadReport
-from hspi.audit.verdict import Guess
-from hspi.classifier.artifacts import load_matcher
+from hspi.audit.claims import audit_verdict, head_reports
+from hspi.audit.references import ReferenceStore
 from hspi.classifier.reference import ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence
 from hspi.collector.models import MODEL_SPECS, model_spec
-from hspi.dataset import Dataset
-from hspi.equivalence import EquivalenceClass, equivalence_classes
+from hspi.equivalence import EquivalenceClass
 from hspi.errors import ConfigError, ModelError
 from hspi.features.tiers import TIERS, TierView
-from hspi.shipped import shipped_classifier, shipped_dataset
-
-TIER_WIDTH = {"topk20": 20, "topk5": 5, "top1": 1}
+from hspi.terms import TIER_WIDTH, MatchStatus, Tier
 
 
 class Catalog:
-    def __init__(self, dataset: Path | None = None, classifier: Path | None = None) -> None:
-        self.dataset, self.classifier = dataset, classifier
-        self._lock = threading.Lock()
-        self._classes: dict[str, list[EquivalenceClass]] = {}
-        self._pools: dict[str, tuple[str, np.ndarray]] = {}
-        self._books: dict[tuple[str, str], ReferenceBook] = {}
-        self._matchers: dict[tuple[str, str], ReferenceMatcher] = {}
+    """The service's view of its `ReferenceStore`: which models it audits, their classes, classifiers."""
+
+    def __init__(self, references: ReferenceStore | None = None) -> None:
+        self.references = references or ReferenceStore()
+
+    @property
+    def dataset(self) -> Path | None:
+        return self.references.dataset
+
+    @property
+    def classifier(self) -> Path | None:
+        return self.references.classifier
 
     def dataset_dir(self, model: str) -> Path:
-        return self.dataset or shipped_dataset(model)
+        return self.references.dataset_dir(model)
 
     def classifier_dir(self, model: str) -> Path:
-        return self.classifier or shipped_classifier(model)
+        return self.references.classifier_dir(model)
 
     def models(self) -> list[str]:
         """Models this service can audit: a reference dataset and a classifier for each."""
@@ -60,10 +59,7 @@ class Catalog:
     # -- platforms -----------------------------------------------------------------------------
     def classes(self, model: str) -> list[EquivalenceClass]:
         self.check_model(model)
-        with self._lock:
-            if model not in self._classes:
-                self._classes[model] = equivalence_classes(Dataset(self.dataset_dir(model)), model)
-            return self._classes[model]
+        return self.references.references(model).classes
 
     def platforms(self, model: str) -> PlatformList:
         return PlatformList(
@@ -102,42 +98,21 @@ class Catalog:
         return found
 
     def matcher(self, model: str, tier: str) -> ReferenceMatcher:
-        key = (model, tier)
-        with self._lock:
-            if key not in self._matchers:
-                directory = self.classifier_dir(model) / model / tier
-                if not (directory / "reference.json").is_file():
-                    raise ModelError(f"this service has no classifier for {model} at the {tier} tier")
-                self._matchers[key] = load_matcher(directory)[0]
-            return self._matchers[key]
+        try:
+            return self.references.matcher(model, tier)
+        except ModelError:
+            raise ModelError(f"this service has no classifier for {model} at the {tier} tier") from None
 
     # -- classify answers collected elsewhere --------------------------------------------------------
     def pool(self, model: str) -> tuple[str, np.ndarray]:
         """(the reference pool's version, its probe ids)."""
         self.check_model(model)
-        with self._lock:
-            if model not in self._pools:
-                ds = Dataset(self.dataset_dir(model))
-                version = next(v for v in ds.manifest.probe_sets[model] if v.endswith("/pool"))
-                first = equivalence_classes(ds, model)[0].members[0]
-                self._pools[model] = (version, ds.pool_references(first, model).probe_ids)
-            return self._pools[model]
+        refs = self.references.references(model)
+        return refs.pool.version, refs.pool_ids
 
     def book(self, model: str, tier: str) -> ReferenceBook:
-        key = (model, tier)
-        classes = self.classes(model)
-        _, pool_ids = self.pool(model)
-        with self._lock:
-            if key not in self._books:
-                ds = Dataset(self.dataset_dir(model))
-                logits = []
-                for c in classes:
-                    responses = ds.pool_references(c.members[0], model)
-                    if not np.array_equal(responses.probe_ids, pool_ids):
-                        raise ModelError(f"reference runs of {model} cover different pool probes")
-                    logits.append(responses.as_float32())
-                self._books[key] = ReferenceBook(logits, [c.labels for c in classes], tier, pool_ids)
-            return self._books[key]
+        self.check_model(model)
+        return self.references.references(model).book(tier)
 
     def classify(self, request: ClassifyRequest, claim: dict[str, str]) -> ClassifyResult:
         model, tier = request.model, request.tier
@@ -150,7 +125,7 @@ class Catalog:
             )
         if tier != "logits" and spec.input_kind != "tokens":
             raise ConfigError(f"{model} is not a language model: its answers are at the logits tier")
-        width = spec.n_outputs if tier == "logits" else TIER_WIDTH[tier]
+        width = TIER_WIDTH[Tier(tier)] or spec.n_outputs
         known = {int(p) for p in pool_ids}
         seen: set[int] = set()
         views: list[tuple[int, TierView]] = []
@@ -183,23 +158,12 @@ class Catalog:
         for probe_id, view in views:
             evidence.update(probe_id, view)
         score, threshold = evidence.match_score(), evidence.matcher.threshold_
-        status = "match" if score >= threshold else "unknown"
-        heads: dict[str, HeadReport] = {}
-        verdicts: dict[str, str] = {}
-        for head, (values_, post) in evidence.head_posteriors().items():
-            order = np.argsort(-post)[:TOP_GUESSES]
-            report = HeadReport(guesses=[Guess(label=values_[i], probability=round(float(post[i]), 4)) for i in order])
-            if head in claim:
-                verdict, p, why = head_verdict(claim[head], values_, [float(x) for x in post])
-                report.claimed, report.verdict, report.why = claim[head], verdict, why
-                report.claim_probability = None if p is None else round(p, 4)
-                verdicts[head] = verdict
-            heads[head] = report
-        if status == "unknown":
-            verdict_all = "unknown-platform" if claim else None
+        status = MatchStatus.MATCH if evidence.matches() else MatchStatus.UNKNOWN
+        heads, verdicts = head_reports(evidence.head_posteriors(), claim)
+        verdict_all = audit_verdict(status, verdicts, claim, cut_short=False)
+        if status is MatchStatus.UNKNOWN:
             reason = f"no known platform matches: best candidate scores {score:.3f} < threshold {threshold:.3f}"
         else:
-            verdict_all = overall_verdict(verdicts) if claim else None
             reason = "a known platform matches the answers"
         return ClassifyResult(
             model=model,

@@ -52,9 +52,9 @@ class ScanTarget(BaseModel):
     claim: dict[str, str] | str | None = None
     budget: int | None = Field(default=None, ge=1, le=100_000)
     budget_tokens: int | None = Field(default=None, ge=1)
-    api: Literal["completions", "chat"] = "completions"
+    api: Literal["completions", "chat", "logits"] | None = None  # default: by the model's inputs
     served_model: str | None = None
-    max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
+    max_tier: Literal["logits", "topk20", "topk5", "top1"] | None = None  # default: the richest given
     seed: int | None = Field(default=None, ge=0)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     min_answers: int = Field(default=2, ge=1, le=64)

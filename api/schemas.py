@@ -46,9 +46,9 @@ class AuditCreate(BaseModel):
     budget_tokens: int | None = Field(
         default=None, ge=1, description="most billed tokens (default: what the queries cost)"
     )
-    api: Literal["completions", "chat"] = "completions"
+    api: Literal["completions", "chat", "logits"] | None = None  # default: by the model's inputs
     served_model: str | None = Field(default=None, max_length=200, description="the model name the endpoint expects")
-    max_tier: Literal["topk20", "topk5", "top1"] = "topk20"
+    max_tier: Literal["logits", "topk20", "topk5", "top1"] | None = None  # default: the richest given
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="probe-order seed")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds per request to the target")
     min_answers: int = Field(

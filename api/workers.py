@@ -13,14 +13,13 @@ The audits table is the queue, so audits survive a restart of the API process:
   the database).  An audit started `max_attempts` times without finishing (a crash loop), or any
   restarted audit under `on_restart="interrupt"`, ends `interrupted` with the answers it stored.
 
-Workers stop a running audit by raising `KeyboardInterrupt` from `on_query`, the audit's own "the
-user stopped" path: it ends the loop cleanly and returns the report of the evidence so far.
+Workers stop a running audit through its `should_stop` callable, which the audit checks between
+answers: it ends `interrupted` with the report of the evidence so far.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -35,22 +34,15 @@ from hspi.api import store
 from hspi.api.db import Audit, Database
 from hspi.api.security import EndpointGuard, Vault
 from hspi.audit import AuditReport, AuditSettings, QueryRecord, run_audit
+from hspi.audit.engine import report_from
+from hspi.audit.references import ReferenceStore
 from hspi.collector.models import model_spec
 from hspi.errors import HspiError
-from hspi.shipped import shipped_classifier, shipped_dataset
 
 log = logging.getLogger("hspi.api.workers")
 
 DISPATCH_POLL_S = 0.5  # the dispatcher also wakes on every submit and every finished audit
 STOP_GRACE_S = 10.0  # a clean shutdown waits this long for running audits to reach their next answer
-
-
-class _Stop(KeyboardInterrupt):
-    """Raised from on_query to end an audit early; `why` says what the worker does next."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
 
 
 class _Run:
@@ -73,12 +65,14 @@ class AuditWorkers:
         on_restart: str = "resume",
         scan_id: str | None = None,
         transport_factory: Callable[[], httpx.BaseTransport] | None = None,
+        references: ReferenceStore | None = None,
     ) -> None:
         """`scan_id`: run that scan's audits only (None: the audits made through the API)."""
         self.db, self.vault, self.guard, self.scan_id = db, vault, guard, scan_id
         self.workers, self.per_host, self.lease_s = workers, per_host, lease_s
         self.max_attempts, self.on_restart = max_attempts, on_restart
         self.transport_factory = transport_factory or guard.transport  # every connection through the guard
+        self.references = references or ReferenceStore()  # shared by every worker thread
         self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._runs: dict[str, _Run] = {}
         self._by_origin: Counter[str] = Counter()
@@ -86,8 +80,6 @@ class AuditWorkers:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._warm_lock = threading.Lock()
-        self._warmed: set[tuple[str, object]] = set()
         self.started = False
         self.finished = 0  # audits this process ended (for /readyz and tests)
 
@@ -222,42 +214,50 @@ class AuditWorkers:
                 audit,
                 run,
                 "cancelled",
-                replay_report(settings, prior, "cancelled through the API"),
+                report_from(settings, prior, self.references, "cancelled through the API"),
                 "cancelled through the API",
             )
             return
         if audit.attempts > self.max_attempts:
             why = f"started {audit.attempts - 1} times without finishing (the service kept stopping): given up"
-            self._end(audit, run, "interrupted", replay_report(settings, prior, why), why)
+            self._end(audit, run, "interrupted", report_from(settings, prior, self.references, why), why)
             return
         if audit.attempts > 1 and self.on_restart == "interrupt":
             why = "the service restarted while the audit ran; the answers stored before are kept"
-            self._end(audit, run, "interrupted", replay_report(settings, prior, why), why)
+            self._end(audit, run, "interrupted", report_from(settings, prior, self.references, why), why)
             return
         self._warm(settings)
         try:
             api_key = self.vault.decrypt(audit.credential) if audit.credential else None
             self.guard.check(settings.endpoint)  # again now: the name may resolve elsewhere than at creation
         except HspiError as exc:
-            self._end(audit, run, "failed", replay_report(settings, prior, str(exc)) if prior else None, str(exc))
+            self._end(
+                audit,
+                run,
+                "failed",
+                report_from(settings, prior, self.references, str(exc)) if prior else None,
+                str(exc),
+            )
             return
 
         def on_query(record: QueryRecord, _: float) -> None:
             if record.index < len(prior):  # replayed: stored already
-                if run.why:
-                    raise _Stop(run.why)
                 return
             held, cancel = store.store_answer(self.db, audit.id, self.worker_id, record, self.lease_s)
             if not held:
                 run.why = "lost"
             elif cancel:
                 run.why = run.why or "cancel"
-            if run.why:
-                raise _Stop(run.why)
 
         try:
             report = run_audit(
-                settings, api_key=api_key, on_query=on_query, prior=prior, transport=self.transport_factory()
+                settings,
+                references=self.references,
+                api_key=api_key,
+                on_query=on_query,
+                should_stop=lambda: run.why is not None,
+                prior=prior,
+                transport=self.transport_factory(),
             )
         except HspiError as exc:  # e.g. stored answers that no longer fit the reference pool
             self._end(audit, run, "failed", None, str(exc))
@@ -278,64 +278,13 @@ class AuditWorkers:
             self._end(audit, run, "done", report, None)
 
     def _warm(self, settings: AuditSettings) -> None:
-        """Load a model's references once, not once per worker: the first audits arrive together."""
-        from hspi import audit as audit_module
-
-        dataset = settings.dataset or shipped_dataset(settings.model)
-        with self._warm_lock:
-            if (settings.model, dataset) in self._warmed:
-                return
-            try:  # the audit's own per-process cache (see hspi.audit), filled here under a lock
-                context = audit_module._references(
-                    str(dataset), settings.model, audit_module._mtime(dataset / "dataset.json")
-                )
-                context.book(settings.max_tier)
-            except HspiError:
-                return  # the audit itself reports what is wrong
-            self._warmed.add((settings.model, dataset))
+        """Load a model's references before its audit runs (the store loads each once, under its lock)."""
+        try:
+            tier = settings.max_tier or ("topk20" if model_spec(settings.model).input_kind == "tokens" else "logits")
+            self.references.references(settings.model, settings.dataset).book(tier)
+        except HspiError:
+            return  # the audit itself reports what is wrong
 
     def _end(self, audit: Audit, run: _Run, status: str, report: AuditReport | None, error: str | None) -> None:
         if not store.finish(self.db, audit.id, self.worker_id, status, report=report, error=error):
             log.warning("audit %s: lease lost before it could end", audit.id)
-
-
-def replay_report(settings: AuditSettings, prior: list[QueryRecord], reason: str) -> AuditReport:
-    """The report of an audit that ends with its stored answers only (`stop` = interrupted); asks nothing."""
-    if not prior:
-        spec = model_spec(settings.model)
-        per_query = spec.input_shape[0] + 1 if spec.input_kind == "tokens" else math.prod(spec.input_shape)
-        return AuditReport(
-            endpoint=settings.endpoint,
-            model=settings.model,
-            api=settings.api,
-            tier=None,
-            status="no-evidence",
-            verdict="inconclusive" if settings.claim else None,
-            reason=reason,
-            stop="interrupted",
-            queries=0,
-            tokens=0,
-            budget_queries=settings.budget_queries,
-            budget_tokens=settings.budget_tokens or settings.budget_queries * per_query,
-            answers_used=0,
-            match_score=0.0,
-            threshold=0.0,
-            claim=settings.claim,
-            heads={},
-            evidence=[],
-            dataset=str(settings.dataset or shipped_dataset(settings.model)),
-            classifier=str(settings.classifier or shipped_classifier(settings.model)),
-            seconds=0.0,
-        )
-    last = len(prior) - 1
-
-    def stop_after_replay(record: QueryRecord, _: float) -> None:
-        if record.index == last:
-            raise _Stop("finalize")
-
-    report = run_audit(settings, on_query=stop_after_replay, prior=prior, transport=httpx.MockTransport(_refuse))
-    return report.model_copy(update={"reason": reason})
-
-
-def _refuse(request: httpx.Request) -> httpx.Response:
-    raise RuntimeError("a replayed audit must not reach the network")

@@ -7,11 +7,17 @@ or ends it after a '-' (so `hardware=x86-avx2` matches `amd-x86-avx2`, `kernel=b
 
 from __future__ import annotations
 
+import numpy as np
+from pydantic import BaseModel
+
+from hspi.audit.identification import Guess
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
+from hspi.terms import MatchStatus, Verdict
 
 CONSISTENT_AT = 0.95  # the claim's labels hold at least this much posterior
 INCONSISTENT_AT = 0.05  # ... or at most this much
+TOP_GUESSES = 3  # guesses shown per head
 
 
 def parse_claim(text: str | None) -> dict[str, str]:
@@ -75,3 +81,47 @@ def overall_verdict(head_verdicts: dict[str, str]) -> str:
     if head_verdicts and all(v == "consistent" for v in head_verdicts.values()):
         return "consistent"
     return "inconclusive"
+
+
+class HeadReport(BaseModel):
+    guesses: list[Guess]
+    claimed: str | None = None
+    claim_probability: float | None = None
+    verdict: str | None = None
+    why: str = ""
+
+
+def head_reports(
+    head_posteriors: dict[str, tuple[list[str], np.ndarray]], claim: dict[str, str]
+) -> tuple[dict[str, HeadReport], dict[str, str]]:
+    """Each head's ranked guesses and, for a claimed head, its verdict: (reports, verdicts of claimed heads).
+
+    The one place posteriors meet a claim: audits, `/v1/classify` and `hspi demo` all go through it."""
+    heads: dict[str, HeadReport] = {}
+    verdicts: dict[str, str] = {}
+    for head, (values, post) in head_posteriors.items():
+        order = np.argsort(-post)[:TOP_GUESSES]
+        report = HeadReport(guesses=[Guess(label=values[i], probability=round(float(post[i]), 4)) for i in order])
+        if head in claim:
+            verdict, p, why = head_verdict(claim[head], values, [float(x) for x in post])
+            report.claimed, report.verdict, report.why = claim[head], verdict, why
+            report.claim_probability = None if p is None else round(p, 4)
+            verdicts[head] = verdict
+        heads[head] = report
+    return heads, verdicts
+
+
+def audit_verdict(
+    status: MatchStatus, verdicts: dict[str, str], claim: dict[str, str], *, cut_short: bool
+) -> Verdict | None:
+    """The overall word: against the claim if there is one (None without a claim)."""
+    if not claim:
+        return None
+    if status is MatchStatus.UNKNOWN:
+        return Verdict.UNKNOWN_PLATFORM
+    if status is MatchStatus.NO_EVIDENCE:
+        return Verdict.INCONCLUSIVE
+    overall = Verdict(overall_verdict(verdicts))
+    if cut_short and overall is Verdict.CONSISTENT:
+        return Verdict.INCONCLUSIVE  # an audit cut short confirms nothing
+    return overall

@@ -1,11 +1,13 @@
-"""Identify the platform behind answers to pool probes: reference-relative features -> `Verdict`."""
+"""Identify the platform behind answers to pool probes: reference-relative features -> `Identification`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from hspi.audit.verdict import Guess, Verdict
+from hspi.audit.claims import head_reports
+from hspi.audit.identification import Identification
 from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.sequential import score_matches
 from hspi.dataset import Dataset
 from hspi.equivalence import equivalence_classes
 from hspi.errors import DatasetError
@@ -13,10 +15,8 @@ from hspi.features.relative import relative_features
 from hspi.features.tiers import reference_values, tier_view
 from hspi.responses import Responses
 
-TOP_GUESSES = 3
 
-
-def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, tier: str) -> Verdict:
+def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, tier: str) -> Identification:
     classes = equivalence_classes(dataset, responses.model)
     if not responses.probe_set.endswith("/pool"):
         raise DatasetError(f"answers to {responses.probe_set} have no references: identify needs pool probes")
@@ -32,18 +32,18 @@ def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, 
     groups = np.zeros(len(responses.probe_ids), dtype=np.int64)
     probs = matcher.pair_probabilities(X)
     score = float(ReferenceMatcher.match_scores(probs["full"], groups)[0])
-    posts = matcher.posteriors(probs, [c.labels for c in classes], groups, from_full=score >= matcher.threshold_)
-    heads = {}
-    for head, (values, post) in posts.items():
-        order = np.argsort(-post[0])[:TOP_GUESSES]
-        heads[head] = [Guess(label=values[i], probability=round(float(post[0][i]), 4)) for i in order]
-    status = "match" if score >= matcher.threshold_ else "unknown"
+    posts = matcher.posteriors(
+        probs, [c.labels for c in classes], groups, from_full=score_matches(score, matcher.threshold_)
+    )
+    reports, _ = head_reports({head: (values, post[0]) for head, (values, post) in posts.items()}, {})
+    heads = {head: report.guesses for head, report in reports.items()}
+    status = "match" if score_matches(score, matcher.threshold_) else "unknown"
     reason = (
         ""
         if status == "match"
         else f"no stored platform matches: best candidate scores {score:.3f} < threshold {matcher.threshold_:.3f}"
     )
-    return Verdict(
+    return Identification(
         model=responses.model,
         tier=tier,
         queries=len(responses.probe_ids),

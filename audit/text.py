@@ -8,22 +8,11 @@ gain, never one whose first token equals the previous prompt's (prefix caches).
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 
-from hspi.classifier.greedy_vote import GreedyVote, TextVerdict, load_text_vote, rank_probes, text_vote_path
+from hspi.classifier.greedy_vote import GreedyVote, TextVerdict, rank_probes
 from hspi.collector.models import ModelSpec
 from hspi.collector.probes import BORDER_STREAM_SIZE, ProbeSet
-from hspi.errors import ModelError
-
-
-@lru_cache(maxsize=8)
-def text_vote(classifier_dir: str, model: str) -> GreedyVote:
-    if not text_vote_path(Path(classifier_dir), model).exists():
-        raise ModelError(f"no text-tier vote for {model} in {classifier_dir}: the endpoint gives text only")
-    return load_text_vote(Path(classifier_dir), model)
 
 
 class TextEvidence:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from hspi.classifier.evidence import group_sum, log_odds, softmax
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import SCORE_TOLERANCE, ReferenceMatcher
 from hspi.errors import ConfigError
 from hspi.features.relative import relative_features
 from hspi.features.tiers import TierView, reference_values, tier_view
@@ -140,9 +140,15 @@ class ReferenceEvidence:
             ReferenceMatcher.match_scores(self._stacked()["full"], np.zeros(len(self.used), dtype=np.int64))[0]
         )
 
+    def matches(self) -> bool:
+        """Does the best candidate match?  Answers bit-identical to a reference always do, whatever
+        their number: a threshold calibrated at the best attainable score must not fall one rounding
+        step above a mean of equal probabilities."""
+        return bool(self.used) and score_matches(self.match_score(), self.matcher.threshold_)
+
     def head_posteriors(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per head: label values and their posterior; each head's own model when nothing matches."""
-        known = self.match_score() >= self.matcher.threshold_
+        known = self.matches()
         groups = np.zeros(len(self.used), dtype=np.int64)
         return {
             h: (values, post[0])
@@ -223,3 +229,8 @@ def most_splitting_probe(
         return None
     choices = np.flatnonzero(scores >= best * (1 - 1e-9))
     return int(book.pool_ids[rng.choice(choices)])
+
+
+def score_matches(score: float, threshold: float) -> bool:
+    """A match score at or above the threshold, up to the rounding of a mean (`SCORE_TOLERANCE`)."""
+    return score >= threshold - SCORE_TOLERANCE

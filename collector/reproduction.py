@@ -8,6 +8,7 @@ would be filed under the wrong classes, so the collection stops.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from hspi.collector.local_run import run_worker
@@ -69,3 +70,45 @@ def run_checked(ds: Dataset, config_id: str, models: list[str], plan: RunPlan, w
     run, answers = checked_answers(ds, config_id, models, plan, what)
     run.shards = {model: write_shard(ds.directory, got) for model, got in answers.items()}
     return run
+
+
+def reproduces_here(ds: Dataset, config_id: str, models: Sequence[str]) -> bool:
+    """Does this machine answer `config_id`'s check probes of `models` bit for bit as stored?
+
+    The answers come from a fresh worker process, as every reference does (ISA caps and other
+    load-time knobs hold only there)."""
+    record = ds.manifest.configs[config_id]
+    with tempfile.TemporaryDirectory(prefix="hspi-reproduces-") as tmp:
+        job = WorkerJob(
+            platform=record.platform,
+            models=list(models),
+            runs=[check_plan(ds, list(models))],
+            dataset_dir=tmp,
+            export_dir=str(ds.directory / "exports"),
+        )
+        result = run_worker(job, Path(tmp))
+        answers = {m: read_shard(Path(tmp), result.runs[CHECK_RUN].shards[m], m) for m in models}
+    try:
+        for model, got in answers.items():
+            check_reproduces(ds, config_id, model, got, "")
+    except CollectionError:
+        return False
+    return True
+
+
+def first_reproducing(ds: Dataset, models: Sequence[str], candidates: Sequence[str]) -> str:
+    """The first of `candidates` (configuration ids of `ds`) that this machine reproduces.
+
+    Shipped references come from one machine; another CPU gives other bits for some configurations
+    (fp32 through MKL differs between vendors, ONNX Runtime and the capped bf16/fp16 paths do not),
+    so whatever must match them (a demo, a test) picks its platform here, by measurement."""
+    unknown = [c for c in candidates if c not in ds.manifest.configs]
+    if unknown:
+        raise CollectionError(f"{unknown[0]} is not a configuration of {ds.manifest.name}")
+    for config_id in candidates:
+        if reproduces_here(ds, config_id, models):
+            return config_id
+    raise CollectionError(
+        f"this machine reproduces none of {', '.join(candidates)} of {ds.manifest.name} for {', '.join(models)}: "
+        "collect references here (hspi collect) and audit against them"
+    )

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hspi.errors import ConfigError
+from hspi.terms import TIER_WIDTH, Tier
 
-TIERS: dict[str, int | None] = {"logits": None, "topk20": 20, "topk5": 5, "top1": 1}
+# the tiers a reference-match classifier reads (the text tier has its own vote), with their widths
+TIERS: dict[str, int | None] = {t.value: TIER_WIDTH[t] for t in Tier if t is not Tier.TEXT}
 
 
 def check_tier(tier: str) -> str:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from reproducing import BF16, FP32_IN_PROCESS, class_name, reproducing
 from servers import free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 
-SERVERS = {  # name: (platform, --top-logprobs)
-    "bf16": ("cpu:avx2/bf16/torch-eager", 20),
-    "top5": ("cpu:native/fp32/torch-eager", 5),
-    "text": ("cpu:native/fp32/torch-eager", 0),
+SERVERS = {  # name: (candidate platforms, the first this machine reproduces is served; --top-logprobs)
+    "bf16": (BF16, 20),
+    "top5": (FP32_IN_PROCESS, 5),
+    "text": (FP32_IN_PROCESS, 0),
 }
 
 
@@ -64,7 +65,8 @@ def servers() -> Iterator[dict[str, str]]:
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
     try:
-        for name, (platform, cap) in SERVERS.items():
+        for name, (candidates, cap) in SERVERS.items():
+            platform = reproducing("lm-small", candidates)
             port = free_port()
             procs[name] = subprocess.Popen(
                 [
@@ -178,7 +180,7 @@ def test_audit_finds_bf16_behind_an_fp32_claim(audits: dict) -> None:
     assert report["verdict"] == "inconsistent"
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "bf16"
     assert report["heads"]["dtype"]["verdict"] == "inconsistent"
-    assert report["heads"]["full"]["guesses"][0]["label"] == "cpu:avx2/bf16/torch-eager"
+    assert report["heads"]["full"]["guesses"][0]["label"] == class_name("lm-small", reproducing("lm-small", BF16))
     assert report["queries"] <= 16 and report["budget_queries"] == 16
     assert report["tokens"] <= report["budget_tokens"]
     assert len(evidence) == len(report["evidence"]) and all(e["complete"] for e in evidence)
@@ -216,7 +218,7 @@ def test_min_answers_spends_answers_verifying_the_leader(
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["answers_used"] >= 8 and report["stop"] == "confident"
-    assert report["heads"]["full"]["guesses"][0]["label"] == "cpu:avx2/bf16/torch-eager"
+    assert report["heads"]["full"]["guesses"][0]["label"] == class_name("lm-small", reproducing("lm-small", BF16))
     assert len({r["probe_id"] for r in report["evidence"]}) == len(report["evidence"])  # no probe asked twice
 
 

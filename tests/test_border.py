@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reproducing import reproducing
 from typer.testing import CliRunner
 
 from hspi.classifier.greedy_vote import GreedyVote, load_text_vote, rank_probes, text_vote_path
@@ -411,7 +412,15 @@ def test_vote_json_round_trip_and_errors(tmp_path):
 
 # --- a real collection of two configurations ----------------------------------------------------
 
-TWO_CONFIGS = ["cpu:native/fp32/torch-eager", "cpu:native/bf16/torch-eager/bs=8"]
+# an fp32 and a bf16 configuration (a static batch of 8 where it reproduces): border collection first
+# checks that this machine reproduces a configuration's references, so both are picked by measurement
+FP32_CANDIDATES = ("cpu:native/fp32/torch-eager", "cpu:native/fp32/onnxruntime-basic")
+BF16_CANDIDATES = ("cpu:native/bf16/torch-eager/bs=8", "cpu:avx2/bf16/torch-eager", "cpu:sse42/bf16/torch-eager")
+
+
+def two_configs() -> list[str]:
+    models = ("mlp", "lm-small")
+    return [reproducing(models, FP32_CANDIDATES), reproducing(models, BF16_CANDIDATES)]
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +431,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("border") / "two"
     manifest = load_manifest(SHIPPED)
-    manifest.configs = {c: r for c, r in manifest.configs.items() if c in TWO_CONFIGS}
+    manifest.configs = {c: r for c, r in manifest.configs.items() if c in two_configs()}
     save_manifest(out, manifest)
     os.symlink(SHIPPED / "shards", out / "shards")
     selection = SelectionFile(
@@ -442,17 +451,18 @@ def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: 
     from hspi.collector.border_collect import collect_border, verify_border
     from hspi.dataset import Dataset
 
+    configs = two_configs()
     seen = []
     index = collect_border(tiny, on_progress=lambda c, d, n: seen.append(c))
-    assert set(index.configs) == set(TWO_CONFIGS) and seen[-1] == "done"
+    assert set(index.configs) == set(configs) and seen[-1] == "done"
     store = BorderStore(border_dir(tiny))
-    for cid in TWO_CONFIGS:
+    for cid in configs:
         first, again = store.answers(cid, "border", "mlp"), store.answers(cid, "border-replay", "mlp")
         np.testing.assert_array_equal(first.probe_ids, sorted(store.selection.models["mlp"].ids))
         np.testing.assert_array_equal(first.greedy, again.greedy)  # CPU kernels: the same answer twice
         assert index.configs[cid].runs["border-replay"].order == "shuffled"
         assert index.configs[cid].runs["border"].provenance["aten_capability"]
-    fp32 = store.answers(TWO_CONFIGS[0], "border", "lm-small")
+    fp32 = store.answers(configs[0], "border", "lm-small")
     assert (fp32.margin > 0).all()
     assert verify_border(tiny) == 8
     assert store.size_bytes() < 100_000
@@ -466,7 +476,7 @@ def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: 
     assert mlp["n_classes"] == 2 and mlp["pairs"]["total"] == 1
     assert {r["queries"] for r in mlp["accuracy"]} >= {1, 4}
     assert mlp["epsilon"]["min"] == mlp["epsilon"]["max"] == 0.01
-    pool = Dataset(tiny).responses(TWO_CONFIGS[0], "replay", "lm-small")
+    pool = Dataset(tiny).responses(configs[0], "replay", "lm-small")
     seen_pool = TextAnswers.from_outputs(pool.probe_set, pool.probe_ids, pool.as_float32())
     verdict = votes["lm-small"].predict(
         {"pool": (seen_pool.probe_ids, seen_pool.greedy), "border": (fp32.probe_ids, fp32.greedy)}
@@ -474,13 +484,13 @@ def test_collect_two_configs_resume_report_and_corruption(tiny: Path, tmp_path: 
     assert verdict.heads["dtype"][0] == "fp32" and not verdict.unknown
 
     # a damaged shard ends in one DatasetError line, through the library and through the CLI
-    ref = index.configs[TWO_CONFIGS[0]].runs["border"].shards["mlp"]
+    ref = index.configs[configs[0]].runs["border"].shards["mlp"]
     path = border_dir(tiny) / "shards" / f"{ref.sha256}.parquet"
     good = path.read_bytes()
     try:
         path.write_bytes(good[:40])
         with pytest.raises(DatasetError) as info:
-            BorderStore(border_dir(tiny)).answers(TWO_CONFIGS[0], "border", "mlp")
+            BorderStore(border_dir(tiny)).answers(configs[0], "border", "mlp")
         assert "\n" not in str(info.value)
         run = CliRunner().invoke(
             border_app,

@@ -314,9 +314,9 @@ def test_splitting_search_extends_the_pool_resumes_and_reaches_audits(smoke: Pat
     )
 
     # audits build their reference book over the extended pool, so they may ask a searched probe
-    from hspi.audit.engine import _ReferenceContext
+    from hspi.audit.references import ModelReferences
 
-    context = _ReferenceContext(copy, "mlp")
+    context = ModelReferences.load(copy, "mlp")
     assert context.pool_ids.tolist() == list(range(40)) + chosen
     assert context.book("logits").prior_split_scores().shape == (40 + len(chosen),)
 

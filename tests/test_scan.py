@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from reproducing import reproducing_platform
 from servers import serve_asgi, serve_handler
 
 from hspi.api import store
@@ -21,13 +22,12 @@ from hspi.api.scan_report import write_html
 from hspi.api.security import Vault
 from hspi.audit import AuditReport
 from hspi.collector.target_server import create_target_app
-from hspi.platform import Platform
 
 
 @pytest.fixture(scope="module")
 def targets() -> tuple[str, str]:
-    """Two endpoints of the reference LM (fp32, this machine's default platform)."""
-    app = create_target_app("lm-small", Platform())
+    """Two endpoints of the reference LM on an fp32 platform whose references this machine reproduces."""
+    app = create_target_app("lm-small", reproducing_platform("lm-small"))
     with serve_asgi(app) as a, serve_asgi(app) as b:
         httpx.post(a + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
         yield a, b

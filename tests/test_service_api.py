@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from reproducing import reproducing_platform
 from servers import serve_asgi, serve_handler
 from service_support import (
     BACKENDS,
@@ -30,15 +31,14 @@ from service_support import (
 from hspi.api.app import create_app
 from hspi.audit import AuditReport
 from hspi.collector.target_server import create_target_app
-from hspi.platform import Platform
 
 SECRET = "sk-test-DO-NOT-LEAK-4f9c2a"
 
 
 @pytest.fixture(scope="module")
 def target() -> str:
-    """The reference LM on this machine's default platform (fp32), warmed up."""
-    with serve_asgi(create_target_app("lm-small", Platform())) as url:
+    """The reference LM on an fp32 platform whose references this machine reproduces, warmed up."""
+    with serve_asgi(create_target_app("lm-small", reproducing_platform("lm-small"))) as url:
         httpx.post(url + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
         yield url
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from reproducing import reproducing_platform
 from servers import free_port, serve_asgi, serve_handler, wait_for_http
 from service_support import BACKENDS, database_url, wait_for
 
@@ -30,14 +31,13 @@ from hspi.api.security import EndpointGuard, Vault
 from hspi.api.workers import AuditWorkers
 from hspi.audit import AuditReport, AuditSettings, run_audit
 from hspi.collector.target_server import create_target_app
-from hspi.platform import Platform
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
 
 
 @pytest.fixture(scope="module")
 def target() -> str:
-    with serve_asgi(create_target_app("lm-small", Platform())) as url:
+    with serve_asgi(create_target_app("lm-small", reproducing_platform("lm-small"))) as url:
         httpx.post(url + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
         yield url
 

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from reproducing import reproducing
 from servers import serve_asgi
 
 from hspi.collector.models import model_spec
@@ -104,17 +105,23 @@ def test_served_logprobs_are_the_tier_derivation_bit_for_bit(platform: Platform)
             assert content["token"] == chat["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("platform_id", ["cpu:native/fp32/torch-eager/bs=8", "cpu:native/bf16/torch-eager"])
-def test_served_topk_equals_the_shipped_datasets_references(platform_id: str) -> None:
-    """Static batches padded with a filler probe serve what the dataset recorded (on a machine like its own)."""
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        # a static batch of 8 (padded with a filler probe) and the usual batch of one, fp32
+        ("cpu:native/fp32/torch-eager/bs=8", "cpu:native/fp32/onnxruntime-basic"),
+        ("cpu:native/bf16/torch-eager", "cpu:native/fp32/torch-eager", "cpu:native/fp32/onnxruntime-all"),
+    ],
+)
+def test_served_topk_equals_the_shipped_datasets_references(candidates: tuple[str, ...]) -> None:
+    """The server answers what the dataset recorded, on a platform this machine reproduces (measured)."""
     from hspi.dataset import Dataset
     from hspi.shipped import CPU_DATASET
 
+    platform_id = reproducing("lm-small", candidates)
     platform = Platform.parse(platform_id)
     ids = np.arange(8)
     reference = Dataset(CPU_DATASET).responses(platform_id, "reference", "lm-small").select(ids).as_float32()
-    if not np.array_equal(LocalTarget("lm-small", platform).answer(POOL, ids).as_float32(), reference):
-        pytest.skip(f"this machine does not reproduce the shipped references of {platform_id}")
     expected = tier_view(reference, "topk20")
     with TestClient(create_target_app("lm-small", platform)) as client:
         for row, probe in enumerate(ids):

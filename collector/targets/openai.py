@@ -9,23 +9,27 @@ retried with backoff (`Retry-After` honoured): see `BudgetedHTTPClient`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import httpx
 import numpy as np
 
 from hspi.collector.models import model_spec
+from hspi.collector.probes import ProbeSet
+from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import MAX_RESPONSE_BYTES, BudgetedHTTPClient, QueryBudget
 from hspi.collector.targets.openai_parse import FirstToken, parse_chat_completion, parse_completion
 from hspi.collector.vocabulary import decode, token_id
 from hspi.errors import ConfigError, TargetError
 from hspi.responses import TierAnswers
+from hspi.terms import TIER_WIDTH, TOP_LOGPROBS, Tier
 
-TIER_K = {"topk20": 20, "topk5": 5, "top1": 1, "text": 1}
+TIER_K = {t.value: k for t, k in TIER_WIDTH.items() if k is not None}
 
 
-class OpenAICompatibleTarget:
-    kind = "openai-compatible"
+class OpenAICompatibleTarget(Target):
+    kind: ClassVar[str] = "openai-compatible"
+    tier: ClassVar[str] = "topk20"
 
     def __init__(
         self,
@@ -65,11 +69,19 @@ class OpenAICompatibleTarget:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> OpenAICompatibleTarget:
-        return self
+    # -- the Target interface ------------------------------------------------------------------
+    def ask(self, probes: ProbeSet, probe_id: int, tier: Tier) -> TierAnswers:
+        if tier is Tier.LOGITS:
+            raise ConfigError("an OpenAI-compatible endpoint shows log-probabilities, not logits: use --api logits")
+        token = self.first_token(probes.inputs(np.array([probe_id]))[0], TOP_LOGPROBS[tier])
+        return answers_from_tokens(self.model, probes.version, np.array([probe_id]), tier, [token])
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
+    def probe_tier(self, probes: ProbeSet, probe_id: int, most: Tier | None = None) -> tuple[Tier, TierAnswers]:
+        if most is Tier.LOGITS:
+            raise ConfigError("an OpenAI-compatible endpoint shows log-probabilities, not logits: use --api logits")
+        tier, token = self.detect_tier(probes.inputs(np.array([probe_id]))[0], most=most or Tier.TOPK20)
+        tier = Tier(tier)
+        return tier, answers_from_tokens(self.model, probes.version, np.array([probe_id]), tier, [token])
 
     # -- one probe ---------------------------------------------------------------------------
     def first_token(self, prompt_ids: np.ndarray, top_logprobs: int | None) -> FirstToken:

@@ -23,10 +23,19 @@ def audit(
     max_tokens: Annotated[
         Optional[int], typer.Option(help="most tokens to be billed (default: what the queries cost)")
     ] = None,
-    api: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    api: Annotated[
+        Optional[str],
+        typer.Option(
+            help="completions, chat (OpenAI-compatible) or logits (JSON logits at {endpoint}/logits); "
+            "default: completions for a language model, logits for a model that takes vectors"
+        ),
+    ] = None,
     served_model: Annotated[Optional[str], typer.Option(help="the model name the endpoint expects")] = None,
     order: Annotated[str, typer.Option(help="split (most informative probe next) or random")] = "split",
-    max_tier: Annotated[str, typer.Option(help="richest tier to ask for: topk20, topk5, top1 or text")] = "topk20",
+    max_tier: Annotated[
+        Optional[str],
+        typer.Option(help="richest tier to ask for: logits, topk20, topk5, top1 or text (default: the richest given)"),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="probe-order seed (default: random)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 10.0,
     min_answers: Annotated[

@@ -26,14 +26,24 @@ def demo(
     from hspi.classifier.artifacts import load_matcher
     from hspi.cli.render import render_verdict
     from hspi.collector.local_run import run_in_fresh_process
+    from hspi.collector.reproduction import reproduces_here
     from hspi.dataset import Dataset
+    from hspi.equivalence import equivalence_classes
+    from hspi.errors import CollectionError
     from hspi.features.tiers import check_tier
 
     check_tier(tier)
     ds = Dataset(dataset)
     matcher, _ = load_matcher(classifier / model / tier)
     rng = random.Random(seed)
-    config_id = rng.choice(ds.complete_configs(model))
+    # the references come from one machine: hide a platform this machine reproduces (measured), so the
+    # demo shows identification, not the gap between two CPUs (that is what an audit's "unknown" is for)
+    candidates = ds.complete_configs(model)
+    rng.shuffle(candidates)
+    err.print(f"choosing a hidden platform whose references this machine reproduces ({model})...")
+    config_id = next((c for c in candidates if reproduces_here(ds, c, [model])), None)
+    if config_id is None:
+        raise CollectionError(f"this machine reproduces no configuration of {ds.manifest.name} for {model}")
     platform = ds.manifest.configs[config_id].platform
     err.print(f"running a hidden platform in a fresh process ({queries} pool probes of {model})...")
     with tempfile.TemporaryDirectory(prefix="hspi-demo-") as tmp:
@@ -41,7 +51,6 @@ def demo(
             platform, model, ds.manifest.probe_sets[model], queries, seed=rng.randrange(2**31), workdir=Path(tmp)
         )
     verdict = identify(ds, matcher, responses, tier)
-    from hspi.equivalence import equivalence_classes
 
     cls = next(c for c in equivalence_classes(ds, model) if config_id in c.members)
     render_verdict(verdict, console, truth=cls.labels)

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from hspi.audit.verdict import Verdict
+from hspi.audit.identification import Identification
 
 if TYPE_CHECKING:
     from hspi.audit import AuditReport
 
 
-def render_verdict(verdict: Verdict, console: Console, truth: dict[str, str] | None = None) -> None:
+def render_verdict(verdict: Identification, console: Console, truth: dict[str, str] | None = None) -> None:
     console.print(
         f"[bold]Platform detection[/bold] for [cyan]{verdict.model}[/cyan]: tier {verdict.tier}, "
         f"{verdict.queries} queries"

@@ -1,8 +1,11 @@
-"""`Verdict`: ranked guesses per head, how well the best candidate matches, or a plain no-match."""
+"""`Identification`: ranked guesses per head for answers collected elsewhere, how well the best
+candidate matches, or a plain no-match."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
+
+from hspi.terms import MatchStatus
 
 
 class Guess(BaseModel):
@@ -10,11 +13,11 @@ class Guess(BaseModel):
     probability: float
 
 
-class Verdict(BaseModel):
+class Identification(BaseModel):
     model: str
     tier: str
     queries: int
-    status: str  # "match" | "unknown"
+    status: MatchStatus
     match_score: float  # mean probability that the best candidate ran the target, in [0, 1]
     threshold: float  # below it the answer is "unknown"
     heads: dict[str, list[Guess]]  # best first
