@@ -1,0 +1,252 @@
+"""The model registry and `hspi model`: tiny models made here (nothing downloaded), every bad input refused
+with one clear line and nothing registered lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+pytest.importorskip("sentencepiece")
+
+from hspi.collector import model_files  # noqa: E402
+from hspi.collector.registry import ModelRegistry, builtin_card, list_models  # noqa: E402
+from hspi.errors import ConfigError, HspiError, ModelError  # noqa: E402
+from tests.tiny_models import llama_dir, qwen2_dir, write_gguf  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    llama = llama_dir(root / "llama")
+    paths = {
+        "llama": llama,
+        "llama_other": llama_dir(root / "llama-other", seed=1),
+        "qwen": qwen2_dir(root / "qwen"),
+        # F32 throughout but one F16 and one Q8_0 tensor: both kinds of check, and a skipped one
+        "gguf": write_gguf(llama, root / "llama.gguf", quantise=("blk.1.ffn_down.weight",), f16=("output.weight",)),
+    }
+    paths["gguf_other"] = write_gguf(paths["llama_other"], root / "llama-other.gguf")
+    return paths
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "home" / "models")
+
+
+def copy_dir(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.name not in skip:
+            shutil.copy2(item, target / item.name)
+    return target
+
+
+def snapshot(registry: ModelRegistry) -> dict[str, bytes]:
+    return {str(p.relative_to(registry.root)): p.read_bytes() for p in registry.root.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- cards
+
+
+def test_llama_with_gguf_card(made: dict[str, Path], registry: ModelRegistry) -> None:
+    card, created = registry.add("tiny-llama", hf=made["llama"], gguf=made["gguf"])
+    assert created
+    assert card.architecture == "LlamaForCausalLM" and card.vocab_size == 400
+    assert card.sources.hf == str(made["llama"].resolve()) and card.sources.gguf == str(made["gguf"].resolve())
+    assert "tokenizer.model" in card.tokenizer_files and card.tokenizer_sha256
+    assert card.chat_template and "messages" in card.chat_template
+    entries = model_files.safetensors_entries(made["llama"])
+    assert card.parameter_count == sum(e.numel for e in entries) and 100_000 < card.parameter_count < 1_000_000
+    assert card.gguf is not None and card.gguf.architecture == "llama" and card.gguf.vocab_size == 400
+    assert card.gguf.tensor_types == {"F16": 1, "F32": len(entries) - 2, "Q8_0": 1}
+    assert card.gguf.check.startswith(f"checked: {len(entries) - 1} F32/F16 tensors equal")
+    assert "1 quantised tensors not checked" in card.gguf.check
+    stored = json.loads(registry.card_path("tiny-llama").read_text())
+    assert stored["weights_sha256"] == card.weights_sha256 and stored["kind"] == "registered"
+    assert registry.get("tiny-llama") == card
+    names = [c.name for c in list_models(registry.root)]
+    assert names[:4] == ["mlp", "cnn", "lm-small", "lm-gpt2"] and names[-1] == "tiny-llama"
+
+
+def test_qwen2_byte_level_card(made: dict[str, Path], registry: ModelRegistry) -> None:
+    card, _ = registry.add("tiny-qwen", hf=made["qwen"])
+    assert card.architecture == "Qwen2ForCausalLM" and card.vocab_size == 300
+    assert card.chat_template is None and card.gguf is None
+    assert "tokenizer.json" in card.tokenizer_files
+    model, tokenizer = model_files.load_hf_model(made["qwen"])
+    assert card.parameter_count == model.num_parameters()  # tied embeddings are stored (and counted) once
+    assert tokenizer.decode(tokenizer("the café 42").input_ids) == "the café 42"
+
+
+def test_weights_hash_is_canonical(made: dict[str, Path], tmp_path: Path) -> None:
+    """The same tensors hash the same from safetensors files and from a torch module."""
+    from safetensors.torch import save_file
+
+    from hspi.collector.models import build_model
+
+    model, _ = model_files.load_hf_model(made["llama"])
+    assert model_files.module_weights_sha256(model) == model_files.entries_sha256(
+        model_files.safetensors_entries(made["llama"])
+    )
+    save_file(build_model("lm-small").state_dict(), str(tmp_path / "lm.safetensors"))
+    entries = model_files.read_safetensors_header(tmp_path / "lm.safetensors")
+    assert model_files.entries_sha256(entries) == builtin_card("lm-small").weights_sha256
+
+
+def test_builtin_cards() -> None:
+    cards = {c.name: c for c in list_models(Path("/nonexistent/models"))}
+    assert set(cards) == {"mlp", "cnn", "lm-small", "lm-gpt2"}
+    assert cards["lm-gpt2"].vocab_size == 512 and cards["mlp"].vocab_size is None
+    assert cards["lm-small"].sources.builtin == "lm-small-v1" and cards["lm-small"].kind == "builtin"
+    assert len({c.weights_sha256 for c in cards.values()}) == 4
+
+
+def test_same_weights_again_is_idempotent(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    registry.add("tiny-llama", hf=made["llama"])
+    before = snapshot(registry)
+    again, created = registry.add("tiny-llama", hf=made["llama"])
+    assert not created
+    moved, created = registry.add("tiny-llama", hf=copy_dir(made["llama"], tmp_path / "moved"))
+    assert not created and moved == again  # the same weights elsewhere: still the stored card
+    assert snapshot(registry) == before
+
+
+def test_gguf_only(made: dict[str, Path], registry: ModelRegistry) -> None:
+    card, _ = registry.add("tiny-gguf", gguf=made["gguf"])
+    assert card.sources.hf is None and card.architecture == "llama"
+    assert card.gguf is not None and card.gguf.check.startswith("not checked")
+    assert card.weights_sha256 == card.gguf.weights_sha256
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def refused(registry: ModelRegistry, error: type[HspiError], match: str, name: str = "m", **files: Path) -> None:
+    before = snapshot(registry) if registry.root.exists() else {}
+    with pytest.raises(error, match=match) as info:
+        registry.add(name, **files)
+    assert "\n" not in str(info.value)
+    assert (snapshot(registry) if registry.root.exists() else {}) == before  # nothing lost, nothing half-written
+
+
+def test_name_reused_for_other_weights(made: dict[str, Path], registry: ModelRegistry) -> None:
+    registry.add("m", hf=made["llama"])
+    refused(registry, ConfigError, "registered for other weights", hf=made["qwen"])
+    refused(registry, ConfigError, "registered for other tokenizer or GGUF", hf=made["llama"], gguf=made["gguf"])
+    assert registry.get("m").architecture == "LlamaForCausalLM"
+    refused(registry, ConfigError, "built-in reference model", name="lm-small", hf=made["qwen"])
+    refused(registry, ConfigError, "model name", name="../escape", hf=made["qwen"])
+
+
+def test_no_weights(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    bare = copy_dir(made["llama"], tmp_path / "bare", skip=("model.safetensors",))
+    refused(registry, ModelError, "no weights", hf=bare)
+    refused(registry, ConfigError, "give its weights")
+
+
+def test_pickled_weights_refused(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    pickled = copy_dir(made["llama"], tmp_path / "pickled", skip=("model.safetensors",))
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle, never opened")
+    refused(registry, ModelError, r"pytorch_model\.bin: pickled weights are refused", hf=pickled)
+
+
+def test_truncated_safetensors(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    cut = copy_dir(made["llama"], tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    refused(registry, ModelError, "truncated", hf=cut)
+
+
+def test_corrupt_gguf(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + os.urandom(200))
+    refused(registry, ModelError, "not a readable GGUF file", gguf=garbage)
+    truncated = tmp_path / "truncated.gguf"
+    data = made["gguf"].read_bytes()
+    truncated.write_bytes(data[: len(data) - 1000])
+    refused(registry, ModelError, "GGUF", hf=made["llama"], gguf=truncated)
+    refused(registry, ConfigError, "no such GGUF file", gguf=tmp_path / "missing.gguf")
+
+
+def test_gguf_of_other_weights(made: dict[str, Path], registry: ModelRegistry) -> None:
+    refused(registry, ModelError, "differs from", hf=made["llama"], gguf=made["gguf_other"])
+
+
+def test_tokenizer_missing(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    untokenized = copy_dir(made["llama"], tmp_path / "untokenized", skip=TOKENIZER_FILES)
+    refused(registry, ModelError, "no tokenizer", hf=untokenized)
+
+
+def test_tokenizer_inconsistent_with_vocab(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    small = copy_dir(made["llama"], tmp_path / "small-vocab")
+    config = json.loads((small / "config.json").read_text())
+    config["vocab_size"] = 256
+    (small / "config.json").write_text(json.dumps(config))
+    refused(registry, ModelError, "tokenizer has 400 tokens but config.json's vocab_size is 256", hf=small)
+
+
+def test_too_large_refused_before_loading(
+    made: dict[str, Path], registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loaded a model that does not fit")
+
+    monkeypatch.setenv(model_files.MEMORY_LIMIT_ENV, "100000")
+    monkeypatch.setattr(model_files.import_transformers().AutoModelForCausalLM, "from_pretrained", never)
+    refused(registry, ModelError, "refused before loading", hf=made["llama"])
+    with pytest.raises(ModelError, match="refused before loading"):
+        model_files.load_hf_model(made["llama"])
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def hspi(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HSPI_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "hspi", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli(made: dict[str, Path], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    added = hspi(home, "model", "add", "tiny-llama", "--hf", str(made["llama"]), "--gguf", str(made["gguf"]))
+    assert added.returncode == 0, added.stderr
+    assert "tiny-llama: registered, LlamaForCausalLM" in added.stdout and "equal to the HF weights" in added.stdout
+    again = hspi(home, "model", "add", "tiny-llama", "--hf", str(made["llama"]), "--gguf", str(made["gguf"]))
+    assert again.returncode == 0 and "already registered" in again.stdout
+    listed = hspi(home, "model", "list")
+    assert listed.returncode == 0 and "tiny-llama" in listed.stdout and "lm-gpt2" in listed.stdout
+    card = (home / "models" / "tiny-llama" / "card.json").read_bytes()
+
+    pickled = copy_dir(made["llama"], tmp_path / "pickled", skip=("model.safetensors",))
+    (pickled / "pytorch_model.bin").write_bytes(b"never opened")
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf at all")
+    for args, message in (
+        (("tiny-llama", "--hf", str(made["qwen"])), "registered for other weights"),
+        (("other", "--hf", str(pickled)), "pickled weights are refused"),
+        (("other", "--gguf", str(garbage)), "not a readable GGUF file"),
+        (("other",), "give its weights"),
+    ):
+        proc = hspi(home, "model", "add", *args)
+        assert proc.returncode != 0 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert (home / "models" / "tiny-llama" / "card.json").read_bytes() == card
+    assert not (home / "models" / "other").exists()
+    shown = hspi(home, "model", "show", "tiny-llama")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["weights_sha256"] == json.loads(card)["weights_sha256"]
+    missing = hspi(home, "model", "show", "nope")
+    assert missing.returncode != 0 and "no model named 'nope'" in missing.stderr
