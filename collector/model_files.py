@@ -97,13 +97,18 @@ _TORCH_DTYPES = {
 }
 
 
+def torch_dtype_name(dtype: Any) -> str:
+    """A torch dtype in safetensors' spelling (torch.float32 -> F32), as the cards and hashes write dtypes."""
+    return _TORCH_DTYPES[str(dtype).removeprefix("torch.")]
+
+
 def module_weights_sha256(module: Any) -> str:
     """The weights' hash of a torch module's state dict (the same as its safetensors files would give)."""
     import torch
 
     def rows() -> Iterator[tuple[str, str, tuple[int, ...], bytes]]:
         for name, tensor in module.state_dict().items():
-            dtype = _TORCH_DTYPES[str(tensor.dtype).removeprefix("torch.")]
+            dtype = torch_dtype_name(tensor.dtype)
             data = tensor.detach().cpu().contiguous()
             raw = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
             yield name, dtype, tuple(data.shape), raw
@@ -570,11 +575,13 @@ def check_gguf_against_hf(gguf_info: GgufInfo, hf: HfModelInfo) -> GgufCheck:
         expected = hf_tensor_as_gguf(hf_name, read_tensor_float32(by_name[hf_name]), hf, gguf_info)
         actual = np.asarray(tensor.data)
         if type_name == "F16":
-            expected = expected.astype(np.float16)
+            expected = np.ascontiguousarray(expected, dtype=np.float16)
         else:
-            expected = expected.astype(np.float32)
+            expected = np.ascontiguousarray(expected, dtype=np.float32)
+        actual = np.ascontiguousarray(actual)
         if actual.shape != expected.shape:
             expected = expected.reshape(actual.shape) if expected.size == actual.size else expected
+        # bit for bit (a -0.0 or a NaN payload differs too)
         if actual.shape != expected.shape or not np.array_equal(actual.view(np.uint8), expected.view(np.uint8)):
             raise ModelError(
                 f"{gguf_info.path}: tensor {tensor.name} ({type_name}) differs from {hf_name} in {hf.directory}; "

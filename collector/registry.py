@@ -118,7 +118,7 @@ def check_name(name: str) -> None:
 @functools.cache
 def builtin_card(name: str) -> ModelCard:
     """The card of a built-in reference model, computed from its seeded weights (a few hundred ms)."""
-    from hspi.collector.models import MODEL_SPECS, build_model, model_spec
+    from hspi.collector.models import build_model, model_spec
     from hspi.collector.vocabulary import vocabulary
 
     spec = model_spec(name)
@@ -131,9 +131,8 @@ def builtin_card(name: str) -> ModelCard:
     state = module.state_dict()
     dtypes: dict[str, int] = {}
     for tensor in state.values():
-        key = str(tensor.dtype).removeprefix("torch.")
+        key = model_files.torch_dtype_name(tensor.dtype)
         dtypes[key] = dtypes.get(key, 0) + 1
-    assert name in MODEL_SPECS
     return ModelCard(
         name=name,
         kind="builtin",

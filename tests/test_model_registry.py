@@ -21,7 +21,7 @@ pytest.importorskip("sentencepiece")
 from hspi.collector import model_files  # noqa: E402
 from hspi.collector.registry import ModelRegistry, builtin_card, list_models  # noqa: E402
 from hspi.errors import ConfigError, HspiError, ModelError  # noqa: E402
-from tests.tiny_models import llama_dir, qwen2_dir, write_gguf  # noqa: E402
+from tests.tiny_models import gpt2_dir, llama_dir, qwen2_dir, write_gguf  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -38,6 +38,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gguf": write_gguf(llama, root / "llama.gguf", quantise=("blk.1.ffn_down.weight",), f16=("output.weight",)),
     }
     paths["gguf_other"] = write_gguf(paths["llama_other"], root / "llama-other.gguf")
+    paths["qwen_gguf"] = write_gguf(paths["qwen"], root / "qwen.gguf")
+    paths["gpt2"] = gpt2_dir(root / "gpt2")
+    paths["gpt2_gguf"] = write_gguf(paths["gpt2"], root / "gpt2.gguf")
     return paths
 
 
@@ -91,6 +94,15 @@ def test_qwen2_byte_level_card(made: dict[str, Path], registry: ModelRegistry) -
     assert tokenizer.decode(tokenizer("the café 42").input_ids) == "the café 42"
 
 
+@pytest.mark.parametrize("model", ["qwen", "gpt2"])
+def test_gguf_checked_per_architecture(made: dict[str, Path], registry: ModelRegistry, model: str) -> None:
+    """llama.cpp's names and layouts: Qwen2 as stored, GPT-2's Conv1D weights transposed; tied output shared."""
+    card, _ = registry.add(f"tiny-{model}", hf=made[model], gguf=made[f"{model}_gguf"])
+    n_tensors = sum(card.gguf.tensor_types.values()) if card.gguf else 0
+    assert card.gguf is not None and card.gguf.check == f"checked: {n_tensors} F32/F16 tensors equal to the HF weights"
+    assert card.gguf.architecture == {"qwen": "qwen2", "gpt2": "gpt2"}[model] and card.vocab_size == 300
+
+
 def test_weights_hash_is_canonical(made: dict[str, Path], tmp_path: Path) -> None:
     """The same tensors hash the same from safetensors files and from a torch module."""
     from safetensors.torch import save_file
@@ -111,7 +123,7 @@ def test_builtin_cards() -> None:
     assert set(cards) == {"mlp", "cnn", "lm-small", "lm-gpt2"}
     assert cards["lm-gpt2"].vocab_size == 512 and cards["mlp"].vocab_size is None
     assert cards["lm-small"].sources.builtin == "lm-small-v1" and cards["lm-small"].kind == "builtin"
-    assert len({c.weights_sha256 for c in cards.values()}) == 4
+    assert len({c.weights_sha256 for c in cards.values()}) == 4 and cards["cnn"].dtypes == {"F32": 8}
 
 
 def test_same_weights_again_is_idempotent(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Nothing is downloaded.  `llama_dir` writes a LlamaForCausalLM with a SentencePiece tokenizer (BPE with
 byte fallback); `qwen2_dir` a Qwen2ForCausalLM with a byte-level BPE tokenizer (`tokenizers`);
-`write_gguf` a GGUF of a model's tensors named and laid out as llama.cpp's converter writes them.
+`gpt2_dir` a GPT2LMHeadModel with another byte-level BPE; `write_gguf` a GGUF of a model's tensors named and laid out as llama.cpp's converter writes them.
 """
 
 from __future__ import annotations
@@ -127,6 +127,21 @@ def qwen2_dir(directory: Path, seed: int = 0, vocab_size: int = 300) -> Path:
     return directory
 
 
+def gpt2_dir(directory: Path, seed: int = 0, vocab_size: int = 300) -> Path:
+    """A tiny GPT2LMHeadModel (tied embeddings, Conv1D layers) with a byte-level BPE tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    byte_level_bpe(vocab_size, seed=1).save_pretrained(directory)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f16: tuple[str, ...] = ()) -> Path:
     """A GGUF of the HF model's tensors in F32, named and permuted as llama.cpp's converter does (tensors whose
     GGUF name is in `f16` are written F16, those in `quantise` Q8_0)."""
@@ -136,29 +151,37 @@ def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f
     from hspi.collector.model_files import llama_permute
 
     config = __import__("json").loads((hf_directory / "config.json").read_text())
-    arch_name = {"llama": "llama", "qwen2": "qwen2"}[config["model_type"]]
+    arch_name = config["model_type"]  # llama, qwen2 or gpt2: the same names in transformers and llama.cpp
     arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[arch_name]
-    n_layers, heads, kv_heads = (
-        config["num_hidden_layers"],
-        config["num_attention_heads"],
-        config["num_key_value_heads"],
-    )
+    n_layers = config.get("num_hidden_layers") or config["n_layer"]
+    heads = config.get("num_attention_heads") or config["n_head"]
+    kv_heads = config.get("num_key_value_heads") or heads
     name_map = gguf.get_tensor_name_map(arch, n_layers)
     tensors: dict[str, np.ndarray] = {}
     for file in sorted(hf_directory.glob("*.safetensors")):
         tensors.update(load_file(str(file)))
     writer = gguf.GGUFWriter(str(path), arch_name)
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
+    hidden = config.get("hidden_size") or config["n_embd"]
+    writer.add_context_length(config.get("max_position_embeddings") or config["n_positions"])
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     writer.add_block_count(n_layers)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if "rms_norm_eps" in config:
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    else:
+        writer.add_layer_norm_eps(config["layer_norm_epsilon"])
     writer.add_file_type(0)
     for name in sorted(tensors):
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # GPT-2's causal-mask buffers: not weights
+            continue
         array = np.asarray(tensors[name], dtype=np.float32)
+        if arch_name == "gpt2" and name.endswith(
+            (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+        ):
+            array = np.ascontiguousarray(array.T)  # Conv1D stores (in, out); llama.cpp's converter transposes
         if arch_name == "llama" and name.endswith("q_proj.weight"):
             array = llama_permute(array, heads)
         if arch_name == "llama" and name.endswith("k_proj.weight"):
