@@ -59,6 +59,7 @@ SAFETENSORS_DTYPES = {
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 # Loading needs the weights once plus working room (the module's buffers, transformers' bookkeeping)
 LOAD_OVERHEAD = 1.25
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 MEMORY_LIMIT_ENV = "HSPI_MAX_MODEL_BYTES"  # caps what a model may take, below what the machine has free
 
 
@@ -269,6 +270,19 @@ def find_safetensors(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{directory}: not a directory")
+    index = directory / SAFETENSORS_INDEX
+    if index.is_file():  # sharded: exactly the shards the index names (other *.safetensors are not this model)
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted({str(shard) for shard in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ModelError(f"{index}: not a safetensors index (no weight_map)") from None
+        for shard in shards:
+            if Path(shard).name != shard or not (directory / shard).is_file():
+                raise ModelError(f"{index}: names shard {shard!r}, which is not in {directory}")
+        return [directory / shard for shard in shards]
+    if (directory / "model.safetensors").is_file():  # what transformers loads; ignore any other exports
+        return [directory / "model.safetensors"]
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix == ".safetensors")
     if files:
         return files
@@ -302,7 +316,7 @@ def _load_config(directory: Path) -> Any:
     try:
         return transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:  # transformers raises ValueError, OSError, KeyError... for bad configs
-        raise ModelError(f"{directory}/config.json: unusable ({_one_line(exc)})") from None
+        raise ModelError(f"{directory}/config.json: unusable ({one_line(exc)})") from None
 
 
 def _vocab_size(config: Any, directory: Path) -> int:
@@ -321,7 +335,7 @@ def load_tokenizer(directory: Path) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:
-        raise ModelError(f"{directory}: tokenizer does not load ({_one_line(exc)})") from None
+        raise ModelError(f"{directory}: tokenizer does not load ({one_line(exc)})") from None
 
 
 def tokenizer_files_sha256(directory: Path) -> tuple[str, list[str]]:
@@ -382,7 +396,7 @@ def load_hf_model(directory: Path) -> tuple[Any, Any]:
             str(directory), local_files_only=True, use_safetensors=True, dtype="auto", config=config
         )
     except Exception as exc:
-        raise ModelError(f"{directory}: transformers cannot load the model ({_one_line(exc)})") from None
+        raise ModelError(f"{directory}: transformers cannot load the model ({one_line(exc)})") from None
     return model.eval(), tokenizer
 
 
@@ -397,7 +411,7 @@ def import_transformers() -> Any:
     return transformers
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -452,7 +466,7 @@ def open_gguf(path: Path) -> Any:
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on bad bytes
-        raise ModelError(f"{path}: not a readable GGUF file ({_one_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable GGUF file ({one_line(exc)})") from None
     size = path.stat().st_size
     for tensor in reader.tensors:
         if int(tensor.data_offset) + int(tensor.n_bytes) > size or tensor.data.nbytes != int(tensor.n_bytes):

@@ -22,7 +22,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -258,7 +258,7 @@ class ModelRegistry:
         except FileNotFoundError:
             raise ConfigError(f"no model named {name!r}; see `hspi model list`") from None
         except (OSError, ValidationError) as exc:
-            raise ModelError(f"{path}: unreadable model card ({model_files._one_line(exc)})") from None
+            raise ModelError(f"{path}: unreadable model card ({model_files.one_line(exc)})") from None
         if card.name != name:
             raise ModelError(f"{path}: the card names model {card.name!r}, not {name!r}")
         return card
@@ -324,6 +324,22 @@ def _reuse_message(name: str, existing: ModelCard, new: ModelCard) -> str:
         f"model name {name!r} is registered for other {what} "
         f"(weights {existing.weights_sha256[:12]}, these {new.weights_sha256[:12]}); choose another name"
     )
+
+
+def load_registered(card: ModelCard) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered model with Hugging Face weights, after checking that its files still
+    hold the weights and tokenizer the card pinned (files changed since registration are refused)."""
+    if card.sources.hf is None:
+        raise ConfigError(f"model {card.name!r} has no Hugging Face weights to load (GGUF only)")
+    directory = Path(card.sources.hf)
+    if not directory.is_dir():
+        raise ModelError(f"model {card.name!r}: its directory {directory} is gone")
+    weights = model_files.entries_sha256(model_files.safetensors_entries(directory))
+    tokenizer, _ = model_files.tokenizer_files_sha256(directory)
+    if (weights, tokenizer) != (card.weights_sha256, card.tokenizer_sha256):
+        what = "weights" if weights != card.weights_sha256 else "tokenizer"
+        raise ModelError(f"model {card.name!r}: the {what} in {directory} changed since it was registered")
+    return model_files.load_hf_model(directory)
 
 
 def list_models(root: Path | None = None) -> list[ModelCard]:

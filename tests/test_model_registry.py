@@ -19,7 +19,7 @@ pytest.importorskip("gguf")
 pytest.importorskip("sentencepiece")
 
 from hspi.collector import model_files  # noqa: E402
-from hspi.collector.registry import ModelRegistry, builtin_card, list_models  # noqa: E402
+from hspi.collector.registry import ModelRegistry, builtin_card, list_models, load_registered  # noqa: E402
 from hspi.errors import ConfigError, HspiError, ModelError  # noqa: E402
 from tests.tiny_models import gpt2_dir, llama_dir, qwen2_dir, write_gguf  # noqa: E402
 
@@ -134,6 +134,35 @@ def test_same_weights_again_is_idempotent(made: dict[str, Path], registry: Model
     moved, created = registry.add("tiny-llama", hf=copy_dir(made["llama"], tmp_path / "moved"))
     assert not created and moved == again  # the same weights elsewhere: still the stored card
     assert snapshot(registry) == before
+
+
+def test_sharded_weights_hash_the_same(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    """Shards named by the index, whatever their split: the same tensors, the same card."""
+    model, _ = model_files.load_hf_model(made["llama"])
+    sharded = copy_dir(made["llama"], tmp_path / "sharded", skip=("model.safetensors",))
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
+    assert len(model_files.find_safetensors(sharded)) > 1
+    (sharded / "consolidated.safetensors").write_bytes(b"another export, not named by the index")
+    first, _ = registry.add("tiny-llama", hf=made["llama"])
+    again, created = registry.add("tiny-llama", hf=sharded)
+    assert not created and again == first
+
+
+def test_load_checks_files_unchanged(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
+    moved = copy_dir(made["llama"], tmp_path / "moved")
+    card, _ = registry.add("tiny-llama", hf=moved)
+    model, tokenizer = load_registered(registry.get("tiny-llama"))
+    assert model_files.module_weights_sha256(model) == card.weights_sha256 and len(tokenizer) == 400
+    shutil.copy2(made["llama_other"] / "model.safetensors", moved / "model.safetensors")
+    with pytest.raises(ModelError, match="weights in .* changed since it was registered"):
+        load_registered(card)
+
+
+def test_racing_writer_keeps_the_first_card(made: dict[str, Path], registry: ModelRegistry) -> None:
+    first, _ = registry.add("m", hf=made["llama"])
+    other = first.model_copy(update={"weights_sha256": "0" * 64})
+    assert registry._write_new(other) == first  # the link refuses to replace a card another writer made
+    assert registry.get("m") == first
 
 
 def test_gguf_only(made: dict[str, Path], registry: ModelRegistry) -> None:
