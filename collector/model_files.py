@@ -602,6 +602,14 @@ def check_gguf_against_hf(gguf_info: GgufInfo, hf: HfModelInfo) -> GgufCheck:
                 "the GGUF is not these weights"
             )
         checked += 1
+    if not checked and unmatched:
+        return GgufCheck(
+            0,
+            skipped,
+            unmatched,
+            f"not checked: none of the GGUF's {len(unmatched)} F32/F16 tensors has an HF counterpart under "
+            f"llama.cpp's names for {gguf_info.architecture}",
+        )
     parts = [f"{checked} F32/F16 tensors equal to the HF weights"]
     if skipped:
         parts.append(f"{skipped} quantised tensors not checked")

@@ -103,6 +103,25 @@ def test_gguf_checked_per_architecture(made: dict[str, Path], registry: ModelReg
     assert card.gguf.architecture == {"qwen": "qwen2", "gpt2": "gpt2"}[model] and card.vocab_size == 300
 
 
+def test_gguf_with_unknown_names_says_not_checked(
+    made: dict[str, Path], registry: ModelRegistry, tmp_path: Path
+) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_vocab_size(400)
+    writer.add_block_count(2)
+    writer.add_tensor("odd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    card, _ = registry.add("odd", hf=made["llama"], gguf=path)
+    assert card.gguf is not None and card.gguf.check.startswith("not checked: none of the GGUF's 1 F32/F16 tensors")
+
+
 def test_weights_hash_is_canonical(made: dict[str, Path], tmp_path: Path) -> None:
     """The same tensors hash the same from safetensors files and from a torch module."""
     from safetensors.torch import save_file
@@ -224,6 +243,8 @@ def test_corrupt_gguf(made: dict[str, Path], registry: ModelRegistry, tmp_path: 
 
 def test_gguf_of_other_weights(made: dict[str, Path], registry: ModelRegistry) -> None:
     refused(registry, ModelError, "differs from", hf=made["llama"], gguf=made["gguf_other"])
+    refused(registry, ModelError, "differs from", hf=made["qwen"], gguf=made["gpt2_gguf"])  # another architecture
+    refused(registry, ModelError, "vocabulary of 300 tokens", hf=made["llama"], gguf=made["qwen_gguf"])
 
 
 def test_tokenizer_missing(made: dict[str, Path], registry: ModelRegistry, tmp_path: Path) -> None:
