@@ -3,7 +3,7 @@
 HspiError
  ├── ConfigError      bad grid / model / platform / option value
  ├── DatasetError     corrupt, truncated or inconsistent dataset files
- ├── ModelError       classifier artifacts missing or unusable
+ ├── ModelError       classifier artifacts, or a model's files, missing or unusable
  ├── TargetError      a target failed to answer probes
  └── CollectionError  a collection configuration failed to run
 """

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from hspi.cli import audit, dataset, demo, pipeline, service, target  # noqa: F401  (they register commands)
+from hspi.cli import audit, dataset, demo, model, pipeline, service, target  # noqa: F401  (they register commands)
 from hspi.cli.app import app
 from hspi.cli.border import border_app
 from hspi.errors import HspiError
