@@ -52,7 +52,7 @@ span a single binade (with few distinct values, as fp8 top-k lists have).
 
 "none-of-these" is read positively: the differences lie on a lattice n_i q of a free spacing q
 (q >= 2^-12) that no format's grid explains, e.g. bf16 or fp16 logits divided by a temperature before
-the log-softmax.  Its tolerance adds the float32 roundings of z/T and m/T for |z/T| <= 64; its prior
+the log-softmax.  Its tolerance adds the float32 roundings of z/T and m/T for |z/T| < hi; its prior
 is log-uniform over q = a_j / n (a_j the smallest difference, n = 1..8192).  So "fp32" means no
 coarse grid at any scale: float32 logits, or float32 logits post-processed (temperature, penalties),
 which are float32 logits again.
@@ -80,7 +80,6 @@ READABLE_TIERS: dict[str, int] = {"topk20": 20, "topk5": 5}
 
 ETA = 1e-3  # share of answers whose arithmetic lies outside the model above (they read as float32)
 LOGIT_RANGE = (4.0, 32.0)  # default plausible top logit: |m| in [4, 32), both signs (see the module doc)
-LATTICE_Z_MAX = 64.0  # |z / T| bound for the lattice tolerance
 LATTICE_Q_MIN = 2.0**-12  # finest free lattice spacing searched
 LATTICE_N = 8192  # lattice candidates: q = a / n, n = 1..LATTICE_N (the prior counts all of them)
 _HARMONIC = float(np.sum(1.0 / np.arange(1, LATTICE_N + 1)))
@@ -182,10 +181,10 @@ def _format_log_bf(d: np.ndarray, tol: np.ndarray, fmt: str, logit_range: tuple[
     return True, _log_mean_exp(log_ratio, m.size)
 
 
-def _lattice_log_bf(d: np.ndarray, tol: np.ndarray) -> tuple[bool, float]:
+def _lattice_log_bf(d: np.ndarray, tol: np.ndarray, hi: float) -> tuple[bool, float]:
     """Do the differences sit on a lattice n_i q of a free spacing q, and its log Bayes factor vs float32."""
     a = np.abs(d)
-    tol_l = tol + _ulp32(np.array([LATTICE_Z_MAX]))[0]  # + the float32 roundings of z_i / T and m / T
+    tol_l = tol + _ulp32(np.array([hi]))[0]  # + the float32 roundings of z_i / T and m / T, |z / T| < hi
     j = int(np.argmin(a))
     q_floor = max(LATTICE_Q_MIN, 4.0 * float(tol_l.max()))
     n_max = min(LATTICE_N, int(a[j] / q_floor))
@@ -234,7 +233,7 @@ def fit_answer(logprobs: np.ndarray, logit_range: tuple[float, float] = LOGIT_RA
     for fmt in FORMATS:
         fits[fmt], raw = _format_log_bf(d, tol, fmt, logit_range)
         log_bf[fmt] = _robust(raw)
-    lattice_fit, raw = _lattice_log_bf(d, tol)
+    lattice_fit, raw = _lattice_log_bf(d, tol, logit_range[1])
     log_bf["none-of-these"] = _robust(raw)
     return AnswerFit(fits, lattice_fit, {c: log_bf[c] for c in PRECISION_CLASSES}, True)
 
