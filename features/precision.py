@@ -280,6 +280,12 @@ def read_precision(
         return _unknown(f"logit precision is read from top-k logprobs (topk20, topk5), not the {tier!r} tier")
     k = READABLE_TIERS[tier]
     try:
+        lo, hi = (float(v) for v in logit_range)
+    except (TypeError, ValueError):
+        return _unknown("logit_range must be two numbers (lo, hi)")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi <= 2.0**15):
+        return _unknown("logit_range must satisfy 0 < lo < hi <= 32768")
+    try:
         rows = list(answers)
     except TypeError:
         return _unknown("answers are not a sequence of logprob rows")
@@ -290,7 +296,7 @@ def read_precision(
         values, why = validate_answer(row, k)
         if values is None:
             return _unknown(f"answer {index}: {why}")
-        answer_fits.append(fit_answer(values, logit_range))
+        answer_fits.append(fit_answer(values, (lo, hi)))
     return reading_from_fits(answer_fits, prior=prior, threshold=threshold)
 
 
@@ -298,6 +304,8 @@ def reading_from_fits(
     answer_fits: Sequence[AnswerFit], *, prior: Mapping[str, float] | None = None, threshold: float = 0.95
 ) -> PrecisionReading:
     """Combine answers' tests (fit_answer) into a posterior: log Bayes factors add over answers."""
+    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) <= 1.0:
+        return _unknown("threshold must be a number in (0, 1]")
     try:
         weights = (
             {c: 1.0 for c in PRECISION_CLASSES}

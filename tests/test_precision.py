@@ -256,3 +256,12 @@ def test_shifting_the_logits_changes_nothing(seed: int, shift: int, k: int, serv
     assert {base.verdict, shifted.verdict} <= {"bf16", "unknown"}
     if k == 20:
         assert base.verdict == shifted.verdict == "bf16"
+
+
+def test_bad_options_read_unknown() -> None:
+    rows = logprob_rows("bf16", 1)
+    assert read_precision(rows, logit_range=(0.0, 32.0)).verdict == "unknown"
+    assert read_precision(rows, logit_range=(8.0, 4.0)).verdict == "unknown"
+    assert read_precision(rows, logit_range="wide").verdict == "unknown"  # type: ignore[arg-type]
+    assert read_precision(rows, threshold=1.5).verdict == "unknown"
+    assert read_precision(rows, threshold="high").verdict == "unknown"  # type: ignore[arg-type]
