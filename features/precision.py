@@ -49,6 +49,9 @@ bits at 2^b M.  bf16 at |z| ~ M looks like fp16 at 8M, fp8-e4m3 at M like fp8-e5
 logit_range decides, and a range wider than a factor 8 leaves bf16/fp16 open.  The default [4, 32)
 covers the top logits of common LLMs; fp8-e4m3 vs fp8-e5m2 stays open when an answer's values
 span a single binade (with few distinct values, as fp8 top-k lists have).
+Logits outside logit_range can read as another format (the same grid at another magnitude), and
+a rare answer whose values happen to sit on a coarser grid reads as that grid: on bf16 logits
+divided by T = 0.7, about 1 single top-5 answer in 1500 read as bf16 or fp16 (tests' generator).
 
 "none-of-these" is read positively: the differences lie on a lattice n_i q of a free spacing q
 (q >= 2^-12) that no format's grid explains, e.g. bf16 or fp16 logits divided by a temperature before
