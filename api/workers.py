@@ -279,7 +279,7 @@ class AuditWorkers:
 
     def _warm(self, settings: AuditSettings) -> None:
         """Load a model's references once, not once per worker: the first audits arrive together."""
-        from hspi import audit as audit_module
+        from hspi.audit import engine as audit_module
 
         dataset = settings.dataset or shipped_dataset(settings.model)
         with self._warm_lock:
