@@ -94,6 +94,8 @@ class Vault:
     def __init__(self, keys: Sequence[bytes]) -> None:
         try:
             self._fernet = MultiFernet([Fernet(k) for k in keys])
+            # a separate key per Fernet key for fingerprints: one key never serves two purposes
+            self._fingerprint_keys = [hashlib.sha256(b"hspi request fingerprint\0" + k).digest() for k in keys]
         except (ValueError, TypeError):
             raise ConfigError(
                 "the secret key is not a Fernet key (32 url-safe base64-encoded bytes; "
@@ -109,6 +111,17 @@ class Vault:
         if secret_key:
             return cls([k.strip().encode() for k in secret_key.split(",") if k.strip()])
         return cls([_key_file(key_file)])
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed hash of `data` (it may hold a credential: a plain hash could be brute-forced)."""
+        return self._fingerprints(data)[0]
+
+    def fingerprint_matches(self, data: bytes, stored: str) -> bool:
+        """Whether `stored` is the fingerprint of `data` under any of the keys (rotation keeps old ones)."""
+        return any(hmac.compare_digest(f, stored) for f in self._fingerprints(data))
+
+    def _fingerprints(self, data: bytes) -> list[str]:
+        return [hmac.new(k, data, hashlib.sha256).hexdigest() for k in self._fingerprint_keys]
 
     def encrypt(self, secret: str) -> bytes:
         return self._fernet.encrypt(secret.encode())
