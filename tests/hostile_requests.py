@@ -217,6 +217,58 @@ def hostile_request(draw: st.DrawFn) -> HostileRequest:
     return HostileRequest("GET /v1/platforms ?model", "GET", f"/v1/platforms?model={encoded(draw(hostile_text))}")
 
 
+def sweep(values: list[str] = HOSTILE) -> list[HostileRequest]:
+    """Every value in every string field, query parameter, path segment and header: the same each run."""
+    requests = []
+    for value in values:
+        for name in AUDIT_FIELDS:
+            body: dict = {"endpoint": "http://127.0.0.1:9/v1", "claim": {"dtype": "fp32"}}
+            if name == "claim-head":
+                body["claim"] = {value: "fp32"}
+            elif name == "claim-value":
+                body["claim"] = {"dtype": value}
+            else:
+                body[name] = value
+            requests.append(HostileRequest(f"POST /v1/audits {name}", "POST", "/v1/audits", body=json_body(body)))
+        for name in [*LIST_PARAMETERS, "created_after", "created_before", "cursor"]:
+            path = f"/v1/audits?{name}={encoded(value)}"
+            requests.append(HostileRequest(f"GET /v1/audits ?{name}", "GET", path))
+        requests.append(HostileRequest("GET /v1/audits ?<hostile name>", "GET", f"/v1/audits?{encoded(value)}=1"))
+        for method, template in (
+            ("GET", "/v1/audits/{}"),
+            ("GET", "/v1/audits/{}/answers"),
+            ("POST", "/v1/audits/{}/cancel"),
+            ("DELETE", "/v1/keys/{}"),
+        ):
+            if value:  # an empty segment is another route
+                requests.append(HostileRequest(f"{method} {template}", method, template.format(encoded(value))))
+        answers = "/v1/audits/" + "0" * 32 + f"/answers?after={encoded(value)}"
+        requests.append(HostileRequest("GET /v1/audits/{id}/answers ?after", "GET", answers))
+        requests.append(HostileRequest("GET /v1/platforms ?model", "GET", f"/v1/platforms?model={encoded(value)}"))
+        answer = {"probe_id": 0, "ids": list(range(20)), "values": [-float(i) for i in range(20)]}
+        for name in ("model", "probe_set", "claim"):
+            body = {"tier": "topk20", "answers": [answer], name: value}
+            requests.append(HostileRequest(f"POST /v1/classify {name}", "POST", "/v1/classify", body=json_body(body)))
+        requests.append(
+            HostileRequest(
+                "POST /v1/keys name", "POST", "/v1/keys", body=json_body({"name": value, "scopes": ["read"]})
+            )
+        )
+        header = value.encode("utf-8", "surrogatepass")[:300]
+        if b"\r" not in header and b"\n" not in header:  # a client cannot send those in a header at all
+            body = {"endpoint": "http://127.0.0.1:9/v1"}
+            requests.append(
+                HostileRequest(
+                    "POST /v1/audits Idempotency-Key",
+                    "POST",
+                    "/v1/audits",
+                    {"idempotency-key": header},
+                    json_body(body),
+                )
+            )
+    return requests
+
+
 def well_formed_error(status: int, body: bytes) -> str | None:
     """What is wrong with an answer (None: a 2xx, or a 4xx whose body is one {"detail": sentence})."""
     if status >= 500:

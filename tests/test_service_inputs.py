@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from hostile_requests import HostileRequest, hostile_request, json_body, well_formed_error
+from hostile_requests import HostileRequest, hostile_request, json_body, sweep, well_formed_error
 from hypothesis import HealthCheck, given, settings
 from service_support import BACKENDS, admin_key, database_url, service_settings
 
@@ -46,6 +46,18 @@ def assert_every_audit_reads_back(client: TestClient) -> None:
     for audit in listing.json()["data"]:
         r = client.get(f"/v1/audits/{audit['id']}")
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_hostile_string_in_every_field_gets_a_4xx_sentence(backend: str, tmp_path: Path) -> None:
+    with api(backend, tmp_path) as client:
+        problems = []
+        for request in sweep():
+            r = send(client, request)
+            if problem := well_formed_error(r.status_code, r.content):
+                problems.append((request.route, request.path[:100], problem))
+        assert problems == []
+        assert_every_audit_reads_back(client)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
