@@ -241,7 +241,8 @@ def sweep(values: list[str] = HOSTILE) -> list[HostileRequest]:
             ("DELETE", "/v1/keys/{}"),
         ):
             if value:  # an empty segment is another route
-                requests.append(HostileRequest(f"{method} {template}", method, template.format(encoded(value))))
+                route = f"{method} {template.format('{id}')}"
+                requests.append(HostileRequest(route, method, template.format(encoded(value))))
         answers = "/v1/audits/" + "0" * 32 + f"/answers?after={encoded(value)}"
         requests.append(HostileRequest("GET /v1/audits/{id}/answers ?after", "GET", answers))
         requests.append(HostileRequest("GET /v1/platforms ?model", "GET", f"/v1/platforms?model={encoded(value)}"))
