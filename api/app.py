@@ -45,6 +45,7 @@ STATUS = [
     (store.NotFound, 404),
     (store.Conflict, 409),
     (store.Forbidden, 403),
+    (store.TooManyAudits, 429),
     (ConfigError, 422),
     (ModelError, 422),
     (TargetError, 502),

@@ -239,6 +239,16 @@ class EndpointGuard:
             article = "an" if kind[0] in "aeiou" else "a"
             raise EndpointRefused(f"{what} is {article} {kind} address; the service's allowlist does not admit it")
 
+    @staticmethod
+    def origin(addresses: Sequence[str], port: int) -> str:
+        """The unit of per-host limits: the lowest checked address (IPv4 for mapped forms) and the port.
+
+        Keyed by address, not by the spelled host: two names (or spellings) of one server share its slots.
+        """
+        checked = [normalised(ipaddress.ip_address(a.split("%")[0])) for a in addresses]
+        first = min(checked, key=lambda a: (a.version, int(a)))
+        return f"{first}:{port}" if first.version == 4 else f"[{first}]:{port}"
+
     def transport(self) -> PoolTransport:
         """An httpx transport whose every connection goes to an address this guard admitted."""
         return PoolTransport(GuardedBackend(httpcore.SyncBackend(), self))

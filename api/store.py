@@ -25,6 +25,7 @@ from hspi.audit import AuditReport, AuditSettings, QueryRecord
 from hspi.errors import ConfigError, HspiError
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
 AUDIT_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 
 
@@ -37,6 +38,12 @@ class Conflict(HspiError):
 
 
 class Forbidden(HspiError):
+    exit_code = 2
+
+
+class TooManyAudits(HspiError):
+    """An API key at its cap of queued and running audits (429)."""
+
     exit_code = 2
 
 
@@ -69,6 +76,7 @@ def create_audit(
     credential: bytes | None = None,
     owner: str | None = None,
     idempotency_key: str | None = None,
+    max_active: int | None = None,
     request_matches: Callable[[str | None], bool] | None = None,
     request_fingerprint: str | None = None,
     before_commit: Callable[[Audit], object] | None = None,
@@ -78,7 +86,8 @@ def create_audit(
     """(the audit, whether it was created now); an idempotency key or scan target seen before returns the first.
 
     `request_matches(stored fingerprint)` says whether the audit an idempotency key made before was
-    made by the same request (else `IdempotencyMismatch`).  `before_commit(audit)` runs inside the
+    made by the same request (else `IdempotencyMismatch`).  `max_active` caps the owner's queued and
+    running audits (else `TooManyAudits`); a retry with a seen key is answered even at the cap.  `before_commit(audit)` runs inside the
     transaction: if it raises, nothing is stored (the route renders its response there).
     """
     now = utcnow()
@@ -108,6 +117,8 @@ def create_audit(
         with db.writing() as session:
             if existing := _duplicate(session, owner, idempotency_key, scan_id, scan_target):
                 return _same_request(existing, idempotency_key, request_matches), False
+            if max_active is not None and owner is not None:
+                _check_active(session, owner, max_active)
             session.add(audit)
             if before_commit is not None:
                 session.flush()
@@ -119,6 +130,20 @@ def create_audit(
                 raise
             return _same_request(existing, idempotency_key, request_matches), False
     return audit, True
+
+
+def _check_active(session: Any, owner: str, max_active: int) -> None:
+    # the key's row is locked first (PostgreSQL; SQLite's writers are serial already): two requests
+    # of one key cannot both see one slot free
+    session.get(ApiKey, owner, with_for_update=True)
+    active = session.scalar(
+        select(func.count()).select_from(Audit).where(Audit.owner_key_id == owner, Audit.status.in_(ACTIVE))
+    )
+    if active >= max_active:
+        raise TooManyAudits(
+            f"API key {owner} has {active} audits queued or running; the limit is {max_active} "
+            "(HSPI_MAX_ACTIVE_PER_KEY): wait for some to end, or cancel some"
+        )
 
 
 def _same_request(existing: Audit, key: str | None, matches: Callable[[str | None], bool] | None) -> Audit:

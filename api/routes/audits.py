@@ -91,6 +91,10 @@ def public(audit: Audit) -> AuditPublic:
         **BODY_ERRORS,
         200: {"model": AuditPublic, "description": "the audit this Idempotency-Key created before"},
         400: {"model": ErrorBody, "description": "an empty Idempotency-Key"},
+        429: {
+            "model": ErrorBody,
+            "description": "rate limit exceeded, or the key's queued and running audits at its cap",
+        },
     },
 )
 def create_audit(
@@ -117,7 +121,7 @@ def create_audit(
     claim = claim_of(body.claim)
     services.catalog.check_model(body.model)
     host, port = services.guard.split(body.endpoint)
-    services.guard.check_host(host, port)
+    origin = services.guard.origin(services.guard.check_host(host, port), port)
     settings = AuditSettings(
         endpoint=body.endpoint,
         model=body.model,
@@ -139,11 +143,12 @@ def create_audit(
     audit, created = store.create_audit(
         services.db,
         settings,
-        origin=f"{host}:{port}",
+        origin=origin,
         label=body.label,
         credential=credential,
         owner=principal.key_id,
         idempotency_key=idempotency_key,
+        max_active=limits.max_active_per_key,
         request_matches=lambda stored: stored is None or services.vault.fingerprint_matches(request, stored),
         request_fingerprint=services.vault.fingerprint(request) if idempotency_key is not None else None,
         before_commit=_renders,  # an audit whose answer cannot be sent is not stored
