@@ -27,7 +27,7 @@ PUBLIC_ADDRESS = "93.184.215.14"
 @contextlib.contextmanager
 def api(backend: str, tmp_path: Path, **overrides) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     """A service without workers whose guard resolves every name to one public address (no DNS)."""
-    options = dict(rate_per_minute=1e9, rate_burst=10**9, **overrides)
+    options = {"rate_per_minute": 1e9, "rate_burst": 10**9, "max_active_per_key": 10**6, **overrides}
     app = create_app(service_settings(database_url(backend, tmp_path), tmp_path, **options), start_workers=False)
     app.state.services.guard.resolve = lambda host, port: [PUBLIC_ADDRESS]
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -110,6 +110,36 @@ def test_bad_text_in_an_audit_is_a_422_and_nothing_is_stored(
         assert "sk-" not in detail and "X-Evil" not in detail
         listing = client.get("/v1/audits")
         assert listing.status_code == 200 and listing.json()["data"] == []
+
+
+def test_an_audit_whose_answer_cannot_be_rendered_is_not_stored(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hspi.api.routes import audits
+
+    def broken(audit):  # type: ignore[no-untyped-def]
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    with api("sqlite", tmp_path) as client:
+        monkeypatch.setattr(audits, "public", broken)
+        r = client.post("/v1/audits", json={"endpoint": "http://127.0.0.1:9/v1", "label": "x"})
+        assert r.status_code == 500 and r.json()["detail"].startswith("internal error (incident ")
+        monkeypatch.undo()
+        listing = client.get("/v1/audits")
+        assert listing.status_code == 200 and listing.json()["data"] == []
+
+
+def test_a_bug_answers_one_sentence_without_a_traceback(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hspi.api import store
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("/srv/secret/path went wrong")
+
+    with api("sqlite", tmp_path) as client:
+        monkeypatch.setattr(store, "list_audits", broken)
+        r = client.get("/v1/audits")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    detail = r.json()["detail"]
+    assert detail.startswith("internal error (incident ") and detail.endswith("the service logged it")
+    assert "secret" not in r.text and "Traceback" not in r.text and "RuntimeError" not in r.text
 
 
 def test_a_labelled_audit_with_line_breaks_and_emoji_is_fine(tmp_path: Path) -> None:
