@@ -157,7 +157,8 @@ def service(backend: str, tmp: Path) -> Iterator:
     from hspi.api.app import create_app
 
     url = database_url(backend, tmp)
-    app = create_app(service_settings(url, tmp, rate_per_minute=1e9, rate_burst=10**9), start_workers=False)
+    limits = {"rate_per_minute": 1e9, "rate_burst": 10**9, "max_active_per_key": 10**6}
+    app = create_app(service_settings(url, tmp, **limits), start_workers=False)
     app.state.services.guard.resolve = lambda host, port: ["93.184.215.14"]
     with TestClient(app, raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {(tmp / 'admin.key').read_text().strip()}"
