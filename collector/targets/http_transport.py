@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpcore
@@ -92,7 +92,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
 
 # httpcore's exceptions as httpx's, most specific first (what httpx's own transport raises)
-_EXCEPTIONS: list[tuple[type[Exception], type[Exception]]] = [
+_EXCEPTIONS: list[tuple[type[Exception], type[httpx.TransportError]]] = [
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ReadTimeout, httpx.ReadTimeout),
     (httpcore.WriteTimeout, httpx.WriteTimeout),
@@ -181,6 +181,6 @@ class BearerToken(httpx.Auth):
     def __repr__(self) -> str:
         return "BearerToken(...)"
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = self._header
         yield request
