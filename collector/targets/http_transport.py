@@ -138,7 +138,7 @@ class PoolTransport(httpx.BaseTransport):
     """httpx requests over an httpcore connection pool whose sockets come from `backend`, deadline-bounded."""
 
     def __init__(self, backend: httpcore.NetworkBackend | None = None) -> None:
-        self._pool = httpcore.ConnectionPool(
+        self.connection_pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             network_backend=DeadlineBackend(backend or httpcore.SyncBackend()),
         )
@@ -158,7 +158,7 @@ class PoolTransport(httpx.BaseTransport):
             extensions=request.extensions,
         )
         with _as_httpx_errors(request):
-            response = self._pool.handle_request(core_request)
+            response = self.connection_pool.handle_request(core_request)
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
@@ -167,7 +167,7 @@ class PoolTransport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
-        self._pool.close()
+        self.connection_pool.close()
 
 
 class BearerToken(httpx.Auth):
