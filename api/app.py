@@ -46,6 +46,7 @@ STATUS = [
     (store.NotFound, 404),
     (store.Conflict, 409),
     (store.Forbidden, 403),
+    (store.TooManyAudits, 429),
     (ConfigError, 422),
     (ModelError, 422),
     (TargetError, 502),
@@ -182,19 +183,25 @@ def _head_revision() -> str:
 # -- errors -------------------------------------------------------------------------------------------
 
 
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """`{"detail": ...}` on one line, sendable whatever the detail holds (a lone surrogate is escaped)."""
+    text = " ".join(str(detail).encode("utf-8", "backslashreplace").decode("utf-8").split())
+    return JSONResponse({"detail": text}, status_code=status, headers=headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+        return error_response(422, validation_message(exc.errors()))
 
     @app.exception_handler(ValidationError)
     async def _invalid_model(_: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+        return error_response(422, validation_message(exc.errors()))
 
     @app.exception_handler(HspiError)
     async def _hspi(_: Request, exc: HspiError) -> JSONResponse:
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(status, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -203,8 +210,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"no such path: {request.method} {request.url.path} (the API is described at /docs)"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
 
+    # the catch-all: a bug answers 500 with an incident id to quote; the traceback goes to the log only
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
@@ -216,14 +224,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             type(exc).__name__,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-        return JSONResponse({"detail": f"internal error (incident {incident}); the service logged it"}, status_code=500)
+        return error_response(500, f"internal error (incident {incident}); the service logged it")
 
 
 def validation_message(errors: Any) -> str:
     """Pydantic's errors as sentences: `field: what is wrong[, got value]` (secrets never echoed)."""
     parts = []
     for error in list(errors)[:3]:
+        # pydantic names the members of a union in brackets (claim.dict[str,str].dtype): not for people
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        loc = [p if p.isprintable() else repr(p) for p in loc if not ("[" in p and p.endswith("]"))]
         where = ".".join(loc)
         kind, msg = error.get("type", ""), str(error.get("msg", "invalid")).rstrip(".")
         if kind == "json_invalid":
@@ -237,6 +247,9 @@ def validation_message(errors: Any) -> str:
             continue
         if kind == "extra_forbidden":
             parts.append(f"unknown field {where!r}")
+            continue
+        if kind == "string_unicode":  # pydantic's words for a lone surrogate, as input_text.py says it
+            parts.append(f"{where or 'a value'}: contains a lone UTF-16 surrogate, which is not valid Unicode text")
             continue
         text = f"{where}: {msg[0].lower() + msg[1:]}" if where else msg
         value = error.get("input")

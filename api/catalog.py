@@ -159,8 +159,10 @@ class Catalog:
             evidence.update(probe_id, view)
         score, threshold = evidence.match_score(), evidence.matcher.threshold_
         status = MatchStatus.MATCH if evidence.matches() else MatchStatus.UNKNOWN
-        heads, verdicts = head_reports(evidence.head_posteriors(), claim)
-        verdict_all = audit_verdict(status, verdicts, claim, cut_short=False)
+        heads, verdicts = head_reports(evidence.head_posteriors(), claim, matched=status is MatchStatus.MATCH)
+        full = heads.get("full")
+        settled = full is not None and full.decided
+        verdict_all = audit_verdict(status, verdicts, claim, cut_short=False, settled=settled)
         if status is MatchStatus.UNKNOWN:
             reason = f"no known platform matches: best candidate scores {score:.3f} < threshold {threshold:.3f}"
         else:

@@ -124,6 +124,8 @@ class Audit(Base):
     credential: Mapped[bytes | None] = mapped_column(LargeBinary)  # Fernet token; wiped when the audit ends
     owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # HMAC of the creating request (Vault.fingerprint): the same key with another body is refused
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     scan_id: Mapped[str | None] = mapped_column(ForeignKey("scans.id"), index=True)
     scan_target: Mapped[str | None] = mapped_column(String(300))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

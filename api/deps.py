@@ -14,9 +14,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hspi.api import store
 from hspi.api.catalog import Catalog
 from hspi.api.db import Database
+from hspi.api.input_text import MAX_PARAMETER_CHARS, text_problem
 from hspi.api.security import EndpointGuard, RateLimiter, Vault, expand_scopes, key_id_of, key_matches
 from hspi.api.settings import ServiceSettings
 from hspi.api.workers import AuditWorkers
+from hspi.errors import ConfigError
 
 TOUCH_EVERY_S = 60.0  # last_used_at is written at most this often per key: reads must not become writes
 
@@ -57,6 +59,27 @@ class Principal:
     @property
     def admin(self) -> bool:
         return "admin" in self.scopes
+
+
+def checked_parameters(request: Request) -> None:
+    """Every query and path parameter of a /v1 route is short, valid text without control characters.
+
+    The routes' own types come after this: what reaches them (and the database) is at least text.
+    """
+    items = [("query parameter", k, v) for k, v in request.query_params.multi_items()]
+    items += [("path parameter", k, str(v)) for k, v in request.path_params.items()]
+    if len(items) > 64:
+        raise ConfigError(f"the request has {len(items)} parameters; at most 64 are accepted")
+    for where, name, value in items:
+        problem = text_problem(name)
+        if problem:
+            raise ConfigError(f"a {where} name {problem}")
+        shown = store.shown(name, 40)
+        problem = text_problem(value)
+        if problem:
+            raise ConfigError(f"{where} {shown} {problem}")
+        if len(value) > MAX_PARAMETER_CHARS:
+            raise ConfigError(f"{where} {shown} is {len(value)} characters long; at most {MAX_PARAMETER_CHARS}")
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of this service: `Authorization: Bearer hspi_...`")

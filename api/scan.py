@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hspi.api import store
 from hspi.api.db import Database
-from hspi.api.security import EndpointGuard, Vault
+from hspi.api.security import EndpointGuard, EndpointRefused, Vault
 from hspi.api.workers import AuditWorkers
 from hspi.audit import AuditReport, AuditSettings
 from hspi.audit.claims import parse_claim
@@ -216,10 +216,14 @@ def run_scan(
             )
             secret = target_secret(t)
             host, port = guard.split(t.endpoint)
+            try:
+                origin = guard.origin(guard.check_host(host, port), port)
+            except EndpointRefused:
+                origin = f"{host}:{port}"  # its worker refuses it, with the guard's reason, when it starts
             audit, _ = store.create_audit(
                 db,
                 settings,
-                origin=f"{host}:{port}",
+                origin=origin,
                 label=t.name,
                 credential=vault.encrypt(secret) if secret else None,
                 scan_id=scan_id,

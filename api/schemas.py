@@ -8,16 +8,27 @@ field that could carry a target credential or an API key's hash.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 
+from hspi.api.input_text import FREE_TEXT, NAME, text_problem
 from hspi.audit import AuditReport, HeadReport, QueryRecord
+from hspi.terms import MatchStatus, Verdict
 
 AuditStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
 Scope = Literal["read", "write", "admin"]
 ClassifyTier = Literal["logits", "topk20", "topk5", "top1"]
+
+# what clients may send (see input_text.py): valid Unicode, no NUL, no control characters, bounded
+ModelName = Annotated[str, Field(max_length=64), NAME]
+ClaimHead = Annotated[str, Field(max_length=64), NAME]
+ClaimValue = Annotated[str, Field(max_length=200), NAME]
+Claim = Annotated[dict[ClaimHead, ClaimValue], Field(max_length=16)] | Annotated[str, Field(max_length=1000), NAME]
+Label = Annotated[str, Field(max_length=200), FREE_TEXT]
+MAX_ID = 2**31 - 1  # fits a 32-bit column on every backend
 
 
 class ErrorBody(BaseModel):
@@ -34,20 +45,22 @@ class AuditCreate(BaseModel):
         },
     )
 
-    endpoint: str = Field(
+    endpoint: Annotated[str, NAME] = Field(
         max_length=2048,
         description="base URL of an OpenAI-compatible endpoint, ending in /v1 (or a JSON logits URL for vision models)",
     )
-    model: str = Field(default="lm-small", max_length=64, description="the reference model it claims to serve")
-    claim: dict[str, str] | str | None = Field(
+    model: ModelName = Field(default="lm-small", description="the reference model it claims to serve")
+    claim: Claim | None = Field(
         default=None, description='what the provider claims: {"dtype": "fp32"} or "dtype=fp32,hardware=x86-avx2"'
     )
     budget: int = Field(default=64, description="most queries to send, retries included (1 to the service's maximum)")
     budget_tokens: int | None = Field(
-        default=None, ge=1, description="most billed tokens (default: what the queries cost)"
+        default=None, ge=1, le=2**53, description="most billed tokens (default: what the queries cost)"
     )
     api: Literal["completions", "chat", "logits"] | None = None  # default: by the model's inputs
-    served_model: str | None = Field(default=None, max_length=200, description="the model name the endpoint expects")
+    served_model: Annotated[str, Field(max_length=200), NAME] | None = Field(
+        default=None, description="the model name the endpoint expects"
+    )
     max_tier: Literal["logits", "topk20", "topk5", "top1"] | None = None  # default: the richest given
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="probe-order seed")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds per request to the target")
@@ -59,12 +72,23 @@ class AuditCreate(BaseModel):
             "answers before a match may be declared; the extra ones verify the leader where its near twins part"
         ),
     )
-    target_api_key: SecretStr | None = Field(
+    target_api_key: Annotated[SecretStr, Field(max_length=4096)] | None = Field(
         default=None,
-        max_length=4096,
-        description=("the target's API key: sent as a Bearer token, encrypted at rest, never returned or logged"),
+        description=(
+            "the target's API key (printable ASCII): sent as a Bearer token, encrypted at rest, never returned or logged"
+        ),
     )
-    label: str | None = Field(default=None, max_length=200, description="free text to find the audit by")
+    label: Label | None = Field(default=None, description="free text to find the audit by")
+
+    @field_validator("target_api_key")
+    @classmethod
+    def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        """It goes into an Authorization header: CR/LF would split the header, non-ASCII cannot be sent."""
+        if value is not None:
+            problem = text_problem(value.get_secret_value(), "credential") if value.get_secret_value() else "is empty"
+            if problem:
+                raise PydanticCustomError("invalid_text", problem)
+        return value
 
 
 class Progress(BaseModel):
@@ -138,25 +162,29 @@ class ClassifierList(BaseModel):
 
 class ClassifyAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    probe_id: int = Field(ge=0, description="the reference-pool probe that was answered")
-    ids: list[int] = Field(max_length=4096, description="token ids shown, best first (logits tier: 0..V-1)")
-    values: list[float] = Field(max_length=4096, description="their exact float32 values (logprobs or logits)")
+    probe_id: int = Field(ge=0, le=MAX_ID, description="the reference-pool probe that was answered")
+    ids: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
+        max_length=4096, description="token ids shown, best first (logits tier: 0..V-1)"
+    )
+    values: list[FiniteFloat] = Field(max_length=4096, description="their exact float32 values (logprobs or logits)")
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(default="lm-small", max_length=64)
+    model: ModelName = "lm-small"
     tier: ClassifyTier
-    probe_set: str | None = Field(default=None, max_length=200, description="default: the model's reference pool")
+    probe_set: Annotated[str, Field(max_length=200), NAME] | None = Field(
+        default=None, description="default: the model's reference pool"
+    )
     answers: list[ClassifyAnswer] = Field(min_length=1, max_length=512)
-    claim: dict[str, str] | str | None = None
+    claim: Claim | None = None
 
 
 class ClassifyResult(BaseModel):
     model: str
     tier: str
-    status: Literal["match", "unknown", "no-evidence"]
-    verdict: Literal["consistent", "inconsistent", "inconclusive", "unknown-platform"] | None
+    status: MatchStatus
+    verdict: Verdict
     reason: str
     answers_used: int
     match_score: float
@@ -167,8 +195,10 @@ class ClassifyResult(BaseModel):
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    scopes: list[Scope] = Field(min_length=1, description="read < write < admin: each includes the ones before")
+    name: Annotated[str, Field(min_length=1, max_length=200), FREE_TEXT]
+    scopes: list[Scope] = Field(
+        min_length=1, max_length=3, description="read < write < admin: each includes the ones before"
+    )
 
 
 class KeyPublic(BaseModel):

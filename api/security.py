@@ -7,8 +7,9 @@
   from `HSPI_SECRET_KEY` (comma-separated for rotation: the first encrypts, all decrypt) or from a
   key file created with mode 0600 on first use.  A credential is decrypted only in the worker, right
   before its audit runs, and wiped from the database when the audit ends.
-- The SSRF guard refuses endpoints whose host resolves to any address that is not public (loopback,
-  private, link-local, CGNAT, reserved, multicast, cloud metadata) unless the allowlist admits it.
+- The SSRF guard refuses endpoints whose host resolves to any address that is not public (the table
+  in address_policy.py: IANA's special-purpose ranges, IPv4 embedded in IPv6 judged by the IPv4
+  address, cloud metadata) unless the allowlist admits it.
   It runs when an audit is created, again right before it runs, and at every connection the audit
   opens (the guarded transport connects to the very address it checked, so DNS rebinding cannot
   slip in between); redirects are never followed.
@@ -35,18 +36,18 @@ import httpx
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from fastapi import HTTPException
 
+from hspi.api.address_policy import IPAddress, embedded_ipv4, non_public_kind, normalised, parse_literal
+from hspi.collector.targets.http_transport import PoolTransport
 from hspi.errors import ConfigError, TargetError
 
 SCOPES = ("read", "write", "admin")  # each scope includes the ones before it
 KEY_PREFIX = "hspi_"
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # cloud instance-metadata services: refused even inside an allowlisted network, unless named exactly
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
 )
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 # -- API keys ---------------------------------------------------------------------------------
@@ -93,6 +94,8 @@ class Vault:
     def __init__(self, keys: Sequence[bytes]) -> None:
         try:
             self._fernet = MultiFernet([Fernet(k) for k in keys])
+            # a separate key per Fernet key for fingerprints: one key never serves two purposes
+            self._fingerprint_keys = [hashlib.sha256(b"hspi request fingerprint\0" + k).digest() for k in keys]
         except (ValueError, TypeError):
             raise ConfigError(
                 "the secret key is not a Fernet key (32 url-safe base64-encoded bytes; "
@@ -108,6 +111,17 @@ class Vault:
         if secret_key:
             return cls([k.strip().encode() for k in secret_key.split(",") if k.strip()])
         return cls([_key_file(key_file)])
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed hash of `data` (it may hold a credential: a plain hash could be brute-forced)."""
+        return self._fingerprints(data)[0]
+
+    def fingerprint_matches(self, data: bytes, stored: str) -> bool:
+        """Whether `stored` is the fingerprint of `data` under any of the keys (rotation keeps old ones)."""
+        return any(hmac.compare_digest(f, stored) for f in self._fingerprints(data))
+
+    def _fingerprints(self, data: bytes) -> list[str]:
+        return [hmac.new(k, data, hashlib.sha256).hexdigest() for k in self._fingerprint_keys]
 
     def encrypt(self, secret: str) -> bytes:
         return self._fernet.encrypt(secret.encode())
@@ -195,10 +209,7 @@ class EndpointGuard:
         return self.check_host(host, port)
 
     def check_host(self, host: str, port: int) -> list[str]:
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            literal = None
+        literal = parse_literal(host)
         if literal is not None:
             addresses = [str(literal)]
         else:
@@ -213,50 +224,37 @@ class EndpointGuard:
         return addresses
 
     def _admit(self, host: str, address: IPAddress) -> None:
-        inner = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
-        if inner in METADATA_ADDRESSES:
-            if any(n.num_addresses == 1 and inner in n for n in self.networks):
+        inner = normalised(address)  # the IPv4 address an IPv4-mapped, -translated or NAT64 one reaches
+        reached = [inner, *(v4 for v4, _ in embedded_ipv4(address))]
+        metadata = next((a for a in reached if a in METADATA_ADDRESSES), None)
+        if metadata is not None:
+            if any(n.num_addresses == 1 and metadata in n for n in self.networks):
                 return
-            raise EndpointRefused(f"endpoint host {host!r} is {inner}, a cloud metadata address: refused")
+            raise EndpointRefused(f"endpoint host {host!r} is {metadata}, a cloud metadata address: refused")
         if host in self.hosts or any(inner in n for n in self.networks):
             return
-        kind = _non_public(inner)
+        kind = non_public_kind(inner)
         if kind:
             what = f"endpoint host {host!r}" + ("" if host == str(inner) else f" resolves to {inner}, which")
-            raise EndpointRefused(f"{what} is a {kind} address; the service's allowlist does not admit it")
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise EndpointRefused(f"{what} is {article} {kind} address; the service's allowlist does not admit it")
 
-    def transport(self) -> httpx.HTTPTransport:
+    @staticmethod
+    def origin(addresses: Sequence[str], port: int) -> str:
+        """The unit of per-host limits: the lowest checked address (IPv4 for mapped forms) and the port.
+
+        Keyed by address, not by the spelled host: two names (or spellings) of one server share its slots.
+        """
+        checked = [normalised(ipaddress.ip_address(a.split("%")[0])) for a in addresses]
+        first = min(checked, key=lambda a: (a.version, int(a)))
+        return f"{first}:{port}" if first.version == 4 else f"[{first}]:{port}"
+
+    def transport(self) -> PoolTransport:
         """An httpx transport whose every connection goes to an address this guard admitted."""
-        transport = httpx.HTTPTransport()
-        pool = transport._pool  # httpx keeps its httpcore pool here (as BudgetedHTTPClient relies on too)
-        pool._network_backend = _GuardedBackend(pool._network_backend, self)
-        return transport
+        return PoolTransport(GuardedBackend(httpcore.SyncBackend(), self))
 
 
-def _non_public(address: IPAddress) -> str | None:
-    """What kind of non-public address this is (None: a public one)."""
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_unspecified:
-        return "unspecified"
-    if isinstance(address, ipaddress.IPv6Address):
-        for embedded in (address.sixtofour, (address.teredo or (None, None))[1]):
-            if embedded is not None and _non_public(embedded):
-                return f"{_non_public(embedded)} (tunnelled)"
-    if address.is_private:
-        return "private"
-    if address in CGNAT:
-        return "shared (carrier-grade NAT)"
-    if not address.is_global:
-        return "reserved"
-    return None
-
-
-class _GuardedBackend(httpcore.NetworkBackend):
+class GuardedBackend(httpcore.NetworkBackend):
     """Resolves and checks the host itself, then connects to the checked address (no second lookup)."""
 
     def __init__(self, inner: httpcore.NetworkBackend, guard: EndpointGuard) -> None:

@@ -27,7 +27,12 @@ class ServiceSettings(BaseSettings):
     # are not public: e.g. 127.0.0.0/8 for a demo target on loopback
     allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(default=8, ge=1, le=256, description="audits running at once in this process")
-    per_host: int = Field(default=2, ge=1, le=64, description="audits running at once against one host:port")
+    per_host: int = Field(
+        default=2, ge=1, le=64, description="audits running at once against one address:port (as resolved and checked)"
+    )
+    max_active_per_key: int = Field(
+        default=100, ge=1, description="audits one API key may have queued or running at once (more: 429)"
+    )
     lease_s: float = Field(
         default=15.0, gt=0, description="a running audit whose worker is silent this long is resumed"
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ from hspi.audit import AuditReport, AuditSettings, QueryRecord
 from hspi.errors import ConfigError, HspiError
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+AUDIT_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 
 
 class NotFound(HspiError):
@@ -35,6 +39,16 @@ class Conflict(HspiError):
 
 class Forbidden(HspiError):
     exit_code = 2
+
+
+class TooManyAudits(HspiError):
+    """An API key at its cap of queued and running audits (429)."""
+
+    exit_code = 2
+
+
+class IdempotencyMismatch(ConfigError):
+    """An Idempotency-Key reused with another request body (422, as the IETF draft says)."""
 
 
 @dataclass
@@ -62,12 +76,25 @@ def create_audit(
     credential: bytes | None = None,
     owner: str | None = None,
     idempotency_key: str | None = None,
+    max_active: int | None = None,
+    request_matches: Callable[[str | None], bool] | None = None,
+    request_fingerprint: str | None = None,
+    before_commit: Callable[[Audit], object] | None = None,
     scan_id: str | None = None,
     scan_target: str | None = None,
 ) -> tuple[Audit, bool]:
-    """(the audit, whether it was created now); an idempotency key or scan target seen before returns the first."""
+    """(the audit, whether it was created now); an idempotency key or scan target seen before returns the first.
+
+    `request_matches(stored fingerprint)` says whether the audit an idempotency key made before was
+    made by the same request (else `IdempotencyMismatch`).  `max_active` caps the owner's queued and
+    running audits (else `TooManyAudits`); a retry with a seen key is answered even at the cap.  `before_commit(audit)` runs inside the
+    transaction: if it raises, nothing is stored (the route renders its response there).
+    """
+    now = utcnow()
     audit = Audit(
         id=uuid.uuid4().hex,
+        created_at=now,
+        updated_at=now,
         status="queued",
         endpoint=settings.endpoint,
         origin=origin,
@@ -78,6 +105,7 @@ def create_audit(
         credential=credential,
         owner_key_id=owner,
         idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
         scan_id=scan_id,
         scan_target=scan_target,
         cancel_requested=False,
@@ -88,15 +116,43 @@ def create_audit(
     try:
         with db.writing() as session:
             if existing := _duplicate(session, owner, idempotency_key, scan_id, scan_target):
-                return existing, False
+                return _same_request(existing, idempotency_key, request_matches), False
+            if max_active is not None and owner is not None:
+                _check_active(session, owner, max_active)
             session.add(audit)
+            if before_commit is not None:
+                session.flush()
+                before_commit(audit)
     except IntegrityError:  # the same key raced in from another request: the first one wins
         with db.reading() as session:
             existing = _duplicate(session, owner, idempotency_key, scan_id, scan_target)
             if existing is None:
                 raise
-            return existing, False
+            return _same_request(existing, idempotency_key, request_matches), False
     return audit, True
+
+
+def _check_active(session: Any, owner: str, max_active: int) -> None:
+    # the key's row is locked first (PostgreSQL; SQLite's writers are serial already): two requests
+    # of one key cannot both see one slot free
+    session.get(ApiKey, owner, with_for_update=True)
+    active = session.scalar(
+        select(func.count()).select_from(Audit).where(Audit.owner_key_id == owner, Audit.status.in_(ACTIVE))
+    )
+    if active >= max_active:
+        raise TooManyAudits(
+            f"API key {owner} has {active} audits queued or running; the limit is {max_active} "
+            "(HSPI_MAX_ACTIVE_PER_KEY): wait for some to end, or cancel some"
+        )
+
+
+def _same_request(existing: Audit, key: str | None, matches: Callable[[str | None], bool] | None) -> Audit:
+    if key is not None and matches is not None and not matches(existing.request_fingerprint):
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was used for audit {existing.id} with a different request body: "
+            "send the same body to retry, or a new key for a new audit"
+        )
+    return existing
 
 
 def _duplicate(
@@ -112,11 +168,18 @@ def _duplicate(
 
 
 def get_audit(db: Database, audit_id: str) -> Audit:
-    with db.reading() as session:
-        audit = session.get(Audit, audit_id)
+    audit = None
+    if AUDIT_ID.fullmatch(audit_id):  # anything else names no audit: it never reaches the database
+        with db.reading() as session:
+            audit = session.get(Audit, audit_id)
     if audit is None:
-        raise NotFound(f"no audit with id {audit_id!r}")
+        raise NotFound(f"no audit with id {shown(audit_id)}")
     return audit
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A value for a message: quoted, escaped, cut short."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
 def list_audits(db: Database, where: ListFilter, *, limit: int, cursor: str | None) -> tuple[list[Audit], str | None]:
@@ -154,12 +217,17 @@ def encode_cursor(audit: Audit) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """The (created_at, id) a cursor of `encode_cursor` holds; anything else is refused, never queried with."""
+    refused = ConfigError("cursor is not one this service returned: pass next_cursor from the previous page")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, last_id = json.loads(raw)
-        return dt.datetime.fromisoformat(at), str(last_id)
-    except (ValueError, TypeError):
-        raise ConfigError("cursor is not one this service returned: pass next_cursor from the previous page") from None
+        created = dt.datetime.fromisoformat(at)
+        if created.tzinfo is None or not isinstance(last_id, str) or not AUDIT_ID.fullmatch(last_id):
+            raise refused
+        return created.astimezone(dt.UTC), last_id
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise refused from None
 
 
 def answers(db: Database, audit_id: str, *, after: int = -1, limit: int = 1000) -> list[QueryRecord]:
@@ -175,10 +243,11 @@ def answers(db: Database, audit_id: str, *, after: int = -1, limit: int = 1000) 
 
 def request_cancel(db: Database, audit_id: str) -> Audit:
     """A queued audit is cancelled at once; a running one at its next answer."""
+    get_audit(db, audit_id)  # a malformed id is refused before the write transaction
     with db.writing() as session:
         audit = session.get(Audit, audit_id)
         if audit is None:
-            raise NotFound(f"no audit with id {audit_id!r}")
+            raise NotFound(f"no audit with id {shown(audit_id)}")
         if audit.status in FINAL:
             raise Conflict(f"audit {audit_id} has already ended ({audit.status}): nothing to cancel")
         audit.cancel_requested = True
@@ -384,9 +453,9 @@ def count_keys(db: Database) -> int:
 
 def revoke_key(db: Database, key_id: str) -> ApiKey:
     with db.writing() as session:
-        key = session.get(ApiKey, key_id)
+        key = session.get(ApiKey, key_id) if len(key_id) <= 32 else None
         if key is None:
-            raise NotFound(f"no API key with id {key_id!r}")
+            raise NotFound(f"no API key with id {shown(key_id)}")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
         return key

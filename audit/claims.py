@@ -84,7 +84,13 @@ def overall_verdict(head_verdicts: dict[str, str]) -> str:
 
 
 class HeadReport(BaseModel):
+    """One head's reading.  `decided` is False where the evidence does not settle it (no known platform
+    matches, or no value holds CONSISTENT_AT of the posterior) or where every collected platform has
+    the same value ("not measured here"): its guesses are then empty and a claim on it inconclusive."""
+
     guesses: list[Guess]
+    decided: bool = True
+    basis: str = "reference-match"  # what evidence the reading rests on
     claimed: str | None = None
     claim_probability: float | None = None
     verdict: str | None = None
@@ -92,35 +98,70 @@ class HeadReport(BaseModel):
 
 
 def head_reports(
-    head_posteriors: dict[str, tuple[list[str], np.ndarray]], claim: dict[str, str]
+    head_posteriors: dict[str, tuple[list[str], np.ndarray]],
+    claim: dict[str, str],
+    *,
+    matched: bool = True,
+    basis: str = "reference-match",
 ) -> tuple[dict[str, HeadReport], dict[str, str]]:
     """Each head's ranked guesses and, for a claimed head, its verdict: (reports, verdicts of claimed heads).
 
-    The one place posteriors meet a claim: audits, `/v1/classify` and `hspi demo` all go through it."""
+    The one place posteriors meet a claim: audits, `/v1/classify` and `hspi demo` all go through it.
+    A head speaks only where the evidence decides it: not when no known platform matches (`matched`
+    False: the heads' models were trained on the collected platforms only, so their labels say nothing
+    about one never collected), not when its leading value holds less than CONSISTENT_AT, and not
+    when every collected platform shares one value (nothing was measured)."""
     heads: dict[str, HeadReport] = {}
     verdicts: dict[str, str] = {}
     for head, (values, post) in head_posteriors.items():
         order = np.argsort(-post)[:TOP_GUESSES]
-        report = HeadReport(guesses=[Guess(label=values[i], probability=round(float(post[i]), 4)) for i in order])
+        guesses = [Guess(label=values[i], probability=round(float(post[i]), 4)) for i in order]
+        if len(values) == 1:
+            report = HeadReport(
+                guesses=[],
+                decided=False,
+                basis="none",
+                why=f"not measured here: every collected platform has {head} {values[0]!r}",
+            )
+        elif not matched:
+            report = HeadReport(
+                guesses=[],
+                decided=False,
+                basis="none",
+                why="unknown: no collected platform matches, so this head's labels do not apply",
+            )
+        elif float(post[order[0]]) < CONSISTENT_AT:
+            report = HeadReport(
+                guesses=guesses,
+                decided=False,
+                basis=basis,
+                why=f"undecided: the leading value holds {float(post[order[0]]):.3f} < {CONSISTENT_AT}",
+            )
+        else:
+            report = HeadReport(guesses=guesses, basis=basis)
         if head in claim:
-            verdict, p, why = head_verdict(claim[head], values, [float(x) for x in post])
+            if report.decided:
+                verdict, p, why = head_verdict(claim[head], values, [float(x) for x in post])
+                report.claim_probability = None if p is None else round(p, 4)
+            else:
+                verdict, why = "inconclusive", f"{claim[head]!r} cannot be checked: {report.why}"
             report.claimed, report.verdict, report.why = claim[head], verdict, why
-            report.claim_probability = None if p is None else round(p, 4)
             verdicts[head] = verdict
         heads[head] = report
     return heads, verdicts
 
 
 def audit_verdict(
-    status: MatchStatus, verdicts: dict[str, str], claim: dict[str, str], *, cut_short: bool
-) -> Verdict | None:
-    """The overall word: against the claim if there is one (None without a claim)."""
-    if not claim:
-        return None
+    status: MatchStatus, verdicts: dict[str, str], claim: dict[str, str], *, cut_short: bool, settled: bool = True
+) -> Verdict:
+    """The overall word.  With a claim: consistent / inconsistent / inconclusive / unknown-platform.
+    Without one: identified (a known class matches, settled), unknown-platform, or inconclusive."""
     if status is MatchStatus.UNKNOWN:
         return Verdict.UNKNOWN_PLATFORM
     if status is MatchStatus.NO_EVIDENCE:
         return Verdict.INCONCLUSIVE
+    if not claim:
+        return Verdict.IDENTIFIED if settled and not cut_short else Verdict.INCONCLUSIVE
     overall = Verdict(overall_verdict(verdicts))
     if cut_short and overall is Verdict.CONSISTENT:
         return Verdict.INCONCLUSIVE  # an audit cut short confirms nothing

@@ -37,6 +37,7 @@ from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
 from hspi.collector.targets.json_logits import JSONLogitsTarget
 from hspi.collector.targets.openai import OpenAICompatibleTarget
 from hspi.errors import ConfigError, TargetError
+from hspi.features.precision import read_precision
 from hspi.features.tiers import TierView
 from hspi.responses import TierAnswers
 from hspi.terms import MatchStatus, StopReason, Tier, Verdict
@@ -70,13 +71,36 @@ class QueryRecord(BaseModel):
     note: str = ""
 
 
+class MatchedClass(BaseModel):
+    """The collected class the answers are identical to, as nmap names an OS: with its members."""
+
+    name: str
+    members: list[str]
+    labels: dict[str, str]
+
+
+class LogitPrecision(BaseModel):
+    """The number format of the logits, read from the logprobs alone (model-agnostic evidence)."""
+
+    verdict: str  # fp32 | bf16 | fp16 | fp8-e4m3 | fp8-e5m2 | none-of-these | unknown
+    posterior: dict[str, float]
+    answers_used: int
+    reason: str
+
+
+OUTSIDE_COLLECTION = (
+    "platforms outside the collection may give the same answers: a match says the answers are those of "
+    "the collected class, not that no other platform could have produced them"
+)
+
+
 class AuditReport(BaseModel):
     endpoint: str
     model: str
     api: str
     tier: Tier | None
     status: MatchStatus
-    verdict: Verdict | None
+    verdict: Verdict
     reason: str
     stop: StopReason
     queries: int
@@ -88,6 +112,9 @@ class AuditReport(BaseModel):
     threshold: float
     claim: dict[str, str]
     heads: dict[str, HeadReport]
+    matched_class: MatchedClass | None = None
+    caveat: str = ""
+    logit_precision: LogitPrecision | None = None
     evidence: list[QueryRecord]
     dataset: str
     classifier: str
@@ -469,13 +496,18 @@ class Audit:
         else:
             status, match_score, threshold = MatchStatus.NO_EVIDENCE, 0.0, 0.0
             reason = reason or "no complete answer was scored"
-        heads, verdicts = head_reports(head_posteriors, settings.claim)
+        matched = status is MatchStatus.MATCH
+        basis = "text-vote" if text is not None and text.n else "reference-match"
+        heads, verdicts = head_reports(head_posteriors, settings.claim, matched=matched, basis=basis)
         if status is MatchStatus.UNKNOWN:
             reason = reason or (
                 f"no known platform matches: best candidate scores {match_score:.3f} < threshold {threshold:.3f}"
             )
         cut_short = stop in (StopReason.TARGET_ERROR, StopReason.INTERRUPTED)
-        verdict = audit_verdict(status, verdicts, settings.claim, cut_short=cut_short)
+        verdict = audit_verdict(
+            status, verdicts, settings.claim, cut_short=cut_short, settled=stop is StopReason.CONFIDENT
+        )
+        matched_class = self._matched_class(head_posteriors) if matched else None
         if not reason:
             reason = {
                 StopReason.CONFIDENT: "one candidate is certain and matches",
@@ -502,10 +534,39 @@ class Audit:
             threshold=round(threshold, 4),
             claim=settings.claim,
             heads=heads,
+            matched_class=matched_class,
+            caveat=OUTSIDE_COLLECTION if matched_class is not None else "",
+            logit_precision=self._logit_precision(),
             evidence=state.records,
             dataset=str(self.refs.dataset_dir),
             classifier=str(self.classifier_dir),
             seconds=round(time.perf_counter() - self.started, 3),
+        )
+
+    def _matched_class(self, head_posteriors: dict[str, tuple[list[str], np.ndarray]]) -> MatchedClass | None:
+        if "full" not in head_posteriors:
+            return None
+        values, post = head_posteriors["full"]
+        name = values[int(np.argmax(post))]
+        cls = next((c for c in self.refs.classes if c.name == name), None)
+        if cls is None:
+            return None
+        return MatchedClass(name=cls.name, members=list(cls.members), labels=dict(cls.labels))
+
+    def _logit_precision(self) -> LogitPrecision | None:
+        """Read at the top-k tiers only: one answer's k logprobs are what the format shows on."""
+        tier = self.state.tier
+        if tier not in (Tier.TOPK20, Tier.TOPK5):
+            return None
+        rows = [r.values for r in self.state.records if r.complete and r.tier == tier]
+        reading = read_precision(rows, tier.value) if rows else None
+        if reading is None:
+            return None
+        return LogitPrecision(
+            verdict=reading.verdict,
+            posterior={k: round(v, 4) for k, v in reading.posterior.items()},
+            answers_used=reading.answers_used,
+            reason=reading.reason,
         )
 
 

@@ -174,7 +174,7 @@ def no_traceback(done: subprocess.CompletedProcess) -> None:
 
 def test_audit_finds_bf16_behind_an_fp32_claim(audits: dict) -> None:
     done, report, evidence = audits["fp32-claim"]
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 10, done.stderr  # the documented exit code of "inconsistent"
     no_traceback(done)
     assert report["tier"] == "topk20"
     assert report["verdict"] == "inconsistent"
@@ -266,14 +266,16 @@ def test_audit_of_a_text_only_server_uses_the_border_prompt_vote(
         "--evidence",
         str(tmp_path / "e.jsonl"),
     )
-    assert done.returncode == 0, done.stderr
     no_traceback(done)
     report = json.loads((tmp_path / "r.json").read_text())
+    assert done.returncode == {"inconsistent": 10, "inconclusive": 12}[report["verdict"]], done.stderr
     assert report["tier"] == "text"
     assert report["queries"] <= 32
-    # the served platform is fp32: greedy tokens on border prompts alone say so
+    # the served platform is fp32: greedy tokens on border prompts alone say so, and a bf16 claim is
+    # contradicted where the vote decides the dtype head (never confirmed)
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "fp32"
-    assert report["verdict"] == "inconsistent"
+    dtype = report["heads"]["dtype"]
+    assert report["verdict"] == ("inconsistent" if dtype["decided"] else "inconclusive")
     kinds = {r["probe_set"].rsplit("/", 1)[1] for r in report["evidence"]}
     assert "border" in kinds  # after the first (pool) answer, the vote asks border prompts
     lines = (tmp_path / "e.jsonl").read_text().splitlines()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from hspi.api import store
 from hspi.api.db import Audit
@@ -89,6 +90,11 @@ def public(audit: Audit) -> AuditPublic:
     responses={
         **BODY_ERRORS,
         200: {"model": AuditPublic, "description": "the audit this Idempotency-Key created before"},
+        400: {"model": ErrorBody, "description": "an empty Idempotency-Key"},
+        429: {
+            "model": ErrorBody,
+            "description": "rate limit exceeded, or the key's queued and running audits at its cap",
+        },
     },
 )
 def create_audit(
@@ -100,17 +106,22 @@ def create_audit(
         str | None,
         Header(
             max_length=200,
-            description=("retrying with the same key returns the audit created first, never a second one"),
+            description=(
+                "retrying with the same key and body returns the audit created first, never a second one; "
+                "the same key with another body is refused (422)"
+            ),
         ),
     ] = None,
 ) -> AuditPublic:
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
     limits = services.settings
     if not 1 <= body.budget <= limits.max_budget:
         raise ConfigError(f"budget must be between 1 and {limits.max_budget}, got {body.budget}")
     claim = claim_of(body.claim)
     services.catalog.check_model(body.model)
     host, port = services.guard.split(body.endpoint)
-    services.guard.check_host(host, port)
+    origin = services.guard.origin(services.guard.check_host(host, port), port)
     settings = AuditSettings(
         endpoint=body.endpoint,
         model=body.model,
@@ -126,15 +137,21 @@ def create_audit(
         dataset=limits.dataset,
         classifier=limits.classifier,
     )
-    credential = services.vault.encrypt(body.target_api_key.get_secret_value()) if body.target_api_key else None
+    secret = body.target_api_key.get_secret_value() if body.target_api_key else None
+    credential = services.vault.encrypt(secret) if secret is not None else None
+    request = _request_bytes(body, secret)
     audit, created = store.create_audit(
         services.db,
         settings,
-        origin=f"{host}:{port}",
+        origin=origin,
         label=body.label,
         credential=credential,
         owner=principal.key_id,
         idempotency_key=idempotency_key,
+        max_active=limits.max_active_per_key,
+        request_matches=lambda stored: stored is None or services.vault.fingerprint_matches(request, stored),
+        request_fingerprint=services.vault.fingerprint(request) if idempotency_key is not None else None,
+        before_commit=_renders,  # an audit whose answer cannot be sent is not stored
     )
     if created:
         services.workers.submit(audit.id)
@@ -170,8 +187,8 @@ def list_audits(
         label=label,
         scan_id=scan_id,
         owner=principal.key_id if owner == "me" else owner,
-        created_after=_aware(created_after),
-        created_before=_aware(created_before),
+        created_after=_utc(created_after, "created_after"),
+        created_before=_utc(created_before, "created_before"),
     )
     rows, next_cursor = store.list_audits(services.db, where, limit=limit, cursor=cursor)
     return AuditList(data=[AuditSummary(**summary(a)) for a in rows], next_cursor=next_cursor)
@@ -197,7 +214,7 @@ def get_answers(
     audit_id: str,
     principal: ReadKey,
     services: ServicesDep,
-    after: Annotated[int, Query(ge=-1, description="index of the last answer already read")] = -1,
+    after: Annotated[int, Query(ge=-1, le=2**31 - 1, description="index of the last answer already read")] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> AnswerList:
     store.get_audit(services.db, audit_id)
@@ -223,5 +240,29 @@ def cancel_audit(audit_id: str, principal: WriteKey, services: ServicesDep) -> A
     return public(audit)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+def _utc(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    """An aware UTC datetime (naive means UTC); one that UTC cannot represent is refused."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        raise ConfigError(f"{name} is out of range once converted to UTC (years 1 to 9999)") from None
+
+
+def _check_idempotency_key(key: str) -> None:
+    """The draft's key is a non-empty string of printable ASCII (an sf-string)."""
+    if not key.strip():
+        raise HTTPException(400, "Idempotency-Key is empty: send a unique value (e.g. a UUID) or leave the header out")
+    if not all(0x20 <= ord(c) <= 0x7E for c in key):
+        raise ConfigError("Idempotency-Key must be printable ASCII")
+
+
+def _request_bytes(body: AuditCreate, secret: str | None) -> bytes:
+    """The request as canonical JSON (defaults filled in), for the Idempotency-Key fingerprint."""
+    fields = body.model_dump(mode="json", exclude={"target_api_key"})
+    return json.dumps({**fields, "target_api_key": secret}, sort_keys=True, ensure_ascii=True).encode()
+
+
+def _renders(audit: Audit) -> None:
+    public(audit).model_dump_json()

@@ -3,19 +3,20 @@
 Every request sent counts against a hard `QueryBudget` (retries included: a provider bills them);
 responses are read with a size cap and an overall deadline, so a trickling or huge answer cannot
 hang an audit; timeouts, connection failures, 429 (`Retry-After` honoured) and 5xx are retried
-with exponential backoff; other 4xx are the caller's to handle.  The API key is sent in a header
-and appears in no message, log or repr.
+with exponential backoff; other 4xx are the caller's to handle.  The API key is sent as a Bearer
+token (`BearerToken`, an httpx.Auth) and appears in no message, log or repr.  Requests go through
+`PoolTransport` (see http_transport.py), or the caller's transport (the service passes its
+SSRF-guarded one, built the same way).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
-import httpcore
 import httpx
 
+from hspi.collector.targets.http_transport import BearerToken, PoolTransport, request_deadline
 from hspi.collector.targets.openai_parse import load_json
 from hspi.errors import ConfigError, TargetError
 
@@ -74,12 +75,12 @@ class BudgetedHTTPClient:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.max_response_bytes = max_response_bytes
         self._secret = api_key.encode() if api_key else None
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s), headers=headers, transport=transport, follow_redirects=False
+            timeout=httpx.Timeout(timeout_s),
+            auth=BearerToken(api_key) if api_key else None,
+            transport=transport or PoolTransport(),
+            follow_redirects=False,
         )
-        self._local = threading.local()  # the overall deadline of the request this thread is sending
-        _install_deadline(self._client, self._local)
 
     def __repr__(self) -> str:  # never the key
         return f"BudgetedHTTPClient({self.base_url!r}, {self.budget})"
@@ -116,80 +117,19 @@ class BudgetedHTTPClient:
 
     def _send(self, url: str, payload: dict) -> tuple[int, httpx.Headers, bytes]:
         deadline = time.monotonic() + self.timeout_s
-        self._local.deadline = deadline  # bounds every socket read, the status line and headers included
-        try:
-            with self._client.stream("POST", url, json=payload) as response:
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise TargetError(
-                            f"target-error: {url} sent more than {self.max_response_bytes} bytes for one token"
-                        )
-                    if time.monotonic() > deadline:
-                        raise httpx.ReadTimeout("overall deadline passed")  # a trickling server must not hang us
-                    chunks.append(chunk)
-                return response.status_code, response.headers, b"".join(chunks)
-        finally:
-            self._local.deadline = None
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose reads and writes end at the current request's overall deadline.
-
-    httpx's timeouts bound each read only: a server trickling its status line or headers one byte
-    at a time would otherwise hold a request open for hours.
-    """
-
-    def __init__(self, inner: httpcore.NetworkStream, local: threading.local) -> None:
-        self._inner, self._local = inner, local
-
-    def _timeout(self, timeout: float | None, error: type[Exception]) -> float | None:
-        deadline = getattr(self._local, "deadline", None)
-        if deadline is None:
-            return timeout
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise error("overall deadline passed")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._timeout(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._timeout(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:  # type: ignore[no-untyped-def]
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._local)
-
-    def get_extra_info(self, info: str):  # type: ignore[no-untyped-def]
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend, local: threading.local) -> None:
-        self._inner, self._local = inner, local
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
-        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._local)
-
-    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
-        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options), self._local)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def _install_deadline(client: httpx.Client, local: threading.local) -> None:
-    """Wrap the socket layer of httpx's own transports (a caller's transport is left alone)."""
-    for transport in [client._transport, *client._mounts.values()]:
-        pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _DeadlineBackend):
-            pool._network_backend = _DeadlineBackend(backend, local)  # type: ignore[union-attr]
+        # bounds every socket read, the status line and headers included
+        with request_deadline(deadline), self._client.stream("POST", url, json=payload) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise TargetError(
+                        f"target-error: {url} sent more than {self.max_response_bytes} bytes for one token"
+                    )
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("overall deadline passed")  # a trickling server must not hang us
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
 
 
 def _retry_after(value: str | None, default: float) -> float:

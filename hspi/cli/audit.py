@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from hspi.audit.engine import AuditReport
 from hspi.cli.app import app, console, progress_bar
-from hspi.errors import ConfigError
+from hspi.errors import ConfigError, TargetError
+from hspi.terms import MatchStatus, StopReason, Verdict
 
 
 @app.command()
@@ -55,6 +57,8 @@ def audit(
     """Audit a black-box endpoint: which platform served it, and does that fit the claim?
 
     The API key, if any, is read from the HSPI_TARGET_API_KEY environment variable, never from argv.
+    Exit codes: 0 consistent or identified, 10 inconsistent, 11 unknown-platform, 12 inconclusive,
+    130 interrupted; 2 bad input, 3 dataset, 4 classifier, 5 the target failed before any answer.
     """
     import os
 
@@ -97,7 +101,25 @@ def audit(
     if json_path is not None:
         write_report(report, json_path)
     render_audit(report, console)
-    if report.stop == "interrupted":
-        sys.exit(130)
-    if report.stop == "target-error" and report.status == "no-evidence":
-        sys.exit(5)
+    sys.exit(exit_code(report))
+
+
+# Exit codes for scripts (README, "Exit codes"): 0 the answers match (a claim holds, or a class is
+# identified), 10 the claim is contradicted, 11 no known platform matches, 12 inconclusive; errors
+# keep their own codes (2 bad input, 3 dataset, 4 classifier, 5 the target failed before answering).
+EXIT_CODES = {
+    Verdict.CONSISTENT: 0,
+    Verdict.IDENTIFIED: 0,
+    Verdict.INCONSISTENT: 10,
+    Verdict.UNKNOWN_PLATFORM: 11,
+    Verdict.INCONCLUSIVE: 12,
+}
+INTERRUPTED_EXIT = 130
+
+
+def exit_code(report: AuditReport) -> int:
+    if report.stop == StopReason.INTERRUPTED:
+        return INTERRUPTED_EXIT
+    if report.stop == StopReason.TARGET_ERROR and report.status == MatchStatus.NO_EVIDENCE:
+        return TargetError.exit_code
+    return EXIT_CODES[report.verdict]

@@ -34,33 +34,56 @@ def render_verdict(verdict: Identification, console: Console, truth: dict[str, s
 
 
 def render_audit(report: AuditReport, console: Console) -> None:
-    """nmap-style: the verdict, then ranked guesses per head, then what it cost and why it stopped."""
-    colour = {"consistent": "green", "inconsistent": "red", "unknown-platform": "yellow"}.get(
-        report.verdict or "", "white"
-    )
+    """nmap-style: the verdict, the class matched (or a plain no-match), ranked guesses per head where
+    the evidence decides them, then what it cost and why it stopped."""
+    colour = {
+        "consistent": "green",
+        "identified": "green",
+        "inconsistent": "red",
+        "unknown-platform": "yellow",
+    }.get(report.verdict, "white")
     console.print(
         f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), tier {report.tier or 'none'}"
     )
-    if report.verdict is not None:
+    if report.claim:
         claim = ",".join(f"{k}={v}" for k, v in report.claim.items())
         console.print(f"Claim {claim}: [{colour}][bold]{report.verdict}[/bold][/{colour}]")
+    else:
+        console.print(f"Verdict: [{colour}][bold]{report.verdict}[/bold][/{colour}]")
     if report.status == "unknown":
         console.print(f"[yellow]No exact platform match.[/yellow] {report.reason}")
     elif report.status == "no-evidence":
         console.print(f"[yellow]No evidence.[/yellow] {report.reason}")
     else:
         console.print(f"Match score {report.match_score:.3f} (threshold {report.threshold:.3f})")
+    if report.matched_class is not None:
+        members = ", ".join(report.matched_class.members)
+        console.print(
+            f"Identical to collected class [bold]{report.matched_class.name}[/bold] (its members: {members})."
+        )
+        console.print(f"[dim]{report.caveat}.[/dim]")
     if report.heads:
-        table = Table("head", "guess", "probability", "2nd guess", "claim")
+        table = Table("head", "reading", "probability", "2nd guess", "claim")
         for head, h in report.heads.items():
             g = h.guesses
+            if h.decided and g:
+                reading, probability = g[0].label, f"{g[0].probability:.1%}"
+            else:
+                reading, probability = "unknown" if "not measured" not in h.why else "not measured here", ""
             second = f"{g[1].label} ({g[1].probability:.1%})" if len(g) > 1 else ""
             claim_cell = f"{h.claimed}: {h.verdict}" if h.claimed else ""
-            table.add_row(head, g[0].label, f"{g[0].probability:.1%}", second, claim_cell)
+            table.add_row(head, reading, probability, second, claim_cell)
         console.print(table)
     for head, h in report.heads.items():
-        if h.claimed:
+        if h.claimed or not h.decided:
             console.print(f"  {head}: {h.why}")
+    if report.logit_precision is not None:
+        p = report.logit_precision
+        console.print(
+            f"Logit precision (model-agnostic, from the logprobs alone): {p.verdict}"
+            + (f" ({p.posterior.get(p.verdict, 0.0):.1%}, {p.answers_used} answers)" if p.posterior else "")
+            + (f"; {p.reason}" if p.verdict == "unknown" and p.reason else "")
+        )
     console.print(
         f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
         f"{report.seconds:.1f} s; stopped: {report.stop}"

@@ -26,7 +26,7 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 8000,
     workers: Annotated[Optional[int], typer.Option(help="audits running at once (default 8)")] = None,
     per_host: Annotated[
-        Optional[int], typer.Option(help="audits running at once per target host:port (default 2)")
+        Optional[int], typer.Option(help="audits running at once per target address:port (default 2)")
     ] = None,
     allow_host: Annotated[
         Optional[list[str]],
@@ -70,7 +70,7 @@ def scan(
     ),
     report: Annotated[Optional[Path], typer.Option(help="write an HTML report with a plot per head here")] = None,
     concurrency: Annotated[int, typer.Option(help="audits running at once")] = 16,
-    per_host: Annotated[int, typer.Option(help="audits running at once per target host:port")] = 4,
+    per_host: Annotated[int, typer.Option(help="audits running at once per target address:port")] = 4,
     budget: Annotated[int, typer.Option(help="queries per target unless its entry says otherwise")] = 64,
     database: Annotated[
         Optional[str],
