@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hspi.files import write_text_atomic
 from hspi.platform import HEADS
 
 VERDICT_COLOURS = {"consistent": "#2e7d32", "inconsistent": "#c62828", "inconclusive": "#9e9e9e", None: "#1565c0"}
@@ -88,7 +89,4 @@ def write_html(results: list[dict[str, Any]], path: Path, *, title: str) -> None
             f"<td>{e(r.get('stop') or '')}: {e(r.get('reason') or '')}</td></tr>"
         )
     parts.append("</table></body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(parts))

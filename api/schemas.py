@@ -15,12 +15,10 @@ from pydantic_core import PydanticCustomError
 
 from hspi.api.input_text import FREE_TEXT, NAME, text_problem
 from hspi.audit import AuditReport, HeadReport, QueryRecord
-from hspi.terms import MatchStatus, Verdict
+from hspi.terms import AuditStatus, MatchStatus, Scope, Verdict
 
-AuditStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
-Scope = Literal["read", "write", "admin"]
-ClassifyTier = Literal["logits", "topk20", "topk5", "top1"]
+ClassifyTier = Literal["logits", "topk20", "topk5", "top1"]  # the tiers a reference matcher reads
 
 # what clients may send (see input_text.py): valid Unicode, no NUL, no control characters, bounded
 ModelName = Annotated[str, Field(max_length=64), NAME]
@@ -184,7 +182,7 @@ class ClassifyResult(BaseModel):
     model: str
     tier: str
     status: MatchStatus
-    verdict: Verdict
+    verdict: Verdict | None
     reason: str
     answers_used: int
     match_score: float

@@ -39,8 +39,9 @@ from fastapi import HTTPException
 from hspi.api.address_policy import IPAddress, embedded_ipv4, non_public_kind, normalised, parse_literal
 from hspi.collector.targets.http_transport import PoolTransport
 from hspi.errors import ConfigError, TargetError
+from hspi.terms import Scope
 
-SCOPES = ("read", "write", "admin")  # each scope includes the ones before it
+SCOPES = tuple(s.value for s in Scope)  # each scope includes the ones before it
 KEY_PREFIX = "hspi_"
 
 # cloud instance-metadata services: refused even inside an allowlisted network, unless named exactly

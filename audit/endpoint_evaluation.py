@@ -11,7 +11,6 @@ audit that stopped early keeps its decision).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -23,13 +22,13 @@ import httpx
 import numpy as np
 
 from hspi.audit import AuditReport, AuditSettings, run_audit
-from hspi.collector.llama_cpp_server import free_port
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.vocabulary import decode
 from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import TargetError
+from hspi.loopback import free_port, serving_process
 from hspi.platform import HEADS
 
 BUDGETS = (1, 4, 16, 64)
@@ -64,32 +63,14 @@ def served_target(
     ]
     if dynamic_batching:
         cmd.append("--dynamic-batching")
-    log = open(log_path or os.devnull, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise TargetError(f"target-error: hspi target serve for {platform_id} exited {proc.returncode}")
-            try:
-                if httpx.get(url + "/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TargetError(
-                    f"target-error: hspi target serve for {platform_id} not ready in {START_TIMEOUT_S:g}s"
-                )
-            time.sleep(0.2)
+    with (
+        open(log_path or os.devnull, "w+b") as log,
+        serving_process(
+            cmd, url + "/models", timeout_s=START_TIMEOUT_S, log=log, what=f"hspi target serve ({platform_id})"
+        ),
+    ):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def warm_up(url: str, model: str) -> None:

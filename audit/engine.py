@@ -17,7 +17,6 @@ report of stored answers alone, with no target at all.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from hspi.collector.targets.openai import OpenAICompatibleTarget
 from hspi.errors import ConfigError, TargetError
 from hspi.features.precision import read_precision
 from hspi.features.tiers import TierView
+from hspi.files import write_json_atomic
 from hspi.responses import TierAnswers
 from hspi.terms import MatchStatus, StopReason, Tier, Verdict
 
@@ -100,7 +100,7 @@ class AuditReport(BaseModel):
     api: str
     tier: Tier | None
     status: MatchStatus
-    verdict: Verdict
+    verdict: Verdict | None  # always set now; None in reports stored before audits without a claim had one
     reason: str
     stop: StopReason
     queries: int
@@ -647,7 +647,4 @@ def run_audit(
 
 def write_report(report: AuditReport, path: Path) -> None:
     """Atomically: a crash mid-write never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, report.model_dump(mode="json"), indent=1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from hspi.errors import DatasetError
 from hspi.features.border import TextAnswers
+from hspi.files import atomic_path, write_text_atomic
 from hspi.platform import Platform
 
 SELECTION_FORMAT = "hspi-border-selection/1"
@@ -94,13 +94,6 @@ def border_dir(dataset_dir: Path) -> Path:
     return Path(dataset_dir) / BORDER_DIR
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_json_model(path: Path, cls: type[BaseModel], fmt: str, what: str) -> Any:
     if not path.exists():
         raise DatasetError(f"no {what} at {path}")
@@ -118,7 +111,7 @@ def _read_json_model(path: Path, cls: type[BaseModel], fmt: str, what: str) -> A
 
 def save_selection(directory: Path, selection: SelectionFile) -> Path:
     path = Path(directory) / SELECTION_FILE
-    _write_atomic(path, json.dumps(selection.model_dump(mode="json"), indent=1))
+    write_text_atomic(path, json.dumps(selection.model_dump(mode="json"), indent=1))
     return path
 
 
@@ -161,9 +154,8 @@ def write_answers(directory: Path, model: str, answers: TextAnswers) -> BorderSh
             }
         )
         table = table.replace_schema_metadata({"model": model, "probe_set": answers.probe_set, "sha256": sha})
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd", compression_level=9)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd", compression_level=9)
     return BorderShardRef(sha256=sha, n_probes=len(answers))
 
 
@@ -196,7 +188,7 @@ def load_index(directory: Path) -> BorderIndex:
 
 
 def save_index(directory: Path, index: BorderIndex) -> None:
-    _write_atomic(Path(directory) / INDEX_FILE, json.dumps(index.model_dump(mode="json"), indent=1, sort_keys=True))
+    write_text_atomic(Path(directory) / INDEX_FILE, json.dumps(index.model_dump(mode="json"), indent=1, sort_keys=True))
 
 
 class BorderStore:

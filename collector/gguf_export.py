@@ -36,6 +36,7 @@ import numpy as np
 from hspi.collector.models import build_model, model_spec
 from hspi.collector.vocabulary import vocabulary
 from hspi.errors import ConfigError, TargetError
+from hspi.files import atomic_path
 from hspi.platform import GGUF_TYPES
 
 GGUF_EXPORT_VERSION = "gguf1"  # part of every file name: bump when the export's bytes change
@@ -84,16 +85,11 @@ def export_gguf(model: str, gguf_type: str, directory: Path | None = None) -> Pa
     path = gguf_path(model, gguf_type, directory)
     if path.exists():
         return path
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if gguf_type in LLAMA_QUANTISED:
             _quantise(export_gguf(model, "F32", directory), tmp, gguf_type)
         else:
             _write_float_gguf(model, gguf_type, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

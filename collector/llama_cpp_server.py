@@ -25,33 +25,17 @@ time, always gets fresh evaluations.
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
-
-import httpx
 
 from hspi.collector.gguf_export import export_gguf, import_llama_cpp
 from hspi.collector.targets.llama_cpp import check_llama_cpp_supported, llama_kwargs
-from hspi.errors import TargetError
+from hspi.loopback import free_port, serving_process
 from hspi.platform import Platform
 
 STARTUP_TIMEOUT_S = 60.0  # loading a 4 MB GGUF takes about a second; a busy 2-core machine much longer
-POLL_INTERVAL_S = 0.2
-STOP_TIMEOUT_S = 10.0  # uvicorn finishes in-flight requests on SIGTERM; then it is killed
-
-
-def free_port() -> int:
-    """A port the OS had free a moment ago (another process could take it before the server binds;
-    startup then fails with the server's own message)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_command(gguf: Path, platform: Platform, port: int) -> list[str]:
@@ -90,37 +74,14 @@ def llama_cpp_server(
     gguf = export_gguf(model, platform.dtype, export_dir)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        proc = subprocess.Popen(
-            server_command(gguf, platform, port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        try:
-            _wait_until_ready(proc, base_url, log, startup_timeout_s)
-            yield base_url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_until_ready(proc: subprocess.Popen, base_url: str, log: IO[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetError(f"llama.cpp server exited {proc.returncode} while starting: {_last_line(log)}")
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:  # not listening yet
-            pass
-        time.sleep(POLL_INTERVAL_S)
-    raise TargetError(f"llama.cpp server did not answer {base_url}/models within {timeout_s:.0f}s: {_last_line(log)}")
-
-
-def _last_line(log: IO[bytes]) -> str:
-    log.seek(0)
-    lines = log.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else "no output"
+    with (
+        tempfile.TemporaryFile(mode="w+b") as log,
+        serving_process(
+            server_command(gguf, platform, port),
+            f"{base_url}/models",
+            timeout_s=startup_timeout_s,
+            log=log,
+            what="llama.cpp server",
+        ),
+    ):
+        yield base_url

@@ -36,6 +36,7 @@ from hspi.collector.worker import RunPlan
 from hspi.dataset import SEARCHED_REFERENCE_RUN, SEARCHED_REPLAY_RUN, Dataset, save_manifest
 from hspi.equivalence import distinct_answers, equivalence_classes
 from hspi.errors import ConfigError, DatasetError
+from hspi.files import write_text_atomic
 
 NEAR_SHARE = 0.25  # classes that differ on at most this share of the pool are near twins
 N_CANDIDATES = 100_000
@@ -105,11 +106,9 @@ def load_selection(directory: Path) -> dict[str, ModelSearch]:
 
 
 def save_selection(directory: Path, selection: dict[str, ModelSearch]) -> None:
-    path = directory / SELECTION
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({m: s.model_dump() for m, s in selection.items()}, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(
+        directory / SELECTION, json.dumps({m: s.model_dump() for m, s in selection.items()}, indent=1) + "\n"
+    )
 
 
 def search_model(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, ValidationError
 
 from hspi.errors import DatasetError
+from hspi.files import atomic_path, write_text_atomic
 from hspi.platform import Platform
 from hspi.responses import Responses
 
@@ -107,9 +107,8 @@ def write_shard(directory: Path, responses: Responses) -> ShardRef:
                 "layout": "byte-planes",
             }
         )
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd", compression_level=9)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd", compression_level=9)
     return ShardRef(
         shard=sha, probe_set=responses.probe_set, n_probes=len(responses.probe_ids), native_dtype=responses.native_dtype
     )
@@ -169,11 +168,7 @@ def load_manifest(directory: Path) -> Manifest:
 
 
 def save_manifest(directory: Path, manifest: Manifest) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True))
 
 
 class Dataset:

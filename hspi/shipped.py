@@ -9,6 +9,7 @@ CPU_DATASET = ROOT / "datasets" / "cpu-amd-epyc"
 CPU_CLASSIFIER = ROOT / "models" / "cpu-amd-epyc"
 LLAMA_CPP_DATASET = ROOT / "datasets" / "llama-cpp-amd-epyc"
 LLAMA_CPP_CLASSIFIER = ROOT / "models" / "llama-cpp-amd-epyc"
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # measured results, committed
 
 # lm-gpt2 exists for llama.cpp (GGUF's gpt2 layout): its references come from llama.cpp runs
 _BY_MODEL = {"lm-gpt2": (LLAMA_CPP_DATASET, LLAMA_CPP_CLASSIFIER)}

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from hspi.loopback import free_port, wait_for_http
+
+__all__ = ["Handled", "Reply", "Request", "free_port", "serve_asgi", "serve_handler", "serve_uvicorn", "wait_for_http"]
+
 
 @dataclass
 class Request:
@@ -172,26 +176,3 @@ def serve_asgi(app: Any) -> Iterator[str]:
     """Base URL (ending in /v1) of `app` served by uvicorn on a free loopback port in a thread."""
     with serve_uvicorn(app) as base:
         yield base + "/v1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll GET `url` until it answers 200 (or raise after `timeout_s`, or as soon as `alive()` is False)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"the server behind {url} exited before answering")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout_s:g}s")

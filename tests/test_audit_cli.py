@@ -15,6 +15,8 @@ import pytest
 from reproducing import BF16, FP32_IN_PROCESS, class_name, reproducing
 from servers import free_port, wait_for_http
 
+from hspi.errors import TargetError
+
 pytestmark = pytest.mark.slow
 
 SERVERS = {  # name: (candidate platforms, the first this machine reproduces is served; --top-logprobs)
@@ -94,7 +96,7 @@ def servers() -> Iterator[dict[str, str]]:
             proc = procs[name]
             try:
                 wait_for_http(url + "/models", 90, alive=lambda p=proc: p.poll() is None)
-            except RuntimeError as exc:
+            except TargetError as exc:
                 stop(proc)
                 raise AssertionError(f"{exc}: {proc.stderr.read()[-2000:] if proc.stderr else ''}") from None
             # the first forward pass warms torch up; audits should not pay for it in their timeouts

@@ -16,7 +16,6 @@ from hspi.api.schemas import (
     AuditCreate,
     AuditList,
     AuditPublic,
-    AuditStatus,
     AuditSummary,
     ErrorBody,
     Progress,
@@ -25,6 +24,7 @@ from hspi.audit import AuditReport, AuditSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
+from hspi.terms import AuditStatus
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 AUTH_ERRORS = {

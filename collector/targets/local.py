@@ -17,6 +17,7 @@ from hspi.collector.models import build_model, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
 from hspi.errors import ConfigError, TargetError
+from hspi.files import atomic_path
 from hspi.platform import GGUF_TYPES, Platform
 from hspi.responses import Responses, float32_to_bfloat16_bits
 
@@ -168,10 +169,9 @@ def export_onnx(module: Any, model: str, attention: str, directory: Path) -> Pat
         example = torch.zeros((2, *spec.input_shape), dtype=torch.int64)
     else:
         example = torch.zeros((2, *spec.input_shape), dtype=torch.float32)
-    tmp = directory / f".{path.name}.{id(module)}.tmp"
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
@@ -183,5 +183,4 @@ def export_onnx(module: Any, model: str, attention: str, directory: Path) -> Pat
             opset_version=17,
             dynamo=False,
         )
-    tmp.replace(path)
     return path

@@ -122,4 +122,4 @@ def exit_code(report: AuditReport) -> int:
         return INTERRUPTED_EXIT
     if report.stop == StopReason.TARGET_ERROR and report.status == MatchStatus.NO_EVIDENCE:
         return TargetError.exit_code
-    return EXIT_CODES[report.verdict]
+    return EXIT_CODES[report.verdict or Verdict.INCONCLUSIVE]

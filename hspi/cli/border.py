@@ -20,14 +20,15 @@ from rich.table import Table
 
 from hspi.collector.border_search import DEFAULT_ARCS, DEFAULT_N, DEFAULT_PREFIXES
 from hspi.errors import ConfigError
+from hspi.shipped import CPU_CLASSIFIER, CPU_DATASET, RESULTS_DIR
 
 border_app = typer.Typer(no_args_is_help=True, help="Border prompts for the text tier: search, collect, report.")
 console = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True)
 
-SHIPPED_DATASET = Path("datasets/cpu-amd-epyc")
-SHIPPED_CLASSIFIER = Path("models/cpu-amd-epyc")
-RESULTS_JSON = Path("benchmarks/results/border-prompts.json")
+SHIPPED_DATASET = CPU_DATASET
+SHIPPED_CLASSIFIER = CPU_CLASSIFIER
+RESULTS_JSON = RESULTS_DIR / "border-prompts.json"
 
 
 def _progress() -> Progress:
@@ -139,7 +140,7 @@ def report(
     dataset: Annotated[Path, typer.Option(help="dataset directory with border answers")] = SHIPPED_DATASET,
     json_path: Annotated[Path, typer.Option("--json", help="where to write the results JSON")] = RESULTS_JSON,
     plot: Annotated[Path, typer.Option(help="where to write the accuracy plot")] = Path(
-        "benchmarks/results/border-prompts.png"
+        RESULTS_DIR / "border-prompts.png"
     ),
     votes: Annotated[
         Path, typer.Option(help="classifier directory: the votes go to <votes>/<model>/text/greedy-vote.json")

@@ -41,7 +41,7 @@ def render_audit(report: AuditReport, console: Console) -> None:
         "identified": "green",
         "inconsistent": "red",
         "unknown-platform": "yellow",
-    }.get(report.verdict, "white")
+    }.get(report.verdict or "", "white")
     console.print(
         f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), tier {report.tier or 'none'}"
     )

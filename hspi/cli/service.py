@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from hspi.cli.app import app, console, err, progress_bar
 from hspi.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hspi.api.settings import ServiceSettings
 
 
 @app.command()
@@ -40,21 +43,11 @@ def serve(
 
     Other settings come from HSPI_* environment variables (HSPI_SECRET_KEY, HSPI_RATE_PER_MINUTE, ...).
     """
-    from pydantic import ValidationError
-
     from hspi.api.server import serve as run_server
-    from hspi.api.settings import ServiceSettings
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port")
-    given = {"database_url": database, "workers": workers, "per_host": per_host}
-    try:
-        settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
-        flag = {"database_url": "database"}.get(field, field).replace("_", "-")
-        raise ConfigError(f"--{flag} (or HSPI_{field.upper()}): {first['msg'].lower()}") from None
+    settings = _settings({"database_url": database, "workers": workers, "per_host": per_host})
     if allow_host:
         settings = settings.model_copy(update={"allow_hosts": [*settings.allow_hosts, *allow_host]})
     run_server(settings, host=host, port=port, demo=demo)
@@ -84,23 +77,22 @@ def scan(
     ] = None,
 ) -> None:
     """Audit many endpoints at once; interrupted, the same command resumes where it stopped."""
-    import os
 
     from hspi.api.db import Database
     from hspi.api.scan import ScanOptions, load_targets, run_scan, target_secret
     from hspi.api.scan_report import write_html
     from hspi.api.security import Vault
-    from hspi.api.settings import DEFAULT_DATABASE
 
     if concurrency < 1 or per_host < 1 or budget < 1:
         raise ConfigError("--concurrency, --per-host and --budget must be at least 1")
     entries = load_targets(targets)
     for entry in entries:
         target_secret(entry)  # a missing key fails before any progress bar is drawn
-    db = Database(database or os.environ.get("HSPI_DATABASE_URL") or DEFAULT_DATABASE)
+    settings = _settings({"database_url": database})  # HSPI_* variables, as `hspi serve` reads them
+    db = Database(settings.database_url)
     db.migrate()
     vault = Vault.from_settings(
-        os.environ.get("HSPI_SECRET_KEY"), Path(os.environ.get("HSPI_SECRET_KEY_FILE", "hspi-secret.key"))
+        settings.secret_key.get_secret_value() if settings.secret_key else None, settings.secret_key_file
     )
     options = ScanOptions(
         out=out,
@@ -143,3 +135,18 @@ def scan(
         write_html(state.results, report, title=f"hspi scan of {targets.name}")
         console.print(f"report: {report}")
     console.print(f"results: {out} (scan {state.scan_id}, database {db.safe_url})")
+
+
+def _settings(given: dict[str, object]) -> ServiceSettings:
+    """The service's settings: HSPI_* variables, overridden by the options given on the command line."""
+    from pydantic import ValidationError
+
+    from hspi.api.settings import ServiceSettings
+
+    try:
+        return ServiceSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = {"database_url": "database"}.get(field, field).replace("_", "-")
+        raise ConfigError(f"--{flag} (or HSPI_{field.upper()}): {first['msg'].lower()}") from None
