@@ -37,6 +37,7 @@ from hspi.audit import AuditReport, AuditSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
+from hspi.terms import Tier
 
 OPERATOR_ALLOW = ("0.0.0.0/0", "::/0")  # a scan's default: anything but cloud metadata addresses
 POLL_S = 0.25  # how often the scan looks for finished audits
@@ -207,7 +208,7 @@ def run_scan(
                 budget_tokens=t.budget_tokens,
                 api=t.api,
                 served_model=t.served_model,
-                max_tier=t.max_tier,
+                max_tier=Tier(t.max_tier) if t.max_tier else None,
                 seed=t.seed,
                 timeout_s=t.timeout_s,
                 min_answers=t.min_answers,

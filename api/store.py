@@ -298,7 +298,7 @@ def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | N
             )
             .execution_options(synchronize_session=False)
         )
-        if done.rowcount != 1:
+        if done.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             return None
         audit = session.get(Audit, audit_id)
         if audit is not None and audit.started_at is None:
@@ -324,7 +324,7 @@ def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, 
                 .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
                 .values(**values)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             == 1
         )
         if not held:
@@ -383,7 +383,7 @@ def finish(
                 .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
                 .values(**values)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             == 1
         )
 
@@ -406,7 +406,7 @@ def release(db: Database, audit_id: str, worker: str) -> bool:
                     else func.greatest(Audit.attempts - 1, 0),
                 )
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             == 1
         )
 

@@ -30,6 +30,7 @@ from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import TargetError
 from hspi.loopback import free_port, serving_process
 from hspi.platform import HEADS
+from hspi.terms import Tier
 
 BUDGETS = (1, 4, 16, 64)
 START_TIMEOUT_S = 120.0  # torch import + (for torch.compile) the first compilation on 2 cores
@@ -193,7 +194,7 @@ def evaluate_endpoints(
                                     endpoint=url,
                                     model=model,
                                     budget_queries=max(budgets),
-                                    max_tier=tier,
+                                    max_tier=Tier(tier),
                                     seed=1000 * i + seed,
                                     dataset=dataset_dir,
                                     classifier=classifier_dir,

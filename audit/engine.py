@@ -388,7 +388,8 @@ class Audit:
         allowed = ~np.isin(refs.pool_ids, list(self.avoid))
         if settings.order == "random":
             return int(self.rng.choice(refs.pool_ids[allowed]))
-        return most_splitting_probe(book, np.where(allowed, book.prior_split_scores(), 0.0), self.rng)
+        first = most_splitting_probe(book, np.where(allowed, book.prior_split_scores(), 0.0), self.rng)
+        return int(self.rng.choice(refs.pool_ids[allowed])) if first is None else first
 
     def _next_pool_probe(self) -> int | None:
         state, refs, settings = self.state, self.refs, self.settings
@@ -423,6 +424,10 @@ class Audit:
     def _end(self, stop: StopReason, reason: str = "") -> None:
         self.state.stop, self.state.reason = stop, reason
 
+    def interrupt(self, reason: str) -> None:
+        """End the audit now (`interrupted`); its evidence is kept and `report()` says what it shows."""
+        self._end(StopReason.INTERRUPTED, reason)
+
     @property
     def finished(self) -> bool:
         return self.state.stop is not None
@@ -432,7 +437,7 @@ class Audit:
         if self.finished:
             return False
         if self.should_stop():
-            self._end(StopReason.INTERRUPTED, "stopped from outside: the evidence so far is kept")
+            self.interrupt("stopped from outside: the evidence so far is kept")
             return False
         if self.target is None:
             raise ConfigError("this audit has no target: it can only report its stored answers")
@@ -473,7 +478,7 @@ class Audit:
             while self.step():
                 pass
         except KeyboardInterrupt:  # Ctrl-C in a terminal: the evidence so far is kept
-            self._end(StopReason.INTERRUPTED, "interrupted by the user: the evidence so far is kept")
+            self.interrupt("interrupted by the user: the evidence so far is kept")
         return self.report()
 
     # -- the report --------------------------------------------------------------------------
@@ -601,7 +606,7 @@ def report_from(
         )
     audit = Audit(settings, references)
     audit.replay(records)
-    audit._end(StopReason.INTERRUPTED, reason)
+    audit.interrupt(reason)
     return audit.report()
 
 
@@ -638,7 +643,10 @@ def run_audit(
                 on_record=on_query,
                 evidence_sink=sink,
             )
-            audit.replay(prior or ())
+            try:
+                audit.replay(prior or ())
+            except KeyboardInterrupt:  # Ctrl-C while the stored answers were put back: they are kept
+                audit.interrupt("interrupted by the user: the evidence so far is kept")
             return audit.run()
     finally:
         if sink is not None:

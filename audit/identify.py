@@ -14,6 +14,7 @@ from hspi.errors import DatasetError
 from hspi.features.relative import relative_features
 from hspi.features.tiers import reference_values, tier_view
 from hspi.responses import Responses
+from hspi.terms import MatchStatus
 
 
 def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, tier: str) -> Identification:
@@ -37,10 +38,10 @@ def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, 
     )
     reports, _ = head_reports({head: (values, post[0]) for head, (values, post) in posts.items()}, {})
     heads = {head: report.guesses for head, report in reports.items()}
-    status = "match" if score_matches(score, matcher.threshold_) else "unknown"
+    status = MatchStatus.MATCH if score_matches(score, matcher.threshold_) else MatchStatus.UNKNOWN
     reason = (
         ""
-        if status == "match"
+        if status is MatchStatus.MATCH
         else f"no stored platform matches: best candidate scores {score:.3f} < threshold {matcher.threshold_:.3f}"
     )
     return Identification(

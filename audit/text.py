@@ -17,7 +17,7 @@ from hspi.collector.probes import BORDER_STREAM_SIZE, ProbeSet
 
 class TextEvidence:
     def __init__(
-        self, vote: GreedyVote, spec: ModelSpec, pool_size: int, *, avoid_pool: set[int] = frozenset()
+        self, vote: GreedyVote, spec: ModelSpec, pool_size: int, *, avoid_pool: set[int] | frozenset[int] = frozenset()
     ) -> None:
         self.vote = vote
         self.avoid_pool = set(avoid_pool)  # pool probes never to ask

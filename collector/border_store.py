@@ -101,8 +101,9 @@ def _read_json_model(path: Path, cls: type[BaseModel], fmt: str, what: str) -> A
         obj = cls.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError) as exc:
         raise DatasetError(f"corrupt {what} {path}: {str(exc).splitlines()[0]}") from None
-    if obj.format != fmt:
-        raise DatasetError(f"{path}: unsupported format {obj.format!r} (this hspi reads {fmt})")
+    found = getattr(obj, "format", None)
+    if found != fmt:
+        raise DatasetError(f"{path}: unsupported format {found!r} (this hspi reads {fmt})")
     return obj
 
 

@@ -142,7 +142,7 @@ def _write_float_gguf(model: str, gguf_type: str, path: Path) -> None:
     writer.add_embedding_length(dim)
     writer.add_feed_forward_length(tensors["blk.0.ffn_up.weight"].shape[0])
     writer.add_block_count(n_layers)
-    writer.add_head_count(module.blocks[0].heads)
+    writer.add_head_count(int(module.blocks[0].heads))  # type: ignore[index,union-attr]  # the GPT-2 layout module
     writer.add_layer_norm_eps(1e-5)  # torch.nn.LayerNorm's default, what the reference module uses
     writer.add_file_type(_FILE_TYPE[gguf_type])
     _add_tokenizer(writer, spec.n_outputs)

@@ -85,7 +85,7 @@ def _mlp() -> torch.nn.Module:
     import torch.nn as nn
 
     module = nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 128))
-    _spread_logits(module[-1])
+    _spread_logits(module[-1])  # type: ignore[arg-type]  # the last layer is the Linear head
     return module
 
 
@@ -103,7 +103,7 @@ def _cnn() -> torch.nn.Module:
         nn.Flatten(),
         nn.Linear(64, 100),
     )
-    _spread_logits(module[-1])
+    _spread_logits(module[-1])  # type: ignore[arg-type]  # the last layer is the Linear head
     return module
 
 

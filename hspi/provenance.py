@@ -50,7 +50,7 @@ _RELEVANT_FLAGS = (
 
 
 def cpu_info() -> dict[str, Any]:
-    model, vendor_id, flags = pyplatform.processor() or "unknown", "", set()
+    model, vendor_id, flags = pyplatform.processor() or "unknown", "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:

@@ -34,6 +34,8 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
+    if not url:
+        raise RuntimeError("alembic: no database URL (pass -x url=... or set sqlalchemy.url)")
     engine = create_engine(url)
     with engine.connect() as connection:
         _configure(connection)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
@@ -24,18 +24,26 @@ from hspi.audit import AuditReport, AuditSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
-from hspi.terms import AuditStatus
+from hspi.terms import AuditStatus, Tier
 
 router = APIRouter(prefix="/audits", tags=["audits"])
-AUTH_ERRORS = {
+# OpenAPI error responses per route (typed as FastAPI declares them: keys may be ints or strings)
+ErrorResponses = dict[int | str, dict[str, Any]]
+AUTH_ERRORS: ErrorResponses = {
     401: {"model": ErrorBody, "description": "missing, invalid or revoked API key"},
     403: {"model": ErrorBody, "description": "the key lacks the scope"},
     429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"},
 }
 # routes that take parameters or a body: their validation errors are sentences too, not pydantic's list
-ERRORS = {**AUTH_ERRORS, 422: {"model": ErrorBody, "description": "a request the service cannot accept"}}
-BODY_ERRORS = {**ERRORS, 413: {"model": ErrorBody, "description": "the request body is over the service's limit"}}
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no such audit"}}
+ERRORS: ErrorResponses = {
+    **AUTH_ERRORS,
+    422: {"model": ErrorBody, "description": "a request the service cannot accept"},
+}
+BODY_ERRORS: ErrorResponses = {
+    **ERRORS,
+    413: {"model": ErrorBody, "description": "the request body is over the service's limit"},
+}
+NOT_FOUND: ErrorResponses = {404: {"model": ErrorBody, "description": "no such audit"}}
 
 
 def claim_of(value: dict[str, str] | str | None) -> dict[str, str]:
@@ -130,7 +138,7 @@ def create_audit(
         budget_tokens=body.budget_tokens,
         api=body.api,
         served_model=body.served_model,
-        max_tier=body.max_tier,
+        max_tier=Tier(body.max_tier) if body.max_tier else None,
         seed=body.seed,
         timeout_s=body.timeout_s,
         min_answers=body.min_answers,

@@ -85,7 +85,7 @@ class LocalTarget(Target):
         elif p.dtype in ("bf16", "fp16"):
             module = module.to(torch.bfloat16 if p.dtype == "bf16" else torch.float16)
         if p.engine == "torch-compile":
-            module = torch.compile(module)
+            module = torch.compile(module)  # type: ignore[assignment]  # a callable wrapping the module
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.dtype, torch.float32)
 
         def run(batch: np.ndarray) -> np.ndarray:

@@ -164,6 +164,6 @@ def answers_from_tokens(
             continue  # a foreign text, or two alternatives with one text: not this vocabulary's answer
         # equal log-probabilities rank the lower id first, as the tiers are derived for references
         mapped = sorted(mapped, key=lambda p: (-float(p[1]), p[0]))[:k]
-        ids[row] = [tid for tid, _ in mapped]
+        ids[row] = [int(tid) for tid, _ in mapped if tid is not None]
         values[row] = [v for _, v in mapped]
     return TierAnswers(model, probe_set, np.asarray(probe_ids, dtype=np.int32), tier, ids, values)

@@ -118,8 +118,8 @@ def parse_completion(body: bytes) -> FirstToken:
 def parse_chat_completion(body: bytes) -> FirstToken:
     """A `/v1/chat/completions` body: `choices[0].logprobs.content[0]` with its `top_logprobs` list."""
     choice = _first_choice(load_json(body))
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    text = message.get("content")
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:

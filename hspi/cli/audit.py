@@ -69,21 +69,23 @@ def audit(
     from hspi.cli.render import render_audit
 
     try:
-        settings = AuditSettings(
-            endpoint=endpoint,
-            model=model,
-            claim=parse_claim(claim),
-            budget_queries=budget,
-            budget_tokens=max_tokens,
-            api=api,
-            served_model=served_model,
-            order=order,
-            max_tier=max_tier,
-            seed=seed,
-            timeout_s=timeout,
-            min_answers=min_answers,
-            dataset=dataset,
-            classifier=classifier,
+        settings = AuditSettings.model_validate(  # the options as typed: pydantic names a bad one
+            {
+                "endpoint": endpoint,
+                "model": model,
+                "claim": parse_claim(claim),
+                "budget_queries": budget,
+                "budget_tokens": max_tokens,
+                "api": api,
+                "served_model": served_model,
+                "order": order,
+                "max_tier": max_tier,
+                "seed": seed,
+                "timeout_s": timeout,
+                "min_answers": min_answers,
+                "dataset": dataset,
+                "classifier": classifier,
+            }
         )
     except ValidationError as exc:
         first = exc.errors()[0]

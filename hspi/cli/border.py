@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hspi.collector.border_search import DEFAULT_ARCS, DEFAULT_N, DEFAULT_PREFIXES
@@ -81,7 +81,7 @@ def search(
         for model in todo:
             task = progress.add_task(f"searching {model}", total=None)
 
-            def on_progress(done: int, total: int, task: int = task) -> None:
+            def on_progress(done: int, total: int, task: TaskID = task) -> None:
                 progress.update(task, completed=done, total=total)
 
             found = BorderSelection(**search_border(model, n=n, prefixes=prefixes, arcs=arcs, on_progress=on_progress))

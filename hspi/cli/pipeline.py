@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -112,7 +112,9 @@ def _evaluate_endpoints(dataset: Path, json_path: Path, plots: Path | None, mode
     for model in _split(models) or ["lm-small"]:
         target = "llama.cpp" if model == "lm-gpt2" else "hspi-target"  # lm-gpt2's references are llama.cpp runs
         # lm-gpt2 has no border-prompt vote yet: no text tier for llama.cpp
-        kwargs = {"batching": (False,), "tiers": ("topk20", "topk5", "top1")} if target == "llama.cpp" else {}
+        kwargs: dict[str, Any] = (
+            {"batching": (False,), "tiers": ("topk20", "topk5", "top1")} if target == "llama.cpp" else {}
+        )
         measured = evaluate_endpoints(
             shipped_dataset(model) if target == "llama.cpp" else dataset,
             shipped_classifier(model),

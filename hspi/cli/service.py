@@ -99,8 +99,9 @@ def scan(
         concurrency=concurrency,
         per_host=per_host,
         budget=budget,
-        **({"allow": tuple(allow_host)} if allow_host else {}),
     )
+    if allow_host:
+        options.allow = tuple(allow_host)
     with progress_bar() as progress:
         audits = progress.add_task("audits", total=len(entries))
         queries = progress.add_task("queries", total=None)
