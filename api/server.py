@@ -13,8 +13,8 @@ from hspi.api.security import new_api_key
 from hspi.api.settings import ServiceSettings
 
 DEMO_MODEL = "lm-small"
-# a bf16 server (the curl line's claim says fp32): the first of these whose shipped references this
-# machine reproduces, measured at start (another CPU may give other bits for some of them)
+# a bf16 server (the curl line's claim says fp32): the first of these whose answers on this machine are
+# those of a collected configuration, measured at start (another CPU may give other bits for some)
 DEMO_PLATFORMS = (
     "cpu:avx2/bf16/torch-eager",
     "cpu:sse42/bf16/torch-eager",
@@ -40,13 +40,17 @@ def serve(
         demo_url = None
         if demo:
             from hspi.audit.endpoint_evaluation import served_target
-            from hspi.collector.reproduction import first_reproducing
+            from hspi.collector.reproduction import first_identified
             from hspi.dataset import Dataset
             from hspi.shipped import shipped_dataset
 
-            print("choosing a demo platform whose shipped references this machine reproduces...", file=out)
-            demo_platform = first_reproducing(Dataset(shipped_dataset(DEMO_MODEL)), [DEMO_MODEL], demo_platforms)
-            print(f"starting a demo target: {DEMO_MODEL} on {demo_platform} (hspi target serve)...", file=out)
+            print("choosing a demo platform whose answers on this machine are a collected class's...", file=out)
+            demo_platform, config = first_identified(Dataset(shipped_dataset(DEMO_MODEL)), [DEMO_MODEL], demo_platforms)
+            print(
+                f"starting a demo target: {DEMO_MODEL} on {demo_platform} (hspi target serve); here it answers as "
+                f"the collected configuration {config} did",
+                file=out,
+            )
             demo_url = stack.enter_context(served_target(DEMO_MODEL, demo_platform))
             settings = settings.model_copy(update={"allow_hosts": [*settings.allow_hosts, *LOOPBACK]})
         app = create_app(settings)

@@ -15,6 +15,7 @@ from hspi.collector.local_run import run_worker
 from hspi.collector.worker import RunPlan, WorkerJob
 from hspi.dataset import Dataset, RunRecord, read_shard, write_shard
 from hspi.errors import CollectionError
+from hspi.platform import Platform
 from hspi.responses import Responses
 
 CHECK_RUN = "check"
@@ -72,22 +73,22 @@ def run_checked(ds: Dataset, config_id: str, models: list[str], plan: RunPlan, w
     return run
 
 
-def reproduces_here(ds: Dataset, config_id: str, models: Sequence[str]) -> bool:
-    """Does this machine answer `config_id`'s check probes of `models` bit for bit as stored?
-
-    The answers come from a fresh worker process, as every reference does (ISA caps and other
-    load-time knobs hold only there)."""
-    record = ds.manifest.configs[config_id]
+def check_answers_here(ds: Dataset, platform: Platform, models: Sequence[str]) -> dict[str, Responses]:
+    """This machine's answers of `platform` to the dataset's check probes, from a fresh worker process
+    (ISA caps and other load-time knobs hold only there), as every reference is collected."""
     with tempfile.TemporaryDirectory(prefix="hspi-reproduces-") as tmp:
         job = WorkerJob(
-            platform=record.platform,
+            platform=platform,
             models=list(models),
             runs=[check_plan(ds, list(models))],
             dataset_dir=tmp,
             export_dir=str(ds.directory / "exports"),
         )
         result = run_worker(job, Path(tmp))
-        answers = {m: read_shard(Path(tmp), result.runs[CHECK_RUN].shards[m], m) for m in models}
+        return {m: read_shard(Path(tmp), result.runs[CHECK_RUN].shards[m], m) for m in models}
+
+
+def _same(ds: Dataset, config_id: str, answers: dict[str, Responses]) -> bool:
     try:
         for model, got in answers.items():
             check_reproduces(ds, config_id, model, got, "")
@@ -96,12 +97,31 @@ def reproduces_here(ds: Dataset, config_id: str, models: Sequence[str]) -> bool:
     return True
 
 
+def reproduces_here(ds: Dataset, config_id: str, models: Sequence[str]) -> bool:
+    """Does this machine answer `config_id`'s check probes of `models` bit for bit as stored?"""
+    return _same(ds, config_id, check_answers_here(ds, ds.manifest.configs[config_id].platform, models))
+
+
+def identical_config(ds: Dataset, platform: Platform, models: Sequence[str]) -> str | None:
+    """The stored configuration whose references equal this machine's answers of `platform` bit for
+    bit (on the check probes), itself first; None when no collected configuration gives them.
+
+    On another CPU a platform can give the answers that another configuration gave on the machine
+    that collected the dataset (e.g. fp32 through MKL on a CPU without AVX-512 gives what the
+    collecting machine gave under an AVX2 cap): an audit then rightly names that class."""
+    answers = check_answers_here(ds, platform, models)
+    own = [c for c, r in ds.manifest.configs.items() if r.platform == platform]
+    others = [c for c in sorted(ds.manifest.configs) if c not in own]
+    return next((c for c in own + others if all(m in ds.models for m in models) and _same(ds, c, answers)), None)
+
+
 def first_reproducing(ds: Dataset, models: Sequence[str], candidates: Sequence[str]) -> str:
     """The first of `candidates` (configuration ids of `ds`) that this machine reproduces.
 
     Shipped references come from one machine; another CPU gives other bits for some configurations
-    (fp32 through MKL differs between vendors, ONNX Runtime and the capped bf16/fp16 paths do not),
-    so whatever must match them (a demo, a test) picks its platform here, by measurement."""
+    (fp32 through MKL differs between vendors and ISAs, ONNX Runtime and the capped bf16/fp16 paths
+    do not), so whatever must reproduce them (a border collection, a test of one) picks its platform
+    here, by measurement."""
     unknown = [c for c in candidates if c not in ds.manifest.configs]
     if unknown:
         raise CollectionError(f"{unknown[0]} is not a configuration of {ds.manifest.name}")
@@ -111,4 +131,17 @@ def first_reproducing(ds: Dataset, models: Sequence[str], candidates: Sequence[s
     raise CollectionError(
         f"this machine reproduces none of {', '.join(candidates)} of {ds.manifest.name} for {', '.join(models)}: "
         "collect references here (hspi collect) and audit against them"
+    )
+
+
+def first_identified(ds: Dataset, models: Sequence[str], candidates: Sequence[str]) -> tuple[str, str]:
+    """(the first of `candidates` whose answers here equal some collected configuration's, that
+    configuration): a platform to serve that an audit against `ds` can identify on this machine."""
+    for platform_id in candidates:
+        found = identical_config(ds, Platform.parse(platform_id), models)
+        if found is not None:
+            return platform_id, found
+    raise CollectionError(
+        f"on this machine none of {', '.join(candidates)} answers as a configuration of {ds.manifest.name} "
+        f"did for {', '.join(models)}: collect references here (hspi collect) and audit against them"
     )

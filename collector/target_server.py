@@ -185,6 +185,9 @@ def create_target_app(
             raise BadRequest(str(exc)) from None
         if not 1 <= len(ids) <= spec.input_shape[0]:
             raise BadRequest(f"a prompt has 1 to {spec.input_shape[0]} tokens, this one has {len(ids)}")
+        if platform.engine.startswith("onnxruntime") and len(ids) != spec.input_shape[0]:
+            # the ONNX export's sequence length is fixed (a dynamic one would change ONNX Runtime's kernels)
+            raise BadRequest(f"{platform.id} runs the ONNX export: a prompt has exactly {spec.input_shape[0]} tokens")
         if ((ids < 0) | (ids >= spec.n_outputs)).any():
             raise BadRequest(f"token ids must be in 0..{spec.n_outputs - 1}")
         return ids

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reproducing import BF16, FP32_IN_PROCESS, class_name, reproducing
+from reproducing import BF16, FP32_IN_PROCESS, expected_class, identified
 from servers import free_port, wait_for_http
 
 from hspi.errors import TargetError
@@ -68,7 +68,7 @@ def servers() -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     try:
         for name, (candidates, cap) in SERVERS.items():
-            platform = reproducing("lm-small", candidates)
+            platform = identified("lm-small", candidates)[0]
             port = free_port()
             procs[name] = subprocess.Popen(
                 [
@@ -182,7 +182,7 @@ def test_audit_finds_bf16_behind_an_fp32_claim(audits: dict) -> None:
     assert report["verdict"] == "inconsistent"
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "bf16"
     assert report["heads"]["dtype"]["verdict"] == "inconsistent"
-    assert report["heads"]["full"]["guesses"][0]["label"] == class_name("lm-small", reproducing("lm-small", BF16))
+    assert report["heads"]["full"]["guesses"][0]["label"] == expected_class("lm-small", BF16)
     assert report["queries"] <= 16 and report["budget_queries"] == 16
     assert report["tokens"] <= report["budget_tokens"]
     assert len(evidence) == len(report["evidence"]) and all(e["complete"] for e in evidence)
@@ -220,7 +220,7 @@ def test_min_answers_spends_answers_verifying_the_leader(
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["answers_used"] >= 8 and report["stop"] == "confident"
-    assert report["heads"]["full"]["guesses"][0]["label"] == class_name("lm-small", reproducing("lm-small", BF16))
+    assert report["heads"]["full"]["guesses"][0]["label"] == expected_class("lm-small", BF16)
     assert len({r["probe_id"] for r in report["evidence"]}) == len(report["evidence"])  # no probe asked twice
 
 

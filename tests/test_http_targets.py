@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reproducing import reproducing_platform
+from reproducing import full_prompt, serving_platform
 from servers import Reply, Request, serve_asgi, serve_handler
 
 from hspi.audit import AuditSettings, run_audit
@@ -721,8 +721,8 @@ def test_api_key_absent_from_timeouts_and_transport_errors() -> None:
 
 @pytest.fixture(scope="module")
 def good_server() -> str:
-    with serve_asgi(create_target_app("lm-small", reproducing_platform("lm-small"))) as url:
-        for prompt in (tok(1), decode(PROMPT, VOCAB)):  # torch warm-up, both shapes
+    with serve_asgi(create_target_app("lm-small", serving_platform("lm-small"))) as url:
+        for prompt in (full_prompt(),):  # warm-up: a full-length prompt, which every served platform answers
             assert (
                 httpx.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1}, timeout=60).status_code
                 == 200
@@ -890,7 +890,7 @@ def test_json_logits_target_is_bit_exact_and_budgeted() -> None:
     spec = model_spec("mlp")
     pool = ProbeSet(spec, "pool", 1000)
     ids = np.array([0, 5, 17])
-    with serve_asgi(create_target_app("mlp", reproducing_platform("mlp"))) as url:
+    with serve_asgi(create_target_app("mlp", serving_platform("mlp"))) as url:
         budget = QueryBudget(3, 10_000)
         t = JSONLogitsTarget(url + "/logits", "mlp", budget, timeout_s=5.0)
         got = t.answer(pool, ids)
@@ -898,7 +898,7 @@ def test_json_logits_target_is_bit_exact_and_budgeted() -> None:
             t.answer(pool, ids[:1])
         t.close()
         report = run_audit(AuditSettings(endpoint=url + "/logits", model="mlp", budget_queries=3, seed=0))
-    expected = LocalTarget("mlp", reproducing_platform("mlp")).answer(pool, ids)
+    expected = LocalTarget("mlp", serving_platform("mlp")).answer(pool, ids)
     assert np.array_equal(bits(got.as_float32()), bits(expected.as_float32()))
     assert budget.queries == 3 and budget.tokens == 3 * 64
     assert report.tier == "logits" and report.queries <= 3 and report.stop != "target-error"

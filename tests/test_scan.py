@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reproducing import reproducing_platform
+from reproducing import full_prompt, serving_platform
 from servers import serve_asgi, serve_handler
 
 from hspi.api import store
@@ -27,9 +27,9 @@ from hspi.collector.target_server import create_target_app
 @pytest.fixture(scope="module")
 def targets() -> tuple[str, str]:
     """Two endpoints of the reference LM on an fp32 platform whose references this machine reproduces."""
-    app = create_target_app("lm-small", reproducing_platform("lm-small"))
+    app = create_target_app("lm-small", serving_platform("lm-small"))
     with serve_asgi(app) as a, serve_asgi(app) as b:
-        httpx.post(a + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
+        httpx.post(a + "/completions", json={"prompt": full_prompt(), "max_tokens": 1}, timeout=60)
         yield a, b
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from reproducing import reproducing_platform
+from reproducing import full_prompt, serving_platform
 from servers import serve_asgi, serve_handler
 from service_support import (
     BACKENDS,
@@ -38,8 +38,8 @@ SECRET = "sk-test-DO-NOT-LEAK-4f9c2a"
 @pytest.fixture(scope="module")
 def target() -> str:
     """The reference LM on an fp32 platform whose references this machine reproduces, warmed up."""
-    with serve_asgi(create_target_app("lm-small", reproducing_platform("lm-small"))) as url:
-        httpx.post(url + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
+    with serve_asgi(create_target_app("lm-small", serving_platform("lm-small"))) as url:
+        httpx.post(url + "/completions", json={"prompt": full_prompt(), "max_tokens": 1}, timeout=60)
         yield url
 
 
@@ -454,9 +454,12 @@ def test_cancel_a_running_audit_keeps_its_answers(tmp_path: Path, target: str) -
         wait_for(lambda: c.get(f"/v1/audits/{audit['id']}").json()["progress"]["answers"] >= 1, 20, "a first answer")
         r = c.post(f"/v1/audits/{audit['id']}/cancel")
         assert r.status_code == 202 and r.json()["cancel_requested"] is True
+        answered_at_cancel = c.get(f"/v1/audits/{audit['id']}").json()["progress"]["answers"]
         gate.set()
         done = wait_final(c, audit["id"])
     assert done["status"] == "cancelled" and "cancelled through the API" in done["error"]
+    # the cancel takes effect within one answer: the one in flight when it came, and no more
+    assert done["progress"]["answers"] <= answered_at_cancel + 1
     assert (
         done["report"]["stop"] == "interrupted" and len(done["report"]["evidence"]) == done["progress"]["answers"] >= 1
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reproducing import reproducing_platform
+from reproducing import full_prompt, serving_platform
 from servers import free_port, serve_asgi, serve_handler, wait_for_http
 from service_support import BACKENDS, database_url, wait_for
 
@@ -37,8 +37,8 @@ FINAL = ("done", "failed", "cancelled", "interrupted")
 
 @pytest.fixture(scope="module")
 def target() -> str:
-    with serve_asgi(create_target_app("lm-small", reproducing_platform("lm-small"))) as url:
-        httpx.post(url + "/completions", json={"prompt": "a", "max_tokens": 1}, timeout=60)
+    with serve_asgi(create_target_app("lm-small", serving_platform("lm-small"))) as url:
+        httpx.post(url + "/completions", json={"prompt": full_prompt(), "max_tokens": 1}, timeout=60)
         yield url
 
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from reproducing import reproducing
+from reproducing import identified
 from servers import serve_asgi
 
 from hspi.collector.models import model_spec
@@ -114,14 +114,15 @@ def test_served_logprobs_are_the_tier_derivation_bit_for_bit(platform: Platform)
     ],
 )
 def test_served_topk_equals_the_shipped_datasets_references(candidates: tuple[str, ...]) -> None:
-    """The server answers what the dataset recorded, on a platform this machine reproduces (measured)."""
+    """The server answers what the dataset recorded for the configuration whose answers this machine
+    gives for the served platform (measured: on another CPU that may be another configuration's)."""
     from hspi.dataset import Dataset
     from hspi.shipped import CPU_DATASET
 
-    platform_id = reproducing("lm-small", candidates)
+    platform_id, config_id = identified("lm-small", candidates)
     platform = Platform.parse(platform_id)
     ids = np.arange(8)
-    reference = Dataset(CPU_DATASET).responses(platform_id, "reference", "lm-small").select(ids).as_float32()
+    reference = Dataset(CPU_DATASET).responses(config_id, "reference", "lm-small").select(ids).as_float32()
     expected = tier_view(reference, "topk20")
     with TestClient(create_target_app("lm-small", platform)) as client:
         for row, probe in enumerate(ids):

@@ -9,37 +9,23 @@ Registered in `hspi/cli.py` as a sub-app; errors end as one line through `hspi.c
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import TaskID
 from rich.table import Table
 
+from hspi.cli.app import console, err, progress_bar
 from hspi.collector.border_search import DEFAULT_ARCS, DEFAULT_N, DEFAULT_PREFIXES
 from hspi.errors import ConfigError
 from hspi.shipped import CPU_CLASSIFIER, CPU_DATASET, RESULTS_DIR
 
 border_app = typer.Typer(no_args_is_help=True, help="Border prompts for the text tier: search, collect, report.")
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
 
 SHIPPED_DATASET = CPU_DATASET
 SHIPPED_CLASSIFIER = CPU_CLASSIFIER
 RESULTS_JSON = RESULTS_DIR / "border-prompts.json"
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 def _models(value: Optional[str], available: list[str]) -> list[str]:
@@ -77,7 +63,7 @@ def search(
     directory = border_dir(dataset)
     selection = load_selection(directory) if (directory / "selection.json").exists() else SelectionFile()
     todo = [m for m in names if force or m not in selection.models]
-    with _progress() as progress:
+    with progress_bar() as progress:
         for model in todo:
             task = progress.add_task(f"searching {model}", total=None)
 
@@ -120,7 +106,7 @@ def collect(
     from hspi.collector.border_store import BorderStore, border_dir
 
     chosen = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("collecting border answers", total=None)
 
         def on_progress(config: str, done: int, total: int) -> None:
