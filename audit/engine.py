@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 NO_MATCH_AFTER = 8  # answers before an audit may stop because nothing known fits
+NO_CHAT_TEMPLATE = frozenset({"lm-gpt2"})  # built-in GGUF models a chat request would break
 UNSCORED = "-"  # the tier of an answer that was not scored (no tier known yet)
 
 
@@ -182,6 +183,12 @@ def open_target(
         )
     if model_spec(settings.model).input_kind != "tokens":
         raise ConfigError(f"model {settings.model} takes vectors, not prompts: audit it with --api logits")
+    if settings.api_kind == "chat" and settings.model in NO_CHAT_TEMPLATE:
+        # its GGUF vocabulary (the characters U+4E00 + i) has no byte fallback: a server's chat template
+        # wraps the prompt in characters outside it, which kills llama.cpp's tokenizer; never sent
+        raise ConfigError(
+            f"model {settings.model} has no chat template and no byte fallback: audit it with --api completions"
+        )
     return OpenAICompatibleTarget(
         settings.endpoint,
         settings.model,

@@ -255,3 +255,83 @@ def test_settled_evidence_verifies_the_leader_where_its_twin_parts() -> None:
         evidence.update(probe, tier_view(a[probe : probe + 1], "logits"))
     assert verified and sorted(split + verified) == list(range(10))
     assert evidence.next_probe(rng) >= 10  # then on, where only the far candidate C parts
+
+
+# -- honest heads and verdicts ------------------------------------------------------------------
+
+
+def _posteriors() -> dict[str, tuple[list[str], np.ndarray]]:
+    return {
+        "dtype": (["bf16", "fp32"], np.array([0.999, 0.001])),
+        "hardware": (["x86-avx2", "x86-avx512"], np.array([0.90, 0.10])),  # leading value below 0.95
+        "engine": (["llama.cpp"], np.array([1.0])),  # one value in the whole dataset
+    }
+
+
+def test_heads_speak_only_where_the_evidence_decides() -> None:
+    from hspi.audit.claims import head_reports
+
+    claim = {"dtype": "fp32", "hardware": "x86-avx512", "engine": "llama.cpp"}
+    heads, verdicts = head_reports(_posteriors(), claim)
+    assert heads["dtype"].decided and verdicts["dtype"] == "inconsistent"
+    # undecided: the guesses are shown, but a claim on it is never called inconsistent
+    assert not heads["hardware"].decided and heads["hardware"].guesses and verdicts["hardware"] == "inconclusive"
+    assert not heads["engine"].decided and "not measured here" in heads["engine"].why
+    assert verdicts["engine"] == "inconclusive" and heads["engine"].guesses == []
+
+
+def test_no_head_speaks_for_a_platform_never_collected() -> None:
+    from hspi.audit.claims import head_reports
+
+    heads, verdicts = head_reports(_posteriors(), {"dtype": "bf16"}, matched=False)
+    assert all(not h.decided and h.guesses == [] for h in heads.values())
+    assert verdicts == {"dtype": "inconclusive"}  # a true claim is not "inconsistent" either
+
+
+def test_overall_verdicts_with_and_without_a_claim() -> None:
+    from hspi.audit.claims import audit_verdict
+    from hspi.terms import MatchStatus
+
+    assert audit_verdict(MatchStatus.MATCH, {}, {}, cut_short=False) == "identified"
+    assert audit_verdict(MatchStatus.MATCH, {}, {}, cut_short=False, settled=False) == "inconclusive"
+    assert audit_verdict(MatchStatus.MATCH, {}, {}, cut_short=True) == "inconclusive"
+    assert audit_verdict(MatchStatus.UNKNOWN, {}, {}, cut_short=False) == "unknown-platform"
+    assert audit_verdict(MatchStatus.NO_EVIDENCE, {}, {}, cut_short=False) == "inconclusive"
+    claim = {"dtype": "fp32"}
+    assert audit_verdict(MatchStatus.MATCH, {"dtype": "consistent"}, claim, cut_short=False) == "consistent"
+    assert audit_verdict(MatchStatus.MATCH, {"dtype": "consistent"}, claim, cut_short=True) == "inconclusive"
+    assert audit_verdict(MatchStatus.UNKNOWN, {"dtype": "consistent"}, claim, cut_short=False) == "unknown-platform"
+
+
+def test_exit_codes_follow_the_verdict() -> None:
+    from hspi.cli.audit import EXIT_CODES, exit_code
+    from hspi.terms import Verdict
+
+    assert set(EXIT_CODES) == set(Verdict)  # every verdict has its documented code
+    base = dict(
+        endpoint="x", model="lm-small", api="completions", tier="topk20", reason="", queries=1, tokens=17,
+        budget_queries=8, budget_tokens=136, answers_used=1, match_score=1, threshold=0.5, claim={}, heads={},
+        evidence=[], dataset="d", classifier="c", seconds=1,
+    )  # fmt: skip
+    codes = {
+        (status, verdict, stop): exit_code(AuditReport(status=status, verdict=verdict, stop=stop, **base))
+        for status, verdict, stop in [
+            ("match", "consistent", "confident"),
+            ("match", "identified", "confident"),
+            ("match", "inconsistent", "confident"),
+            ("unknown", "unknown-platform", "no-match"),
+            ("match", "inconclusive", "budget"),
+            ("no-evidence", "inconclusive", "target-error"),
+            ("match", "inconclusive", "interrupted"),
+        ]
+    }
+    assert list(codes.values()) == [0, 0, 10, 11, 12, 5, 130]
+
+
+def test_chat_is_refused_before_sending_for_a_model_without_a_chat_template() -> None:
+    from hspi.audit.engine import AuditSettings, audit_budget, open_target
+    from hspi.errors import ConfigError
+
+    settings = AuditSettings(endpoint="http://127.0.0.1:9/v1", model="lm-gpt2", api="chat")
+    with pytest.raises(ConfigError, match="no chat template"):
+        open_target(settings, audit_budget(settings))

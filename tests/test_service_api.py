@@ -163,7 +163,11 @@ def test_keys_scopes_and_revocation(service) -> None:  # type: ignore[no-untyped
         ({"endpoint": "http://127.0.0.1:9/v1", "model": "gpt-5"}, 422, "unknown model 'gpt-5'"),
         ({"endpoint": "http://127.0.0.1:9/v1", "claim": "gpu=h100"}, 422, "bad claim head 'gpu'"),
         ({"endpoint": "http://127.0.0.1:9/v1", "claim": {"gpu": "h100"}}, 422, "claim head 'gpu' is not one of"),
-        ({"endpoint": "http://127.0.0.1:9/v1", "api": "grpc"}, 422, "api: input should be 'completions' or 'chat'"),
+        (
+            {"endpoint": "http://127.0.0.1:9/v1", "api": "grpc"},
+            422,
+            "api: input should be 'completions', 'chat' or 'logits'",
+        ),
         (
             {"endpoint": "http://127.0.0.1:9/v1", "timeout_s": 0},
             422,
