@@ -24,6 +24,9 @@ def render_verdict(verdict: Identification, console: Console, truth: dict[str, s
         console.print(f"Match score {verdict.match_score:.3f} (threshold {verdict.threshold:.3f})")
     table = Table("head", "guess", "probability", "2nd guess", *(["truth"] if truth else []))
     for head, guesses in verdict.heads.items():
+        if not guesses:  # a head the evidence does not decide (or that every collected platform shares)
+            table.add_row(head, "unknown", "", "", *([truth.get(head, "")] if truth else []))
+            continue
         second = f"{guesses[1].label} ({guesses[1].probability:.1%})" if len(guesses) > 1 else ""
         row = [head, guesses[0].label, f"{guesses[0].probability:.1%}", second]
         if truth:
