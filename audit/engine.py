@@ -28,9 +28,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports
+from hspi.audit.decision import BoundReading, MatchBound, agreement_rates, answer_agreement, decide
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
-from hspi.classifier.sequential import ReferenceEvidence, most_splitting_probe
+from hspi.classifier.sequential import ReferenceEvidence, answer_signatures, most_splitting_probe
 from hspi.collector.models import model_spec
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
@@ -92,6 +93,8 @@ class AuditReport(BaseModel):
     dataset: str
     classifier: str
     seconds: float
+    # the e-value against a platform never collected (audit.decision); None at the text tier
+    evidence_bound: BoundReading | None = None
 
 
 class AuditSettings(BaseModel):
@@ -110,6 +113,9 @@ class AuditSettings(BaseModel):
     # answers before a match may be declared; once the candidates are settled, the extra answers
     # verify the leader where its near twins part, which is where a platform never collected shows
     min_answers: int = Field(default=2, ge=1)
+    # a match (logits and logprob tiers) also needs the e-value of audit.decision to reach 1/α: an
+    # unseen near twin of the leader is declared a match with probability at most α
+    false_match_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0)
     seed: int | None = None
@@ -207,6 +213,8 @@ class Audit:
         self.rng = np.random.default_rng(settings.seed)
         self.state = AuditState()
         self.started = time.perf_counter()
+        self.match_bound = MatchBound(alpha=settings.false_match_rate)
+        self._rates: np.ndarray | None = None  # a_p per candidate and pool probe, once the tier is known
 
     # -- evidence ----------------------------------------------------------------------------
     def _keep(self, record: QueryRecord, replayed: bool = False) -> None:
@@ -329,6 +337,30 @@ class Audit:
             self._keep(replayed, replayed=True)
             state.previous = record.probe_id
 
+    # -- the false-match bound (audit.decision) ----------------------------------------------
+    def bound_reading(self) -> BoundReading | None:
+        """The e-value of the scored answers against a platform never collected; None at the text tier."""
+        evidence, tier = self.state.evidence, self.state.tier
+        if evidence is None or tier is None or tier is Tier.TEXT:
+            return None
+        book = evidence.book
+        if self._rates is None:
+            self._rates = agreement_rates(book.same, self.match_bound)
+        scored = [r for r in self.state.records if r.complete and r.tier == tier]
+        rows = np.array([evidence.row_of(r.probe_id) for r in scored], dtype=np.int64)
+        shown = answer_signatures(
+            TierView(
+                tier,
+                np.asarray([r.ids for r in scored], dtype=np.int32).reshape(len(scored), -1),
+                np.asarray([r.values for r in scored], dtype=np.float32).reshape(len(scored), -1),
+            )
+        )
+        return decide(self._rates, rows, answer_agreement(book.signatures, rows, shown), self.match_bound)
+
+    def _bound_met(self) -> bool:
+        reading = self.bound_reading()
+        return reading is not None and reading.met
+
     # -- asking ------------------------------------------------------------------------------
     def _decided(self) -> StopReason | None:
         """Stop once one candidate is certain and matches, or the answers fit no known platform."""
@@ -344,7 +376,7 @@ class Audit:
         evidence = self.state.evidence
         if evidence is not None and len(evidence.used) >= settings.min_answers:
             post = evidence.posterior()
-            if post.max() >= settings.confidence and evidence.matches():
+            if post.max() >= settings.confidence and evidence.matches() and self._bound_met():
                 return StopReason.CONFIDENT
             if len(evidence.used) >= NO_MATCH_AFTER and not evidence.matches():
                 return StopReason.NO_MATCH
@@ -455,7 +487,7 @@ class Audit:
         stop = state.stop or StopReason.INTERRUPTED  # a report asked for mid-audit: what is known so far
         reason = state.reason
         head_posteriors: dict[str, tuple[list[str], np.ndarray]] = {}
-        answers_used = 0
+        answers_used, bound, unbounded = 0, None, False
         text, evidence = state.text, state.evidence
         if text is not None and text.n:
             read = text.verdict()
@@ -466,6 +498,13 @@ class Audit:
             match_score, threshold = evidence.match_score(), evidence.matcher.threshold_
             status = MatchStatus.MATCH if evidence.matches() else MatchStatus.UNKNOWN
             head_posteriors, answers_used = evidence.head_posteriors(), len(evidence.used)
+            bound = self.bound_reading()
+            if status is MatchStatus.MATCH and not (bound is not None and bound.met):
+                status, unbounded = MatchStatus.UNKNOWN, True
+                reason = reason or (
+                    f"the best candidate fits, but the answers do not yet exclude a platform never collected at "
+                    f"false-match rate {settings.false_match_rate} (e-value below 1/α; see evidence_bound)"
+                )
         else:
             status, match_score, threshold = MatchStatus.NO_EVIDENCE, 0.0, 0.0
             reason = reason or "no complete answer was scored"
@@ -476,6 +515,8 @@ class Audit:
             )
         cut_short = stop in (StopReason.TARGET_ERROR, StopReason.INTERRUPTED)
         verdict = audit_verdict(status, verdicts, settings.claim, cut_short=cut_short)
+        if unbounded and settings.claim:  # a known candidate fits, not yet bounded: neither confirmed nor unknown
+            verdict = Verdict.INCONCLUSIVE
         if not reason:
             reason = {
                 StopReason.CONFIDENT: "one candidate is certain and matches",
@@ -506,6 +547,7 @@ class Audit:
             dataset=str(self.refs.dataset_dir),
             classifier=str(self.classifier_dir),
             seconds=round(time.perf_counter() - self.started, 3),
+            evidence_bound=bound,
         )
 
 
