@@ -357,10 +357,6 @@ class Audit:
         )
         return decide(self._rates, rows, answer_agreement(book.signatures, rows, shown), self.match_bound)
 
-    def _bound_met(self) -> bool:
-        reading = self.bound_reading()
-        return reading is not None and reading.met
-
     # -- asking ------------------------------------------------------------------------------
     def _decided(self) -> StopReason | None:
         """Stop once one candidate is certain and matches, or the answers fit no known platform."""
@@ -376,9 +372,12 @@ class Audit:
         evidence = self.state.evidence
         if evidence is not None and len(evidence.used) >= settings.min_answers:
             post = evidence.posterior()
-            if post.max() >= settings.confidence and evidence.matches() and self._bound_met():
+            bound = self.bound_reading()
+            if post.max() >= settings.confidence and evidence.matches() and bound is not None and bound.met:
                 return StopReason.CONFIDENT
-            if len(evidence.used) >= NO_MATCH_AFTER and not evidence.matches():
+            # every candidate parted from some answer: the e-value is 0 for good, no answer can meet the bound
+            parted = bound is not None and bound.log_evalue is None
+            if len(evidence.used) >= NO_MATCH_AFTER and (parted or not evidence.matches()):
                 return StopReason.NO_MATCH
         return None
 

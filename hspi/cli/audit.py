@@ -45,6 +45,13 @@ def audit(
             "the leader against near twins never collected"
         ),
     ] = 2,
+    false_match_rate: Annotated[
+        float,
+        typer.Option(
+            help="largest chance of declaring a match for a platform never collected that agrees with the "
+            "leader where its known near twins part (an e-value bound; the answers needed follow from it)"
+        ),
+    ] = 0.01,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
     evidence: Annotated[
         Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")
@@ -78,6 +85,7 @@ def audit(
             seed=seed,
             timeout_s=timeout,
             min_answers=min_answers,
+            false_match_rate=false_match_rate,
             dataset=dataset,
             classifier=classifier,
         )
