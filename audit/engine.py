@@ -344,8 +344,11 @@ class Audit:
         if evidence is None or tier is None or tier is Tier.TEXT:
             return None
         book = evidence.book
-        if self._rates is None:
-            self._rates = agreement_rates(book.same, self.match_bound)
+        if self._rates is None:  # calibrated over the book's classes: computed once per book, kept beside it
+            cache = book.__dict__.setdefault("_match_rates", {})
+            if self.match_bound not in cache:
+                cache[self.match_bound] = agreement_rates(book.same, self.match_bound)
+            self._rates = cache[self.match_bound]
         scored = [r for r in self.state.records if r.complete and r.tier == tier]
         rows = np.array([evidence.row_of(r.probe_id) for r in scored], dtype=np.int64)
         shown = answer_signatures(
@@ -514,8 +517,8 @@ class Audit:
             )
         cut_short = stop in (StopReason.TARGET_ERROR, StopReason.INTERRUPTED)
         verdict = audit_verdict(status, verdicts, settings.claim, cut_short=cut_short)
-        if unbounded and settings.claim:  # a known candidate fits, not yet bounded: neither confirmed nor unknown
-            verdict = Verdict.INCONCLUSIVE
+        if unbounded:  # a known candidate fits, not yet bounded: like an audit cut short, it confirms nothing
+            verdict = audit_verdict(MatchStatus.MATCH, verdicts, settings.claim, cut_short=True)
         if not reason:
             reason = {
                 StopReason.CONFIDENT: "one candidate is certain and matches",

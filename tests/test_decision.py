@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from hspi.audit.decision import (
     MatchBound,
+    agreement_levels,
     agreement_rates,
     answer_agreement,
     candidate_log_evalues,
     decide,
+    level_rates,
     neighbour_indices,
 )
 from hspi.classifier.sequential import same_answers
@@ -32,13 +34,30 @@ def signatures_with_twins() -> np.ndarray:
     )
 
 
-def test_rates_are_low_where_the_nearest_neighbours_part() -> None:
+def test_levels_count_the_nearest_neighbours_that_agree() -> None:
     same = same_answers(signatures_with_twins())
-    rates = agreement_rates(same, MatchBound(neighbours=1))
-    # candidate 0's nearest neighbour is 1: it agrees on probes 0-4, parts on 5
-    assert rates[0, :5] == pytest.approx([2 / 3] * 5)
-    assert rates[0, 5] == pytest.approx(1 / 3)
-    assert ((rates > 0) & (rates < 1)).all()
+    levels = agreement_levels(same, 1)
+    assert list(levels[0]) == [1, 1, 1, 1, 1, 0]  # its nearest, 1, parts on probe 5 only
+    assert list(agreement_levels(same, 0)[0]) == [0] * 6
+
+
+def test_level_rates_are_what_left_out_twins_did() -> None:
+    """0 and 1 are twins: leaving 0 out, 1's nearest other (2, agreeing on probe 2 only) sets the levels;
+    0 agrees with 1 on 5 of 6 probes, at level 0 on 5 (4 agreeing) and level 1 on 1 (agreeing)."""
+    same = same_answers(signatures_with_twins())
+    bound = MatchBound(neighbours=1, twin_agreement=0.5)
+    # both 0 (left out, nearest 1) and 1 (left out, nearest 0) tally: level 0 on 10 probes, 8 agreeing
+    rates = level_rates(same, bound)
+    assert rates[0] == pytest.approx((8 + 1) / (10 + 2))
+    assert rates[1] == pytest.approx(max(rates[0], (2 + 1) / (2 + 2)))
+    assert (np.diff(rates) >= 0).all()
+    full = agreement_rates(same, bound)
+    assert full.shape == (4, 6) and ((full > 0) & (full < 1)).all()
+
+
+def test_without_near_twins_the_rates_are_the_prior() -> None:
+    same = same_answers(np.arange(12).reshape(3, 4))  # no two classes ever agree
+    assert agreement_rates(same, MatchBound()) == pytest.approx(np.full((3, 4), 0.5))
 
 
 def test_neighbours_are_the_closest_classes_and_never_the_candidate() -> None:
@@ -101,8 +120,12 @@ def test_ville_bounds_the_false_match_rate_under_the_null(seed: int, alpha: floa
     sig=st.lists(st.lists(st.integers(0, 2), min_size=8, max_size=8), min_size=2, max_size=5),
     k=st.integers(0, 4),
 )
-def test_rates_stay_inside_the_prior_bounds(sig: list[list[int]], k: int) -> None:
+def test_rates_are_probabilities_off_0_and_1_and_grow_with_the_level(sig: list[list[int]], k: int) -> None:
     bound = MatchBound(neighbours=k)
-    rates = agreement_rates(same_answers(np.array(sig)), bound)
-    n = min(k, len(sig) - 1)
-    assert (rates >= 1 / (n + 2) - 1e-12).all() and (rates <= (n + 1) / (n + 2) + 1e-12).all()
+    same = same_answers(np.array(sig))
+    rates = agreement_rates(same, bound)
+    assert ((rates > 0) & (rates < 1)).all()
+    levels = agreement_levels(same, min(k, len(sig) - 1))
+    for c in range(len(sig)):  # a probe where more neighbours agree never gets a lower a_p
+        order = np.argsort(levels[c], kind="stable")
+        assert (np.diff(rates[c][order]) >= -1e-12).all()
