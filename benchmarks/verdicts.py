@@ -3,7 +3,6 @@ for a platform it never saw, under the old rule (posterior >= 0.99 after min_ans
 one (the same, plus the mixture e-value >= 1/α, α = false_match_rate = 0.01).
 
     python benchmarks/verdicts.py [SEEDS]       # writes results/verdicts.json and results/verdicts.png
-    python benchmarks/verdicts.py calibration   # adds the a_p calibration table (leave one class out)
 
 Every audit is the real `Audit` engine (split/verify probe order, budget 64 queries) against a `Target`
 that *replays stored outputs*: it answers a pool probe with the full output vector a configuration
@@ -24,6 +23,9 @@ Far-off engines computed here, in-process (per-engine unknown-platform rate):
   bf16-weights-fp32    the float32 module with every parameter rounded to bfloat16, computed in float32
 Known classes (the cost): every AMD class audited with all classes present, queries per audit.
 
+Time (2 shared cores): each model/tier gets PAIR_TIME_S seconds; its targets are audited round-robin
+over the four kinds until then (`coverage` says how many were), results are written after every pair.
+
 A "false match" is an audit whose report says status `match` (any class): the target is none of them.
 """
 
@@ -34,15 +36,17 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
 
 from hspi.audit.decision import BoundReading
-from hspi.audit.engine import Audit, AuditSettings
+from hspi.audit.engine import Audit, AuditSettings, audit_budget, per_query_tokens
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
+from hspi.collector.targets.http_client import QueryBudget
 from hspi.dataset import Dataset
 from hspi.features.tiers import tier_view
 from hspi.responses import Responses
@@ -54,8 +58,19 @@ INTEL = ROOT.parent / "shared" / "datasets" / "cpu-intel-xeon"
 SEEDS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 2
 MODELS = ("lm-small", "mlp", "cnn")
 TIERS = (Tier.TOPK20, Tier.LOGITS)
+# interleaved, so that a run cut short by the time limit still covers every model and both tiers
+PAIRS = [
+    ("lm-small", Tier.TOPK20),
+    ("cnn", Tier.LOGITS),
+    ("mlp", Tier.LOGITS),
+    ("cnn", Tier.TOPK20),
+    ("lm-small", Tier.LOGITS),
+    ("mlp", Tier.TOPK20),
+]
 BUDGET = 64
 ALPHA = 0.01
+TIME_LIMIT_S = 600.0  # no new model/tier starts after this (2 shared cores)
+PAIR_TIME_S = 95.0  # each model/tier audits its targets (round-robin over kinds) for this long
 HELD_OUT = 0.3  # share of the pool kept out of an audit, per seed > 0
 OLD_RULE_SEEDS = 1  # the old rule is measured on the first seeds only (time: 2 cores)
 
@@ -74,7 +89,11 @@ class ReplayTarget(Target):
         self.responses = responses
         self.row = {int(p): i for i, p in enumerate(responses.probe_ids)}
 
+    budget: QueryBudget | None = None  # the audit's: each answer spends one query, as over HTTP
+
     def answer(self, probes: ProbeSet, ids: np.ndarray) -> Responses:
+        if self.budget is not None:
+            self.budget.spend(per_query_tokens(self.responses.model))
         rows = [self.row[int(i)] for i in ids]
         r = self.responses
         return Responses(r.model, r.probe_set, r.probe_ids[rows], r.native[rows], r.native_dtype)
@@ -134,13 +153,15 @@ def audit(store: ReferenceStore, model: str, tier: Tier, target: Target, seed: i
         avoid_probes=list(avoid),
     )
     cls = OldRuleAudit if old else Audit
+    budget = audit_budget(settings)
+    target.budget = budget  # type: ignore[attr-defined]
     # the split/verify order is deterministic up to ties: each seed > 0 also keeps a random 30% of the
     # pool out (as an evaluation keeps training probes out), so seeds give different probe sequences
     pool_ids = store.references(model).pool_ids
     if seed > 0:
         held = np.random.default_rng(seed).random(len(pool_ids)) < HELD_OUT
         settings.avoid_probes = sorted(set(settings.avoid_probes) | {int(p) for p in pool_ids[held]})
-    report = cls(settings, store, target).run()
+    report = cls(settings, store, target, budget=budget).run()
     bound = report.evidence_bound
     return Outcome(
         report.status is MatchStatus.MATCH,
@@ -205,7 +226,7 @@ def rate_row(outcomes: list[Outcome]) -> dict:
         "false_matches": k,
         "false_match_ci": clopper_pearson(k, n) if n else None,
         "n_audits": n,
-        "distinct_probe_sequences": len({tuple(o.probes) for o in outcomes}),
+        "distinct_probe_sequences": len({tuple(o.probes) for o in outcomes}),  # over all targets
         "median_queries": float(np.median([o.queries for o in outcomes])) if n else None,
     }
 
@@ -215,126 +236,87 @@ def main() -> None:
     store = ReferenceStore()
     intel = Dataset(INTEL)
     rows: list[dict] = []  # one per audit
-    for model in MODELS:
+    skipped: list[str] = []  # model/tier pairs left out by the time limit
+    coverage: list[dict] = []  # per pair: how many of its targets were audited within its time share
+    engines_of: dict[str, dict[str, Responses]] = {}
+    for model, tier in PAIRS:
+        if time.perf_counter() - started > TIME_LIMIT_S:
+            skipped.append(f"{model}/{tier}")
+            continue
         refs = store.references(model)
         pool = refs.pool
-        intel_pool = intel.pool_references(intel_first := next(iter(intel.manifest.configs)), model)
-        del intel_first
+        intel_pool = intel.pool_references(next(iter(intel.manifest.configs)), model)
         in_intel = np.isin(refs.pool_ids, intel_pool.probe_ids)
         intel_rows = np.flatnonzero(in_intel)
         avoid_for_intel = [int(p) for p in refs.pool_ids[~in_intel]]
-        engines = {name: make(model, pool, refs.pool_ids) for name, make in ENGINES.items()}
-        for tier in TIERS:
-            t0 = time.perf_counter()
-            book = refs.book(tier)
-            agreement = book.agreement
-            # (a) leave one class out
-            for held, cls in enumerate(refs.classes):
-                others = [j for j in range(len(refs.classes)) if j != held]
-                nearest = float(agreement[held, others].max())
-                if nearest >= 1.0:  # indistinguishable at this tier from a class left in: not a platform never seen
-                    continue
-                loo = FixedReferences(without(refs, held))
-                stored = Dataset(refs.dataset_dir).pool_references(cls.members[0], model)
-                target = ReplayTarget(stored)
-                for seed in range(SEEDS):
-                    for old in rules(seed):
-                        o = audit(loo, model, tier, target, seed, old=old)
-                        rows.append(
-                            dict(
-                                kind="leave-one-out",
-                                model=model,
-                                tier=str(tier),
-                                target=cls.name,
-                                nearest_agreement=round(nearest, 4),
-                                seed=seed,
-                                rule="old" if old else "new",
-                                **o.__dict__,
-                            )
-                        )
-            # (b) Intel configurations that differ from every AMD class at this tier
-            for cid in intel.manifest.configs:
-                try:
-                    responses = intel.pool_references(cid, model)
-                except Exception:  # a configuration without this model
-                    continue
-                mine = responses.as_float32()
-                if not np.array_equal(responses.probe_ids, refs.pool_ids[intel_rows]):
-                    raise SystemExit(f"{cid}: Intel pool ids differ from the AMD reference pool")
-                if not differs_from_all(mine, refs.logits, intel_rows, str(tier)):
-                    continue
-                near = max(
-                    float(
-                        np.mean(
-                            [
-                                np.array_equal(a, b)
-                                for a, b in zip(
-                                    tier_view(mine, str(tier)).values.view(np.uint32),
-                                    tier_view(ref[intel_rows], str(tier)).values.view(np.uint32),
-                                    strict=True,
-                                )
-                            ]
-                        )
+        if model not in engines_of:
+            engines_of[model] = {name: make(model, pool, refs.pool_ids) for name, make in ENGINES.items()}
+        engines = engines_of[model]
+        t0 = time.perf_counter()
+        book = refs.book(tier)
+        agreement = book.agreement
+        tasks: dict[str, list[tuple]] = {"leave-one-out": [], "intel-vendor": [], "engine": [], "known": []}
+        # (a) leave one class out: the held-out class's stored outputs against the others
+        for held, cls in enumerate(refs.classes):
+            nearest = float(np.delete(agreement[held], held).max())
+            if nearest >= 1.0:  # indistinguishable at this tier from a class left in: not a platform never seen
+                continue
+            stored = ReplayTarget(Dataset(refs.dataset_dir).pool_references(cls.members[0], model))
+            loo = FixedReferences(without(refs, held))
+            tasks["leave-one-out"] += [(cls.name, stored, loo, (), nearest, seed) for seed in range(SEEDS)]
+            if nearest < 1.0:  # (known classes: the cost in queries, seed 0: the order is deterministic up to ties)
+                tasks["known"].append((cls.name, stored, store, (), None, 0))
+        # (b) Intel configurations that differ from every AMD class at this tier
+        for cid in intel.manifest.configs:
+            try:
+                responses = intel.pool_references(cid, model)
+            except Exception:  # a configuration without this model
+                continue
+            if not np.array_equal(responses.probe_ids, refs.pool_ids[intel_rows]):
+                raise SystemExit(f"{cid}: Intel pool ids differ from the AMD reference pool")
+            mine = responses.as_float32()
+            if not differs_from_all(mine, refs.logits, intel_rows, str(tier)):
+                continue
+            shown = tier_view(mine, str(tier)).values.view(np.uint32)
+            near = max(
+                float(np.mean((shown == tier_view(ref[intel_rows], str(tier)).values.view(np.uint32)).all(axis=1)))
+                for ref in refs.logits
+            )
+            target = ReplayTarget(responses)
+            tasks["intel-vendor"] += [(cid, target, store, avoid_for_intel, near, seed) for seed in range(SEEDS)]
+        # far-off engines
+        for name, responses in engines.items():
+            tasks["engine"] += [(name, ReplayTarget(responses), store, (), None, seed) for seed in range(SEEDS)]
+        # round-robin over the kinds, so that a pair cut short by its time share still has each kind
+        queue = [t for group in zip_longest(*tasks.values()) for t in group if t is not None]
+        kinds = [k for group in zip_longest(*[[k] * len(v) for k, v in tasks.items()]) for k in group if k]
+        deadline = t0 + PAIR_TIME_S
+        done = 0
+        for kind, (name, target, where, avoid, near, seed) in zip(kinds, queue, strict=True):
+            if time.perf_counter() > deadline:
+                break
+            for old in rules(seed):
+                o = audit(where, model, tier, target, seed, old=old, avoid=avoid)
+                rows.append(
+                    dict(
+                        kind=kind,
+                        model=model,
+                        tier=str(tier),
+                        target=name,
+                        nearest_agreement=None if near is None else round(near, 4),
+                        seed=seed,
+                        rule="old" if old else "new",
+                        **o.__dict__,
                     )
-                    for ref in refs.logits
                 )
-                target = ReplayTarget(responses)
-                for seed in range(SEEDS):
-                    for old in rules(seed):
-                        o = audit(store, model, tier, target, seed, old=old, avoid=avoid_for_intel)
-                        rows.append(
-                            dict(
-                                kind="intel-vendor",
-                                model=model,
-                                tier=str(tier),
-                                target=cid,
-                                nearest_agreement=round(near, 4),
-                                seed=seed,
-                                rule="old" if old else "new",
-                                **o.__dict__,
-                            )
-                        )
-            # far-off engines
-            for name, responses in engines.items():
-                target = ReplayTarget(responses)
-                for seed in range(SEEDS):
-                    for old in rules(seed):
-                        o = audit(store, model, tier, target, seed, old=old)
-                        rows.append(
-                            dict(
-                                kind="engine",
-                                model=model,
-                                tier=str(tier),
-                                target=name,
-                                seed=seed,
-                                rule="old" if old else "new",
-                                **o.__dict__,
-                            )
-                        )
-            # known classes: the cost in queries
-            for cls in refs.classes:  # seed 0 only: the order is deterministic up to ties
-                if float(np.delete(agreement[refs.classes.index(cls)], refs.classes.index(cls)).max()) >= 1.0:
-                    continue  # a class the tier cannot tell from another
-                target = ReplayTarget(Dataset(refs.dataset_dir).pool_references(cls.members[0], model))
-                for seed in (0,):
-                    for old in rules(seed):
-                        o = audit(store, model, tier, target, seed, old=old)
-                        rows.append(
-                            dict(
-                                kind="known",
-                                model=model,
-                                tier=str(tier),
-                                target=cls.name,
-                                seed=seed,
-                                rule="old" if old else "new",
-                                **o.__dict__,
-                            )
-                        )
-            print(f"{model} {tier}: {time.perf_counter() - t0:.0f} s, {len(rows)} audits so far", flush=True)
-    summarise(rows, time.perf_counter() - started)
+            done += 1
+        coverage.append({"model": model, "tier": str(tier), "tasks": len(queue), "done": done})
+        print(f"{model} {tier}: {time.perf_counter() - t0:.0f} s, {done}/{len(queue)} targets", flush=True)
+        summarise(rows, time.perf_counter() - started, skipped, coverage)  # written after every pair
+    summarise(rows, time.perf_counter() - started, skipped, coverage)
 
 
-def summarise(rows: list[dict], seconds: float) -> None:
+def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: list[dict]) -> None:
     def pick(**kw):
         return [
             Outcome(r["match"], r["queries"], r["stop"], r["log_e"], r["probes"])
@@ -348,6 +330,8 @@ def summarise(rows: list[dict], seconds: float) -> None:
         "seeds": SEEDS,
         "budget_queries": BUDGET,
         "seconds": round(seconds, 1),
+        "skipped_for_time": skipped,
+        "coverage": coverage,
         "rules": {
             "old": "match: posterior >= 0.99 and the matcher accepts, after min_answers = 2 answers",
             "new": "old, and the mixture e-value (1/C) sum_c prod_p 1[answer == c's stored answer] / a_p(c) >= 1/alpha",
@@ -372,6 +356,8 @@ def summarise(rows: list[dict], seconds: float) -> None:
     for name in ENGINES:
         for rule in ("old", "new"):
             out = pick(kind="engine", target=name, rule=rule)
+            if not out:
+                continue
             result["unseen_engines"].append(
                 {
                     "engine": name,
@@ -387,7 +373,7 @@ def summarise(rows: list[dict], seconds: float) -> None:
                 pick(kind="known", model=model, tier=str(tier), rule="old"),
                 pick(kind="known", model=model, tier=str(tier), rule="new"),
             )
-            if not old:
+            if not old or not new:
                 continue
             result["known_classes"].append(
                 {
@@ -458,56 +444,5 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def calibration() -> list[dict]:
-    """The H0 assumption on its own, leaving each class out: does a held-out class agree with the
-    remaining classes c on probe p no more often than a_p(c) (estimated without it) says?
-
-    Per model and tier, over every held-out class h and every remaining class c among h's 3 nearest
-    (the candidates an audit of h would lead with), pairs (h, c, p) are binned by a_p(c); the table
-    gives each bin's mean a_p and the share of pairs where h answered p like c."""
-    from hspi.audit.decision import MatchBound, agreement_rates
-    from hspi.classifier.sequential import same_answers
-
-    store, bound, out = ReferenceStore(), MatchBound(alpha=ALPHA), []
-    edges = np.array([0.0, 0.25, 0.45, 0.65, 0.85, 1.0])
-    for model in MODELS:
-        refs = store.references(model)
-        for tier in TIERS:
-            signatures = refs.book(tier).signatures
-            a_all, agree_all = [], []
-            for held in range(len(signatures)):
-                keep = [i for i in range(len(signatures)) if i != held]
-                rates = agreement_rates(same_answers(signatures[keep]), bound)
-                agrees = signatures[keep] == signatures[held][None, :]
-                near = np.argsort(-agrees.mean(axis=1), kind="stable")[:3]
-                if agrees[near[0]].all():
-                    continue  # indistinguishable at this tier
-                a_all.append(rates[near].ravel())
-                agree_all.append(agrees[near].ravel())
-            a, agree = np.concatenate(a_all), np.concatenate(agree_all)
-            bins = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, len(edges) - 2)
-            for b in range(len(edges) - 1):
-                sel = bins == b
-                if sel.any():
-                    out.append(
-                        {
-                            "model": model,
-                            "tier": str(tier),
-                            "a_p_bin": [float(edges[b]), float(edges[b + 1])],
-                            "pairs": int(sel.sum()),
-                            "mean_a_p": round(float(a[sel].mean()), 4),
-                            "observed_agreement": round(float(agree[sel].mean()), 4),
-                        }
-                    )
-    return out
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "calibration":  # add the a_p calibration table to verdicts.json
-        path = RESULTS / "verdicts.json"
-        result = json.loads(path.read_text(encoding="utf-8"))
-        result["a_p_calibration"] = calibration()
-        path.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        print(json.dumps(result["a_p_calibration"], indent=1))
-    else:
-        main()
+    main()
