@@ -27,9 +27,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports
+from hspi.audit.decision import BoundReading, MatchBound, agreement_rates, answer_agreement, decide
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
-from hspi.classifier.sequential import ReferenceEvidence, most_splitting_probe
+from hspi.classifier.sequential import ReferenceEvidence, answer_signatures, most_splitting_probe
 from hspi.collector.models import model_spec
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
@@ -55,7 +56,8 @@ __all__ = [
 ]
 
 NO_MATCH_AFTER = 8  # answers before an audit may stop because nothing known fits
-NO_CHAT_TEMPLATE = frozenset({"lm-gpt2"})  # built-in GGUF models a chat request would break
+NO_CHAT_TEMPLATE = frozenset({"lm-gpt2"})
+DEFAULT_FALSE_MATCH_RATE = 0.01  # the alpha the reported e-value is read against when no rate is required  # built-in GGUF models a chat request would break
 UNSCORED = "-"  # the tier of an answer that was not scored (no tier known yet)
 
 
@@ -120,6 +122,8 @@ class AuditReport(BaseModel):
     dataset: str
     classifier: str
     seconds: float
+    # the e-value against a platform never collected (audit.decision); None at the text tier
+    evidence_bound: BoundReading | None = None
 
 
 class AuditSettings(BaseModel):
@@ -138,6 +142,11 @@ class AuditSettings(BaseModel):
     # answers before a match may be declared; once the candidates are settled, the extra answers
     # verify the leader where its near twins part, which is where a platform never collected shows
     min_answers: int = Field(default=2, ge=1)
+    # a match (logits and logprob tiers) also needs the e-value of audit.decision to reach 1/α: an
+    # unseen near twin of the leader is declared a match with probability at most α
+    # None (the default): the e-value is computed and reported, a match does not wait for it (measured in
+    # benchmarks/results/verdicts.json: at 0.01 it cuts near-twin false matches 20% -> 2% but needs 4-64+ answers)
+    false_match_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0)
     seed: int | None = None
@@ -241,6 +250,8 @@ class Audit:
         self.rng = np.random.default_rng(settings.seed)
         self.state = AuditState()
         self.started = time.perf_counter()
+        self.match_bound = MatchBound(alpha=settings.false_match_rate or DEFAULT_FALSE_MATCH_RATE)
+        self._rates: np.ndarray | None = None  # a_p per candidate and pool probe, once the tier is known
 
     # -- evidence ----------------------------------------------------------------------------
     def _keep(self, record: QueryRecord, replayed: bool = False) -> None:
@@ -363,6 +374,29 @@ class Audit:
             self._keep(replayed, replayed=True)
             state.previous = record.probe_id
 
+    # -- the false-match bound (audit.decision) ----------------------------------------------
+    def bound_reading(self) -> BoundReading | None:
+        """The e-value of the scored answers against a platform never collected; None at the text tier."""
+        evidence, tier = self.state.evidence, self.state.tier
+        if evidence is None or tier is None or tier is Tier.TEXT:
+            return None
+        book = evidence.book
+        if self._rates is None:  # calibrated over the book's classes: computed once per book, kept beside it
+            cache = book.__dict__.setdefault("_match_rates", {})
+            if self.match_bound not in cache:
+                cache[self.match_bound] = agreement_rates(book.same, self.match_bound)
+            self._rates = cache[self.match_bound]
+        scored = [r for r in self.state.records if r.complete and r.tier == tier]
+        rows = np.array([evidence.row_of(r.probe_id) for r in scored], dtype=np.int64)
+        shown = answer_signatures(
+            TierView(
+                tier,
+                np.asarray([r.ids for r in scored], dtype=np.int32).reshape(len(scored), -1),
+                np.asarray([r.values for r in scored], dtype=np.float32).reshape(len(scored), -1),
+            )
+        )
+        return decide(self._rates, rows, answer_agreement(book.signatures, rows, shown), self.match_bound)
+
     # -- asking ------------------------------------------------------------------------------
     def _decided(self) -> StopReason | None:
         """Stop once one candidate is certain and matches, or the answers fit no known platform."""
@@ -378,9 +412,13 @@ class Audit:
         evidence = self.state.evidence
         if evidence is not None and len(evidence.used) >= settings.min_answers:
             post = evidence.posterior()
-            if post.max() >= settings.confidence and evidence.matches():
+            bound = self.bound_reading()
+            bounded = settings.false_match_rate is None or (bound is not None and bound.met)
+            if post.max() >= settings.confidence and evidence.matches() and bounded:
                 return StopReason.CONFIDENT
-            if len(evidence.used) >= NO_MATCH_AFTER and not evidence.matches():
+            # every candidate parted from some answer: the e-value is 0 for good, no answer can meet the bound
+            parted = settings.false_match_rate is not None and bound is not None and bound.log_evalue is None
+            if len(evidence.used) >= NO_MATCH_AFTER and (parted or not evidence.matches()):
                 return StopReason.NO_MATCH
         return None
 
@@ -494,7 +532,7 @@ class Audit:
         stop = state.stop or StopReason.INTERRUPTED  # a report asked for mid-audit: what is known so far
         reason = state.reason
         head_posteriors: dict[str, tuple[list[str], np.ndarray]] = {}
-        answers_used = 0
+        answers_used, bound, unbounded = 0, None, False
         text, evidence = state.text, state.evidence
         if text is not None and text.n:
             read = text.verdict()
@@ -505,6 +543,14 @@ class Audit:
             match_score, threshold = evidence.match_score(), evidence.matcher.threshold_
             status = MatchStatus.MATCH if evidence.matches() else MatchStatus.UNKNOWN
             head_posteriors, answers_used = evidence.head_posteriors(), len(evidence.used)
+            bound = self.bound_reading()
+            required = settings.false_match_rate is not None
+            if required and status is MatchStatus.MATCH and not (bound is not None and bound.met):
+                status, unbounded = MatchStatus.UNKNOWN, True
+                reason = reason or (
+                    f"the best candidate fits, but the answers do not yet exclude a platform never collected at "
+                    f"false-match rate {settings.false_match_rate} (e-value below 1/α; see evidence_bound)"
+                )
         else:
             status, match_score, threshold = MatchStatus.NO_EVIDENCE, 0.0, 0.0
             reason = reason or "no complete answer was scored"
@@ -519,6 +565,8 @@ class Audit:
         verdict = audit_verdict(
             status, verdicts, settings.claim, cut_short=cut_short, settled=stop is StopReason.CONFIDENT
         )
+        if unbounded:  # a known candidate fits, not yet bounded: like an audit cut short, it confirms nothing
+            verdict = audit_verdict(MatchStatus.MATCH, verdicts, settings.claim, cut_short=True)
         matched_class = self._matched_class(head_posteriors) if matched else None
         if not reason:
             reason = {
@@ -553,6 +601,7 @@ class Audit:
             dataset=str(self.refs.dataset_dir),
             classifier=str(self.classifier_dir),
             seconds=round(time.perf_counter() - self.started, 3),
+            evidence_bound=bound,
         )
 
     def _matched_class(self, head_posteriors: dict[str, tuple[list[str], np.ndarray]]) -> MatchedClass | None:

@@ -114,7 +114,9 @@ def servers() -> Iterator[dict[str, str]]:
 
 AUDITS = {  # name: extra arguments; both against the bf16 server, concurrently
     "fp32-claim": ["--claim", "dtype=fp32"],
-    "bf16-claim": ["--claim", "dtype=bf16"],
+    # a match needs the false-match bound (audit.decision): on lm-small topk20 that took 48-55 answers
+    # per known class in benchmarks/verdicts.py, so 16 cannot confirm a claim; the last --budget wins
+    "bf16-claim": ["--claim", "dtype=bf16", "--budget", "64"],
 }
 
 
@@ -195,7 +197,7 @@ def test_audit_confirms_a_true_bf16_claim(audits: dict) -> None:
     no_traceback(done)
     assert report["verdict"] == "consistent"
     assert report["heads"]["dtype"]["verdict"] == "consistent"
-    assert report["queries"] <= 16
+    assert report["queries"] <= 64 and report["evidence_bound"]["met"]
 
 
 def test_min_answers_spends_answers_verifying_the_leader(
@@ -207,7 +209,7 @@ def test_min_answers_spends_answers_verifying_the_leader(
         "--endpoint",
         servers["bf16"],
         "--budget",
-        "16",
+        "64",
         "--seed",
         "0",
         "--min-answers",

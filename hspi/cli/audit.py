@@ -47,6 +47,14 @@ def audit(
             "the leader against near twins never collected"
         ),
     ] = 2,
+    false_match_rate: Annotated[
+        Optional[float],
+        typer.Option(
+            help="require this bound on declaring a match for a platform never collected that agrees with the "
+            "leader where its known near twins part (an e-value; the answers needed follow from it; default: "
+            "the e-value is reported, not required)"
+        ),
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
     evidence: Annotated[
         Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")
@@ -83,6 +91,7 @@ def audit(
                 "seed": seed,
                 "timeout_s": timeout,
                 "min_answers": min_answers,
+                "false_match_rate": false_match_rate,
                 "dataset": dataset,
                 "classifier": classifier,
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -65,6 +66,13 @@ def render_audit(report: AuditReport, console: Console) -> None:
             f"Identical to collected class [bold]{report.matched_class.name}[/bold] (its members: {members})."
         )
         console.print(f"[dim]{report.caveat}.[/dim]")
+    bound = report.evidence_bound
+    if bound is not None:
+        e = "0" if bound.log_evalue is None else f"{math.exp(min(bound.log_evalue, 700.0)):.3g}"
+        console.print(
+            f"Unseen-platform bound: e-value {e} vs 1/α = {1 / bound.alpha:.3g} after {bound.answers} answers "
+            f"({'met' if bound.met else 'not met'})"
+        )
     if report.heads:
         table = Table("head", "reading", "probability", "2nd guess", "claim")
         for head, h in report.heads.items():

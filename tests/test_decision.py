@@ -1,0 +1,131 @@
+"""The false-match bound (audit.decision): a_p from the known classes, the e-process, Ville's inequality."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hspi.audit.decision import (
+    MatchBound,
+    agreement_levels,
+    agreement_rates,
+    answer_agreement,
+    candidate_log_evalues,
+    decide,
+    level_rates,
+    neighbour_indices,
+)
+from hspi.classifier.sequential import same_answers
+
+
+def signatures_with_twins() -> np.ndarray:
+    """Four candidates on six probes: 0 and 1 near twins (part on probe 5), 2 and 3 far from both."""
+    return np.array(
+        [
+            [1, 2, 3, 4, 5, 6],
+            [1, 2, 3, 4, 5, 7],
+            [9, 9, 3, 9, 9, 9],
+            [8, 8, 8, 8, 8, 8],
+        ]
+    )
+
+
+def test_levels_count_the_nearest_neighbours_that_agree() -> None:
+    same = same_answers(signatures_with_twins())
+    levels = agreement_levels(same, 1)
+    assert list(levels[0]) == [1, 1, 1, 1, 1, 0]  # its nearest, 1, parts on probe 5 only
+    assert list(agreement_levels(same, 0)[0]) == [0] * 6
+
+
+def test_level_rates_are_what_left_out_twins_did() -> None:
+    """0 and 1 are twins: leaving 0 out, 1's nearest other (2, agreeing on probe 2 only) sets the levels;
+    0 agrees with 1 on 5 of 6 probes, at level 0 on 5 (4 agreeing) and level 1 on 1 (agreeing)."""
+    same = same_answers(signatures_with_twins())
+    bound = MatchBound(neighbours=1, twin_agreement=0.5)
+    # both 0 (left out, nearest 1) and 1 (left out, nearest 0) tally: level 0 on 10 probes, 8 agreeing
+    rates = level_rates(same, bound)
+    assert rates[0] == pytest.approx((8 + 1) / (10 + 2))
+    assert rates[1] == pytest.approx(max(rates[0], (2 + 1) / (2 + 2)))
+    assert (np.diff(rates) >= 0).all()
+    full = agreement_rates(same, bound)
+    assert full.shape == (4, 6) and ((full > 0) & (full < 1)).all()
+
+
+def test_without_near_twins_the_rates_are_the_prior() -> None:
+    same = same_answers(np.arange(12).reshape(3, 4))  # no two classes ever agree
+    assert agreement_rates(same, MatchBound()) == pytest.approx(np.full((3, 4), 0.5))
+
+
+def test_neighbours_are_the_closest_classes_and_never_the_candidate() -> None:
+    agreement = same_answers(signatures_with_twins()).mean(axis=2)
+    assert list(neighbour_indices(agreement, 0, 2)) == [1, 2]
+    assert 3 not in neighbour_indices(agreement, 3, 3)
+
+
+def test_a_parting_answer_zeroes_the_candidate() -> None:
+    sig = signatures_with_twins()
+    rates = agreement_rates(same_answers(sig), MatchBound())
+    rows = np.array([5, 0])
+    agree = answer_agreement(sig, rows, np.array([6, 1]))  # candidate 0's answers
+    log_e = candidate_log_evalues(rates, rows, agree)
+    assert np.isfinite(log_e[0]) and log_e[0] > 0
+    assert log_e[1] == -np.inf  # 1 answers 7 on probe 5
+    assert log_e[2] == -np.inf and log_e[3] == -np.inf
+
+
+def test_decide_needs_the_mixture_to_reach_one_over_alpha() -> None:
+    n_pool, n_candidates = 40, 4
+    rates = np.full((n_candidates, n_pool), 0.2)
+    bound = MatchBound(alpha=0.01)
+    # one candidate agreeing: E = 5^n / 4, so n = 4 gives 156 >= 100 and n = 3 gives 31 < 100
+    for n, met in ((3, False), (4, True)):
+        agree = np.zeros((n, n_candidates), dtype=bool)
+        agree[:, 2] = True
+        reading = decide(rates, np.arange(n), agree, bound)
+        assert reading.met is met and reading.leader == 2
+        assert reading.log_evalue == pytest.approx(n * math.log(5) - math.log(4))
+    none = decide(rates, np.arange(3), np.zeros((3, n_candidates), dtype=bool), bound)
+    assert not none.met and none.log_evalue is None and none.leader == -1
+    assert not decide(rates, np.arange(0), np.zeros((0, n_candidates), dtype=bool), bound).met
+
+
+def test_bad_settings_are_refused() -> None:
+    for bad in ({"alpha": 0.0}, {"alpha": 1.0}, {"prior_agree": 0.0}, {"neighbours": -1}):
+        with pytest.raises(ValueError):
+            MatchBound(**bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), alpha=st.sampled_from([0.05, 0.1, 0.2]))
+def test_ville_bounds_the_false_match_rate_under_the_null(seed: int, alpha: float) -> None:
+    """An unseen platform that agrees with the candidate on probe p with probability exactly a_p
+    (independently, the worst case H0 allows) reaches 1/α at any time with frequency <= α."""
+    rng = np.random.default_rng(seed)
+    n_pool, runs = 30, 4000
+    rates = rng.uniform(0.2, 0.95, size=(1, n_pool))
+    agree = rng.random((runs, n_pool)) < rates[0]
+    # the running e-value of each run; it stays 0 after the first parting
+    log_e = np.cumsum(np.where(agree, -np.log(rates[0]), -np.inf), axis=1)
+    crossed = (log_e >= math.log(1 / alpha)).any(axis=1).mean()
+    # Ville: P <= alpha; 4000 runs give a binomial sd of at most 0.0064
+    assert crossed <= alpha + 4 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sig=st.lists(st.lists(st.integers(0, 2), min_size=8, max_size=8), min_size=2, max_size=5),
+    k=st.integers(0, 4),
+)
+def test_rates_are_probabilities_off_0_and_1_and_grow_with_the_level(sig: list[list[int]], k: int) -> None:
+    bound = MatchBound(neighbours=k)
+    same = same_answers(np.array(sig))
+    rates = agreement_rates(same, bound)
+    assert ((rates > 0) & (rates < 1)).all()
+    levels = agreement_levels(same, min(k, len(sig) - 1))
+    for c in range(len(sig)):  # a probe where more neighbours agree never gets a lower a_p
+        order = np.argsort(levels[c], kind="stable")
+        assert (np.diff(rates[c][order]) >= -1e-12).all()
