@@ -15,7 +15,7 @@ from hspi.audit.claims import head_verdict, overall_verdict
 from hspi.audit.engine import TOP_GUESSES, HeadReport
 from hspi.audit.verdict import Guess
 from hspi.classifier.artifacts import load_matcher
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence
 from hspi.collector.models import MODEL_SPECS, model_spec
 from hspi.dataset import Dataset
@@ -34,7 +34,7 @@ class Catalog:
         self._classes: dict[str, list[EquivalenceClass]] = {}
         self._pools: dict[str, tuple[str, np.ndarray]] = {}
         self._books: dict[tuple[str, str], ReferenceBook] = {}
-        self._matchers: dict[tuple[str, str], ReferenceMatcher] = {}
+        self._matchers: dict[tuple[str, str], ReferenceMatcher | CalibratedMatcher] = {}
 
     def dataset_dir(self, model: str) -> Path:
         return self.dataset or shipped_dataset(model)
@@ -101,7 +101,7 @@ class Catalog:
                 )
         return found
 
-    def matcher(self, model: str, tier: str) -> ReferenceMatcher:
+    def matcher(self, model: str, tier: str) -> ReferenceMatcher | CalibratedMatcher:
         key = (model, tier)
         with self._lock:
             if key not in self._matchers:

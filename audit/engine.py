@@ -28,7 +28,7 @@ from hspi.audit.claims import head_verdict, overall_verdict
 from hspi.audit.text import TextEvidence, text_vote
 from hspi.audit.verdict import Guess
 from hspi.classifier.artifacts import load_matcher
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
@@ -445,7 +445,7 @@ def _references(dataset_dir: str, model: str, manifest_mtime: float) -> _Referen
 
 
 @lru_cache(maxsize=16)
-def _matcher(classifier_dir: str, model: str, tier: str) -> ReferenceMatcher:
+def _matcher(classifier_dir: str, model: str, tier: str) -> ReferenceMatcher | CalibratedMatcher:
     directory = Path(classifier_dir) / model / tier
     if not (directory / "reference.json").exists():
         raise ModelError(f"no classifier for {model} at tier {tier} in {classifier_dir}")

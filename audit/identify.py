@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hspi.audit.verdict import Guess, Verdict
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
 from hspi.dataset import Dataset
 from hspi.equivalence import equivalence_classes
 from hspi.errors import DatasetError
@@ -16,7 +16,9 @@ from hspi.responses import Responses
 TOP_GUESSES = 3
 
 
-def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, tier: str) -> Verdict:
+def identify(
+    dataset: Dataset, matcher: ReferenceMatcher | CalibratedMatcher, responses: Responses, tier: str
+) -> Verdict:
     classes = equivalence_classes(dataset, responses.model)
     if not responses.probe_set.endswith("/pool"):
         raise DatasetError(f"answers to {responses.probe_set} have no references: identify needs pool probes")
