@@ -42,7 +42,7 @@ def timed(*args, **kwargs):
     finally:
         loading.append(time.perf_counter() - start)
 training.load_model_data = timed
-sys.argv = ["hspi", "train", "--dataset", sys.argv[1], "--out", sys.argv[2]]
+sys.argv = ["hspi", "train", "--dataset", sys.argv[1], "--out", sys.argv[2], "--tiers", sys.argv[3]]
 t1 = time.perf_counter()
 try:
     main()
@@ -84,9 +84,17 @@ def package_farm(source: Path, into: Path) -> Path:
 
 
 def start(farm: Path, *args: str) -> subprocess.Popen:
+    """Run a driver with `farm` first on sys.path.  The working directory is the farm's parent: from the
+    repository root, `python -c` would import the root's own `hspi/` (and through the editable
+    install, this tree's stages) whatever PYTHONPATH says."""
     env = {**os.environ, "PYTHONPATH": str(farm), "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", *args],
+        env=env,
+        cwd=farm.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--before-commit", default="8ff8404")
     parser.add_argument("--dataset", type=Path, default=ROOT / "datasets" / "cpu-amd-epyc")
     parser.add_argument("--repeats", type=int, default=3, help="loading-alone runs per version")
+    parser.add_argument("--tiers", default="logits,topk20,topk5,top1", help="hspi train --tiers")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "train-time.json")
     args = parser.parse_args()
     dataset = args.dataset.resolve()
@@ -154,8 +163,12 @@ def main() -> None:
                 loading[version].append(finish(version, start(farm, LOAD_ONLY, str(dataset)), started))
                 print("loading", version, round(loading[version][-1]["loading_s"], 2), flush=True)
         started = time.perf_counter()
-        procs = {v: start(farm, DRIVER, str(dataset), str(tmp / f"out-{v}")) for v, farm in farms.items()}
+        procs = {v: start(farm, DRIVER, str(dataset), str(tmp / f"out-{v}"), args.tiers) for v, farm in farms.items()}
         runs = {v: finish(v, p, started) for v, p in procs.items()}
+        for version, farm in farms.items():  # each version ran its own code
+            for r in [runs[version], *loading[version]]:
+                if not r["module"].startswith(str(farm)):
+                    raise SystemExit(f"{version} imported {r['module']}, not its tree under {farm}")
         for version, r in runs.items():
             print(version, {k: round(v, 2) for k, v in r.items() if k.endswith("_s")}, flush=True)
         identical = compare(tmp / "out-before", tmp / "out-after")
@@ -177,7 +190,7 @@ def main() -> None:
         }
 
     result = {
-        "command": f"hspi train --dataset {args.dataset} --out <tmp>",
+        "command": f"hspi train --dataset {args.dataset} --out <tmp> --tiers {args.tiers}",
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": load_average,
