@@ -6,7 +6,7 @@ import numpy as np
 
 from hspi.audit.claims import head_reports
 from hspi.audit.identification import Identification
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
 from hspi.classifier.sequential import score_matches
 from hspi.dataset import Dataset
 from hspi.equivalence import equivalence_classes
@@ -17,7 +17,9 @@ from hspi.responses import Responses
 from hspi.terms import MatchStatus
 
 
-def identify(dataset: Dataset, matcher: ReferenceMatcher, responses: Responses, tier: str) -> Identification:
+def identify(
+    dataset: Dataset, matcher: ReferenceMatcher | CalibratedMatcher, responses: Responses, tier: str
+) -> Identification:
     classes = equivalence_classes(dataset, responses.model)
     if not responses.probe_set.endswith("/pool"):
         raise DatasetError(f"answers to {responses.probe_set} have no references: identify needs pool probes")

@@ -7,11 +7,14 @@ each float32 split into sign / exponent / mantissa integers (its LLM code).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import validate_data
 
 from hspi.classifier.evidence import group_sum, softmax
+from hspi.classifier.lgbm import NotFittedModelError
 from hspi.errors import ConfigError
 
 ENCODINGS = ("ieee-bits", "sign-exponent-mantissa")
@@ -30,7 +33,9 @@ def encode(values: np.ndarray, encoding: str) -> np.ndarray:
     raise ConfigError(f"unknown encoding {encoding!r}; allowed: {', '.join(ENCODINGS)}")
 
 
-class HSPILDBaseline:
+class HSPILDBaseline(ClassifierMixin, BaseEstimator):
+    """X: float32 output values (n, k), encoded as `encoding` says; y: one label per row."""
+
     def __init__(
         self,
         *,
@@ -44,13 +49,19 @@ class HSPILDBaseline:
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, values: np.ndarray, y: np.ndarray) -> HSPILDBaseline:
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN and inf are bit patterns like any other
+        return tags
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HSPILDBaseline:
         if self.encoding not in ENCODINGS:
             raise ConfigError(f"unknown encoding {self.encoding!r}; allowed: {', '.join(ENCODINGS)}")
-        y = np.asarray(y).astype(str)
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite=False)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
             self.pipeline_ = None
+            self.n_iter_ = 0
             return self
         # A linear SVM (hinge loss) fitted by SGD for a bounded number of epochs: liblinear's LinearSVC
         # does not converge on these encodings (the paper's LD "could not fit its own training data"
@@ -61,16 +72,30 @@ class HSPILDBaseline:
                 loss="hinge", alpha=self.alpha, max_iter=self.max_iter, tol=None, random_state=self.random_state
             ),
         )
-        self.pipeline_.fit(encode(values, self.encoding), y)
+        self.pipeline_.fit(encode(X, self.encoding), y)
+        self.n_iter_ = self.pipeline_[-1].n_iter_
         return self
 
-    def decision(self, values: np.ndarray) -> np.ndarray:
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        """(n, classes) margins, one column per class (a column of ones for a single class)."""
+        if not hasattr(self, "pipeline_"):
+            raise NotFittedModelError("this HSPILDBaseline is not fitted yet")
+        X = validate_data(self, X, reset=False, dtype=np.float32, ensure_all_finite=False)
         if self.pipeline_ is None:
-            return np.ones((len(values), 1))
-        scores = self.pipeline_.decision_function(encode(values, self.encoding))
+            return np.ones((len(X), 1))
+        scores = self.pipeline_.decision_function(encode(X, self.encoding))
         if scores.ndim == 1:  # binary: one margin for the second class
             scores = np.column_stack([-scores, scores])
         return scores
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """scikit-learn's layout: (n,) margins of the second class when there are two classes."""
+        scores = self.decision(X)
+        return scores[:, 1] if scores.shape[1] == 2 else scores
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision(X)  # checks it is fitted first
+        return self.classes_[scores.argmax(axis=1)]
 
     def posteriors(self, values: np.ndarray, groups: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Margins summed over each group's probes (the paper votes per query; summing is kinder)."""

@@ -24,28 +24,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from hspi.classifier import training_data
 from hspi.classifier.baseline import ENCODINGS, HSPILDBaseline
 from hspi.classifier.intrinsic import IntrinsicClassifier
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, most_splitting_probe
-from hspi.dataset import SEARCHED_REPLAY_RUN, SPLITTING_RUN, Dataset
-from hspi.equivalence import EquivalenceClass, distinct_answers, equivalence_classes, joint_classes
-from hspi.errors import DatasetError
+from hspi.classifier.training_data import (
+    SPLIT_SEED,
+    ModelData,
+    pair_features,
+    split_replay,
+)
+from hspi.dataset import Dataset
+from hspi.equivalence import distinct_answers, joint_classes
 from hspi.features.intrinsic import intrinsic_features
 from hspi.features.relative import relative_features
 from hspi.features.tiers import TIERS, log_softmax_f64, reference_values, tier_view
 from hspi.platform import HEADS
 
 QUERIES = (1, 4, 16)
-SPLIT_SEED = 11
 SEQUENTIAL_AUDITS = 2  # sequential audits per configuration (different first probes)
-TRAIN_SHARE, CALIBRATE_SHARE = 0.4, 0.2  # of the replayed pool probes; the rest is the test set
 INTRINSIC_TRAIN_PROBES = 300  # pool probes per class used to train intrinsic heads
 BASELINE_TRAIN_ROWS = 2000  # the linear SVM over 16k bit columns is the slow part: cap its rows
 OPEN_SET_TREES = 60
@@ -57,105 +61,10 @@ TRANSFER_HEADS = (
 )  # labels every model shares; `full` names one model's classes
 
 
-@dataclass
-class ModelData:
-    model: str
-    classes: list[EquivalenceClass]
-    class_of: dict[str, int]  # config id -> class index
-    config_labels: dict[str, dict[str, str]]
-    reference: dict[int, np.ndarray]  # class index -> (pool, V) float32 logits, rows follow pool_ids
-    replay_ids: np.ndarray
-    replay: dict[str, np.ndarray]  # config -> (R, V) float32 logits, rows follow replay_ids
-    fresh_ids: np.ndarray
-    fresh: dict[str, np.ndarray]
-    pool_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    fresh_f64: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # the reference pool's probe ids, sorted: the stored pool 0..pool_size-1, then searched probes
-    pool_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    pool_size: int = 0
-    # pool probes re-run outside `replay` because they split near-twin classes, where collected (the
-    # `replay-splitting` and `replay-searched` runs): their ids and every config's answers
-    targeted_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    targeted: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def rows(self, probe_ids: np.ndarray) -> np.ndarray:
-        """Rows of `reference` (and `pool_f64`) holding these pool probe ids."""
-        rows = np.searchsorted(self.pool_ids, probe_ids)
-        if len(rows) and (rows.max() >= len(self.pool_ids) or not np.array_equal(self.pool_ids[rows], probe_ids)):
-            raise DatasetError(f"{self.model}: probes outside the reference pool")
-        return rows
-
-
 def load_model_data(dataset: Dataset, model: str) -> ModelData:
-    from hspi.collector.models import model_spec
-    from hspi.collector.probes import ProbeSet
-    from hspi.collector.targets.oracle import float64_outputs
-
-    classes = equivalence_classes(dataset, model)
-    if len(classes) < 2:
-        raise DatasetError(f"{dataset.directory}: model {model} has one equivalence class only; nothing to tell apart")
-    configs = [
-        c
-        for cls in classes
-        for c in cls.members
-        if c in dataset.complete_configs(model, ("reference", "replay", "fresh"))
-    ]
-    class_of = {c: i for i, cls in enumerate(classes) for c in cls.members}
-    pool_refs = [dataset.pool_references(cls.members[0], model) for cls in classes]
-    reference = {i: r.as_float32() for i, r in enumerate(pool_refs)}
-    first = dataset.responses(configs[0], "replay", model)
-    replay_ids, fresh_ids = first.probe_ids, dataset.responses(configs[0], "fresh", model).probe_ids
-    replay, fresh = {}, {}
-    for cid in configs:
-        r, f = dataset.responses(cid, "replay", model), dataset.responses(cid, "fresh", model)
-        if not (np.array_equal(r.probe_ids, replay_ids) and np.array_equal(f.probe_ids, fresh_ids)):
-            raise DatasetError(f"{dataset.directory}: {cid} was run on other probes than {configs[0]} ({model})")
-        replay[cid], fresh[cid] = r.as_float32(), f.as_float32()
-    spec = model_spec(model)
-    pool_size = dataset.responses(classes[0].members[0], "reference", model).probe_ids.shape[0]
-    fresh_version = first.probe_set.replace("/pool", "/fresh")
-    fresh_size = max(
-        dataset.manifest.probe_sets[model].get(fresh_version, int(fresh_ids.max()) + 1), int(fresh_ids.max()) + 1
-    )
-    # truth is the class: members of one class are indistinguishable by construction
-    data = ModelData(
-        model,
-        classes,
-        class_of,
-        {c: dict(classes[class_of[c]].labels) for c in configs},
-        reference,
-        replay_ids,
-        replay,
-        fresh_ids,
-        fresh,
-    )
-    data.pool_ids, data.pool_size = pool_refs[0].probe_ids, pool_size
-    if any(not np.array_equal(r.probe_ids, data.pool_ids) for r in pool_refs):
-        raise DatasetError(f"{dataset.directory}: reference runs of {model} cover different pool probes")
-    runs = [
-        run
-        for run in (SPLITTING_RUN, SEARCHED_REPLAY_RUN)
-        if configs and set(configs) <= set(dataset.complete_configs(model, (run,)))
-    ]
-    if SEARCHED_REPLAY_RUN in runs and not dataset.has_searched_pool(model):
-        runs.remove(SEARCHED_REPLAY_RUN)  # re-runs of probes without every config's reference
-    parts: dict[str, list] = {cid: [] for cid in configs}
-    ids = []
-    for run in runs:
-        run_ids = dataset.responses(configs[0], run, model).probe_ids
-        fresh_rows = ~np.isin(run_ids, np.concatenate(ids)) if ids else np.ones(len(run_ids), bool)
-        ids.append(run_ids[fresh_rows])
-        for cid in configs:
-            r = dataset.responses(cid, run, model)
-            if not np.array_equal(r.probe_ids, run_ids):
-                raise DatasetError(f"{dataset.directory}: {cid} {run} ran other probes than {configs[0]} ({model})")
-            parts[cid].append(r.as_float32()[fresh_rows])
-    if runs:
-        data.targeted_ids = np.concatenate(ids)
-        data.targeted = {cid: np.concatenate(p) for cid, p in parts.items()}
-    data.pool_f64 = float64_outputs(ProbeSet(spec, "pool", pool_size), data.pool_ids)
-    data.fresh_f64 = float64_outputs(ProbeSet(spec, "fresh", fresh_size), fresh_ids)
-    return data
+    """What the evaluation needs of one model: `training_data.load_model_data` with the float64 oracle's
+    outputs (the intrinsic features' deviations), as before."""
+    return training_data.load_model_data(dataset, model, oracle=True)
 
 
 def one_probe_split(data: ModelData) -> int:
@@ -170,26 +79,10 @@ def label_shares(labels: list[str]) -> dict[str, float]:
     return {str(v): float(c) / len(labels) for v, c in zip(values, counts)}
 
 
-def split_replay(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of the replayed probes for train / calibrate / test (disjoint, seeded)."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    a, b = int(n * TRAIN_SHARE), int(n * (TRAIN_SHARE + CALIBRATE_SHARE))
-    return np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:])
-
-
 def query_groups(n: int, q: int) -> np.ndarray:
     """Group id per probe: consecutive runs of q probes (a remainder that does not fill a group is dropped)."""
     usable = (n // q) * q
     return np.concatenate([np.repeat(np.arange(n // q), q), -np.ones(n - usable, dtype=np.int64)]).astype(np.int64)
-
-
-def pair_features(
-    data: ModelData, tier: str, config: str, rows: np.ndarray, candidates: list[int], ref_full: dict[int, np.ndarray]
-) -> np.ndarray:
-    """(len(rows), C, F) features of one config's replayed answers against each candidate class."""
-    view = tier_view(data.replay[config][rows], tier)
-    probe_ids = data.replay_ids[rows]
-    return np.stack([relative_features(view, ref_full[c][data.rows(probe_ids)]) for c in candidates], axis=1)
 
 
 class TransferTrainingSet(NamedTuple):
@@ -364,23 +257,23 @@ class Evaluation:
         n_pairs = sum(f.shape[0] * f.shape[1] for f in feats.values())
         if tier == "logits" and data.model == "lm-small":
             self.throughput["features_per_s"] = round(float(n_pairs) / (time.perf_counter() - t0), 1)
-        same = {h: [] for h in HEADS}
+        same = []
         X = []
         for cid in configs:
             X.append(feats[cid][train].reshape(-1, feats[cid].shape[2]))
             truth = data.config_labels[cid]
-            for h in HEADS:
-                same[h].append(np.tile([truth[h] == cl[h] for cl in cand_labels], len(train)))
-        matcher = ReferenceMatcher().fit(np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
+            agree = [[truth[h] == cl[h] for h in HEADS] for cl in cand_labels]  # (candidates, heads)
+            same.append(np.tile(np.asarray(agree, dtype=bool), (len(train), 1)))
+        fitted = ReferenceMatcher(heads=HEADS).fit(np.concatenate(X), np.concatenate(same))
         calib_scores = np.concatenate(
             [
                 ReferenceMatcher.match_scores(
-                    matcher.pair_probabilities(feats[cid][calib])["full"], np.arange(len(calib))
+                    fitted.pair_probabilities(feats[cid][calib])["full"], np.arange(len(calib))
                 )
                 for cid in configs
             ]
         )
-        matcher.calibrate(calib_scores)
+        matcher = CalibratedMatcher(fitted).fit(calib_scores)
         # exact-match lookup and the baseline share the same test groups
         baselines = self._fit_baselines(
             np.concatenate(
@@ -454,7 +347,7 @@ class Evaluation:
         self,
         data: ModelData,
         tier: str,
-        matcher: ReferenceMatcher,
+        matcher: CalibratedMatcher,
         pool: SequentialPool,
         cand_labels: list[dict[str, str]],
     ) -> None:
@@ -568,7 +461,7 @@ class Evaluation:
         known = [cid for cid in data.replay if data.class_of[cid] != held]
         X = np.concatenate([feats[cid][train][:, keep_c].reshape(-1, feats[cid].shape[2]) for cid in known])
         y = np.concatenate([np.tile([data.class_of[cid] == c for c in keep_c], len(train)) for cid in known])
-        return ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, {"full": y})
+        return ReferenceMatcher(heads=("full",), n_estimators=OPEN_SET_TREES).fit(X, y)
 
     def _open_set_row(
         self,
@@ -626,10 +519,10 @@ class Evaluation:
             for q in QUERIES:
                 if len(calib) < q or len(test) < q:
                     continue
-                m.calibrate(np.concatenate([scores(cid, calib, q) for cid in known]))
+                calibrated = CalibratedMatcher(m).fit(np.concatenate([scores(cid, calib, q) for cid in known]))
                 inside = np.concatenate([scores(cid, test, q) for cid in known])
                 outside = np.concatenate([scores(cid, test, q) for cid in configs if data.class_of[cid] == held])
-                self._open_set_row(data, tier, "lightgbm", q, held, inside, outside, m.threshold_)
+                self._open_set_row(data, tier, "lightgbm", q, held, inside, outside, calibrated.threshold_)
         return matchers
 
     def _open_set_sequential(
@@ -668,8 +561,8 @@ class Evaluation:
                 inside = audits(pool, known)
                 outside = audits(pool, [cid for cid in data.replay if data.class_of[cid] == held])
                 for q in QUERIES:
-                    m.calibrate(calibration[q])
-                    self._open_set_row(data, tier, method, q, held, inside[q], outside[q], m.threshold_)
+                    threshold = CalibratedMatcher(m).fit(calibration[q]).threshold_
+                    self._open_set_row(data, tier, method, q, held, inside[q], outside[q], threshold)
 
     # -- intrinsic splits ------------------------------------------------------------------
     @staticmethod
@@ -694,13 +587,12 @@ class Evaluation:
             weight.append(np.full(len(probes), float(len(cls.members))))
             for h in HEADS:
                 y[h] += [cls.labels[h]] * len(probes)
-        clf = IntrinsicClassifier().fit(
+        clf = IntrinsicClassifier(heads=HEADS, audit_sizes=QUERIES).fit(
             np.concatenate(X),
-            {h: np.array(v) for h, v in y.items()},
+            np.column_stack([np.array(y[h]) for h in HEADS]),
             groups=np.concatenate(probe_of),
             sample_weight=np.concatenate(weight),
             targets=np.concatenate(target),
-            audit_sizes=QUERIES,
         )
         baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
         test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
@@ -757,8 +649,8 @@ class Evaluation:
         heads = TRANSFER_HEADS
         X, V, y, source, config = self.transfer_training_set(data, model, tier)
         # tree counts are chosen by predicting one training model from the other: transfer, as tested
-        clf = IntrinsicClassifier(heads=heads).fit(
-            np.concatenate(X), y, groups=source, targets=config, audit_sizes=QUERIES
+        clf = IntrinsicClassifier(heads=heads, audit_sizes=QUERIES).fit(
+            np.concatenate(X), np.column_stack([y[h] for h in heads]), groups=source, targets=config
         )
         widths = {v.shape[1] for v in V}
         target = data[model]

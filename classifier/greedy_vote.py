@@ -26,8 +26,6 @@ Fitted attributes end in `_`; the estimator saves to and loads from JSON only.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +89,12 @@ class GreedyVote(BaseEstimator):
         expected[kind] = (probe_ids (n,), greedy (C, n), runner_up (C, n)): the reference answers.
         repeated[kind] = (class_index (r,), probe_ids (r,), greedy (r,)): answers of independent
         repeated runs (any number per class) to measure eps; probes must be known to `expected`.
+
+        Why mappings by probe kind, not an (X, y) pair: the vote learns no function of features.
+        What it fits is, per probe kind (pool, border: separate probe-id spaces of different sizes),
+        every class's expected and runner-up token table plus the repeats that measure each class's
+        error rate; a repeat has no row in the reference table, and the two kinds' tables cannot
+        share one matrix.  Hyper-parameters are still `__init__` arguments only, so `clone` works.
         """
         for name, value, low, high in (
             ("epsilon_floor", self.epsilon_floor, 0.0, 0.5),
@@ -348,26 +352,16 @@ class GreedyVote(BaseEstimator):
         return vote
 
     def save(self, path: Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(metadata), separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the vote as JSON (through `hspi.classifier.artifacts`, the one save/load path)."""
+        from hspi.classifier.artifacts import save_vote
+
+        return save_vote(Path(path), self, metadata)
 
     @classmethod
     def load(cls, path: Path) -> GreedyVote:
-        path = Path(path)
-        if not path.exists():
-            raise ModelError(f"greedy-vote file missing: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"corrupt greedy-vote file {path}: {exc}") from None
-        try:
-            return cls.from_dict(data)
-        except ModelError as exc:
-            raise ModelError(f"{path}: {exc}") from None
+        from hspi.classifier.artifacts import load_vote
+
+        return load_vote(Path(path))
 
 
 VOTE_FILE = "greedy-vote.json"

@@ -10,11 +10,22 @@ testing transfer), and keeps none (the class prior) when no tree helps audits of
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 
 from hspi.classifier.evidence import group_sum, log_prob, softmax
-from hspi.classifier.lgbm import MulticlassBooster
+from hspi.classifier.lgbm import (
+    DEFAULT_N_JOBS,
+    MulticlassBooster,
+    NotFittedModelError,
+    TrainingDataError,
+    check_features,
+    check_weights,
+)
 from hspi.errors import ModelError
 
 ROUND_GRID = (5, 10, 20, 40, 80, 120)  # tree counts tried on the validation groups (0 = the prior)
@@ -25,22 +36,46 @@ VALIDATION_SEED = 5
 Z_OVER_PRIOR = 1.0
 
 
-class ClassPrior:
-    """A head that always answers the training labels' weighted frequencies: the no-evidence answer."""
+class ClassPrior(ClassifierMixin, BaseEstimator):
+    """A head that always answers the training labels' weighted frequencies: the no-evidence answer.
 
-    def __init__(self, classes: Sequence[str] = (), probabilities: Sequence[float] = ()) -> None:
-        self.classes_ = np.asarray(classes, dtype=str)
-        self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
+    No hyper-parameters; `fit` reads X only for its row count."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.classifier_tags.poor_score = True  # it ignores the features on purpose
+        return tags
+
+    def fit(self, X: Any, y: Any, sample_weight: np.ndarray | None = None) -> ClassPrior:
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=False)
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+        weight = check_weights(sample_weight, X)
+        weight = np.ones(len(encoded)) if weight is None else weight
+        totals = np.bincount(encoded, weights=weight, minlength=len(classes))
+        self.classes_ = classes
+        self.probabilities_ = totals / totals.sum()
+        return self
 
     @classmethod
-    def fit(cls, y: np.ndarray, sample_weight: np.ndarray | None = None) -> ClassPrior:
-        classes, encoded = np.unique(np.asarray(y).astype(str), return_inverse=True)
-        weight = np.ones(len(encoded)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        totals = np.bincount(encoded, weights=weight, minlength=len(classes))
-        return cls(classes, totals / totals.sum())
+    def from_probabilities(cls, classes: Sequence[str], probabilities: Sequence[float]) -> ClassPrior:
+        """A fitted prior from its classes and their probabilities (a saved head, or a booster's prior)."""
+        prior = cls()
+        prior.classes_ = np.asarray(classes, dtype=str)
+        prior.probabilities_ = np.asarray(probabilities, dtype=np.float64)
+        return prior
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "probabilities_"):
+            raise NotFittedModelError("this ClassPrior is not fitted yet")
+        if hasattr(self, "n_features_in_"):
+            X = check_features(self, X, reset=False)
         return np.tile(self.probabilities_, (len(X), 1))
+
+    def predict(self, X: Any) -> np.ndarray:
+        proba = self.predict_proba(X)  # checks it is fitted first
+        return self.classes_[proba.argmax(axis=1)]
 
 
 def _validation_folds(groups: np.ndarray) -> list[np.ndarray]:
@@ -83,7 +118,12 @@ def _audits(targets: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-class IntrinsicClassifier:
+class IntrinsicClassifier(ClassifierMixin, BaseEstimator):
+    """One multiclass head per label kind.  `y` is 2-D (n_samples, len(heads)): each row's label per
+    head, columns in `heads` order; a 1-D `y` is the one column of a single head, and then `predict`
+    answers 1-D too (scikit-learn's multi-output convention).  `audit_sizes` are the audit sizes
+    (numbers of probes of one target) the tree counts are chosen for; they must include 1."""
+
     def __init__(
         self,
         *,
@@ -92,12 +132,22 @@ class IntrinsicClassifier:
         num_leaves: int = 15,
         learning_rate: float = 0.1,
         random_state: int = 0,
+        audit_sizes: Sequence[int] = (1,),
+        n_jobs: int = DEFAULT_N_JOBS,
     ) -> None:
         self.heads = heads
         self.n_estimators = n_estimators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
         self.random_state = random_state
+        self.audit_sizes = audit_sizes
+        self.n_jobs = n_jobs
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.target_tags.multi_output = True
+        return tags
 
     def _booster(self, n_estimators: int) -> MulticlassBooster:
         return MulticlassBooster(
@@ -105,6 +155,7 @@ class IntrinsicClassifier:
             num_leaves=self.num_leaves,
             learning_rate=self.learning_rate,
             random_state=self.random_state,
+            n_jobs=self.n_jobs,
         )
 
     def _choose_rounds(
@@ -133,7 +184,7 @@ class IntrinsicClassifier:
         folds = {q: 0 for q in audit_sizes}
         for held in _validation_folds(groups):
             fit, val = np.flatnonzero(~held), np.flatnonzero(held)
-            prior = ClassPrior.fit(labels[fit], weight[fit])
+            prior = ClassPrior().fit(X[fit], labels[fit], weight[fit])
             booster = (
                 self._booster(self.n_estimators).fit(X[fit], labels[fit], weight[fit])
                 if len(np.unique(labels[fit])) >= 2
@@ -141,7 +192,7 @@ class IntrinsicClassifier:
             )  # else only the prior is defined on this fold
             classes = prior.classes_
             # audits of the validation fold are scored against its own label shares, as a test is
-            shares = ClassPrior.fit(labels[val], weight[val])
+            shares = ClassPrior().fit(X[val], labels[val], weight[val])
             target = log_prob(
                 np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes])
             )
@@ -190,31 +241,38 @@ class IntrinsicClassifier:
 
     def fit(
         self,
-        X: np.ndarray,
-        y: dict[str, np.ndarray],
+        X: Any,
+        y: Any,
         *,
         groups: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
         targets: np.ndarray | None = None,
-        audit_sizes: Sequence[int] = (1,),
     ) -> IntrinsicClassifier:
-        """Fit every head. With `groups` (which probe, or which reference model, each row came from),
-        each head keeps, per audit size, the tree count that answers audits of held-out groups best,
-        possibly none. `targets` (which platform each row's answer came from) lets validation audits
-        combine several rows of one target; without it each row is its own target."""
-        X = np.asarray(X, dtype=np.float64)
+        """Fit every head on X (N, F) and y (N, len(heads)) labels. With `groups` (which probe, or which
+        reference model, each row came from), each head keeps, per audit size, the tree count that
+        answers audits of held-out groups best, possibly none. `targets` (which platform each row's
+        answer came from) lets validation audits combine several rows of one target; without it each
+        row is its own target."""
+        X, Y = validate_data(self, X, y, multi_output=True, dtype=np.float64, ensure_all_finite=False)
+        self.single_output_ = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        check_classification_targets(Y)
+        if Y.shape != (len(X), len(self.heads)):
+            raise TrainingDataError(
+                f"y has shape {np.shape(y)}; expected ({len(X)}, {len(self.heads)}): one column per head"
+            )
         weight = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         if targets is not None and len(targets) != len(X):
             raise ModelError(f"{len(targets)} targets for {len(X)} rows")
         targets = np.arange(len(X)) if targets is None else np.asarray(targets)
-        sizes = tuple(sorted({int(q) for q in audit_sizes}))
+        sizes = tuple(sorted({int(q) for q in self.audit_sizes}))
         if not sizes or sizes[0] != 1:
-            raise ModelError(f"audit sizes must include 1, got {list(audit_sizes)}")
+            raise ModelError(f"audit sizes must include 1, got {list(self.audit_sizes)}")
         self.heads_: dict[str, str | ClassPrior | MulticlassBooster] = {}
         self.rounds_: dict[str, dict[int, int]] = {}  # head -> audit size -> trees used (0 = the prior)
         self.priors_: dict[str, np.ndarray] = {}  # head -> training label shares, in the head's class order
-        for head in self.heads:
-            labels = np.asarray(y[head]).astype(str)
+        for column, head in enumerate(self.heads):
+            labels = Y[:, column]
             if len(np.unique(labels)) < 2:
                 self.heads_[head] = str(labels[0])  # one value only: the answer is known without a model
                 continue
@@ -224,11 +282,18 @@ class IntrinsicClassifier:
                 else self._choose_rounds(X, labels, weight, np.asarray(groups), targets, sizes)
             )
             self.rounds_[head] = rounds
-            prior = ClassPrior.fit(labels, weight)
+            prior = ClassPrior().fit(X, labels, weight)
             self.priors_[head] = prior.probabilities_
             grown = max(rounds.values())
             self.heads_[head] = prior if grown == 0 else self._booster(grown).fit(X, labels, weight)
+        self.classes_ = [np.asarray(self.head_classes(h)) for h in self.heads_]
+        if self.single_output_:
+            self.classes_ = self.classes_[0]
         return self
+
+    def head_classes(self, head: str) -> list[str]:
+        model = self.heads_[head]
+        return [model] if isinstance(model, str) else list(model.classes_)
 
     def rounds_for(self, head: str, audit_size: int) -> int:
         """Trees an audit of `audit_size` answers uses: those chosen for the largest size not above it."""
@@ -248,7 +313,7 @@ class IntrinsicClassifier:
         served on; labels it leaves out are ruled out.
         """
         if not hasattr(self, "heads_"):
-            raise ModelError("this IntrinsicClassifier is not fitted yet")
+            raise NotFittedModelError("this IntrinsicClassifier is not fitted yet")
         out = {}
         n_groups = int(groups.max()) + 1
         sizes = np.bincount(groups, minlength=n_groups)
@@ -269,7 +334,7 @@ class IntrinsicClassifier:
             for k in np.unique(trees):
                 rows = trees == k
                 p = (
-                    ClassPrior(classes, self.priors_[head]).predict_proba(X[rows])
+                    ClassPrior.from_probabilities(classes, self.priors_[head]).predict_proba(X[rows])
                     if k == 0
                     else model.predict_proba(X[rows], num_iteration=int(k))
                 )  # type: ignore[union-attr]
@@ -278,6 +343,17 @@ class IntrinsicClassifier:
             out[head] = (classes, softmax(evidence, axis=1))
         return out
 
-    def predict(self, X: np.ndarray, head: str) -> np.ndarray:
-        values, post = self.posteriors(X, np.arange(len(X)))[head]
-        return np.asarray(values)[post.argmax(axis=1)]
+    def predict_proba(self, X: Any) -> list[np.ndarray] | np.ndarray:
+        """Per head (in `heads` order), (n, labels) posteriors with each row its own audit of one probe;
+        one array when fitted on a 1-D y."""
+        X = np.asarray(X, dtype=np.float64)
+        posts = self.posteriors(X, np.arange(len(X)))
+        out = [posts[h][1] for h in self.heads]
+        return out[0] if getattr(self, "single_output_", False) else out
+
+    def predict(self, X: Any) -> np.ndarray:
+        """(n, len(heads)) labels, each row its own audit of one probe; (n,) when fitted on a 1-D y."""
+        X = np.asarray(X, dtype=np.float64)
+        posts = self.posteriors(X, np.arange(len(X)))
+        out = np.column_stack([np.asarray(posts[h][0])[posts[h][1].argmax(axis=1)] for h in self.heads])
+        return out[:, 0] if getattr(self, "single_output_", False) else out

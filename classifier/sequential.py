@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from hspi.classifier.evidence import group_sum, log_odds, softmax
-from hspi.classifier.reference import SCORE_TOLERANCE, ReferenceMatcher
+from hspi.classifier.reference import SCORE_TOLERANCE, CalibratedMatcher, ReferenceMatcher
 from hspi.errors import ConfigError
 from hspi.features.relative import relative_features
 from hspi.features.tiers import TierView, reference_values, tier_view
@@ -93,7 +93,7 @@ class ReferenceBook:
 
 
 class ReferenceEvidence:
-    def __init__(self, matcher: ReferenceMatcher, book: ReferenceBook) -> None:
+    def __init__(self, matcher: ReferenceMatcher | CalibratedMatcher, book: ReferenceBook) -> None:
         self.matcher, self.book = matcher, book
         self.labels, self.tier, self.pool_ids = book.labels, book.tier, book.pool_ids
         self.reference_full, self._row = book.reference_full, book.row

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hspi.classifier.artifacts import save_matcher
-from hspi.classifier.evaluation import load_model_data, pair_features, split_replay
-from hspi.classifier.reference import ReferenceMatcher
+from hspi.classifier.artifacts import save
+from hspi.classifier.reference import CalibratedMatcher, ReferenceMatcher
+from hspi.classifier.training_data import load_model_data, pair_features, split_replay
 from hspi.dataset import Dataset
 from hspi.features.tiers import TIERS, check_tier, reference_values
 from hspi.platform import HEADS
@@ -35,7 +35,7 @@ def train(
             check_tier(tier)
             log(f"training {model} / {tier}")
             ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
-            X, same = [], {h: [] for h in HEADS}
+            X, same = [], []
             calib_scores = []
             feats = {
                 cid: pair_features(data, tier, cid, np.arange(len(data.replay_ids)), candidates, ref_full)
@@ -43,17 +43,18 @@ def train(
             }
             for cid, f in feats.items():
                 X.append(f[fit_rows].reshape(-1, f.shape[2]))
-                for h in HEADS:
-                    same[h].append(np.tile([data.config_labels[cid][h] == cl[h] for cl in cand_labels], len(fit_rows)))
-            matcher = ReferenceMatcher().fit(np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()})
+                # (rows, heads): whether this config and each candidate share each head's label
+                agree = [[data.config_labels[cid][h] == cl[h] for h in HEADS] for cl in cand_labels]
+                same.append(np.tile(np.asarray(agree, dtype=bool), (len(fit_rows), 1)))
+            matcher = ReferenceMatcher(heads=HEADS).fit(np.concatenate(X), np.concatenate(same))
             for f in feats.values():
                 p = matcher.pair_probabilities(f[calib_rows])["full"]
                 calib_scores.append(ReferenceMatcher.match_scores(p, np.arange(len(calib_rows))))
-            matcher.calibrate(np.concatenate(calib_scores))
+            calibrated = CalibratedMatcher(matcher).fit(np.concatenate(calib_scores))
             directory = out / model / tier
-            save_matcher(
+            save(
                 directory,
-                matcher,
+                calibrated,
                 {
                     "dataset": dataset.manifest.name,
                     "model": model,

@@ -74,7 +74,7 @@ def _fitted_matcher(refs: list[np.ndarray], labels: list[dict[str, str]], trees:
         for h in same:
             same[h].append(np.tile([labels[t][h] == lab[h] for lab in labels], len(target)))
     return ReferenceMatcher(heads=tuple(same), n_estimators=trees).fit(
-        np.concatenate(X), {h: np.concatenate(v) for h, v in same.items()}
+        np.concatenate(X), np.column_stack([np.concatenate(v) for v in same.values()])
     )
 
 

@@ -201,6 +201,11 @@ def test_log_prob_clips_at_the_floor():
 # --- intrinsic heads: tree counts chosen on held-out groups, the prior when nothing generalises ---
 
 
+def _heads(y: dict[str, np.ndarray], heads: tuple[str, ...]) -> np.ndarray:
+    """The 2-D y an IntrinsicClassifier fits: one column per head, in `heads` order."""
+    return np.column_stack([y[h] for h in heads])
+
+
 def _intrinsic_data(seed: int = 0, n_groups: int = 30, per_group: int = 12):
     """Head "signal" is a noisy function of feature 0; head "noise" is independent of every feature."""
     rng = np.random.default_rng(seed)
@@ -215,19 +220,20 @@ def test_intrinsic_heads_keep_trees_only_where_they_generalise():
     from hspi.classifier.intrinsic import ClassPrior, IntrinsicClassifier
 
     X, y, groups = _intrinsic_data()
-    clf = IntrinsicClassifier(heads=("signal", "noise")).fit(X, y, groups=groups)
+    clf = IntrinsicClassifier(heads=("signal", "noise")).fit(X, _heads(y, ("signal", "noise")), groups=groups)
     assert clf.rounds_["signal"][1] > 0 and isinstance(clf.heads_["signal"], MulticlassBooster)
     assert clf.rounds_["noise"] == {1: 0} and isinstance(clf.heads_["noise"], ClassPrior)
     Xt, yt, _ = _intrinsic_data(seed=1)
-    assert (clf.predict(Xt, "signal") == yt["signal"]).mean() > 0.85
-    assert set(clf.predict(Xt, "noise")) == {"a"}  # the prior's majority, whatever the features say
+    predicted = clf.predict(Xt)  # (n, heads)
+    assert (predicted[:, 0] == yt["signal"]).mean() > 0.85
+    assert set(predicted[:, 1]) == {"a"}  # the prior's majority, whatever the features say
 
 
 def test_intrinsic_without_groups_grows_the_fixed_size():
     from hspi.classifier.intrinsic import IntrinsicClassifier
 
     X, y, _ = _intrinsic_data()
-    clf = IntrinsicClassifier(heads=("noise",), n_estimators=7).fit(X, y)
+    clf = IntrinsicClassifier(heads=("noise",), n_estimators=7).fit(X, y["noise"])
     assert clf.rounds_["noise"] == {1: 7}
     assert clf.heads_["noise"].booster_.current_iteration() == 7
 
@@ -237,16 +243,16 @@ def test_intrinsic_sample_weight_sets_the_prior():
 
     X, y, groups = _intrinsic_data()
     weight = np.where(y["noise"] == "b", 10.0, 1.0)  # b now outweighs a 10:3
-    clf = IntrinsicClassifier(heads=("noise",)).fit(X, y, groups=groups, sample_weight=weight)
+    clf = IntrinsicClassifier(heads=("noise",)).fit(X, y["noise"], groups=groups, sample_weight=weight)
     assert clf.rounds_["noise"] == {1: 0}
-    assert set(clf.predict(X[:20], "noise")) == {"b"}
+    assert set(clf.predict(X[:20])) == {"b"}  # fitted on a 1-D y: answers 1-D
 
 
 def test_intrinsic_target_prior_shifts_and_rules_out_labels():
     from hspi.classifier.intrinsic import IntrinsicClassifier
 
     X, y, groups = _intrinsic_data()
-    clf = IntrinsicClassifier(heads=("noise", "signal")).fit(X, y, groups=groups)
+    clf = IntrinsicClassifier(heads=("noise", "signal")).fit(X, _heads(y, ("noise", "signal")), groups=groups)
     rows = np.arange(8)
     base = clf.posteriors(X[rows], rows)
     shifted = clf.posteriors(X[rows], rows, prior={"noise": {"a": 0.1, "b": 0.9}, "signal": {"hi": 1.0}})
@@ -267,9 +273,7 @@ def test_intrinsic_heads_choose_trees_per_audit_size():
     X = rng.normal(size=(len(targets), 3))
     X[:, 0] += np.where(labels == "even", 0.35, -0.35)
     groups = np.tile(np.arange(24), 40)  # which probe: validation holds other probes
-    clf = IntrinsicClassifier(heads=("weak",)).fit(
-        X, {"weak": labels}, groups=groups, targets=targets, audit_sizes=(1, 4, 16)
-    )
+    clf = IntrinsicClassifier(heads=("weak",), audit_sizes=(1, 4, 16)).fit(X, labels, groups=groups, targets=targets)
     assert set(clf.rounds_["weak"]) == {1, 4, 16}
     assert clf.rounds_for("weak", 16) > 0  # sixteen weak probes of one target add up
     assert clf.rounds_for("weak", 9) == clf.rounds_["weak"][4] and clf.rounds_for("weak", 40) == clf.rounds_["weak"][16]
@@ -279,7 +283,7 @@ def test_intrinsic_heads_choose_trees_per_audit_size():
     values, post = clf.posteriors(Xt, np.repeat(np.arange(40), 16))["weak"]
     assert (np.asarray(values)[post.argmax(axis=1)] == truth[::16]).mean() >= 0.8
     with pytest.raises(ModelError, match="audit sizes"):
-        IntrinsicClassifier(heads=("weak",)).fit(X, {"weak": labels}, groups=groups, audit_sizes=(4,))
+        IntrinsicClassifier(heads=("weak",), audit_sizes=(4,)).fit(X, labels, groups=groups)
 
 
 def test_intrinsic_validation_needs_two_groups():
@@ -287,7 +291,7 @@ def test_intrinsic_validation_needs_two_groups():
 
     X, y, _ = _intrinsic_data()
     with pytest.raises(ModelError, match="two row groups"):
-        IntrinsicClassifier(heads=("signal",)).fit(X, y, groups=np.zeros(len(X)))
+        IntrinsicClassifier(heads=("signal",)).fit(X, y["signal"], groups=np.zeros(len(X)))
 
 
 def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
@@ -296,7 +300,8 @@ def test_intrinsic_artifacts_round_trip_boosters_and_priors(tmp_path):
 
     X, y, groups = _intrinsic_data()
     y["constant"] = np.array(["only"] * len(X))
-    clf = IntrinsicClassifier(heads=("signal", "noise", "constant")).fit(X, y, groups=groups)
+    heads = ("signal", "noise", "constant")
+    clf = IntrinsicClassifier(heads=heads).fit(X, _heads(y, heads), groups=groups)
     save_intrinsic(tmp_path, clf, {"model": "test"})
     assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "intrinsic-signal.txt").exists()
     assert not (tmp_path / "intrinsic-noise.txt").exists()  # a prior head is plain JSON
