@@ -89,7 +89,7 @@ def save_matcher(directory: Path, matcher: Matcher, metadata: dict[str, Any]) ->
     ):
         raise ModelError("only a fitted (and, if wrapped, calibrated) matcher can be saved")
     directory.mkdir(parents=True, exist_ok=True)
-    heads = {}
+    heads: dict[str, str | None] = {}
     for head, model in inner.heads_.items():
         if model is None:
             heads[head] = None
@@ -123,7 +123,7 @@ def _matcher_from(directory: Path, meta: dict[str, Any]) -> Matcher:
         params = dict(meta["params"])
         params["heads"] = tuple(params.get("heads", meta["heads"]))  # layout 1: the heads' keys, in order
         matcher = ReferenceMatcher(**params)
-        matcher.heads_ = {
+        matcher.heads_ = {  # type: ignore[misc]  # a head with one label everywhere keeps no booster (None)
             head: None if name is None else BinaryBooster.from_text(_read(directory / name), classes=(False, True))
             for head, name in meta["heads"].items()
         }
@@ -205,9 +205,8 @@ def _intrinsic_from(directory: Path, meta: dict[str, Any]) -> IntrinsicClassifie
             else MulticlassBooster.from_text(_read(directory / spec["file"]), spec["classes"])
         )
     clf.single_output_ = bool(meta.get("single_output", False))
-    clf.classes_ = [np.asarray(clf.head_classes(h)) for h in clf.heads_]
-    if clf.single_output_:
-        clf.classes_ = clf.classes_[0]
+    per_head = [np.asarray(clf.head_classes(h)) for h in clf.heads_]
+    clf.classes_ = per_head[0] if clf.single_output_ else per_head
     return clf
 
 

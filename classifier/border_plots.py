@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -13,7 +13,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 # what is compared: the pool alone (no border prompts), pool + border prompts in random order, and
 # pool + border prompts asked in information-gain order
-METHODS = {("pool", "random"): ":", ("pool+border", "random"): "--", ("pool+border", "info-gain"): "-"}
+LineStyle = Literal["solid", "dashed", "dotted"]
+METHODS: dict[tuple[str, str], LineStyle] = {
+    ("pool", "random"): "dotted",
+    ("pool+border", "random"): "dashed",
+    ("pool+border", "info-gain"): "solid",
+}
 HEAD_COLOURS = {"full": "tab:blue", "dtype": "tab:orange", "hardware": "tab:green"}
 
 

@@ -290,7 +290,7 @@ class Evaluation:
             keep = groups >= 0
             if not keep.any():  # fewer probes than queries: no audit of this size fits
                 continue
-            correct: dict[tuple[str, str], list[np.ndarray]] = {}
+            correct: dict[tuple[str, str], list[Any]] = {}
             confusion_pairs: dict[str, list[tuple[str, str]]] = {h: [] for h in HEADS}
             for cid in configs:
                 truth = data.config_labels[cid]
@@ -312,9 +312,9 @@ class Evaluation:
                 for h in HEADS:
                     predicted = np.array([data.classes[e].labels[h] if e >= 0 else "no-match" for e in exact])
                     correct.setdefault((h, "exact-match"), []).append(predicted == truth[h])
-                values = tier_view(data.replay[cid][test[keep]], tier).values
+                shown = tier_view(data.replay[cid][test[keep]], tier).values
                 for h in HEADS:
-                    best = self._baseline_predictions(baselines[h], values, groups[keep])
+                    best = self._baseline_predictions(baselines[h], shown, groups[keep])
                     correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
             for (h, method), parts in correct.items():
                 if method == "hspi-ld-svm":
@@ -577,10 +577,12 @@ class Evaluation:
     def _heldout(self, data: ModelData, tier: str) -> None:
         # the stored pool's probes (rows = ids), so a search does not change what the heads train on
         probes = np.random.default_rng(SPLIT_SEED).permutation(data.pool_size)[:INTRINSIC_TRAIN_PROBES]
-        X, V, y, probe_of, weight, target = [], [], {h: [] for h in HEADS}, [], [], []
+        X, V, probe_of, weight, target = [], [], [], [], []
+        y: dict[str, list[Any]] = {h: [] for h in HEADS}
         for c, cls in enumerate(data.classes):
             f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
-            X.append(f), V.append(v)
+            X.append(f)
+            V.append(v)
             probe_of.append(probes)
             target.append(np.full(len(probes), c))
             # a class stands for all its member configs, as the test does
@@ -630,14 +632,16 @@ class Evaluation:
         label ("a|b") holds what one model could not tell apart, which another model may part, and a
         head trained on it can never answer a config's own label."""
         heads = TRANSFER_HEADS
-        X, V, y, source, config = [], [], {h: [] for h in heads}, [], []
+        X, V, source, config = [], [], [], []
+        y: dict[str, list[Any]] = {h: [] for h in heads}
         for other, d in data.items():
             if other == model:
                 continue
             probes = np.random.default_rng(SPLIT_SEED).permutation(d.pool_size)[: INTRINSIC_TRAIN_PROBES // 3]
             for cid in d.replay:
                 f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
-                X.append(f), V.append(v)
+                X.append(f)
+                V.append(v)
                 source += [other] * len(probes)
                 config += [f"{other}/{cid}"] * len(probes)
                 own = self.dataset.manifest.configs[cid].labels
@@ -678,8 +682,8 @@ class Evaluation:
                 # a class merges configs; in transfer the truth is this config's own label
                 truth = self.dataset.manifest.configs[cid].labels
                 for h in heads:
-                    values, p = post[h]
-                    correct.setdefault((h, "lightgbm"), []).append(np.asarray(values)[p.argmax(axis=1)] == truth[h])
+                    labels, p = post[h]
+                    correct.setdefault((h, "lightgbm"), []).append(np.asarray(labels)[p.argmax(axis=1)] == truth[h])
                     if baselines is not None:
                         best = self._baseline_predictions(baselines[h], v, groups[keep])
                         correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})

@@ -196,7 +196,7 @@ class IntrinsicClassifier(ClassifierMixin, BaseEstimator):
             target = log_prob(
                 np.array([dict(zip(shares.classes_, shares.probabilities_)).get(c, 0.0) for c in classes])
             )
-            per_probe = []
+            per_probe: list[np.ndarray | None] = []
             for k in options:
                 if k == 0:
                     p = prior.predict_proba(X[val])
@@ -231,7 +231,8 @@ class IntrinsicClassifier(ClassifierMixin, BaseEstimator):
                 chosen[q] = chosen[max(chosen)] if chosen else 0
                 continue
             order = sorted(
-                range(len(options)), key=lambda i: (-round(hits[q][i], 9), round(losses[q][i], 9), options[i])
+                range(len(options)),
+                key=lambda i: (-round(float(hits[q][i]), 9), round(float(losses[q][i]), 9), options[i]),
             )
             best = order[0]
             if best and not beats_prior(np.concatenate(paired[q], axis=1)[best - 1]):
@@ -286,9 +287,8 @@ class IntrinsicClassifier(ClassifierMixin, BaseEstimator):
             self.priors_[head] = prior.probabilities_
             grown = max(rounds.values())
             self.heads_[head] = prior if grown == 0 else self._booster(grown).fit(X, labels, weight)
-        self.classes_ = [np.asarray(self.head_classes(h)) for h in self.heads_]
-        if self.single_output_:
-            self.classes_ = self.classes_[0]
+        per_head = [np.asarray(self.head_classes(h)) for h in self.heads_]
+        self.classes_ = per_head[0] if self.single_output_ else per_head
         return self
 
     def head_classes(self, head: str) -> list[str]:
@@ -333,11 +333,10 @@ class IntrinsicClassifier(ClassifierMixin, BaseEstimator):
             logp = np.zeros((len(X), len(classes)))
             for k in np.unique(trees):
                 rows = trees == k
-                p = (
-                    ClassPrior.from_probabilities(classes, self.priors_[head]).predict_proba(X[rows])
-                    if k == 0
-                    else model.predict_proba(X[rows], num_iteration=int(k))
-                )  # type: ignore[union-attr]
+                if k == 0:
+                    p = ClassPrior.from_probabilities(classes, list(self.priors_[head])).predict_proba(X[rows])
+                else:
+                    p = model.predict_proba(X[rows], num_iteration=int(k))  # type: ignore[union-attr,call-arg]
                 logp[rows] = log_prob(p)
             evidence = group_sum(logp - train_prior + target, groups)
             out[head] = (classes, softmax(evidence, axis=1))

@@ -121,7 +121,7 @@ class BinaryBooster(_BoosterEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         booster = self._check_fitted()
-        p = booster.predict(check_features(self, X, reset=False))
+        p = np.asarray(booster.predict(check_features(self, X, reset=False)), dtype=np.float64)
         return np.column_stack([1.0 - p, p])
 
     @classmethod

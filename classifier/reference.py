@@ -85,7 +85,7 @@ class ReferenceMatcher(ClassifierMixin, BaseEstimator):
                 "Only binary classification is supported: y says, per head, whether target and candidate "
                 "share the label (0/1 or bool)"
             )
-        self.heads_ = {}
+        self.heads_: dict[str, BinaryBooster | None] = {}
         for column, head in enumerate(self.heads):
             labels = Y[:, column].astype(bool)
             if labels.all():  # every pair agrees (e.g. one engine only): nothing to learn, always "same"
@@ -120,11 +120,11 @@ class ReferenceMatcher(ClassifierMixin, BaseEstimator):
         X = check_features(self, X, reset=False)
         p = self.pair_probabilities(X.reshape(len(X), 1, -1))
         out = [np.column_stack([1.0 - p[h][:, 0], p[h][:, 0]]) for h in self.heads]
-        return out[0] if self.single_output_ else out
+        return out[0] if self.single_output_ else out  # type: ignore[return-value]  # sklearn: a list per output
 
     def predict(self, X: Any) -> np.ndarray:
         """(N, len(heads)) whether each pair shares each head's label; (N,) when fitted on a 1-D y."""
-        proba = self.predict_proba(X)
+        proba: Any = self.predict_proba(X)  # one (N, 2) array, or one per head
         if self.single_output_:
             return proba[:, 1] > 0.5
         return np.column_stack([p[:, 1] > 0.5 for p in proba])

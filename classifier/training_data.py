@@ -107,7 +107,7 @@ def load_model_data(dataset: Dataset, model: str, *, oracle: bool = False) -> Mo
     if SEARCHED_REPLAY_RUN in runs and not dataset.has_searched_pool(model):
         runs.remove(SEARCHED_REPLAY_RUN)  # re-runs of probes without every config's reference
     parts: dict[str, list] = {cid: [] for cid in configs}
-    ids = []
+    ids: list[np.ndarray] = []
     for run in runs:
         run_ids = dataset.responses(configs[0], run, model).probe_ids
         fresh_rows = ~np.isin(run_ids, np.concatenate(ids)) if ids else np.ones(len(run_ids), bool)
