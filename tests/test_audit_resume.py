@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from reproducing import serving_platform
 from servers import serve_asgi
 
 from hspi.audit import AuditSettings, QueryRecord, run_audit
 from hspi.collector.target_server import create_target_app
 from hspi.errors import ConfigError
-from hspi.platform import Platform
 
 
 @pytest.fixture(scope="module")
 def target() -> str:
-    with serve_asgi(create_target_app("lm-small", Platform())) as url:
+    """The reference LM on an fp32 platform whose answers here are a collected configuration's (measured)."""
+    with serve_asgi(create_target_app("lm-small", serving_platform("lm-small"))) as url:
         yield url
 
 
