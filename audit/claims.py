@@ -151,11 +151,27 @@ def head_reports(
     return heads, verdicts
 
 
+def wrong_model_heads(head_names: list[str], claim: dict[str, str]) -> dict[str, HeadReport]:
+    """Every head under wrong-model: unknown, with no guesses (the heads know platforms of another model)."""
+    why = "unknown: the endpoint does not serve this model, so no platform of it can be named"
+    heads = {}
+    for head in head_names:
+        report = HeadReport(guesses=[], decided=False, basis="none", why=why)
+        if head in claim:
+            report.claimed, report.verdict = claim[head], "inconclusive"
+            report.why = f"{claim[head]!r} cannot be checked: {why}"
+        heads[head] = report
+    return heads
+
+
 def audit_verdict(
     status: MatchStatus, verdicts: dict[str, str], claim: dict[str, str], *, cut_short: bool, settled: bool = True
 ) -> Verdict:
     """The overall word.  With a claim: consistent / inconsistent / inconclusive / unknown-platform.
-    Without one: identified (a known class matches, settled), unknown-platform, or inconclusive."""
+    Without one: identified (a known class matches, settled), unknown-platform, or inconclusive.
+    Either way wrong-model when the endpoint does not serve the model at all."""
+    if status is MatchStatus.WRONG_MODEL:
+        return Verdict.WRONG_MODEL
     if status is MatchStatus.UNKNOWN:
         return Verdict.UNKNOWN_PLATFORM
     if status is MatchStatus.NO_EVIDENCE:

@@ -24,7 +24,7 @@ import numpy as np
 from hspi.audit import AuditReport, AuditSettings, run_audit
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
-from hspi.collector.vocabulary import decode
+from hspi.collector.prompt_codec import codec_for
 from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import TargetError
@@ -76,23 +76,21 @@ def served_target(
 
 def warm_up(url: str, model: str) -> None:
     """One request with a generous timeout: torch.compile compiles on the first call."""
-    spec = model_spec(model)
-    prompt = decode(ProbeSet(spec, "fresh", 1).inputs(np.array([0]))[0], spec.n_outputs)
+    prompt = codec_for(model).decode(ProbeSet(model_spec(model), "fresh", 1).inputs(np.array([0]))[0])
     httpx.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0}, timeout=300.0)
 
 
 @contextmanager
 def background_load(url: str, model: str, clients: int = 3) -> Iterator[None]:
     """Strangers' traffic (fresh probes, never pool ones) so dynamic batches mix audited and other requests."""
-    spec = model_spec(model)
-    fresh = ProbeSet(spec, "fresh", 400)
+    fresh, codec = ProbeSet(model_spec(model), "fresh", 400), codec_for(model)
     stop = threading.Event()
 
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
         with httpx.Client(timeout=10.0) as http:
             while not stop.is_set():
-                prompt = decode(fresh.inputs(np.array([int(rng.integers(0, 400))]))[0], spec.n_outputs)
+                prompt = codec.decode(fresh.inputs(np.array([int(rng.integers(0, 400))]))[0])
                 try:
                     http.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0})
                 except httpx.HTTPError:

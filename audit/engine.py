@@ -26,8 +26,9 @@ from typing import IO, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from hspi.audit.claims import HeadReport, audit_verdict, head_reports
+from hspi.audit.claims import HeadReport, audit_verdict, head_reports, wrong_model_heads
 from hspi.audit.decision import BoundReading, MatchBound, agreement_rates, answer_agreement, decide
+from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
 from hspi.classifier.sequential import ReferenceEvidence, answer_signatures, most_splitting_probe
@@ -40,7 +41,7 @@ from hspi.errors import ConfigError, TargetError
 from hspi.features.precision import read_precision
 from hspi.features.tiers import TierView
 from hspi.files import write_json_atomic
-from hspi.responses import TierAnswers
+from hspi.responses import AMBIGUOUS_TOKEN, FOREIGN_TOKEN, TierAnswers
 from hspi.terms import MatchStatus, StopReason, Tier, Verdict
 
 __all__ = [
@@ -222,6 +223,15 @@ class AuditState:
     reason: str = ""
     previous: int | None = None  # the last probe answered (its first token is not asked again next)
     records: list[QueryRecord] = field(default_factory=list)
+    model_readings: list[ModelReading] = field(default_factory=list)  # is it this model at all (model_check)
+
+
+def incomplete_note(ids: np.ndarray) -> str:
+    """Why an answer is not scored, counting the alternatives that could not be named."""
+    foreign, ambiguous = int((ids == FOREIGN_TOKEN).sum()), int((ids == AMBIGUOUS_TOKEN).sum())
+    parts = [f"{foreign} not in the vocabulary"] if foreign else []
+    parts += [f"{ambiguous} shown by several tokens (marked, not guessed)"] if ambiguous else []
+    return "incomplete answer (" + ("; ".join(parts) or "missing alternatives") + "): not scored"
 
 
 class Audit:
@@ -282,8 +292,34 @@ class Audit:
         evidence.update(probe_id, view)
         return {h: values[int(np.argmax(post))] for h, (values, post) in evidence.head_posteriors().items()}
 
+    def _check_model(self, probe_id: int, answers: TierAnswers) -> str | None:
+        """Read one answer for the right model (vocabulary and weights); why it is the wrong one, if it is."""
+        row = int(np.searchsorted(self.refs.pool_ids, probe_id))
+        if row >= len(self.refs.pool_ids) or self.refs.pool_ids[row] != probe_id:
+            return None
+        references = [logits[row] for logits in self.refs.logits] if answers.tier != Tier.LOGITS else []
+        self.state.model_readings.append(read_answer(answers.ids[0], references))
+        return wrong_model_reason(self.state.model_readings)
+
     def _add_answer(self, probe_id: int, answers: TierAnswers) -> None:
         tier = self.state.tier
+        wrong_model = self._check_model(probe_id, answers) if self.spec.input_kind == "tokens" else None
+        if wrong_model is not None:
+            self._keep(
+                QueryRecord(
+                    index=len(self.state.records),
+                    probe_set=self.refs.pool.version,
+                    probe_id=probe_id,
+                    tier=tier or UNSCORED,
+                    complete=bool(answers.complete[0]),
+                    queries_so_far=self.budget.queries,
+                    ids=[int(i) for i in answers.ids[0]],
+                    values=[float(v) for v in answers.values[0]] if tier is not Tier.TEXT else [],
+                    note=wrong_model,
+                )
+            )
+            self._end(StopReason.WRONG_MODEL, wrong_model)
+            return
         if tier is Tier.TEXT:
             self._add_text_answer("pool", probe_id, int(answers.greedy()[0]))
             return
@@ -297,7 +333,7 @@ class Audit:
                     complete=False,
                     queries_so_far=self.budget.queries,
                     ids=[int(i) for i in answers.ids[0]],
-                    note="incomplete answer (missing or unknown tokens): not scored",
+                    note=incomplete_note(answers.ids[0]),
                 )
             )
             return
@@ -554,9 +590,13 @@ class Audit:
         else:
             status, match_score, threshold = MatchStatus.NO_EVIDENCE, 0.0, 0.0
             reason = reason or "no complete answer was scored"
+        if stop is StopReason.WRONG_MODEL:
+            status = MatchStatus.WRONG_MODEL
         matched = status is MatchStatus.MATCH
         basis = "text-vote" if text is not None and text.n else "reference-match"
         heads, verdicts = head_reports(head_posteriors, settings.claim, matched=matched, basis=basis)
+        if status is MatchStatus.WRONG_MODEL:
+            heads, verdicts = wrong_model_heads(self.head_names(), settings.claim), {}
         if status is MatchStatus.UNKNOWN:
             reason = reason or (
                 f"no known platform matches: best candidate scores {match_score:.3f} < threshold {threshold:.3f}"
@@ -603,6 +643,9 @@ class Audit:
             seconds=round(time.perf_counter() - self.started, 3),
             evidence_bound=bound,
         )
+
+    def head_names(self) -> list[str]:
+        return sorted({head for c in self.refs.classes for head in c.labels})
 
     def _matched_class(self, head_posteriors: dict[str, tuple[list[str], np.ndarray]]) -> MatchedClass | None:
         if "full" not in head_posteriors:

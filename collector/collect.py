@@ -21,7 +21,7 @@ from hspi.collector.targets.local import check_supported
 from hspi.collector.worker import RunPlan, WorkerJob
 from hspi.dataset import ConfigRecord, Manifest, load_manifest, save_manifest
 from hspi.errors import ConfigError, DatasetError
-from hspi.platform import platform_labels
+from hspi.platform import Platform, platform_labels
 
 POOL_SIZE = 1000  # reference pool per model (the issue's floor)
 FRESH_SIZE = 400  # fresh probes per model: never stored as references, held out for evaluation
@@ -52,9 +52,8 @@ def collect(
     """Collect `grid` × `models` into `out`; resume whatever a previous run of the same plan finished."""
     platforms = grid_platforms(grid)
     names = resolve_models(models)
-    for platform in platforms:
-        for name in names:
-            check_supported(platform, name)
+    skipped = unsupported_platforms(platforms, names)
+    platforms = [p for p in platforms if p.id not in skipped]
     if replay > pool:
         raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
     probe_sets = {
@@ -76,6 +75,10 @@ def collect(
             name=out.name, grid=grid, probe_sets=probe_sets, created=datetime.now(UTC).isoformat(timespec="seconds")
         )
         save_manifest(out, manifest)
+    new_notes = [f"skipped {pid}: {why}" for pid, why in skipped.items()]
+    if any(note not in manifest.notes for note in new_notes):
+        manifest.notes += [note for note in new_notes if note not in manifest.notes]
+        save_manifest(out, manifest)
     plans = process_plans(pool, fresh, replay)
     todo = [p for p in platforms if not _done(manifest, p.id, names)]
     done_before = len(platforms) - len(todo)
@@ -96,6 +99,23 @@ def collect(
     if on_progress:
         on_progress("done", len(platforms), len(platforms))
     return manifest
+
+
+def unsupported_platforms(platforms: list[Platform], models: list[str]) -> dict[str, str]:
+    """Platform id -> why a registered model cannot run it (the grid runs the rest).  A built-in model that
+    cannot run a platform of its grid is a mistake in the grid, and refused."""
+    skipped: dict[str, str] = {}
+    for platform in platforms:
+        for name in models:
+            try:
+                check_supported(platform, name)
+            except ConfigError as exc:
+                if model_spec(name).source != "registered":
+                    raise
+                skipped[platform.id] = str(exc).removeprefix(f"{platform.id}: ")
+    if len(skipped) == len(platforms):
+        raise ConfigError(f"no platform of this grid runs {', '.join(models)}: " + next(iter(skipped.values())))
+    return skipped
 
 
 def _done(manifest: Manifest, config_id: str, models: list[str]) -> bool:

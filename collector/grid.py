@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hspi.errors import ConfigError
 from hspi.platform import GGUF_TYPES, Platform
 
@@ -84,6 +86,42 @@ GRIDS = {
 
 
 def grid_platforms(name: str) -> list[Platform]:
-    if name not in GRIDS:
-        raise ConfigError(f"unknown grid {name!r}; known: {', '.join(GRIDS)}")
-    return GRIDS[name]()
+    """A named grid, or a grid file (`*.yaml`: `platforms:` followed by a list of platform ids)."""
+    if name in GRIDS:
+        return GRIDS[name]()
+    if name.endswith((".yaml", ".yml")):
+        return grid_file_platforms(Path(name))
+    raise ConfigError(f"unknown grid {name!r}; known: {', '.join(GRIDS)}, or a grid file (*.yaml)")
+
+
+def grid_file_platforms(path: Path) -> list[Platform]:
+    """The platforms a user's grid file lists, e.g.
+
+    platforms:
+      - cpu:native/fp32/torch-eager
+      - cpu:avx2/bf16/torch-eager/attn=manual
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"grid file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"grid file {path} is not readable YAML ({reason})") from None
+    entries = document.get("platforms") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"grid file {path}: expected 'platforms:' followed by a list of platform ids")
+    platforms: list[Platform] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            raise ConfigError(f"grid file {path}: platforms[{index}] is {entry!r}, not a platform id")
+        try:
+            platform = Platform.parse(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"grid file {path}: platforms[{index}]: {exc}") from None
+        if any(p.id == platform.id for p in platforms):
+            raise ConfigError(f"grid file {path}: platform {platform.id} is listed twice")
+        platforms.append(platform)
+    return platforms

@@ -28,6 +28,7 @@ class ModelSpec:
     n_outputs: int
     has_attention: bool = False
     in_all: bool = True  # part of `--models all` (the torch grids' set)
+    source: str = "builtin"  # "builtin" (code in this module) | "registered" (a card in the model registry)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -40,10 +41,38 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 }
 
 
+REGISTERED_PROMPT_TOKENS = 16  # a registered LM's probes: this many content tokens (a BOS may come first)
+
+
 def model_spec(name: str) -> ModelSpec:
-    if name not in MODEL_SPECS:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_SPECS)}")
-    return MODEL_SPECS[name]
+    """A built-in reference model, or a model registered with `hspi model add` (its card fixes the spec)."""
+    if name in MODEL_SPECS:
+        return MODEL_SPECS[name]
+    from hspi.collector.registry import registered_card
+
+    card = registered_card(name)
+    if card is None:
+        raise ConfigError(
+            f"unknown model {name!r}; built-in: {', '.join(MODEL_SPECS)}; or register one with `hspi model add`"
+        )
+    return _registered_spec(card.name, card.weights_sha256, card.tokenizer_sha256, card.vocab_size)
+
+
+def _registered_spec(name: str, weights: str, tokenizer: str | None, vocab: int | None) -> ModelSpec:
+    if vocab is None or tokenizer is None:
+        raise ConfigError(f"model {name!r} has no tokenizer and vocabulary in its card: it cannot be probed")
+    # the version pins weights and tokenizer: probes and references of other files never mix
+    version = f"{name}-w{weights[:12]}-t{tokenizer[:8]}"
+    return ModelSpec(
+        name,
+        version,
+        "tokens",
+        (REGISTERED_PROMPT_TOKENS,),
+        vocab,
+        has_attention=True,
+        in_all=False,
+        source="registered",
+    )
 
 
 def resolve_models(names: str) -> list[str]:
@@ -63,6 +92,8 @@ def build_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
     import torch
 
     spec = model_spec(name)
+    if spec.source == "registered":
+        return _registered_module(name, attention)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(MODEL_SEED + sum(map(ord, spec.version)))
     try:
@@ -79,6 +110,42 @@ def build_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
     finally:
         torch.random.set_rng_state(generator_state)
     return module.eval()
+
+
+# the reference modules' attention choices, in transformers' names (sdpa-math: sdpa under the math backend)
+_HF_ATTENTION = {"sdpa": "sdpa", "sdpa-math": "sdpa", "manual": "eager"}
+
+
+def _registered_module(name: str, attention: str) -> torch.nn.Module:
+    """A registered Hugging Face causal LM in float32, taking content ids and returning the last position's logits."""
+    import torch
+
+    from hspi.collector.registry import load_registered, registered_card
+
+    if attention not in _HF_ATTENTION:
+        raise ConfigError(f"unknown attention {attention!r}; allowed: {', '.join(_HF_ATTENTION)}")
+    card = registered_card(name)
+    assert card is not None  # model_spec found it
+    model, _ = load_registered(card)
+    model.config._attn_implementation = _HF_ATTENTION[attention]
+
+    class LastTokenLogits(torch.nn.Module):
+        """ids (batch, tokens) -> logits (batch, vocab) at the last position.  The ids are what the model runs
+        on: a BOS the tokenizer adds is already there (`PromptCodec.model_input`)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = model.float()
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            if attention == "sdpa-math":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.MATH):
+                    return self.lm(input_ids=tokens, use_cache=False).logits[:, -1, :]
+            return self.lm(input_ids=tokens, use_cache=False).logits[:, -1, :]
+
+    return LastTokenLogits().eval()
 
 
 def _mlp() -> torch.nn.Module:

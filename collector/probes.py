@@ -47,6 +47,8 @@ class ProbeSet:
     def __post_init__(self) -> None:
         if self.kind not in _STREAMS:
             raise ConfigError(f"unknown probe set {self.kind!r}; allowed: {', '.join(_STREAMS)}")
+        if self.kind == "border" and self.spec.source == "registered":
+            raise ConfigError(f"border prompts are not searched for registered models ({self.spec.name})")
         if self.kind == "border" and not 0 < self.size <= BORDER_STREAM_SIZE:
             raise ConfigError(f"a border stream holds 1..{BORDER_STREAM_SIZE} candidates, not {self.size}")
 
@@ -71,6 +73,10 @@ class ProbeSet:
 
     def _one(self, probe_id: int) -> np.ndarray:
         rng = np.random.default_rng(self._seed(probe_id))
+        if self.spec.source == "registered":
+            from hspi.collector.registered_prompts import round_trip_prompt
+
+            return round_trip_prompt(self.spec, self.kind, probe_id, rng)
         if self.spec.input_kind == "tokens":
             return rng.integers(0, self.spec.n_outputs, size=self.spec.input_shape, dtype=np.int64)
         return rng.standard_normal(self.spec.input_shape).astype(np.float32)

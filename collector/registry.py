@@ -342,6 +342,28 @@ def load_registered(card: ModelCard) -> tuple[Any, Any]:
     return model_files.load_hf_model(directory)
 
 
+def registered_card(name: str, root: Path | None = None) -> ModelCard | None:
+    """The card of a registered (not built-in) model, or None when no model is registered under `name`."""
+    registry = ModelRegistry(root)
+    if not NAME_PATTERN.match(name) or not registry.card_path(name).exists():
+        return None
+    return registry.read(name)
+
+
+def registered_tokenizer(name: str, root: Path | None = None) -> Any:
+    """The tokenizer of a registered model with Hugging Face files, checked unchanged since registration."""
+    card = registered_card(name, root)
+    if card is None:
+        raise ConfigError(f"no model named {name!r}; see `hspi model list`")
+    if card.sources.hf is None:
+        raise ConfigError(f"model {name!r} is a GGUF only: register its Hugging Face directory too (--hf) to probe it")
+    directory = Path(card.sources.hf)
+    tokenizer_hash, _ = model_files.tokenizer_files_sha256(directory)
+    if tokenizer_hash != card.tokenizer_sha256:
+        raise ModelError(f"model {name!r}: the tokenizer in {directory} changed since it was registered")
+    return model_files.load_tokenizer(directory)
+
+
 def list_models(root: Path | None = None) -> list[ModelCard]:
     """Every model hspi knows: the built-in reference models, then the registered ones (sorted by name)."""
     return ModelRegistry(root).list()

@@ -26,14 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
+from hspi.collector.prompt_codec import codec_for
 from hspi.collector.targets.local import LocalTarget
-from hspi.collector.vocabulary import decode, encode
 from hspi.errors import ConfigError, HspiError
 from hspi.features.tiers import log_softmax_f32, top_ids
 from hspi.platform import Platform
 from hspi.responses import bfloat16_bits_to_float32
 
 MAX_NEW_TOKENS = 16
+REGISTERED_MAX_PROMPT = 64  # tokens of a prompt to a registered model (its probes have 16)
 TIER_CAPS = (0, 1, 5, 20)
 
 
@@ -95,7 +96,8 @@ class ForwardRunner:
         loop = asyncio.get_running_loop()
         if not self.dynamic:
             size = self.target.platform.batch_size
-            filler = self.filler[: len(row)] if row.shape != self.filler.shape else self.filler  # a shorter prompt
+            # a prompt of another length gets a filler of its length (cut, or repeated for a longer one)
+            filler = self.filler if row.shape == self.filler.shape else np.resize(self.filler, row.shape)
             batch = np.concatenate([row[None], np.repeat(filler[None], size - 1, axis=0)])
             self.batch_sizes.append(size)
             return (await loop.run_in_executor(self.executor, self._forward, batch))[0]
@@ -150,7 +152,11 @@ def create_target_app(
     if top_logprobs not in TIER_CAPS:
         raise ConfigError(f"top_logprobs cap {top_logprobs} is not one of {TIER_CAPS}")
     target = LocalTarget(model, platform)
+    codec = codec_for(model) if spec.input_kind == "tokens" else None
+    max_prompt = REGISTERED_MAX_PROMPT if spec.source == "registered" else spec.input_shape[0]
     filler = ProbeSet(spec, "pool", 1).inputs(np.array([0]))[0]
+    if codec is not None:
+        filler = codec.model_input(filler)
     runner = ForwardRunner(
         target, dynamic=dynamic_batching, max_batch=max_batch, window_s=batch_window_ms / 1000, filler=filler
     )
@@ -179,12 +185,13 @@ def create_target_app(
         return JSONResponse({"error": {"message": str(exc), "type": "server_error"}}, status_code=500)
 
     def prompt_ids(prompt: str | list[int]) -> np.ndarray:
+        assert codec is not None
         try:
-            ids = encode(prompt, spec.n_outputs) if isinstance(prompt, str) else np.asarray(prompt, dtype=np.int64)
+            ids = codec.encode(prompt) if isinstance(prompt, str) else np.asarray(prompt, dtype=np.int64)
         except HspiError as exc:
             raise BadRequest(str(exc)) from None
-        if not 1 <= len(ids) <= spec.input_shape[0]:
-            raise BadRequest(f"a prompt has 1 to {spec.input_shape[0]} tokens, this one has {len(ids)}")
+        if not 1 <= len(ids) <= max_prompt:
+            raise BadRequest(f"a prompt has 1 to {max_prompt} tokens, this one has {len(ids)}")
         if platform.engine.startswith("onnxruntime") and len(ids) != spec.input_shape[0]:
             # the ONNX export's sequence length is fixed (a dynamic one would change ONNX Runtime's kernels)
             raise BadRequest(f"{platform.id} runs the ONNX export: a prompt has exactly {spec.input_shape[0]} tokens")
@@ -197,9 +204,10 @@ def create_target_app(
     ) -> list[tuple[int, np.ndarray]]:
         """(token, float32 log-probabilities it was drawn from) per generated token; a 16-token window."""
         rng = np.random.default_rng(seed)
+        assert codec is not None
         window, out = list(ids), []
         for _ in range(max_tokens):
-            logits = await runner.run(np.asarray(window[-spec.input_shape[0] :], dtype=np.int64))
+            logits = await runner.run(codec.model_input(np.asarray(window[-max_prompt:], dtype=np.int64)))
             logprobs = log_softmax_f32(logits[None])[0]
             if temperature == 0:
                 token = int(top_ids(logprobs[None], 1)[0, 0])
@@ -220,7 +228,8 @@ def create_target_app(
 
     def alternatives(logprobs: np.ndarray, k: int) -> list[tuple[str, float]]:
         ids = top_ids(logprobs[None], k)[0]
-        return [(decode([i], spec.n_outputs), float(logprobs[i])) for i in ids]
+        assert codec is not None
+        return [(codec.token_text(int(i)), float(logprobs[i])) for i in ids]
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -233,7 +242,7 @@ def create_target_app(
         check_logprobs(body.logprobs)
         ids = prompt_ids(body.prompt)
         generated = await generate(ids, body.max_tokens, body.temperature, body.seed)
-        texts = [decode([t], spec.n_outputs) for t, _ in generated]
+        texts = [codec.token_text(t) for t, _ in generated]  # type: ignore[union-attr]  # an LM has a codec
         logprobs = None
         if body.logprobs is not None:
             k = body.logprobs
@@ -262,12 +271,15 @@ def create_target_app(
     async def chat(body: ChatRequest) -> dict:
         if spec.input_kind != "tokens":
             raise BadRequest(f"{model} is not a language model: POST /v1/logits")
+        if spec.source == "registered":
+            # its chat template would change the ids; references are collected for completions prompts only
+            raise BadRequest(f"{model}: chat is not served for registered models yet; use /v1/completions")
         # no chat template: the messages' text is the prompt, so pool probes stay pool probes
         ids = prompt_ids("".join(m.content for m in body.messages))
         if body.logprobs:
             check_logprobs(body.top_logprobs or 0)
         generated = await generate(ids, body.max_tokens, body.temperature, body.seed)
-        texts = [decode([t], spec.n_outputs) for t, _ in generated]
+        texts = [codec.token_text(t) for t, _ in generated]  # type: ignore[union-attr]  # an LM has a codec
         logprobs = None
         if body.logprobs:
             k = body.top_logprobs or 0

@@ -50,6 +50,11 @@ class Responses:
         return Responses(self.model, self.probe_set, self.probe_ids[rows], self.native[rows], self.native_dtype)
 
 
+MISSING_TOKEN = -1  # no alternative in this slot
+FOREIGN_TOKEN = -2  # a text that is no token of the model's vocabulary
+AMBIGUOUS_TOKEN = -3  # a text several tokens show (e.g. bytes of a character): marked, never guessed
+
+
 @dataclass(frozen=True)
 class TierAnswers:
     """What a black-box target showed for n probes at one access tier.
@@ -57,7 +62,8 @@ class TierAnswers:
     `ids` (n, k) are output/token ids best first and `values` (n, k) their float32 log-probabilities
     exactly as sent; the `text` tier has k = 1 and NaN values (the greedy token only).  A row with
     fewer entries than k (a server that merged duplicate token texts, or stopped early) is not
-    `complete`: its missing slots hold id -1 and NaN, and features skip it.
+    `complete`: its missing slots hold id -1 and NaN, and features skip it.  A text the model's
+    vocabulary does not have holds FOREIGN_TOKEN, one several of its tokens show AMBIGUOUS_TOKEN.
     """
 
     model: str

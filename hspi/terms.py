@@ -33,6 +33,7 @@ class StopReason(StrEnum):
     POOL_EXHAUSTED = "pool-exhausted"
     TARGET_ERROR = "target-error"
     INTERRUPTED = "interrupted"  # stopped from outside (Ctrl-C, a cancel, a shutdown): the evidence is kept
+    WRONG_MODEL = "wrong-model"  # the endpoint does not serve the model named (its vocabulary or its weights)
 
 
 class MatchStatus(StrEnum):
@@ -41,6 +42,7 @@ class MatchStatus(StrEnum):
     MATCH = "match"
     UNKNOWN = "unknown"  # no known platform fits
     NO_EVIDENCE = "no-evidence"
+    WRONG_MODEL = "wrong-model"  # the answers cannot come from this model: no platform of it is asked about
 
 
 class Verdict(StrEnum):
@@ -51,6 +53,7 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
     UNKNOWN_PLATFORM = "unknown-platform"
     IDENTIFIED = "identified"  # no claim: the answers match a known class
+    WRONG_MODEL = "wrong-model"  # the endpoint serves another model (or another tokenizer) than the one named
 
 
 class AuditStatus(StrEnum):

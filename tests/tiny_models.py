@@ -104,23 +104,32 @@ def llama_dir(directory: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     return directory
 
 
-def qwen2_dir(directory: Path, seed: int = 0, vocab_size: int = 300) -> Path:
-    """A tiny Qwen2ForCausalLM (tied embeddings) with a byte-level BPE tokenizer."""
+def qwen2_dir(
+    directory: Path,
+    seed: int = 0,
+    vocab_size: int = 300,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    tied: bool = True,
+    tokenizer_seed: int = 0,
+) -> Path:
+    """A tiny Qwen2ForCausalLM (tied embeddings unless `tied` is False) with a byte-level BPE tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = byte_level_bpe(vocab_size)
+    tokenizer = byte_level_bpe(vocab_size, seed=tokenizer_seed)
     tokenizer.save_pretrained(directory)
     config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        vocab_size=len(tokenizer),  # a corpus too small for vocab_size merges gives fewer tokens
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(directory, safe_serialization=True)
@@ -203,3 +212,29 @@ def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def sharpen_output_layer(directory: Path, scale: float = 25.0) -> Path:
+    """Make a random model's next-token distribution look like a trained one's: the output rows of tokens a server
+    cannot name unambiguously (special tokens, bytes that decode to U+FFFD) are zeroed, as untrained tokens' rows
+    stay small, and the other rows are scaled so logits spread over a few nats instead of ~0.2.  Needs untied
+    embeddings (the input embeddings stay as they are)."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from hspi.collector.prompt_codec import HfCodec
+
+    config = json.loads((directory / "config.json").read_text())
+    assert not config.get("tie_word_embeddings", False), "sharpen needs an untied output layer"
+    codec = HfCodec(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), config["vocab_size"])
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    head = tensors["lm_head.weight"].astype(np.float32)
+    named = np.array([codec.token_id(codec.token_text(i)) == i for i in range(head.shape[0])])
+    named[list(codec.special_ids)] = False
+    head = np.where(named[:, None], head * scale, 0.0).astype(tensors["lm_head.weight"].dtype)
+    tensors["lm_head.weight"] = head
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return directory

@@ -36,6 +36,8 @@ class QueryBudget:
     max_tokens: int
     queries: int = 0
     tokens: int = 0
+    # billed tokens a server counted beyond hspi's estimate (a BOS, a template...): added to later estimates
+    overhead: int = 0
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.max_tokens < 1:
@@ -43,13 +45,21 @@ class QueryBudget:
                 f"a budget needs at least 1 query and 1 token, got {self.max_queries} / {self.max_tokens}"
             )
 
-    def spend(self, tokens: int) -> None:
+    def spend(self, tokens: int) -> int:
+        """Reserve one query of about `tokens` billed tokens (plus the overhead seen so far); the reservation."""
+        tokens += self.overhead
         if self.queries + 1 > self.max_queries or self.tokens + tokens > self.max_tokens:
             raise BudgetExhausted(
                 f"budget spent: {self.queries}/{self.max_queries} queries, {self.tokens}/{self.max_tokens} tokens"
             )
         self.queries += 1
         self.tokens += tokens
+        return tokens
+
+    def settle(self, reserved: int, billed: int) -> None:
+        """The server says a query cost `billed` tokens, not the `reserved` estimate: count what it billed."""
+        self.tokens += billed - reserved
+        self.overhead = max(self.overhead, billed - (reserved - self.overhead))
 
 
 class BudgetedHTTPClient:
@@ -75,6 +85,7 @@ class BudgetedHTTPClient:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.max_response_bytes = max_response_bytes
         self._secret = api_key.encode() if api_key else None
+        self.last_reserved = 0
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s),
             auth=BearerToken(api_key) if api_key else None,
@@ -93,7 +104,7 @@ class BudgetedHTTPClient:
         url = self.base_url + path
         last = "no attempt"
         for attempt in range(self.retries + 1):
-            self.budget.spend(billed)
+            self.last_reserved = self.budget.spend(billed)  # the answered attempt's, for `QueryBudget.settle`
             wait = self.backoff_s * (2**attempt)
             try:
                 status, headers, body = self._send(url, payload)

@@ -42,7 +42,8 @@ def check_supported(platform: Platform, model: str) -> None:
         raise ConfigError(f"{platform.id}: dynamic int8 runs on torch-eager only")
     if (platform.dtype == "int8-dyn") != (platform.quant_engine is not None):
         raise ConfigError(f"{platform.id}: a quantised engine goes with dtype int8-dyn and only with it")
-    model_spec(model)
+    if model_spec(model).source == "registered" and platform.engine.startswith("onnxruntime"):
+        raise ConfigError(f"{platform.id}: registered model {model} runs on torch (transformers), not ONNX Runtime")
 
 
 def make_target(model: str, platform: Platform, *, export_dir: Path | None = None) -> Target:
@@ -142,6 +143,10 @@ class LocalTarget(Target):
             self._runner = self._prepare()
         bs = self.platform.batch_size
         inputs = probes.inputs(ids)
+        if self.spec.source == "registered":  # the ids the model runs on (its BOS, where the tokenizer adds one)
+            from hspi.collector.prompt_codec import codec_for
+
+            inputs = codec_for(self.model).model_input(inputs)
         chunks = []
         for start in range(0, len(ids), bs):
             chunk = inputs[start : start + bs]

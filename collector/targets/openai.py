@@ -16,12 +16,12 @@ import numpy as np
 
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
+from hspi.collector.prompt_codec import codec_for
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import MAX_RESPONSE_BYTES, BudgetedHTTPClient, QueryBudget
 from hspi.collector.targets.openai_parse import FirstToken, parse_chat_completion, parse_completion
-from hspi.collector.vocabulary import decode, token_id
 from hspi.errors import ConfigError, TargetError
-from hspi.responses import TierAnswers
+from hspi.responses import AMBIGUOUS_TOKEN, FOREIGN_TOKEN, MISSING_TOKEN, TierAnswers
 from hspi.terms import TIER_WIDTH, TOP_LOGPROBS, Tier
 
 TIER_K = {t.value: k for t, k in TIER_WIDTH.items() if k is not None}
@@ -53,6 +53,12 @@ class OpenAICompatibleTarget(Target):
         self.spec = model_spec(model)
         if self.spec.input_kind != "tokens":
             raise ConfigError(f"model {model} takes {self.spec.input_kind}s, not prompts: use a JSON logits target")
+        if api == "chat" and self.spec.source == "registered":
+            raise ConfigError(
+                f"model {model}: references are collected for completions prompts, not chat-templated ones; "
+                "audit a registered model with --api completions"
+            )
+        self.codec = codec_for(model)
         self.base_url, self.model, self.budget = base_url.rstrip("/"), model, budget
         self.served_model, self.api = served_model or model, api
         self.http = BudgetedHTTPClient(
@@ -86,13 +92,13 @@ class OpenAICompatibleTarget(Target):
     # -- one probe ---------------------------------------------------------------------------
     def first_token(self, prompt_ids: np.ndarray, top_logprobs: int | None) -> FirstToken:
         """Send one probe; `top_logprobs` None asks for text only, 0 for the sampled token's logprob."""
-        prompt = decode(prompt_ids, self.spec.n_outputs)
+        prompt = self.codec.decode(prompt_ids)
+        billed = len(self.codec.model_input(prompt_ids)) + 1
         if self.api == "completions":
             payload: dict = {"model": self.served_model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
             if top_logprobs is not None:
                 payload["logprobs"] = top_logprobs
-            body = self.http.post("/completions", payload, billed=len(prompt_ids) + 1)
-            return parse_completion(body)
+            return self._settled(parse_completion(self.http.post("/completions", payload, billed=billed)))
         payload = {
             "model": self.served_model,
             "messages": [{"role": "user", "content": prompt}],
@@ -103,7 +109,13 @@ class OpenAICompatibleTarget(Target):
             payload["logprobs"] = True
             if top_logprobs > 0:
                 payload["top_logprobs"] = top_logprobs
-        return parse_chat_completion(self.http.post("/chat/completions", payload, billed=len(prompt_ids) + 1))
+        return self._settled(parse_chat_completion(self.http.post("/chat/completions", payload, billed=billed)))
+
+    def _settled(self, token: FirstToken) -> FirstToken:
+        """Count what the server says it billed (its `usage`) instead of hspi's estimate."""
+        if token.usage is not None and token.usage.total_tokens is not None:
+            self.budget.settle(self.http.last_reserved, token.usage.total_tokens)
+        return token
 
     def detect_tier(self, prompt_ids: np.ndarray, most: str = "topk20") -> tuple[str, FirstToken]:
         """The richest tier the endpoint really gives, and its answer to this (pool) probe.
@@ -142,28 +154,39 @@ def answers_from_tokens(
 ) -> TierAnswers:
     """Turn first tokens into a `TierAnswers` at `tier`, mapping texts to ids with the model's vocabulary.
 
-    A text that is no single token of the vocabulary, or an answer with fewer alternatives than the
-    tier shows (a server that merged duplicate texts), leaves that row incomplete.
+    A text that is no token of the vocabulary (FOREIGN_TOKEN) or several tokens' (AMBIGUOUS_TOKEN) keeps
+    its slot and leaves the row incomplete; an answer with fewer alternatives than the tier shows (a
+    server that merged duplicate texts) leaves the row missing.
     """
-    vocab = model_spec(model).n_outputs
+    codec = codec_for(model)
     k = TIER_K[tier]
-    ids = np.full((len(tokens), k), -1, dtype=np.int32)
+    ids = np.full((len(tokens), k), MISSING_TOKEN, dtype=np.int32)
     values = np.full((len(tokens), k), np.nan, dtype=np.float32)
+
+    def mapped_id(text: str) -> int:
+        if not text:
+            return MISSING_TOKEN
+        tid = codec.token_id(text)
+        if tid is not None:
+            return tid
+        return AMBIGUOUS_TOKEN if codec.knows(text) else FOREIGN_TOKEN
+
     for row, token in enumerate(tokens):
         if tier == "text" or (tier == "top1" and token.logprob is not None):
-            tid = token_id(token.text or "", vocab)
-            ids[row, 0] = -1 if tid is None else tid
+            ids[row, 0] = mapped_id(token.text or "")
             if tier == "top1":
                 values[row, 0] = token.logprob
             continue
         top = token.top or ([(token.text, token.logprob)] if token.logprob is not None and token.text else [])
         if len(top) < k:
             continue
-        mapped = [(token_id(text, vocab), value) for text, value in top]
-        if any(tid is None for tid, _ in mapped) or len({tid for tid, _ in mapped}) < len(mapped):
-            continue  # a foreign text, or two alternatives with one text: not this vocabulary's answer
-        # equal log-probabilities rank the lower id first, as the tiers are derived for references
+        mapped = [(mapped_id(text), value) for text, value in top]
+        known = [tid for tid, _ in mapped if tid >= 0]
+        if len(set(known)) < len(known):
+            continue  # two alternatives with one text: a server that merged them, not this vocabulary's answer
+        # equal log-probabilities rank the lower id first, as the tiers are derived for references; an unmapped
+        # text stays in its slot (the row is incomplete, and says why)
         mapped = sorted(mapped, key=lambda p: (-float(p[1]), p[0]))[:k]
-        ids[row] = [int(tid) for tid, _ in mapped if tid is not None]
+        ids[row] = [tid for tid, _ in mapped]
         values[row] = [v for _, v in mapped]
     return TierAnswers(model, probe_set, np.asarray(probe_ids, dtype=np.int32), tier, ids, values)

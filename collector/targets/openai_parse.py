@@ -28,6 +28,29 @@ class FirstToken:
     text: str | None  # None: the server generated no token
     logprob: np.float32 | None
     top: list[tuple[str, np.float32]] | None
+    usage: Usage | None = None  # what the server says it billed, where it says
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None
+    total_tokens: int | None
+
+
+def parse_usage(payload: Any) -> Usage | None:
+    """The `usage` object of a response, where it holds non-negative integers (anything else is ignored)."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    prompt, total = count("prompt_tokens"), count("total_tokens")
+    if total is None and prompt is not None and count("completion_tokens") is not None:
+        total = prompt + (count("completion_tokens") or 0)
+    return Usage(prompt, total) if prompt is not None or total is not None else None
 
 
 def _reject_constant(name: str) -> Any:
@@ -88,7 +111,13 @@ def _first_choice(payload: Any) -> dict:
 
 def parse_completion(body: bytes) -> FirstToken:
     """A `/v1/completions` body: `choices[0].logprobs` has tokens, token_logprobs, top_logprobs."""
-    choice = _first_choice(load_json(body))
+    payload = load_json(body)
+    token = _completion_token(payload)
+    return FirstToken(token.text, token.logprob, token.top, parse_usage(payload))
+
+
+def _completion_token(payload: Any) -> FirstToken:
+    choice = _first_choice(payload)
     text = choice.get("text")
     if text is not None and not isinstance(text, str):
         raise TargetError(f"target-error: choices[0].text is {_show(text)}, not a string")
@@ -117,7 +146,13 @@ def parse_completion(body: bytes) -> FirstToken:
 
 def parse_chat_completion(body: bytes) -> FirstToken:
     """A `/v1/chat/completions` body: `choices[0].logprobs.content[0]` with its `top_logprobs` list."""
-    choice = _first_choice(load_json(body))
+    payload = load_json(body)
+    token = _chat_token(payload)
+    return FirstToken(token.text, token.logprob, token.top, parse_usage(payload))
+
+
+def _chat_token(payload: Any) -> FirstToken:
+    choice = _first_choice(payload)
     message = choice.get("message")
     text = message.get("content") if isinstance(message, dict) else None
     logprobs = choice.get("logprobs")

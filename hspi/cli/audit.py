@@ -65,7 +65,7 @@ def audit(
     """Audit a black-box endpoint: which platform served it, and does that fit the claim?
 
     The API key, if any, is read from the HSPI_TARGET_API_KEY environment variable, never from argv.
-    Exit codes: 0 consistent or identified, 10 inconsistent, 11 unknown-platform, 12 inconclusive,
+    Exit codes: 0 consistent or identified, 10 inconsistent, 11 unknown-platform, 12 inconclusive, 13 wrong-model,
     130 interrupted; 2 bad input, 3 dataset, 4 classifier, 5 the target failed before any answer.
     """
     import os
@@ -116,7 +116,8 @@ def audit(
 
 
 # Exit codes for scripts (README, "Exit codes"): 0 the answers match (a claim holds, or a class is
-# identified), 10 the claim is contradicted, 11 no known platform matches, 12 inconclusive; errors
+# identified), 10 the claim is contradicted, 11 no known platform matches, 12 inconclusive, 13 the endpoint
+# serves another model; errors
 # keep their own codes (2 bad input, 3 dataset, 4 classifier, 5 the target failed before answering).
 EXIT_CODES = {
     Verdict.CONSISTENT: 0,
@@ -124,6 +125,7 @@ EXIT_CODES = {
     Verdict.INCONSISTENT: 10,
     Verdict.UNKNOWN_PLATFORM: 11,
     Verdict.INCONCLUSIVE: 12,
+    Verdict.WRONG_MODEL: 13,
 }
 INTERRUPTED_EXIT = 130
 

@@ -45,6 +45,7 @@ def render_audit(report: AuditReport, console: Console) -> None:
         "identified": "green",
         "inconsistent": "red",
         "unknown-platform": "yellow",
+        "wrong-model": "red",
     }.get(report.verdict or "", "white")
     console.print(
         f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), tier {report.tier or 'none'}"
