@@ -732,6 +732,13 @@ def run_audit(
     budget = audit_budget(settings)
     sink = evidence_path.open("a", encoding="utf-8") if evidence_path is not None else None
     try:
+        if model_spec(settings.model).source == "registered" and not store.has_references(
+            settings.model, settings.dataset
+        ):
+            from hspi.audit.reference_free import ReferenceFreeAudit  # it builds on this module
+
+            with open_target(settings, budget, api_key=api_key, transport=transport) as target:
+                return ReferenceFreeAudit(settings, target, budget, evidence_sink=sink).run()
         with open_target(settings, budget, api_key=api_key, transport=transport) as target:
             audit = Audit(
                 settings,

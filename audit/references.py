@@ -83,6 +83,13 @@ class ReferenceStore:
     def classifier_dir(self, model: str, override: Path | None = None) -> Path:
         return Path(override or self.classifier or shipped_classifier(model))
 
+    def has_references(self, model: str, dataset: Path | None = None) -> bool:
+        """Whether the dataset an audit would use holds this model (a registered model may have none yet)."""
+        directory = self.dataset_dir(model, dataset)
+        if not (directory / "dataset.json").is_file():
+            return False
+        return model in Dataset(directory).models
+
     def references(self, model: str, dataset: Path | None = None) -> ModelReferences:
         directory = self.dataset_dir(model, dataset)
         key = (directory.resolve(), model, _mtime(directory / "dataset.json"))  # a rewritten dataset reloads

@@ -232,6 +232,10 @@ def test_collect_serve_audit_and_wrong_models(home: Path, collected: tuple[Path,
             assert report.heads["dtype"].guesses[0].label == "bf16" and report.queries <= 16
         report = audit(url, dataset, classifier, 3, claim={"dtype": "fp32"})
         assert report.verdict == Verdict.INCONSISTENT, report.reason
+        # no references for the model in this dataset: reference-free, the dtype from the logits' format only
+        report = audit(url, home / "no-dataset", classifier, 5, claim={"dtype": "bf16"})
+        assert report.verdict == Verdict.CONSISTENT and report.queries <= 4, report.reason
+        assert report.heads["dtype"].basis == "logit-precision" and not report.heads["full"].decided
     # other weights behind the same tokenizer, and another tokenizer: wrong-model within two queries
     for served in ("byo-llama-other", "byo-qwen"):
         with served_target(served, "cpu:native/fp32/torch-eager", log_path=home / f"serve-{served}.log") as url:

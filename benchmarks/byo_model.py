@@ -1,0 +1,233 @@
+"""Bring your own model, end to end on loopback: register -> collect -> train -> serve -> audit.
+
+    python benchmarks/byo_model.py            # writes results/byo-model.json and results/byo-model.png
+
+The model family is one no test tuned on, made here from a seed and shape named in the JSON
+(`model_family`): a Qwen2ForCausalLM with an untied output layer, random weights, and a byte-level
+BPE tokenizer trained on generated text; its output layer is sharpened as `tests/tiny_models`
+does (the rows of tokens no server can name unambiguously zeroed, the rest scaled), so next-token
+distributions spread like a trained model's.  Nothing is downloaded.
+
+It is registered under a temporary HSPI_HOME, collected with `hspi collect`'s code on a grid file
+(GRID below: dtypes, an ISA cap, an attention implementation, a batch size) in fresh processes,
+its heads trained on that collection, and each class's first member served by `hspi target serve`
+(the Hugging Face-based server: transformers in torch) on 127.0.0.1.  Audits at the topk20, topk5
+and top1 tiers ask only pool probes the heads never saw (`avoid_probes`), with SEEDS probe orders
+per class and tier; accuracy within a budget is the decision held after at most that many queries.
+
+Wrong model: the same audits of endpoints serving another model (the same tokenizer with other
+weights; another tokenizer), `"head": "model"` rows: right when the audit ends `wrong-model`
+within 2 queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.tiny_models: the model makers the tests use
+
+from tests.tiny_models import llama_dir, qwen2_dir, sharpen_output_layer  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+FAMILY = {"architecture": "Qwen2ForCausalLM", "hidden": 96, "layers": 3, "vocab_size": 500, "seed": 20261129}
+FAMILY_TOKENIZER_SEED = 3
+GRID = [
+    "cpu:native/fp32/torch-eager",
+    "cpu:native/bf16/torch-eager",
+    "cpu:native/fp16/torch-eager",
+    "cpu:avx2/fp32/torch-eager",
+    "cpu:native/fp32/torch-eager/attn=manual",
+    "cpu:native/fp32/torch-eager/bs=8",
+]
+POOL, FRESH, REPLAY = 300, 100, 150
+SEEDS = 4
+TIERS = ("topk20", "topk5", "top1")
+WRONG_MODEL_AUDITS = 8
+
+
+def make_models(root: Path) -> dict[str, Path]:
+    family = qwen2_dir(
+        root / "family",
+        seed=FAMILY["seed"],
+        vocab_size=FAMILY["vocab_size"],
+        hidden=FAMILY["hidden"],
+        layers=FAMILY["layers"],
+        tied=False,
+        tokenizer_seed=FAMILY_TOKENIZER_SEED,
+    )
+    other_weights = qwen2_dir(
+        root / "other-weights",
+        seed=FAMILY["seed"] + 1,
+        vocab_size=FAMILY["vocab_size"],
+        hidden=FAMILY["hidden"],
+        layers=FAMILY["layers"],
+        tied=False,
+        tokenizer_seed=FAMILY_TOKENIZER_SEED,
+    )
+    other_tokenizer = llama_dir(root / "other-tokenizer", seed=FAMILY["seed"] + 2)
+    return {
+        "bench-qwen": sharpen_output_layer(family),
+        "bench-qwen-other-weights": sharpen_output_layer(other_weights),
+        "bench-llama-other-tokenizer": sharpen_output_layer(other_tokenizer),
+    }
+
+
+def main() -> None:
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="hspi-byo-bench-"))
+    os.environ["HSPI_HOME"] = str(work / "home")  # the workers and servers inherit it
+    from hspi.audit import AuditSettings, run_audit
+    from hspi.audit.endpoint_evaluation import evaluate_endpoints, served_target
+    from hspi.classifier.training import train
+    from hspi.collector.collect import collect
+    from hspi.collector.registry import ModelRegistry
+    from hspi.dataset import Dataset
+    from hspi.terms import StopReason, Tier, Verdict
+
+    registry = ModelRegistry()
+    cards = {name: registry.add(name, hf=path)[0] for name, path in make_models(work / "models").items()}
+    grid = work / "grid.yaml"
+    grid.write_text("platforms:\n" + "".join(f"  - {p}\n" for p in GRID))
+    dataset, classifier = work / "dataset", work / "classifier"
+    t0 = time.perf_counter()
+    collect(str(grid), "bench-qwen", dataset, pool=POOL, fresh=FRESH, replay=REPLAY, on_progress=_progress)
+    collect_seconds = time.perf_counter() - t0
+    train(Dataset(dataset), classifier, tiers=list(TIERS), log=print)
+    measured = evaluate_endpoints(
+        dataset,
+        classifier,
+        "bench-qwen",
+        tiers=TIERS,
+        batching=(False,),
+        seeds=SEEDS,
+        budgets=(1, 2, 4, 16, 64),
+        log=print,
+    )
+    rows = [{**r, "model_kind": "byo", "target": "hf-server", "api": "completions"} for r in measured["rows"]]
+    wrong: list[dict] = []
+    for served in ("bench-qwen-other-weights", "bench-llama-other-tokenizer"):
+        with served_target(served, "cpu:native/fp32/torch-eager") as url:
+            for tier in ("topk20", "topk5"):
+                reports = [
+                    run_audit(
+                        AuditSettings(
+                            endpoint=url,
+                            model="bench-qwen",
+                            budget_queries=16,
+                            max_tier=Tier(tier),
+                            seed=seed,
+                            dataset=dataset,
+                            classifier=classifier,
+                            timeout_s=30.0,
+                        )
+                    )
+                    for seed in range(WRONG_MODEL_AUDITS)
+                ]
+                right = [r.verdict == Verdict.WRONG_MODEL and r.stop == StopReason.WRONG_MODEL for r in reports]
+                for budget in (1, 2, 16):
+                    within = [ok and r.queries <= budget for ok, r in zip(right, reports)]
+                    rows.append(
+                        {
+                            "split": "endpoint",
+                            "model_kind": "byo",
+                            "model": "bench-qwen",
+                            "served": served,
+                            "target": "hf-server",
+                            "api": "completions",
+                            "tier": tier,
+                            "head": "model",
+                            "method": "model-check",
+                            "queries": budget,
+                            "accuracy": round(sum(within) / len(within), 4),
+                            "n_test": len(within),
+                            "batching": False,
+                        }
+                    )
+                wrong.append(
+                    {
+                        "served": served,
+                        "tier": tier,
+                        "verdicts": sorted({str(r.verdict) for r in reports}),
+                        "queries": [r.queries for r in reports],
+                        "reasons": sorted({r.reason for r in reports})[:3],
+                    }
+                )
+    classes = Dataset(dataset).manifest
+    result = {
+        "benchmark": "byo-model",
+        "machine": "this 2-core development machine (shared with other sessions while it ran)",
+        "model_family": {
+            **FAMILY,
+            "untied_output": True,
+            "tokenizer": f"byte-level BPE trained on generated text (seed {FAMILY_TOKENIZER_SEED})",
+            "output_layer": "sharpened (tests/tiny_models.sharpen_output_layer, scale 25)",
+            "parameters": cards["bench-qwen"].parameter_count,
+            "weights_sha256": cards["bench-qwen"].weights_sha256,
+        },
+        "wrong_models": {
+            name: {"weights_sha256": card.weights_sha256, "tokenizer_sha256": card.tokenizer_sha256}
+            for name, card in cards.items()
+            if name != "bench-qwen"
+        },
+        "grid": GRID,
+        "collected_configurations": len(classes.configs),
+        "pool": POOL,
+        "fresh": FRESH,
+        "replay": REPLAY,
+        "collect_seconds": round(collect_seconds, 1),
+        "results": rows,
+        "endpoint_timing": measured["timing"],
+        "endpoint_failures": measured["failures"],
+        "wrong_model_audits": wrong,
+        "not_measured": {
+            "text tier": "no border-prompt vote is searched for registered models yet",
+            "chat api": "references are collected for completions prompts only; chat is refused for registered models",
+            "llama.cpp target": "the llama.cpp grid for registered GGUFs is not built yet",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "byo-model.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    plot(result, RESULTS / "byo-model.png")
+    for row in rows:
+        if row["head"] in ("dtype", "full", "model") and row["queries"] in (2, 16):
+            print(row["tier"], row["head"], row.get("served", ""), row["queries"], row["accuracy"], row["n_test"])
+
+
+def _progress(config: str, done: int, total: int) -> None:
+    print(f"collect [{done}/{total}] {config}", flush=True)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["results"] if r["head"] != "model"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tier in TIERS:
+        for head, style in (("full", "-"), ("dtype", "--")):
+            pts = sorted((r["queries"], r["accuracy"]) for r in rows if r["tier"] == tier and r["head"] == head)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{tier} {head}")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("budget (queries)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("registered Qwen2 family on hspi target serve (hf-server), loopback", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
