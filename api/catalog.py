@@ -42,8 +42,11 @@ class Catalog:
         return self.references.classifier_dir(model)
 
     def models(self) -> list[str]:
-        """Models this service can audit: a reference dataset and a classifier for each."""
-        return [m for m in MODEL_SPECS if self._has(m)]
+        """Models this service can audit: a reference dataset and a classifier for each (built-in reference
+        models, and models registered with `hspi model add` whose references the service's dataset holds)."""
+        from hspi.collector.registry import ModelRegistry
+
+        return [m for m in [*MODEL_SPECS, *ModelRegistry().registered_names()] if self._has(m)]
 
     def _has(self, model: str) -> bool:
         return (self.dataset_dir(model) / "dataset.json").is_file() and (self.classifier_dir(model) / model).is_dir()

@@ -42,6 +42,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 
 REGISTERED_PROMPT_TOKENS = 16  # a registered LM's probes: this many content tokens (a BOS may come first)
+REGISTERED_PROMPTS_VERSION = "rp1"  # how collector/registered_prompts.py draws prompts: bump when it changes
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -61,8 +62,8 @@ def model_spec(name: str) -> ModelSpec:
 def _registered_spec(name: str, weights: str, tokenizer: str | None, vocab: int | None) -> ModelSpec:
     if vocab is None or tokenizer is None:
         raise ConfigError(f"model {name!r} has no tokenizer and vocabulary in its card: it cannot be probed")
-    # the version pins weights and tokenizer: probes and references of other files never mix
-    version = f"{name}-w{weights[:12]}-t{tokenizer[:8]}"
+    # the version pins weights, tokenizer and prompt drawing: probes and references of others never mix
+    version = f"{name}-w{weights[:12]}-t{tokenizer[:8]}-{REGISTERED_PROMPTS_VERSION}"
     return ModelSpec(
         name,
         version,

@@ -126,7 +126,8 @@ class HfCodec:
             if i in self.special_ids or self._ids.get(text) != i:
                 continue
             if len(text) >= 2 and text[0] == " " and text[1:].isalnum() and text[1:].isascii():
-                words.append(i)
+                if self.encode(text).tolist() == [i]:  # the pre-tokenizer keeps it whole (some split digits)
+                    words.append(i)
         return np.asarray(words, dtype=np.int64)
 
 

@@ -261,3 +261,18 @@ def test_cli_exit_code_for_wrong_model(home: Path, collected: tuple[Path, Path])
         )
     assert run.returncode == 13, run.stdout + run.stderr
     assert "wrong-model" in run.stdout and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_service_catalog_offers_registered_models_it_has_references_for(
+    home: Path, collected: tuple[Path, Path]
+) -> None:
+    from hspi.api.catalog import Catalog
+    from hspi.audit.references import ReferenceStore
+
+    dataset, classifier = collected
+    catalog = Catalog(ReferenceStore(dataset=dataset, classifier=classifier))
+    assert "byo-llama" in catalog.models() and "byo-qwen" not in catalog.models()  # no references for byo-qwen
+    assert {c.labels["dtype"] for c in catalog.classes("byo-llama")} == {"fp32", "bf16"}
+    with pytest.raises(ConfigError, match="no reference dataset and classifier for byo-qwen"):
+        catalog.check_model("byo-qwen")
