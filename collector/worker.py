@@ -7,6 +7,7 @@ shards, then the result file.  It never touches the manifest: the parent owns th
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,8 @@ def run_job(job: WorkerJob) -> WorkerResult:
             order = np.argsort(responses.probe_ids, kind="stable")  # stored sorted: same content, same shard
             responses = responses.select(responses.probe_ids[order])
             shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
+    # the process's peak resident memory (Linux reports KiB): what a configuration needs to be collected
+    provenance["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if llama_cpp:
         return _llama_cpp_result(job, provenance, native, shards, started)
     import torch

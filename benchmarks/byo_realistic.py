@@ -1,0 +1,128 @@
+"""Collection cost of a model of realistic size: a random-initialised model with the configuration of a
+~0.5B-parameter open model (Qwen2.5-0.5B's shape: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864,
+vocabulary 151,936, tied embeddings), registered and run through the collector's own worker.
+
+    python benchmarks/byo_realistic.py [N_PROBES]      # writes results/byo-realistic.json
+
+Its tokenizer is the small byte-level BPE of the tests (trained on generated text; its ids are a
+subset of the configured vocabulary), so prompts are 16 word tokens, as for every registered model.
+Each configuration below runs in a fresh worker process (`hspi.collector.worker`, as `hspi collect`
+does) over N_PROBES pool probes (default 200); the JSON gives seconds, probes per second, and the
+worker's peak resident memory (measured in the worker).  The wall time of the whole `cpu-default`
+grid is *estimated* from these rates (every configuration of the grid runs its pool once in the
+reference process and a replay subset and the fresh probes in a second one); it is not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.tiny_models import byte_level_bpe  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+N_PROBES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+CONFIG = {
+    "hidden_size": 896,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4864,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+}
+SEED = 20261130
+PLATFORMS = [
+    "cpu:native/fp32/torch-eager",
+    "cpu:native/bf16/torch-eager",
+    "cpu:native/fp16/torch-eager",
+    "cpu:native/int8-dyn/torch-eager/qengine=x86",
+    "cpu:native/fp32/torch-eager/attn=manual",
+    "cpu:native/fp32/torch-eager/bs=8",
+]
+
+
+def make_model(directory: Path) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    byte_level_bpe(500, seed=5).save_pretrained(directory)
+    torch.manual_seed(SEED)
+    Qwen2ForCausalLM(Qwen2Config(**CONFIG)).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def main() -> None:
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="hspi-byo-realistic-"))
+    os.environ["HSPI_HOME"] = str(work / "home")
+    from hspi.collector.grid import grid_platforms
+    from hspi.collector.local_run import run_worker
+    from hspi.collector.registry import ModelRegistry
+    from hspi.collector.worker import RunPlan, WorkerJob
+    from hspi.platform import Platform
+
+    t0 = time.perf_counter()
+    card, _ = ModelRegistry().add("realistic-0.5b", hf=make_model(work / "model"))
+    make_seconds = time.perf_counter() - t0
+    rows = []
+    for platform_id in PLATFORMS:
+        platform = Platform.parse(platform_id)
+        job = WorkerJob(
+            platform=platform,
+            models=["realistic-0.5b"],
+            runs=[RunPlan(name="reference", probe_set="pool", size=N_PROBES)],
+            dataset_dir=str(work / "dataset"),
+            export_dir=str(work / "exports"),
+        )
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_worker(job, Path(tmp))
+        wall = time.perf_counter() - t0
+        record = result.runs["reference"]
+        rows.append(
+            {
+                "platform": platform_id,
+                "probes": N_PROBES,
+                "worker_seconds": round(record.seconds, 1),
+                "wall_seconds": round(wall, 1),
+                "probes_per_second": round(N_PROBES / record.seconds, 2),
+                "peak_rss_mb": round(record.provenance["peak_rss_bytes"] / 2**20),
+            }
+        )
+        print(rows[-1], flush=True)
+    grid = [p for p in grid_platforms("cpu-default") if not p.engine.startswith("onnxruntime")]
+    mean_rate = sum(r["probes_per_second"] for r in rows) / len(rows)
+    mean_start = sum(r["wall_seconds"] - N_PROBES / r["probes_per_second"] for r in rows) / len(rows)
+    # per configuration: two processes (start + load each), the pool once, a replay subset (30%) and fresh (40%)
+    estimate = len(grid) * (2 * mean_start + 1.7 * N_PROBES / mean_rate)
+    result = {
+        "benchmark": "byo-realistic",
+        "machine": "this 2-core development machine (shared with other sessions while it ran)",
+        "model": {**CONFIG, "architecture": "Qwen2ForCausalLM", "seed": SEED, "parameters": card.parameter_count},
+        "weights_bytes": card.weight_bytes,
+        "make_and_register_seconds": round(make_seconds, 1),
+        "configurations": rows,
+        "cpu_default_grid": {
+            "configurations_for_a_registered_model": len(grid),
+            "estimated_wall_seconds": round(estimate),
+            "how": "estimated, not measured: mean start-up and probe rate of the configurations above, two "
+            "processes per configuration, the pool plus a replay subset (30%) and fresh probes (40%)",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "byo-realistic.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
