@@ -292,6 +292,24 @@ class Audit:
         evidence.update(probe_id, view)
         return {h: values[int(np.argmax(post))] for h, (values, post) in evidence.head_posteriors().items()}
 
+    def _keep_unscored(self, probe_id: int, answers: TierAnswers, note: str) -> None:
+        """An answer kept as evidence but not scored (incomplete, or the wrong model's), with why."""
+        tier = self.state.tier
+        self._keep(
+            QueryRecord(
+                index=len(self.state.records),
+                probe_set=self.refs.pool.version,
+                probe_id=probe_id,
+                tier=tier or UNSCORED,
+                complete=bool(answers.complete[0]),
+                queries_so_far=self.budget.queries,
+                ids=[int(i) for i in answers.ids[0]],
+                # values where every one is a number (a missing slot is NaN, which JSON evidence cannot carry)
+                values=[float(v) for v in answers.values[0]] if np.isfinite(answers.values[0]).all() else [],
+                note=note,
+            )
+        )
+
     def _check_model(self, probe_id: int, answers: TierAnswers) -> str | None:
         """Read one answer for the right model (vocabulary and weights); why it is the wrong one, if it is."""
         row = int(np.searchsorted(self.refs.pool_ids, probe_id))
@@ -305,37 +323,14 @@ class Audit:
         tier = self.state.tier
         wrong_model = self._check_model(probe_id, answers) if self.spec.input_kind == "tokens" else None
         if wrong_model is not None:
-            self._keep(
-                QueryRecord(
-                    index=len(self.state.records),
-                    probe_set=self.refs.pool.version,
-                    probe_id=probe_id,
-                    tier=tier or UNSCORED,
-                    complete=bool(answers.complete[0]),
-                    queries_so_far=self.budget.queries,
-                    ids=[int(i) for i in answers.ids[0]],
-                    values=[float(v) for v in answers.values[0]] if tier is not Tier.TEXT else [],
-                    note=wrong_model,
-                )
-            )
+            self._keep_unscored(probe_id, answers, wrong_model)
             self._end(StopReason.WRONG_MODEL, wrong_model)
             return
         if tier is Tier.TEXT:
             self._add_text_answer("pool", probe_id, int(answers.greedy()[0]))
             return
         if not bool(answers.complete[0]):
-            self._keep(
-                QueryRecord(
-                    index=len(self.state.records),
-                    probe_set=self.refs.pool.version,
-                    probe_id=probe_id,
-                    tier=tier or UNSCORED,
-                    complete=False,
-                    queries_so_far=self.budget.queries,
-                    ids=[int(i) for i in answers.ids[0]],
-                    note=incomplete_note(answers.ids[0]),
-                )
-            )
+            self._keep_unscored(probe_id, answers, incomplete_note(answers.ids[0]))
             return
         assert tier is not None
         view = TierView(tier, answers.ids, answers.values)
@@ -617,22 +612,15 @@ class Audit:
                 StopReason.POOL_EXHAUSTED: "every pool probe was asked",
             }.get(stop, "")
         return AuditReport(
-            endpoint=settings.endpoint,
-            model=settings.model,
-            api=settings.api_kind,
+            **budget_fields(settings, self.budget),
             tier=state.tier,
             status=status,
             verdict=verdict,
             reason=reason,
             stop=stop,
-            queries=self.budget.queries,
-            tokens=self.budget.tokens,
-            budget_queries=self.budget.max_queries,
-            budget_tokens=self.budget.max_tokens,
             answers_used=answers_used,
             match_score=round(match_score, 4),
             threshold=round(threshold, 4),
-            claim=settings.claim,
             heads=heads,
             matched_class=matched_class,
             caveat=OUTSIDE_COLLECTION if matched_class is not None else "",
@@ -674,6 +662,20 @@ class Audit:
         )
 
 
+def budget_fields(settings: AuditSettings, budget: QueryBudget) -> dict:
+    """The fields every report carries about what was audited and what it cost."""
+    return {
+        "endpoint": settings.endpoint,
+        "model": settings.model,
+        "api": settings.api_kind,
+        "claim": settings.claim,
+        "queries": budget.queries,
+        "tokens": budget.tokens,
+        "budget_queries": budget.max_queries,
+        "budget_tokens": budget.max_tokens,
+    }
+
+
 def report_from(
     settings: AuditSettings, records: Sequence[QueryRecord], references: ReferenceStore, reason: str
 ) -> AuditReport:
@@ -681,22 +683,15 @@ def report_from(
     if not records:  # nothing to score: no references needed either
         budget = audit_budget(settings)
         return AuditReport(
-            endpoint=settings.endpoint,
-            model=settings.model,
-            api=settings.api_kind,
+            **budget_fields(settings, budget),
             tier=None,
             status=MatchStatus.NO_EVIDENCE,
             verdict=audit_verdict(MatchStatus.NO_EVIDENCE, {}, settings.claim, cut_short=True),
             reason=reason,
             stop=StopReason.INTERRUPTED,
-            queries=0,
-            tokens=0,
-            budget_queries=budget.max_queries,
-            budget_tokens=budget.max_tokens,
             answers_used=0,
             match_score=0.0,
             threshold=0.0,
-            claim=settings.claim,
             heads={},
             evidence=[],
             dataset=str(references.dataset_dir(settings.model, settings.dataset)),

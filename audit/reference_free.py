@@ -23,7 +23,14 @@ from typing import IO
 import numpy as np
 
 from hspi.audit.claims import HeadReport
-from hspi.audit.engine import AuditReport, AuditSettings, LogitPrecision, QueryRecord, incomplete_note
+from hspi.audit.engine import (
+    AuditReport,
+    AuditSettings,
+    LogitPrecision,
+    QueryRecord,
+    budget_fields,
+    incomplete_note,
+)
 from hspi.audit.identification import Guess
 from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.collector.models import model_spec
@@ -176,22 +183,15 @@ class ReferenceFreeAudit:
             else None
         )
         return AuditReport(
-            endpoint=settings.endpoint,
-            model=settings.model,
-            api=settings.api_kind,
+            **budget_fields(settings, self.budget),
             tier=self.tier,
             status=status,
             verdict=verdict,
             reason=reason,
             stop=stop,
-            queries=self.budget.queries,
-            tokens=self.budget.tokens,
-            budget_queries=self.budget.max_queries,
-            budget_tokens=self.budget.max_tokens,
             answers_used=sum(r.complete for r in self.records),
             match_score=0.0,
             threshold=0.0,
-            claim=settings.claim,
             heads=heads,
             logit_precision=precision,
             evidence=self.records,

@@ -83,7 +83,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hspi-byo-bench-"))
     os.environ["HSPI_HOME"] = str(work / "home")  # the workers and servers inherit it
     from hspi.audit import AuditSettings, run_audit
-    from hspi.audit.endpoint_evaluation import evaluate_endpoints, served_target
+    from hspi.audit.endpoint_evaluation import evaluate_endpoints, plot_endpoint_accuracy, served_target
     from hspi.classifier.training import train
     from hspi.collector.collect import collect
     from hspi.collector.registry import ModelRegistry
@@ -194,7 +194,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "byo-model.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    plot(result, RESULTS / "byo-model.png")
+    plot_endpoint_accuracy(result, RESULTS / "byo-model.png")
     for row in rows:
         if row["head"] in ("dtype", "full", "model") and row["queries"] in (2, 16):
             print(row["tier"], row["head"], row.get("served", ""), row["queries"], row["accuracy"], row["n_test"])
@@ -202,31 +202,6 @@ def main() -> None:
 
 def _progress(config: str, done: int, total: int) -> None:
     print(f"collect [{done}/{total}] {config}", flush=True)
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["results"] if r["head"] != "model"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for tier in TIERS:
-        for head, style in (("full", "-"), ("dtype", "--")):
-            pts = sorted((r["queries"], r["accuracy"]) for r in rows if r["tier"] == tier and r["head"] == head)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{tier} {head}")
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("budget (queries)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("registered Qwen2 family on hspi target serve (hf-server), loopback", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
