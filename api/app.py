@@ -32,9 +32,10 @@ from hspi.api import store
 from hspi.api.catalog import Catalog
 from hspi.api.db import Database
 from hspi.api.deps import Services
+from hspi.api.rate_buckets import rate_limiter
 from hspi.api.routes import v1
 from hspi.api.schemas import Health
-from hspi.api.security import BodyLimit, EndpointGuard, RateLimiter, Vault, new_api_key
+from hspi.api.security import BodyLimit, BodyTimeout, EndpointGuard, Vault, new_api_key
 from hspi.api.settings import ServiceSettings, get_settings
 from hspi.api.workers import AuditWorkers
 from hspi.audit.references import ReferenceStore
@@ -80,7 +81,7 @@ def build_services(
         db=db,
         vault=vault,
         guard=guard,
-        limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+        limiter=rate_limiter(db, settings.rate_per_minute, settings.rate_burst),
         workers=workers,
         catalog=Catalog(references),
     )
@@ -91,7 +92,8 @@ def bootstrap_admin_key(services: Services) -> str | None:
     if store.count_keys(services.db):
         return None
     key_id, key, secret_hash = new_api_key()
-    store.add_key(services.db, key_id, "bootstrap admin", secret_hash, ["admin"])
+    if not store.add_first_key(services.db, key_id, "bootstrap admin", secret_hash, ["admin"]):
+        return None  # another replica starting at the same time made it
     path = services.settings.bootstrap_key_file
     if path is not None:
         import os
@@ -136,6 +138,7 @@ def create_app(
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     app.include_router(v1)
 

@@ -5,6 +5,7 @@
     audits         one row per audit: what to audit, its state, progress, lease and final report;
                    the target credential only as a Fernet token, wiped when the audit ends
     audit_answers  every probe answer, one row per answer, written as it arrives
+    rate_buckets   the request token bucket of each API key, shared by every replica (PostgreSQL)
 
 The schema is created and changed only by Alembic migrations (`api/migrations/`), which
 `Database.migrate()` runs to head at start.  SQLite (the embedded default) runs in WAL mode, and
@@ -26,6 +27,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -150,6 +152,16 @@ class AuditAnswer(Base):
     idx: Mapped[int] = mapped_column(Integer)  # the answer's index in its audit
     record: Mapped[dict[str, Any]] = mapped_column(JSON)  # a QueryRecord, values exact (float32 as float64)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RateBucket(Base):
+    """One API key's token bucket: the tokens left at `refreshed_at` (seconds since the epoch, the database's clock)."""
+
+    __tablename__ = "rate_buckets"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    refreshed_at: Mapped[float] = mapped_column(Float)
 
 
 class Database:

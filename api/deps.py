@@ -15,6 +15,7 @@ from hspi.api import store
 from hspi.api.catalog import Catalog
 from hspi.api.db import Database
 from hspi.api.input_text import MAX_PARAMETER_CHARS, text_problem
+from hspi.api.rate_buckets import DatabaseRateLimiter
 from hspi.api.security import EndpointGuard, RateLimiter, Vault, expand_scopes, key_id_of, key_matches
 from hspi.api.settings import ServiceSettings
 from hspi.api.workers import AuditWorkers
@@ -29,7 +30,7 @@ class Services:
     db: Database
     vault: Vault
     guard: EndpointGuard
-    limiter: RateLimiter
+    limiter: RateLimiter | DatabaseRateLimiter  # in the database on PostgreSQL: replicas share it
     workers: AuditWorkers
     catalog: Catalog
     _touched: dict[str, float] = field(default_factory=dict)

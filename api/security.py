@@ -376,3 +376,73 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class BodyReadTimeout(HTTPException):
+    """Raised while a request body is read too slowly: FastAPI passes HTTPExceptions through as they are."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408,
+            f"request body not received within {timeout_s:g} s of the request's headers; send it at once",
+            headers={"Connection": "close"},
+        )
+
+
+class BodyTimeout:
+    """ASGI middleware: a request body must arrive whole within `timeout_s` of the headers, else 408 and close.
+
+    uvicorn times out idle keep-alive connections but not a body that stalls or trickles in a
+    byte at a time, which would hold a worker thread and a connection for as long as the client
+    likes.  The deadline covers the whole body, so trickling does not reset it.
+    """
+
+    def __init__(self, app: Any, timeout_s: float) -> None:
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        import asyncio
+
+        deadline = time.monotonic() + self.timeout_s
+        body_done = False
+        started = False
+
+        async def timed_receive() -> dict:
+            nonlocal body_done
+            if body_done:  # after the body: e.g. waiting for a disconnect, which has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyReadTimeout(self.timeout_s) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except BodyReadTimeout as exc:
+            if not started:
+                import json
+
+                body = json.dumps({"detail": exc.detail}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 408,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})

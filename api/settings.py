@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     on_restart: Literal["resume", "interrupt"] = "resume"  # what happens to audits a dead process left running
     max_budget: int = Field(default=4096, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request body not fully received this long after its headers: 408, closed"
+    )
     rate_per_minute: float = Field(default=600.0, gt=0, description="requests per minute per API key (sustained)")
     rate_burst: int = Field(default=120, ge=1, description="requests a key may send at once")
     dataset: Path | None = None  # default: the shipped dataset of each model

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
@@ -27,6 +27,8 @@ from hspi.errors import ConfigError, HspiError
 FINAL = ("done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 AUDIT_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+FIRST_KEY_LOCK = 0x6873706B  # advisory lock (PostgreSQL) while the first admin key is made: "hspk"
+ORIGIN_LOCK_SPACE = 0x68737070  # first key of the per-origin advisory locks (PostgreSQL): "hspp"
 
 
 class NotFound(HspiError):
@@ -268,27 +270,47 @@ def counts_by_status(db: Database, scan_id: str | None = None) -> dict[str, int]
 # -- audits: the workers' side --------------------------------------------------------------------
 
 
-def queued(db: Database, *, limit: int, skip_origins: set[str], scan_id: str | None = None) -> list[tuple[str, str]]:
-    """(id, origin) of the oldest queued audits, leaving out the origins already at their limit.
+def queued(db: Database, *, limit: int, per_host: int, scan_id: str | None = None) -> list[tuple[str, str]]:
+    """(id, origin) of the oldest queued audits, leaving out the origins already at `per_host` running audits.
 
-    The service runs the audits made through its API (no scan); a scan runs its own only.
+    The running audits are counted in the database, whatever process runs them: replicas share
+    the limit.  The service runs the audits made through its API (no scan); a scan runs its own only.
     """
+    full = select(Audit.origin).where(Audit.status == "running").group_by(Audit.origin)
+    full = full.having(func.count() >= per_host)
     query = select(Audit.id, Audit.origin).where(
-        Audit.status == "queued", Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id
+        Audit.status == "queued",
+        Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id,
+        Audit.origin.not_in(full.scalar_subquery()),
     )
-    if skip_origins:
-        query = query.where(Audit.origin.not_in(sorted(skip_origins)))
     with db.reading() as session:
         return [(i, o) for i, o in session.execute(query.order_by(Audit.created_at, Audit.id).limit(limit))]
 
 
-def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | None:
-    """Take a queued audit (None if another worker took it first or it was cancelled)."""
+def claim(db: Database, audit_id: str, origin: str, worker: str, lease_s: float, *, per_host: int) -> Audit | None:
+    """Take a queued audit: None if another worker took it first, it was cancelled, or its origin is full.
+
+    The origin's running audits are counted and the audit taken in one transaction, with the
+    origin's claims serialised (a transaction-scoped advisory lock on PostgreSQL; SQLite has one
+    writer at a time): two replicas cannot both take the last slot of a host.  An audit of a dead
+    worker counts until its lease runs out and it is requeued, so a host is never over its limit
+    while that worker might still be talking to it.
+    """
     now = utcnow()
     with db.writing() as session:
+        if db.backend == "postgresql":
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:space, hashtext(:origin))"),
+                {"space": ORIGIN_LOCK_SPACE, "origin": origin},
+            )
+        running = session.scalar(
+            select(func.count()).select_from(Audit).where(Audit.origin == origin, Audit.status == "running")
+        )
+        if (running or 0) >= per_host:
+            return None
         done = session.execute(
             update(Audit)
-            .where(Audit.id == audit_id, Audit.status == "queued")
+            .where(Audit.id == audit_id, Audit.origin == origin, Audit.status == "queued")
             .values(
                 status="running",
                 worker=worker,
@@ -304,6 +326,13 @@ def claim(db: Database, audit_id: str, worker: str, lease_s: float) -> Audit | N
         if audit is not None and audit.started_at is None:
             audit.started_at = now
         return audit
+
+
+def running_by_origin(db: Database) -> dict[str, int]:
+    """Running audits per origin, over every process sharing the database."""
+    query = select(Audit.origin, func.count()).where(Audit.status == "running").group_by(Audit.origin)
+    with db.reading() as session:
+        return {origin: int(n) for origin, n in session.execute(query)}
 
 
 def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, lease_s: float) -> tuple[bool, bool]:
@@ -434,6 +463,17 @@ def add_key(db: Database, key_id: str, name: str, secret_hash: str, scopes: list
     with db.writing() as session:
         session.add(key)
     return key
+
+
+def add_first_key(db: Database, key_id: str, name: str, secret_hash: str, scopes: list[str]) -> bool:
+    """Add a key to a database that has none (False if it has one): replicas starting together make one."""
+    with db.writing() as session:
+        if db.backend == "postgresql":  # SQLite's writers are serial already
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FIRST_KEY_LOCK})
+        if session.scalar(select(func.count()).select_from(ApiKey)):
+            return False
+        session.add(ApiKey(id=key_id, name=name, secret_hash=secret_hash, scopes=",".join(scopes)))
+    return True
 
 
 def get_key(db: Database, key_id: str) -> ApiKey | None:

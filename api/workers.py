@@ -3,8 +3,10 @@
 The audits table is the queue, so audits survive a restart of the API process:
 
 - `submit` only wakes the dispatcher; the audit is already stored as `queued`.
-- The dispatcher claims the oldest queued audits whose host (host:port) is below `per_host`
-  running audits, up to `workers` at once: a slow endpoint holds its own slots, never the others'.
+- The dispatcher claims the oldest queued audits whose origin (checked address:port) is below
+  `per_host` running audits, up to `workers` at once in this process: a slow endpoint holds its own
+  slots, never the others'.  The running audits of an origin are counted in the database at the
+  claim, so replicas of the service on one database share the per-host limit (`store.claim`).
 - A worker replays the audit's stored answers (`run_audit(prior=...)`), so a resumed audit never
   asks a probe twice and its budget counts what was spent before; every new answer is stored as it
   arrives, with the lease renewed.  A heartbeat renews the leases of audits waiting on slow targets.
@@ -155,19 +157,18 @@ class AuditWorkers:
     def _dispatch_once(self) -> int:
         with self._lock:
             free = self.workers - len(self._runs)
-            full = {o for o, n in self._by_origin.items() if n >= self.per_host}
         if free <= 0 or self._stopping.is_set():
             return 0
         started = 0
         for audit_id, origin in store.queued(
-            self.db, limit=free * self.per_host + 8, skip_origins=full, scan_id=self.scan_id
+            self.db, limit=free * self.per_host + 8, per_host=self.per_host, scan_id=self.scan_id
         ):
             with self._lock:
                 if len(self._runs) >= self.workers:
                     break
-                if self._by_origin[origin] >= self.per_host:
+                if self._by_origin[origin] >= self.per_host:  # full here already: spare the database a claim
                     continue
-            audit = store.claim(self.db, audit_id, self.worker_id, self.lease_s)
+            audit = store.claim(self.db, audit_id, origin, self.worker_id, self.lease_s, per_host=self.per_host)
             if audit is None:
                 continue
             run = _Run(audit_id, origin)

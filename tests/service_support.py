@@ -36,7 +36,9 @@ def database_url(backend: str, tmp_path: Path) -> str:
 
     engine = create_engine(POSTGRES_URL)
     with engine.begin() as connection:  # every table of an earlier test goes
-        connection.execute(text("DROP TABLE IF EXISTS audit_answers, audits, scans, api_keys, alembic_version CASCADE"))
+        connection.execute(
+            text("DROP TABLE IF EXISTS rate_buckets, audit_answers, audits, scans, api_keys, alembic_version CASCADE")
+        )
     engine.dispose()
     return POSTGRES_URL
 
