@@ -441,18 +441,44 @@ def release(db: Database, audit_id: str, worker: str) -> bool:
 
 
 def recover_expired(db: Database) -> list[str]:
-    """Requeue running audits whose worker is gone (its lease ran out): they resume from their answers."""
+    """Requeue running audits whose worker is gone: they resume from their answers.
+
+    An audit is requeued once its lease has run out *and* one request timeout more has passed: the
+    dead worker's last request may still be running at the target until then, and the audit keeps
+    its slot of the target's per-host limit meanwhile (measured: without this grace, a target under a
+    limit of 2 saw 3 requests in flight after a replica was killed; benchmarks/results/service-scale.json).
+    """
     now = utcnow()
     with db.writing() as session:
-        ids = list(session.scalars(select(Audit.id).where(Audit.status == "running", Audit.lease_until < now)))
+        expired = session.execute(
+            select(Audit.id, Audit.settings).where(Audit.status == "running", Audit.lease_until < now)
+        ).all()
+        by_grace: dict[float, list[str]] = {}
+        for audit_id, settings in expired:
+            by_grace.setdefault(_request_timeout_s(settings), []).append(audit_id)
+        ids: list[str] = []
+        for grace, candidates in by_grace.items():
+            cut = now - dt.timedelta(seconds=grace)
+            ids += list(
+                session.scalars(
+                    select(Audit.id).where(Audit.id.in_(candidates), Audit.status == "running", Audit.lease_until < cut)
+                )
+            )
         if ids:
             session.execute(
                 update(Audit)
-                .where(Audit.id.in_(ids), Audit.status == "running", Audit.lease_until < now)
+                .where(Audit.id.in_(ids), Audit.status == "running", Audit.lease_until < now)  # not renewed since
                 .values(status="queued", worker=None, lease_until=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
     return ids
+
+
+def _request_timeout_s(settings: object) -> float:
+    """How long one request of an audit may run (its AuditSettings.timeout_s; the default where unreadable)."""
+    value = settings.get("timeout_s") if isinstance(settings, dict) else None
+    default = float(AuditSettings.model_fields["timeout_s"].default)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else default
 
 
 # -- API keys ---------------------------------------------------------------------------------------
