@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hspi.collector.collect import config_done, plan_probe_sets, process_plans
@@ -74,6 +77,7 @@ def fleet_collect(
         process: [plan.model_dump(mode="json") for plan in runs]
         for process, runs in process_plans(pool, fresh, replay).items()
     }
+    check_reachable(address)
     ray = _connect(address)
     try:
         alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -87,7 +91,7 @@ def fleet_collect(
         pending: dict[Any, tuple[MachineKind, Platform]] = {}
         for kind, platform in todo:
             ref = remote.options(**kind.task_options(platform), max_retries=0).remote(
-                platform.model_dump_json(), names, plans, store_url, kind.name, kind.resources
+                platform.model_dump_json(), names, plans, store.task_url, kind.name, kind.resources
             )
             pending[ref] = (kind, platform)
             status.set(kind, platform, "pending")
@@ -196,6 +200,25 @@ def describe_failure(exc: BaseException, config_id: str) -> str:
     else:
         text = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
     return text.removeprefix(f"{config_id}: ")
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, where no Ray cluster listens: ray.init retries an absent one for minutes."""
+    resolved = address
+    if address == "auto":
+        resolved = os.environ.get("RAY_ADDRESS", "")
+        recorded = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` writes it
+        if not resolved and recorded.exists():
+            resolved = recorded.read_text(encoding="utf-8").strip()
+        if not resolved:
+            raise CollectionError("no Ray cluster to join: start one with `ray start --head`, or name it with --ray")
+    host, _, port = resolved.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"bad Ray address {resolved!r}: expected HOST:PORT or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise CollectionError(f"no Ray cluster at {resolved}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _connect(address: str) -> Any:

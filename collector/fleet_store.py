@@ -41,6 +41,12 @@ class ShardStore:
             raise ConfigError(f"store {url!r}: {str(exc).splitlines()[0]}") from None
         self.root = root.rstrip("/")
 
+    @property
+    def task_url(self) -> str:
+        """The store as the tasks must name it: a local path made absolute here (a Ray worker runs in
+        another directory; on several machines a local path must be a mount they share)."""
+        return self.root if is_local(self.url) else self.url
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 

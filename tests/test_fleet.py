@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from hspi.collector.fleet import describe_failure, merge_result
 from hspi.collector.fleet_kinds import isa_level, kinds_in_cluster, select_kinds
 from hspi.collector.fleet_store import ShardStore, StoreError
-from hspi.dataset import Manifest, ShardRef, load_manifest, save_manifest, write_shard
+from hspi.dataset import Manifest, ShardRef, load_manifest, write_shard
 from hspi.errors import CollectionError, ConfigError, DatasetError
 from hspi.platform import Platform
 from hspi.responses import Responses
@@ -80,8 +81,11 @@ def test_store_keeps_a_shard_once_and_replaces_a_corrupt_copy(tmp_path: Path) ->
     assert not list((tmp_path / "store" / "cpu-x" / "shards").glob("*.tmp"))
 
 
-def test_store_through_an_fsspec_url(tmp_path: Path) -> None:
+def test_store_through_an_fsspec_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert ShardStore("relative/store").task_url == str(tmp_path / "relative" / "store")  # workers run elsewhere
     store = ShardStore("memory://hspi-test-store")
+    assert store.task_url == "memory://hspi-test-store"
     store.check_writable()
     ref, data = _shard(tmp_path)
     store.put_shard("cpu-x", ref, data, "mlp")
@@ -144,9 +148,13 @@ def test_failures_are_described_by_their_cause() -> None:
         (["fleet", "collect", "--grid", "nope"], "unknown grid 'nope'"),
         (["fleet", "collect", "--grid", "cpu-smoke", "--store", "nosuchproto://b/x"], "store 'nosuchproto://b/x'"),
         (["fleet", "status", "--store", "nosuchproto://b/x"], "store 'nosuchproto://b/x'"),
+        (["fleet", "collect", "--grid", "cpu-smoke", "--ray", "127.0.0.1:1"], "no Ray cluster at 127.0.0.1:1"),
+        (["fleet", "collect", "--grid", "cpu-smoke", "--ray", "nohost"], "bad Ray address 'nohost'"),
     ],
 )
-def test_fleet_bad_input_is_one_line(args: list[str], needle: str) -> None:
+def test_fleet_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    if "--store" not in args:
+        args = [*args, "--store", str(tmp_path / "store")]
     proc = hspi(*args)
     assert proc.returncode != 0
     assert needle in proc.stderr and "Traceback" not in proc.stderr
@@ -160,6 +168,24 @@ def test_fleet_resources_are_measured_here() -> None:
     assert len(labels) == 2 and any(k.startswith("cpu-vendor:") for k in labels)
 
 
+def _kill_first_fleet_worker(driver: subprocess.Popen, timeout_s: float = 300) -> None:
+    """SIGKILL the first collection worker a fleet task starts (a descendant of this test's raylets)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and driver.poll() is None:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            if "hspi.collector.worker" in cmdline and any("hspi-fleet-" in arg for arg in cmdline):
+                child.kill()
+                return
+        time.sleep(0.05)
+    raise AssertionError("no fleet worker process appeared")
+
+
 @pytest.mark.slow
 def test_ray_cluster_collects_the_same_shards_as_hspi_collect(tmp_path: Path) -> None:
     from hspi.collector.fleet_local import local_cluster
@@ -167,40 +193,46 @@ def test_ray_cluster_collects_the_same_shards_as_hspi_collect(tmp_path: Path) ->
     local = tmp_path / "local"
     proc = hspi("collect", "--grid", "cpu-smoke", "--models", "mlp", "--out", str(local), *SMALL)
     assert proc.returncode == 0, proc.stderr
+    reference = load_manifest(local)
     store = tmp_path / "store"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["fleet", "collect", "--grid", "cpu-smoke", "--models", "mlp", "--store", str(store), *SMALL]
     with local_cluster(workers=2) as address:
-        args = ["fleet", "collect", "--ray", address, "--grid", "cpu-smoke", "--models", "mlp", "--store", str(store)]
-        proc = hspi(*args, *SMALL, env=env)
-        assert proc.returncode == 0, proc.stderr
-        assert "4 configurations run, 0 already done, on 3 nodes" in proc.stdout
+        # a worker killed mid-run: its configuration is named as failed, the others are merged
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "hspi", *args, "--ray", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        _kill_first_fleet_worker(driver)
+        _, stderr = driver.communicate(timeout=600)
+        assert driver.returncode == CollectionError.exit_code, stderr
+        lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "1 of 4 configurations failed" in lines[0], stderr
+        assert "worker exited -9" in lines[0] and "Traceback" not in stderr
+        (killed,) = [cid for cid in reference.configs if f"{cid} on cpu-" in lines[0]]
         (kind,) = [p.name for p in store.iterdir() if p.is_dir()]
-        fleet = load_manifest(store / kind)
-        reference = load_manifest(local)
-        assert set(fleet.configs) == set(reference.configs)
-        for cid, record in reference.configs.items():
-            for run in ("reference", "replay", "fresh"):
-                assert fleet.configs[cid].runs[run].shards == record.runs[run].shards, (cid, run)
-            assert fleet.configs[cid].labels == record.labels
-        ours = {p.name: p.read_bytes() for p in (store / kind / "shards").iterdir()}
-        theirs = {p.name: p.read_bytes() for p in (local / "shards").iterdir()}
-        assert ours == theirs  # every shard file bit-identical, none missing, none extra
+        assert set(load_manifest(store / kind).configs) == set(reference.configs) - {killed}
+        status = hspi("fleet", "status", "--store", str(store))
+        assert status.returncode == 0 and f"failed: {killed} on {kind}: worker exited -9" in status.stderr
 
-        # resume: a configuration lost from the manifest, one of its shards torn in the store
-        lost = "cpu:native/bf16/torch-eager"
-        manifest = load_manifest(store / kind)
-        before = manifest.configs.pop(lost)
-        save_manifest(store / kind, manifest)
-        torn = store / kind / "shards" / f"{before.runs['reference'].shards['mlp'].shard}.parquet"
-        torn.write_bytes(torn.read_bytes()[:100])
-        proc = hspi(*args, *SMALL, env=env)
+        # the rerun resumes: only the failed configuration runs again
+        first = load_manifest(store / kind)
+        proc = hspi(*args, "--ray", address, env=env)
         assert proc.returncode == 0, proc.stderr
-        assert "1 configurations run, 3 already done" in proc.stdout
-    after = load_manifest(store / kind)
-    assert after.configs[lost].runs["reference"].shards == before.runs["reference"].shards
-    assert after.configs["cpu:native/fp32/torch-eager"] == fleet.configs["cpu:native/fp32/torch-eager"]
-    assert torn.read_bytes() == theirs[torn.name]
+        assert "1 configurations run, 3 already done, on 3 nodes" in proc.stdout
+    fleet = load_manifest(store / kind)
+    assert set(fleet.configs) == set(reference.configs)
+    for cid, record in reference.configs.items():
+        for run in ("reference", "replay", "fresh"):
+            assert fleet.configs[cid].runs[run].shards == record.runs[run].shards, (cid, run)
+        assert fleet.configs[cid].labels == record.labels
+        if cid != killed:  # not run again
+            assert fleet.configs[cid] == first.configs[cid]
+    ours = {p.name: p.read_bytes() for p in (store / kind / "shards").iterdir()}
+    theirs = {p.name: p.read_bytes() for p in (local / "shards").iterdir()}
+    assert ours == theirs  # every shard file bit-identical, none missing, none extra
     proc = hspi("dataset", "info", str(store / kind))
     assert proc.returncode == 0 and "all hashes verified" in proc.stdout
-    status = hspi("fleet", "status", "--store", str(store))
-    assert status.returncode == 0 and kind in status.stdout

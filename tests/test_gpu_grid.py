@@ -130,9 +130,12 @@ def test_device_script_packs_into_at_most_eight_files(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == ["gpu-h200/dataset.json", "gpu-h200/shards/a.parquet"]
 
 
-def test_device_script_on_a_machine_without_cuda_reports_and_fails(tmp_path: Path) -> None:
+def test_device_script_on_a_machine_without_cuda_reports_and_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
+    monkeypatch.chdir(tmp_path)  # the script moves into its work directory; this restores the cwd afterwards
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out = tmp_path / "out"

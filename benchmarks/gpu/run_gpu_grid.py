@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tarfile
 import time
@@ -116,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    args.out, args.work = args.out.resolve(), args.work.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    # out of the repository: its hspi/ folder would shadow the installed hspi in the workers' `python -m`
+    os.chdir(args.work)
+
     from hspi.collector.collect import collect
     from hspi.errors import HspiError
 
-    args.out.mkdir(parents=True, exist_ok=True)
     dataset = args.work / "gpu-h200"
     log_lines: list[str] = []
     started = time.perf_counter()

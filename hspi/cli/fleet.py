@@ -32,13 +32,14 @@ def collect(
     replay: Annotated[int, typer.Option(help="pool probes re-run in an independent process")] = 300,
 ) -> None:
     """One Ray task per (configuration, machine kind); resumable; a dataset per kind in the store."""
-    from hspi.collector.fleet import fleet_collect
+    from hspi.collector.fleet import check_reachable, fleet_collect
     from hspi.collector.fleet_store import ShardStore
     from hspi.collector.grid import grid_platforms
     from hspi.collector.models import resolve_models
 
     grid_platforms(grid), resolve_models(models)  # bad names and stores fail before Ray is reached
     ShardStore(store).check_writable()
+    check_reachable(ray_address)
     with progress_bar() as progress:
         task = progress.add_task("collecting", total=None)
 
