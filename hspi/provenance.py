@@ -185,8 +185,9 @@ def cuda_info() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cublaslt_version": loaded_library_version("libcublasLt", "cublasLtGetVersion"),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": _read_flag(lambda: torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": _read_flag(lambda: torch.backends.cudnn.allow_tf32),
+        "fp32_matmul_precision": _read_flag(lambda: torch.get_float32_matmul_precision()),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "sdpa_enabled": {
@@ -199,6 +200,15 @@ def cuda_info() -> dict[str, Any]:
         info["gpu_uuid"] = str(props.uuid)
     info.update(nvidia_smi())
     return info
+
+
+def _read_flag(read: Callable[[], object]) -> object:
+    """A torch setting, or why it could not be read (torch refuses some reads once both its legacy
+    and its newer TF32 APIs have been used in a process)."""
+    try:
+        return read()
+    except RuntimeError as exc:
+        return f"unreadable: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 def loaded_library_version(stem: str, function: str) -> int | None:

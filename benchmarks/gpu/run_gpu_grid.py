@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     # out of the repository: its hspi/ folder would shadow the installed hspi in the workers' `python -m`
     os.chdir(args.work)
+    # several workers compile at once: one inductor compile thread each, not a pool per process
+    # (compilation only: the kernels it generates are the same)
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
     from hspi.collector.collect import collect
     from hspi.errors import HspiError
