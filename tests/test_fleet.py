@@ -191,7 +191,9 @@ def test_ray_cluster_collects_the_same_shards_as_hspi_collect(tmp_path: Path) ->
     from hspi.collector.fleet_local import local_cluster
 
     local = tmp_path / "local"
-    proc = hspi("collect", "--grid", "cpu-smoke", "--models", "mlp", "--out", str(local), *SMALL)
+    # two configurations at a time: `hspi collect --parallel` is checked against Ray here too (the
+    # sequential path is test_cli_integration's)
+    proc = hspi("collect", "--grid", "cpu-smoke", "--models", "mlp", "--out", str(local), *SMALL, "--parallel", "2")
     assert proc.returncode == 0, proc.stderr
     reference = load_manifest(local)
     store = tmp_path / "store"
