@@ -9,7 +9,9 @@ what is recorded as done.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.local import check_supported
 from hspi.collector.worker import RunPlan, WorkerJob
 from hspi.dataset import ConfigRecord, Manifest, load_manifest, save_manifest
-from hspi.errors import ConfigError, DatasetError
+from hspi.errors import CollectionError, ConfigError, DatasetError
 from hspi.platform import Platform, platform_labels
 
 POOL_SIZE = 1000  # reference pool per model (the issue's floor)
@@ -39,6 +41,17 @@ def process_plans(pool: int, fresh: int, replay: int) -> dict[str, list[RunPlan]
     }
 
 
+def plan_probe_sets(names: list[str], pool: int, fresh: int) -> dict[str, dict[str, int]]:
+    """The manifest's probe sets of a collection: per model, {probe-set version: size}."""
+    return {
+        name: {
+            ProbeSet(model_spec(name), "pool", pool).version: pool,
+            ProbeSet(model_spec(name), "fresh", fresh).version: fresh,
+        }
+        for name in names
+    }
+
+
 def collect(
     grid: str,
     models: str,
@@ -47,22 +60,24 @@ def collect(
     pool: int = POOL_SIZE,
     fresh: int = FRESH_SIZE,
     replay: int = REPLAY_SIZE,
+    parallel: int = 1,
+    keep_going: bool = False,
+    stop_after_s: float | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Manifest:
-    """Collect `grid` × `models` into `out`; resume whatever a previous run of the same plan finished."""
+    """Collect `grid` × `models` into `out`; resume whatever a previous run of the same plan finished.
+
+    `parallel` configurations run at once; `keep_going` runs the others after one fails (the error,
+    naming every failed one, comes at the end); no configuration starts after `stop_after_s`."""
     platforms = grid_platforms(grid)
     names = resolve_models(models)
+    if any(p.device == "cuda" for p in platforms):
+        require_cuda(grid)
     skipped = unsupported_platforms(platforms, names)
     platforms = [p for p in platforms if p.id not in skipped]
     if replay > pool:
         raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
-    probe_sets = {
-        name: {
-            ProbeSet(model_spec(name), "pool", pool).version: pool,
-            ProbeSet(model_spec(name), "fresh", fresh).version: fresh,
-        }
-        for name in names
-    }
+    probe_sets = plan_probe_sets(names, pool, fresh)
     if (out / "dataset.json").exists():
         manifest = load_manifest(out)
         if manifest.probe_sets != probe_sets:
@@ -80,11 +95,13 @@ def collect(
         manifest.notes += [note for note in new_notes if note not in manifest.notes]
         save_manifest(out, manifest)
     plans = process_plans(pool, fresh, replay)
-    todo = [p for p in platforms if not _done(manifest, p.id, names)]
+    todo = [p for p in platforms if not config_done(manifest, p.id, names)]
     done_before = len(platforms) - len(todo)
-    for index, platform in enumerate(todo):
-        if on_progress:
-            on_progress(platform.id, done_before + index, len(platforms))
+    stop_at = None if stop_after_s is None else time.monotonic() + stop_after_s
+
+    def run_configuration(platform: Platform) -> ConfigRecord | None:
+        if stop_at is not None and time.monotonic() > stop_at:
+            return None  # past the time budget: left for a rerun to resume
         record = ConfigRecord(platform=platform, labels={}, source=manifest.name)
         with tempfile.TemporaryDirectory(prefix="hspi-worker-") as tmp:
             for _process, runs in plans.items():
@@ -94,8 +111,36 @@ def collect(
                 result = run_worker(job, Path(tmp))
                 record.runs.update(result.runs)
         record.labels = platform_labels(platform, record.runs["reference"].provenance)
-        manifest.configs[platform.id] = record
-        save_manifest(out, manifest)
+        return record
+
+    failures: list[CollectionError] = []
+    finished = 0
+    # configurations run side by side in threads, each in its own fresh processes; this thread
+    # alone writes the manifest, after each one finishes
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="hspi-collect") as pool_of_runs:
+        futures = {pool_of_runs.submit(run_configuration, p): p for p in todo}
+        if on_progress and todo:
+            on_progress(todo[0].id, done_before, len(platforms))
+        for future in as_completed(futures):
+            platform = futures[future]
+            finished += 1
+            try:
+                record = future.result()
+            except CollectionError as exc:
+                failures.append(exc)
+                if not keep_going:  # stop at the first failure: nothing new starts, what runs finishes
+                    for other in futures:
+                        other.cancel()
+                continue
+            if record is not None:
+                manifest.configs[platform.id] = record
+                save_manifest(out, manifest)
+            if on_progress:
+                on_progress(platform.id, done_before + finished, len(platforms))
+    if failures:
+        if len(failures) == 1:
+            raise failures[0]
+        raise CollectionError(f"{len(failures)} configurations failed: " + "; ".join(str(f) for f in failures))
     if on_progress:
         on_progress("done", len(platforms), len(platforms))
     return manifest
@@ -118,7 +163,19 @@ def unsupported_platforms(platforms: list[Platform], models: list[str]) -> dict[
     return skipped
 
 
-def _done(manifest: Manifest, config_id: str, models: list[str]) -> bool:
+def require_cuda(grid: str) -> None:
+    """Refuse a CUDA grid where this process sees no CUDA device (its workers would not either)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"grid {grid} runs on CUDA; torch {torch.__version__} sees no CUDA device here "
+            "(collect it on a GPU machine, e.g. benchmarks/gpu/, or with `hspi fleet collect`)"
+        )
+
+
+def config_done(manifest: Manifest, config_id: str, models: list[str]) -> bool:
+    """Whether every run of `config_id` holds outputs of every model (a rerun skips it)."""
     record = manifest.configs.get(config_id)
     return record is not None and all(
         run in record.runs and all(m in record.runs[run].shards for m in models)

@@ -77,11 +77,44 @@ def _llama_cpp_smoke() -> list[Platform]:
     return [_llama("F32", threads=1), _llama("Q8_0", threads=1), _llama("F32", batch_size=8, threads=1)]
 
 
+def _cuda(dtype: str = "fp32", **knobs: object) -> Platform:
+    return Platform(device="cuda", dtype=dtype, **knobs)  # type: ignore[arg-type]
+
+
+# (dtype, tf32): fp32 in IEEE arithmetic and on TF32 tensor cores, then the half types
+GPU_PRECISIONS: tuple[tuple[str, bool], ...] = (("fp32", False), ("fp32", True), ("bf16", False), ("fp16", False))
+# flash and cuDNN attention take half types only; math and memory-efficient take fp32 too
+GPU_SDPA_DTYPES = {
+    "sdpa-math": ("fp32", "bf16", "fp16"),
+    "sdpa-efficient": ("fp32", "bf16", "fp16"),
+    "sdpa-flash": ("bf16", "fp16"),
+    "sdpa-cudnn": ("bf16", "fp16"),
+}
+
+
+def _gpu_default() -> list[Platform]:
+    """One CUDA GPU: every precision at PyTorch's defaults (batch 1, SDPA picking its backend, eager);
+    then each knob against that baseline per precision: batch 8 and 32, each SDPA backend the
+    precision admits, torch.compile.  28 configurations; a knob for every combination would be
+    hundreds, mostly bit-identical to one listed (shards are content-addressed: those cost nothing)."""
+    grid = [_cuda(dtype, tf32=tf32) for dtype, tf32 in GPU_PRECISIONS]
+    grid += [_cuda(dtype, tf32=tf32, batch_size=bs) for bs in (8, 32) for dtype, tf32 in GPU_PRECISIONS]
+    grid += [
+        _cuda(dtype, tf32=tf32, attention=attention)
+        for attention, dtypes in GPU_SDPA_DTYPES.items()
+        for dtype, tf32 in GPU_PRECISIONS
+        if dtype in dtypes
+    ]
+    grid += [_cuda(dtype, tf32=tf32, engine="torch-compile") for dtype, tf32 in GPU_PRECISIONS]
+    return grid
+
+
 GRIDS = {
     "cpu-default": _cpu_default,
     "cpu-smoke": _cpu_smoke,
     "llama-cpp": _llama_cpp,
     "llama-cpp-smoke": _llama_cpp_smoke,
+    "gpu-default": _gpu_default,
 }
 
 

@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from hspi.errors import ConfigError
 
+# attention knob -> torch.nn.attention.SDPBackend member: SDPA restricted to that one backend
+SDPA_BACKENDS = {
+    "sdpa-math": "MATH",
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+}
+
 if TYPE_CHECKING:
     import torch
 
@@ -204,10 +212,10 @@ def _lm_classes() -> tuple[type, type]:
                 scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
                 mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
                 att = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
-            elif self.attention == "sdpa-math":
+            elif self.attention in SDPA_BACKENDS:
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-                with sdpa_kernel(SDPBackend.MATH):
+                with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[self.attention])):  # that backend or an error
                     att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
                 att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -247,7 +255,8 @@ def _lm_classes() -> tuple[type, type]:
 
 
 def TinyDecoderLM(vocab: int, seq_len: int, attention: str, gpt2_layout: bool = False) -> Any:  # noqa: N802 - a factory named as the class it builds
-    if attention not in ("sdpa", "sdpa-math", "manual"):
-        raise ConfigError(f"unknown attention {attention!r}; allowed: sdpa, sdpa-math, manual")
+    allowed = ("sdpa", *SDPA_BACKENDS, "manual")
+    if attention not in allowed:
+        raise ConfigError(f"unknown attention {attention!r}; allowed: {', '.join(allowed)}")
     _, lm = _lm_classes()
     return lm(vocab, seq_len, attention, gpt2_layout=gpt2_layout)

@@ -137,6 +137,14 @@ def read_shard(directory: Path, ref: ShardRef, model: str) -> Responses:
         raise DatasetError(f"missing shard {path}")
     try:
         table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DatasetError(f"corrupt or truncated shard {path}: {str(exc).splitlines()[0]}") from None
+    return decode_shard_table(table, ref, model, label=str(path))
+
+
+def decode_shard_table(table: pa.Table, ref: ShardRef, model: str, *, label: str) -> Responses:
+    """A shard's responses, checked against the hash its reference names (`label` says where it was read)."""
+    try:
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         n_outputs, native_dtype = int(meta["n_outputs"]), meta["native_dtype"]
         probe_ids = table.column("probe_id").to_numpy().astype(np.int32)
@@ -145,12 +153,12 @@ def read_shard(directory: Path, ref: ShardRef, model: str) -> Responses:
         itemsize = np.dtype(_NUMPY_OF[native_dtype]).itemsize
         native = from_byte_planes(raw.reshape(len(probe_ids), n_outputs * itemsize), _NUMPY_OF[native_dtype], n_outputs)
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"corrupt or truncated shard {path}: {str(exc).splitlines()[0]}") from None
+        raise DatasetError(f"corrupt or truncated shard {label}: {str(exc).splitlines()[0]}") from None
     if content_hash(probe_ids, native, native_dtype) != ref.shard:
-        raise DatasetError(f"corrupt shard {path}: its content does not match its hash")
+        raise DatasetError(f"corrupt shard {label}: its content does not match its hash")
     responses = Responses(model, ref.probe_set, probe_ids, native, native_dtype)
     if not np.isfinite(responses.as_float32()).all():
-        raise DatasetError(f"shard {path} holds NaN/Inf outputs")
+        raise DatasetError(f"shard {label} holds NaN/Inf outputs")
     return responses
 
 

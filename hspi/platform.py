@@ -8,6 +8,7 @@ ISA cap the machine could not honour is labelled with what really ran.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -47,7 +48,9 @@ DTypes = Literal["fp32", "bf16", "fp16", "int8-dyn", "F32", "F16", "BF16", "Q8_0
 GGUF_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M")
 Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all", "llama.cpp"]
 KVTypes = Literal["f32", "f16", "q8_0"]
-Attentions = Literal["sdpa", "sdpa-math", "manual"]
+# sdpa: PyTorch picks the SDPA backend; sdpa-<backend>: that backend only (flash, efficient and cudnn run on CUDA)
+Attentions = Literal["sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "manual"]
+CUDA_ATTENTIONS: tuple[str, ...] = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 QuantEngines = Literal["x86", "onednn", "qnnpack"]
 MatmulPrecisions = Literal["highest", "medium"]
 
@@ -57,7 +60,7 @@ class Platform(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    device: Literal["cpu"] = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     profile: str = "native"
     dtype: DTypes = "fp32"
     engine: Engines = "torch-eager"
@@ -70,6 +73,8 @@ class Platform(BaseModel):
     # llama.cpp only: flash attention and the KV-cache type (batch_size is its n_batch = n_ubatch)
     flash_attn: bool = False
     kv_type: KVTypes | None = None
+    # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (torch's allow_tf32 flags)
+    tf32: bool = False
 
     @field_validator("profile")
     @classmethod
@@ -104,6 +109,8 @@ class Platform(BaseModel):
             parts.append("fa=on")
         if self.kv_type is not None:
             parts.append(f"kv={self.kv_type}")
+        if self.tf32:
+            parts.append("tf32=on")
         return "/".join(parts)
 
     @classmethod
@@ -127,12 +134,14 @@ class Platform(BaseModel):
             "threads": "threads",
             "fa": "flash_attn",
             "kv": "kv_type",
+            "tf32": "tf32",
         }
         for knob in knobs:
             key, _, value = knob.partition("=")
-            if key not in names or not value or (key == "fa" and value not in ("on", "off")):
+            switch = key in ("fa", "tf32")
+            if key not in names or not value or (switch and value not in ("on", "off")):
                 raise ConfigError(f"bad knob {knob!r} in platform id {platform_id!r}; known: {', '.join(names)}")
-            fields[names[key]] = value.upper() if key == "mkl-cbwr" else (value == "on") if key == "fa" else value
+            fields[names[key]] = value.upper() if key == "mkl-cbwr" else (value == "on") if switch else value
         try:
             return cls(**fields)
         except ValueError as exc:
@@ -156,6 +165,8 @@ class Platform(BaseModel):
             knobs.append(f"qengine={self.quant_engine}")
         if self.mkl_cbwr is not None:
             knobs.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
+        if self.device == "cuda":
+            knobs = [f"attn={self.attention}", f"bs={self.batch_size}", f"tf32={'on' if self.tf32 else 'off'}"]
         if self.engine == "llama.cpp":
             knobs = [f"bs={self.batch_size}", f"fa={'on' if self.flash_attn else 'off'}", f"kv={self.kv_type or 'f16'}"]
         return ",".join(knobs)
@@ -230,11 +241,28 @@ def measured_isa_level(provenance: dict[str, Any]) -> str:
     return level
 
 
+def gpu_hardware_label(provenance: dict[str, Any]) -> str:
+    """A GPU's label from what the driver reported in that process: 'nvidia-h200-sm90'."""
+    name = str(provenance.get("gpu_name") or "").strip()
+    if not name:
+        return "gpu-unreported"
+    slug = "-".join(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
+    if not slug.startswith("nvidia"):
+        slug = f"nvidia-{slug}"
+    capability = str(provenance.get("gpu_capability") or "").replace(".", "")
+    return f"{slug}-sm{capability}" if capability else slug
+
+
 def platform_labels(platform: Platform, provenance: dict[str, Any]) -> dict[str, str]:
     """Labels per head except `full` (the equivalence class, known only once outputs are compared)."""
     vendor = str(provenance.get("cpu_vendor", "unknown"))
+    hardware = (
+        gpu_hardware_label(provenance)
+        if platform.device == "cuda"
+        else f"{vendor}-x86-{measured_isa_level(provenance)}"
+    )
     return {
-        "hardware": f"{vendor}-x86-{measured_isa_level(provenance)}",
+        "hardware": hardware,
         "dtype": platform.dtype,
         "engine": platform.engine,
         "kernel": platform.kernel,

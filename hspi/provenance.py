@@ -168,16 +168,109 @@ def torch_runtime() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():  # measured, never assumed
-        props = torch.cuda.get_device_properties(0)
-        info.update(
-            {
-                "gpu_name": props.name,
-                "gpu_capability": f"{props.major}.{props.minor}",
-                "cuda": torch.version.cuda,
-                "gpu_sm_count": props.multi_processor_count,
-            }
-        )
+        info.update(cuda_info())
     return info
+
+
+def cuda_info() -> dict[str, Any]:
+    """The CUDA device and stack this process runs on, as the driver and the libraries report them."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    info: dict[str, Any] = {
+        "gpu_name": torch.cuda.get_device_name(0),
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_sm_count": props.multi_processor_count,
+        "gpu_memory_bytes": props.total_memory,
+        "cuda": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cublaslt_version": loaded_library_version("libcublasLt", "cublasLtGetVersion"),
+        "tf32_matmul": _read_flag(lambda: torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": _read_flag(lambda: torch.backends.cudnn.allow_tf32),
+        "fp32_matmul_precision": _read_flag(lambda: torch.get_float32_matmul_precision()),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "sdpa_enabled": {
+            name: bool(getattr(torch.backends.cuda, f"{name}_sdp_enabled")())
+            for name in ("flash", "mem_efficient", "math", "cudnn")
+            if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")
+        },
+    }
+    if hasattr(props, "uuid"):
+        info["gpu_uuid"] = str(props.uuid)
+    info.update(nvidia_smi())
+    return info
+
+
+def _read_flag(read: Callable[[], object]) -> object:
+    """A torch setting, or why it could not be read (torch refuses some reads once both its legacy
+    and its newer TF32 APIs have been used in a process)."""
+    try:
+        return read()
+    except RuntimeError as exc:
+        return f"unreadable: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def loaded_library_version(stem: str, function: str) -> int | None:
+    """`function()` of a shared library this process has already loaded (found in /proc/self/maps)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            paths = {line.split()[-1] for line in handle if f"/{stem}" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            getter = getattr(ctypes.CDLL(path), function)
+        except (OSError, AttributeError):
+            continue
+        getter.restype = ctypes.c_size_t
+        return int(getter())
+    return None
+
+
+_SMI_FIELDS = (
+    "driver_version",
+    "name",
+    "pci.bus_id",
+    "clocks.sm",
+    "clocks.mem",
+    "clocks.max.sm",
+    "clocks.max.mem",
+    "clocks.applications.graphics",
+    "power.limit",
+    "pstate",
+    "compute_mode",
+)
+
+
+def nvidia_smi() -> dict[str, Any]:
+    """Driver version and clocks as `nvidia-smi` reports them for GPU 0 (absent where it cannot run)."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return {"nvidia_smi": None}
+    try:
+        proc = subprocess.run(
+            [tool, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"nvidia_smi": f"failed: {type(exc).__name__}"}
+    if proc.returncode != 0:
+        return {"nvidia_smi": f"exited {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1]}"}
+    return {"nvidia_smi": parse_nvidia_smi(proc.stdout)}
+
+
+def parse_nvidia_smi(text: str) -> dict[str, str]:
+    """One CSV line of `nvidia-smi --query-gpu=<_SMI_FIELDS>` as {field: value}."""
+    values = [v.strip() for v in (text.strip().splitlines() or [""])[0].split(",")]
+    return {field: value for field, value in zip(_SMI_FIELDS, values) if value}
 
 
 def requested_environment() -> dict[str, str]:

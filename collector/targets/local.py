@@ -18,7 +18,7 @@ from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
 from hspi.errors import ConfigError, TargetError
 from hspi.files import atomic_path
-from hspi.platform import GGUF_TYPES, Platform
+from hspi.platform import CUDA_ATTENTIONS, GGUF_TYPES, Platform
 from hspi.responses import Responses, float32_to_bfloat16_bits
 
 
@@ -36,6 +36,7 @@ def check_supported(platform: Platform, model: str) -> None:
     if platform.flash_attn or platform.kv_type is not None:
         knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}"
         raise ConfigError(f"{platform.id}: knob {knob} is a llama.cpp knob; {platform.engine} has no such setting")
+    _check_device(platform)
     if platform.engine.startswith("onnxruntime") and platform.dtype != "fp32":
         raise ConfigError(f"{platform.id}: ONNX Runtime runs the fp32 export only, not {platform.dtype}")
     if platform.dtype == "int8-dyn" and platform.engine != "torch-eager":
@@ -44,6 +45,24 @@ def check_supported(platform: Platform, model: str) -> None:
         raise ConfigError(f"{platform.id}: a quantised engine goes with dtype int8-dyn and only with it")
     if model_spec(model).source == "registered" and platform.engine.startswith("onnxruntime"):
         raise ConfigError(f"{platform.id}: registered model {model} runs on torch (transformers), not ONNX Runtime")
+
+
+def _check_device(platform: Platform) -> None:
+    """CUDA platforms: torch engines, float dtypes, no CPU caps; CUDA-only knobs only on CUDA."""
+    if platform.device == "cpu":
+        if platform.tf32:
+            raise ConfigError(f"{platform.id}: knob tf32=on is a CUDA knob; {platform.device} has no TF32")
+        if platform.attention in CUDA_ATTENTIONS:
+            raise ConfigError(f"{platform.id}: SDPA backend {platform.attention} runs on CUDA only")
+        return
+    if not platform.engine.startswith("torch-"):
+        raise ConfigError(f"{platform.id}: on {platform.device} the engines are torch-eager and torch-compile")
+    if platform.dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"{platform.id}: on {platform.device} the dtypes are fp32, bf16 and fp16")
+    if platform.profile != "native" or platform.mkl_cbwr is not None or platform.matmul_precision != "highest":
+        raise ConfigError(f"{platform.id}: CPU knobs (ISA profile, MKL_CBWR, matmul precision) do not apply on CUDA")
+    if platform.tf32 and platform.dtype != "fp32":
+        raise ConfigError(f"{platform.id}: tf32=on changes fp32 arithmetic only; not {platform.dtype}")
 
 
 def make_target(model: str, platform: Platform, *, export_dir: Path | None = None) -> Target:
@@ -73,6 +92,7 @@ class LocalTarget(Target):
         torch.set_num_threads(p.threads)
         torch.set_float32_matmul_precision(p.matmul_precision)
         module = build_model(self.model, attention=p.attention)
+        device = self._device(torch)
         if p.engine.startswith("onnxruntime"):
             return self._onnx_runner(module)
         if p.dtype == "int8-dyn":
@@ -85,6 +105,7 @@ class LocalTarget(Target):
             module = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
         elif p.dtype in ("bf16", "fp16"):
             module = module.to(torch.bfloat16 if p.dtype == "bf16" else torch.float16)
+        module = module.to(device)
         if p.engine == "torch-compile":
             module = torch.compile(module)  # type: ignore[assignment]  # a callable wrapping the module
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.dtype, torch.float32)
@@ -94,12 +115,25 @@ class LocalTarget(Target):
             if x.is_floating_point():
                 x = x.to(dtype)
             with torch.inference_mode():
-                y = module(x)
+                y = module(x.to(device)).cpu()
             if y.dtype == torch.bfloat16:
                 return float32_to_bfloat16_bits(y.float().numpy())
             return y.numpy().copy()
 
         return run
+
+    def _device(self, torch: Any) -> Any:
+        """CPU, or the process's first CUDA device with the platform's TF32 setting (refused without CUDA)."""
+        p = self.platform
+        if p.device == "cpu":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{p.id} needs CUDA; torch {torch.__version__} sees no CUDA device in this process")
+        # after set_float32_matmul_precision, which also sets the matmul flag: TF32 is this knob's alone
+        torch.backends.cuda.matmul.allow_tf32 = p.tf32
+        torch.backends.cudnn.allow_tf32 = p.tf32
+        torch.backends.cudnn.benchmark = False  # autotuning may pick other kernels run to run
+        return torch.device("cuda", 0)
 
     def _onnx_runner(self, module: Any) -> Any:
         import onnxruntime as ort

@@ -14,9 +14,11 @@ import typer
 from hspi.cli import audit, dataset, demo, model, pipeline, service, target  # noqa: F401  (they register commands)
 from hspi.cli.app import app
 from hspi.cli.border import border_app
+from hspi.cli.fleet import fleet_app
 from hspi.errors import HspiError
 
 app.add_typer(border_app, name="border")
+app.add_typer(fleet_app, name="fleet")
 
 __all__ = ["app", "main"]
 

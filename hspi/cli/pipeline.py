@@ -21,20 +21,36 @@ def collect(
     pool: Annotated[int, typer.Option(help="reference-pool probes per model")] = 1000,
     fresh: Annotated[int, typer.Option(help="fresh (held-out) probes per model")] = 400,
     replay: Annotated[int, typer.Option(help="pool probes re-run in an independent process")] = 300,
+    parallel: Annotated[int, typer.Option(min=1, help="configurations run at once (each in its own processes)")] = 1,
+    keep_going: Annotated[bool, typer.Option(help="run the other configurations after one fails")] = False,
 ) -> None:
     """Run a grid of platforms, each in fresh subprocesses; resumable."""
     from hspi.collector.collect import collect as run_collect
+    from hspi.collector.collect import require_cuda
     from hspi.collector.grid import grid_platforms
     from hspi.collector.models import resolve_models
 
-    grid_platforms(grid), resolve_models(models)  # bad names fail before any progress bar is drawn
+    platforms = grid_platforms(grid)  # bad names fail before any progress bar is drawn
+    resolve_models(models)
+    if any(p.device == "cuda" for p in platforms):
+        require_cuda(grid)
     with progress_bar() as progress:
         task = progress.add_task("collecting", total=None)
 
         def on_progress(config: str, done: int, total: int) -> None:
             progress.update(task, total=total, completed=done, description=f"collecting {config}")
 
-        manifest = run_collect(grid, models, out, pool=pool, fresh=fresh, replay=replay, on_progress=on_progress)
+        manifest = run_collect(
+            grid,
+            models,
+            out,
+            pool=pool,
+            fresh=fresh,
+            replay=replay,
+            parallel=parallel,
+            keep_going=keep_going,
+            on_progress=on_progress,
+        )
     console.print(f"{len(manifest.configs)} configurations in {out}")
 
 
