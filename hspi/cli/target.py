@@ -13,7 +13,7 @@ from hspi.errors import ConfigError
 
 @target_app.command("serve")
 def target_serve(
-    model: Annotated[str, typer.Option(help="reference model to serve")] = "lm-small",
+    model: Annotated[str, typer.Option(help="model to serve: built-in or registered (hspi model add)")] = "lm-small",
     platform: Annotated[
         str, typer.Option(help="platform id, e.g. cpu:avx2/bf16/torch-eager")
     ] = "cpu:native/fp32/torch-eager",
