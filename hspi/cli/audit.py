@@ -17,7 +17,9 @@ from hspi.terms import MatchStatus, StopReason, Verdict
 @app.command()
 def audit(
     endpoint: Annotated[str, typer.Option(help="base URL of the endpoint, e.g. http://127.0.0.1:8801/v1")],
-    model: Annotated[str, typer.Option(help="the model the endpoint claims to serve: built-in or registered (hspi model add)")] = "lm-small",
+    model: Annotated[
+        str, typer.Option(help="the model the endpoint claims to serve: built-in or registered (hspi model add)")
+    ] = "lm-small",
     claim: Annotated[
         Optional[str], typer.Option(help="what the provider claims, e.g. dtype=fp32,hardware=x86-avx2")
     ] = None,

@@ -22,7 +22,9 @@ def collect(
         "auto"
     ),
     grid: Annotated[str, typer.Option(help="named grid: cpu-default, cpu-smoke, gpu-default...")] = "cpu-default",
-    models: Annotated[str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")] = "all",
+    models: Annotated[
+        str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")
+    ] = "all",
     store: Annotated[str, typer.Option(help="shard store: a local path or an fsspec URL (s3://...)")] = DEFAULT_STORE,
     kinds: Annotated[
         Optional[str], typer.Option(help="comma-separated machine kinds (default: every kind in the cluster)")

@@ -16,7 +16,9 @@ from hspi.errors import ConfigError
 @app.command()
 def collect(
     grid: Annotated[str, typer.Option(help="named grid: cpu-default, cpu-smoke")] = "cpu-default",
-    models: Annotated[str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")] = "all",
+    models: Annotated[
+        str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")
+    ] = "all",
     out: Annotated[Path, typer.Option(help="dataset directory (resumed if it exists)")] = SHIPPED_DATASET,
     pool: Annotated[int, typer.Option(help="reference-pool probes per model")] = 1000,
     fresh: Annotated[int, typer.Option(help="fresh (held-out) probes per model")] = 400,
