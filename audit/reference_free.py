@@ -152,12 +152,12 @@ class ReferenceFreeAudit:
             else:
                 report.verdict = "inconclusive"
         if settings.claim and status is not MatchStatus.WRONG_MODEL:
-            claimed = [heads[h].verdict for h in settings.claim if h in heads]
+            head_verdicts = [heads[h].verdict for h in settings.claim if h in heads]
             verdict = (
                 Verdict.INCONSISTENT
-                if "inconsistent" in claimed
+                if "inconsistent" in head_verdicts
                 else Verdict.CONSISTENT
-                if claimed and all(v == "consistent" for v in claimed)
+                if head_verdicts and all(v == "consistent" for v in head_verdicts)
                 else Verdict.INCONCLUSIVE
             )
         if not reason:
