@@ -5,7 +5,8 @@
 No vocabulary and no reference are known, so the prompts are plain text: two short sentences of
 common Chinese characters (U+4E00..U+4FFF), which every byte-level or SentencePiece tokenizer encodes
 and which are also words of hspi's built-in reference vocabulary (one character per token from
-U+4E00), so the reference targets answer them too.  The plan, one query each, in order, until the
+U+4E00), so the reference targets answer them too; with a seed, two random strings of those
+characters (`audit_prompts`).  The plan, one query each, in order, until the
 budget (default 8 queries) is spent:
 
     models      GET {base}/models (engine tells; the served model name when none is given)
@@ -67,6 +68,25 @@ class AgnosticSettings(BaseModel):
     max_tier: Literal["topk20", "topk5", "top1", "text"] | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0)
+    seed: int | None = None  # None: the two fixed sentences; a seed: two random strings of the same characters
+
+
+def audit_prompts(seed: int | None) -> tuple[str, str]:
+    """Prompts A and B.  Seeded ones are 6-12 characters drawn from U+4E00..U+4FFF (CJK ideographs, all
+    assigned), B never starting with A's first character (a shared first token would take llama-cpp-python's
+    prefix-cache path for B)."""
+    if seed is None:
+        return PROMPT_A, PROMPT_B
+    rng = np.random.default_rng(seed)
+
+    def draw() -> str:
+        return "".join(chr(0x4E00 + int(c)) for c in rng.integers(0, 0x200, int(rng.integers(6, 13))))
+
+    a = draw()
+    b = draw()
+    while b[0] == a[0]:
+        b = draw()
+    return a, b
 
 
 class AgnosticRecord(BaseModel):
@@ -94,6 +114,7 @@ class Check(BaseModel):
 class AgnosticReport(BaseModel):
     kind: Literal["model-agnostic"] = "model-agnostic"
     endpoint: str
+    prompts: list[str]
     api: str
     served_model: str | None
     tier: str | None
@@ -136,7 +157,9 @@ class AgnosticAudit:
         self.models: Exchange | None = None
         self.error: Exchange | None = None
         self.tier: str | None = None
+        self.tier_note = ""  # why the tier is below the one asked, when the endpoint ignored the ask
         self.served = settings.served_model
+        self.prompt_a, self.prompt_b = audit_prompts(settings.seed)
 
     # -- requests ----------------------------------------------------------------------------
     def _path(self) -> str:
@@ -228,13 +251,17 @@ class AgnosticAudit:
         if self.settings.max_tier is not None:
             asks = asks[[t for t, _ in TIER_ASKS].index(self.settings.max_tier) :]
         for tier, logprobs in asks:
-            exchange, answer, seconds = self._ask("first", PROMPT_A, tier, logprobs)
+            exchange, answer, seconds = self._ask("first", self.prompt_a, tier, logprobs)
             self._record("first", tier, exchange, answer, seconds)
             if 400 <= exchange.status < 500 and logprobs is not None:
                 continue  # a refusal of this many logprobs: ask for fewer
             if exchange.status >= 300:
                 raise TargetError(f"target-error: the endpoint answered HTTP {exchange.status} to a plain prompt")
             self.tier = tier
+            if logprobs is not None and answer.top is None and not answer.problem:
+                # logprobs asked and not given (ignored, not refused): the tier really shown
+                self.tier = "top1" if answer.generated_logprob is not None else "text"
+                self.tier_note = f"asked {logprobs} logprobs: {answer.logprobs_problem or 'none came'}"
             self.answers["first"] = (exchange, answer)
             return
         raise TargetError("target-error: the endpoint refused a plain prompt at every tier")
@@ -249,8 +276,8 @@ class AgnosticAudit:
 
     def _malformed(self) -> None:
         started = time.perf_counter()
-        payload = self._payload(PROMPT_A, None, max_tokens="one")
-        self.error = self.http.exchange("POST", self._path(), payload, billed=_billed(PROMPT_A), retry=False)
+        payload = self._payload(self.prompt_a, None, max_tokens="one")
+        self.error = self.http.exchange("POST", self._path(), payload, billed=_billed(self.prompt_a), retry=False)
         self._keep(
             AgnosticRecord(
                 index=0,
@@ -273,7 +300,7 @@ class AgnosticAudit:
 
         def one(i: int) -> tuple[str, Exchange | None, RawAnswer, float, str]:
             try:
-                exchange, answer, seconds = self._ask(f"burst-{i}", PROMPT_A, self.tier or "text", logprobs)
+                exchange, answer, seconds = self._ask(f"burst-{i}", self.prompt_a, self.tier or "text", logprobs)
             except (BudgetExhausted, TargetError) as exc:
                 return f"burst-{i}", None, RawAnswer(), 0.0, str(exc)
             return f"burst-{i}", exchange, answer, seconds, ""
@@ -303,8 +330,8 @@ class AgnosticAudit:
         try:
             self._get_models()
             self._first()
-            self._again("second", PROMPT_B)
-            self._again("repeat", PROMPT_A)
+            self._again("second", self.prompt_b)
+            self._again("repeat", self.prompt_a)
             self._malformed()
             self._burst()
         except BudgetExhausted as exc:
@@ -317,6 +344,7 @@ class AgnosticAudit:
             self.http.close()
         return AgnosticReport(
             endpoint=self.settings.endpoint,
+            prompts=[self.prompt_a, self.prompt_b],
             api=self.settings.api,
             served_model=self.served,
             tier=self.tier,
@@ -341,7 +369,8 @@ class AgnosticAudit:
             return Check(verdict="unknown", probability=0.0, reason="no answer to a plain prompt")
         if self.tier in ("top1", "text"):
             reading = read_precision([], self.tier)
-            return Check(verdict="unknown", probability=0.0, reason=reading.reason)
+            note = f"{self.tier_note}; " if self.tier_note else ""
+            return Check(verdict="unknown", probability=0.0, reason=note + reading.reason)
         k = 20 if self.tier == "topk20" else 5
         rows, seen, why = [], set(), ""
         for step, (_, answer) in self.answers.items():

@@ -20,9 +20,12 @@ server shows gets none.  The posterior is a softmax of the summed weights over t
     hspi-target    `hspi target serve`: `/models` entries owned by "hspi", ids `cmpl-<counter>`, a
                    validation error answered HTTP 400 `invalid_request_error` with the field named
 
-A transformers-based server (`transformers serve`) needs the `openai` package, which this project does
-not install: no such server runs here, so that class is not in the table (it would read `other` or
-`unknown`).
+    transformers   `transformers serve` (transformers 5): `/models` entries owned by "local" with a load
+                   `status`, the answer's id a bare uuid4 equal to its `x-request-id` header, a request
+                   validation error answered HTTP 500 as plain text; its completions route ignores
+                   `logprobs` (text only)
+
+Any other engine reads `unknown` unless its answers happen to show one of these tells.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 from hspi.audit.raw_answer import RawAnswer
 
-ENGINES = ("llama.cpp", "hspi-target")
+ENGINES = ("llama.cpp", "hspi-target", "transformers")
 OTHER = "other"
 THRESHOLD = 0.95
 
@@ -48,6 +51,8 @@ def id_format(value: str | None) -> str:
     """An id's shape: its prefix and the class of what follows (uuid4, hex, int, other), never the id itself."""
     if value is None:
         return "absent"
+    if _UUID.match(value):
+        return "uuid"
     prefix, _, rest = value.partition("-")
     if not rest:
         return "no-prefix"
@@ -77,10 +82,17 @@ def tells_from(
         tells["header_openai_processing_ms"] = "present" if "openai-processing-ms" in headers else "absent"
         request_id = headers.get("x-request-id")
         tells["header_x_request_id"] = (
-            "absent" if request_id is None else "hex32" if re.fullmatch(r"[0-9a-f]{32}", request_id) else "other"
+            "absent"
+            if request_id is None
+            else "hex32"
+            if re.fullmatch(r"[0-9a-f]{32}", request_id)
+            else "uuid"
+            if _UUID.match(request_id)
+            else "other"
         )
         f = answer.fields
         tells["id_format"] = id_format(f.get("id"))
+        tells["id_is_request_id"] = "yes" if request_id is not None and f.get("id") == request_id else "no"
         tells["system_fingerprint"] = (
             "absent" if "system_fingerprint" not in f else "null" if f["system_fingerprint"] is None else "present"
         )
@@ -177,6 +189,24 @@ RULES: tuple[Rule, ...] = (
         lambda t: t.get("error_status") == "500" and t.get("error_type") == "internal_server_error",
         4.0,
     ),
+    Rule(
+        "transformers",
+        "/models entries owned by 'local' with a load 'status'",
+        lambda t: t.get("models_owned_by") == "local" and "status" in t.get("models_entry_fields", "").split(","),
+        4.0,
+    ),
+    Rule(
+        "transformers",
+        "the answer's id is a bare uuid4, the x-request-id header's",
+        lambda t: t.get("id_format") == "uuid" and t.get("id_is_request_id") == "yes",
+        3.0,
+    ),
+    Rule(
+        "transformers",
+        "a request validation error answered HTTP 500 as plain text",
+        lambda t: t.get("error_status") == "500" and t.get("error_shape") == "not-json",
+        1.0,
+    ),
     Rule("hspi-target", "/models entries owned by 'hspi'", lambda t: t.get("models_owned_by") == "hspi", 4.0),
     Rule("hspi-target", "ids are cmpl-<counter>", lambda t: t.get("id_format") in ("cmpl-int", "chatcmpl-int"), 2.0),
     Rule(
@@ -224,7 +254,7 @@ def read_engine(tells: Mapping[str, str], threshold: float = THRESHOLD) -> Engin
     best = max(posterior, key=lambda e: posterior[e])
     if not fired:
         return EngineReading(
-            "unknown", posterior[best], "no tell of a known engine (llama.cpp, hspi-target)", posterior, fired
+            "unknown", posterior[best], f"no tell of a known engine ({', '.join(ENGINES)})", posterior, fired
         )
     if posterior[best] >= threshold and best != OTHER:
         return EngineReading(best, posterior[best], f"{len(fired)} tell(s) fired", posterior, fired)

@@ -19,6 +19,7 @@ from hspi.audit.endpoint_evaluation import background_load
 from hspi.collector.llama_cpp_server import llama_cpp_server
 from hspi.collector.target_server import create_target_app
 from hspi.collector.targets.llama_cpp import llama_cpp_available
+from hspi.collector.transformers_server import transformers_serve_available, transformers_server
 from hspi.platform import Platform
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
@@ -94,7 +95,7 @@ def behaviour(kind: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     "kind, precision_why, determinism_why",
     [
-        ("text-only", "no logprobs", "text only"),
+        ("text-only", "the answer carries no logprobs; logit precision cannot be read at the text tier", "text only"),
         ("fewer", "fewer than the 20", None),
         ("positive", "positive logprob", None),
         ("not-normalisable", "sum to", None),
@@ -186,6 +187,25 @@ def test_llama_cpp_server_reads_fp32_deterministic_llama_cpp(tmp_path: Path) -> 
     assert checks == {"precision": "fp32", "determinism": "deterministic", "engine": "llama.cpp"}, report.checks
     assert "not the weights' type" in report.checks["precision"].reason
     assert report.queries <= DEFAULT_BUDGET
+
+
+# --- the real transformers server (transformers serve) -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not transformers_serve_available(), reason="transformers serve needs openai and accelerate")
+def test_transformers_serve_is_told_apart_and_its_text_only_answers_read_unknown(tmp_path: Path) -> None:
+    from tiny_models import gpt2_dir
+
+    model_dir = gpt2_dir(tmp_path / "gpt2")
+    with transformers_server(model_dir) as url:
+        report = audit(url)
+    assert report.checks["engine"].verdict == "transformers", report.checks["engine"]
+    # its completions route ignores `logprobs`: the tier is text, and both numeric checks say so
+    assert report.tier == "text"
+    assert report.checks["precision"].verdict == "unknown" and "text tier" in report.checks["precision"].reason
+    assert report.checks["determinism"].verdict == "unknown" and "text only" in report.checks["determinism"].reason
+    assert report.served_model == str(model_dir) and report.queries <= DEFAULT_BUDGET
 
 
 # --- the CLI ------------------------------------------------------------------------------------------

@@ -202,3 +202,14 @@ def test_budget_holds_across_threads() -> None:
         t.join()
     assert len(spent) == 50 and budget.queries == 50 and len(refused) == 8 * 20 - 50
     assert budget.tokens <= budget.max_tokens
+
+
+def test_seeded_prompts_are_plain_cjk_text_and_b_starts_elsewhere() -> None:
+    from hspi.audit.agnostic import PROMPT_A, PROMPT_B, audit_prompts
+
+    assert audit_prompts(None) == (PROMPT_A, PROMPT_B)
+    for seed in range(50):
+        a, b = audit_prompts(seed)
+        assert all(0x4E00 <= ord(c) < 0x5000 for c in a + b) and 6 <= len(a) <= 12 and 6 <= len(b) <= 12
+        assert a[0] != b[0]
+    assert audit_prompts(3) == audit_prompts(3) != audit_prompts(4)

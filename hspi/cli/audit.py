@@ -87,7 +87,7 @@ def audit(
     from hspi.cli.render import render_audit
 
     if agnostic:
-        agnostic_audit(endpoint, api, served_model, budget, max_tokens, max_tier, timeout, json_path, evidence)
+        agnostic_audit(endpoint, api, served_model, budget, max_tokens, max_tier, timeout, seed, json_path, evidence)
         return
     budget = 64 if budget is None else budget
     try:
@@ -137,6 +137,7 @@ def agnostic_audit(
     max_tokens: int | None,
     max_tier: str | None,
     timeout: float,
+    seed: int | None,
     json_path: Path | None,
     evidence: Path | None,
 ) -> None:
@@ -159,6 +160,7 @@ def agnostic_audit(
                 "budget_tokens": max_tokens,
                 "max_tier": max_tier,
                 "timeout_s": timeout,
+                "seed": seed,
             }
         )
     except ValidationError as exc:
