@@ -15,6 +15,9 @@ are scored against the truth:
                  repeat reuses the stored logits), batch-variant for dynamic batching
     engine       hspi-target, llama.cpp or transformers
 
+With dynamic batching the background clients' prompts (16 tokens) never share a batch with the audit's
+(6-12 tokens): the server batches prompts of one length together, so what varies is the batch the
+burst's copies form among themselves (2 or 3 rows) against a copy alone.
 `transformers serve` (a tiny GPT-2 made here) ignores `logprobs` on its completions route: its
 precision and determinism truth is "unknown" (text only).  Elsewhere "unknown" counts as wrong.  Rows: split "model-agnostic", check, target, tier, queries (the most any
 audit of that target spent), accuracy, n_test, plus the verdicts seen.
