@@ -118,7 +118,7 @@ class AgnosticReport(BaseModel):
     api: str
     served_model: str | None
     tier: str | None
-    stop: StopReason
+    stop: Literal["plan-done", "budget", "target-error", "interrupted"]
     reason: str
     queries: int
     tokens: int
@@ -326,7 +326,8 @@ class AgnosticAudit:
 
     def run(self) -> AgnosticReport:
         started = time.perf_counter()
-        stop, reason = StopReason.BUDGET, "the plan is done"
+        stop: Any = "plan-done"
+        reason = "every step of the plan was asked"
         try:
             self._get_models()
             self._first()
@@ -335,11 +336,11 @@ class AgnosticAudit:
             self._malformed()
             self._burst()
         except BudgetExhausted as exc:
-            stop, reason = StopReason.BUDGET, f"the budget is spent before the plan's end ({exc})"
+            stop, reason = StopReason.BUDGET.value, f"the budget is spent before the plan's end ({exc})"
         except KeyboardInterrupt:
-            stop, reason = StopReason.INTERRUPTED, "interrupted by the user: the evidence so far is kept"
+            stop, reason = StopReason.INTERRUPTED.value, "interrupted by the user: the evidence so far is kept"
         except TargetError as exc:
-            stop, reason = StopReason.TARGET_ERROR, str(exc)
+            stop, reason = StopReason.TARGET_ERROR.value, str(exc)
         finally:
             self.http.close()
         return AgnosticReport(

@@ -255,3 +255,10 @@ def test_cli_agnostic_bad_input_is_one_line(args: list[str], needle: str) -> Non
     )
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert PROMPT_A not in out.stderr
+
+
+def test_a_smaller_budget_holds_and_says_so() -> None:
+    with serve_handler(behaviour("fewer")) as (url, seen):
+        report = audit(url, timeout_s=5.0, budget_queries=3)
+    assert report.stop == "budget" and "budget" in report.reason
+    assert report.queries == seen.count == 3 == len(report.evidence)
