@@ -11,8 +11,9 @@ SSRF-guarded one, built the same way).
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -38,6 +39,8 @@ class QueryBudget:
     tokens: int = 0
     # billed tokens a server counted beyond hspi's estimate (a BOS, a template...): added to later estimates
     overhead: int = 0
+    # concurrent requests (a burst of copies) reserve and settle under it: the caps hold across threads
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.max_tokens < 1:
@@ -47,19 +50,31 @@ class QueryBudget:
 
     def spend(self, tokens: int) -> int:
         """Reserve one query of about `tokens` billed tokens (plus the overhead seen so far); the reservation."""
-        tokens += self.overhead
-        if self.queries + 1 > self.max_queries or self.tokens + tokens > self.max_tokens:
-            raise BudgetExhausted(
-                f"budget spent: {self.queries}/{self.max_queries} queries, {self.tokens}/{self.max_tokens} tokens"
-            )
-        self.queries += 1
-        self.tokens += tokens
-        return tokens
+        with self._lock:
+            tokens += self.overhead
+            if self.queries + 1 > self.max_queries or self.tokens + tokens > self.max_tokens:
+                raise BudgetExhausted(
+                    f"budget spent: {self.queries}/{self.max_queries} queries, {self.tokens}/{self.max_tokens} tokens"
+                )
+            self.queries += 1
+            self.tokens += tokens
+            return tokens
 
     def settle(self, reserved: int, billed: int) -> None:
         """The server says a query cost `billed` tokens, not the `reserved` estimate: count what it billed."""
-        self.tokens += billed - reserved
-        self.overhead = max(self.overhead, billed - (reserved - self.overhead))
+        with self._lock:
+            self.tokens += billed - reserved
+            self.overhead = max(self.overhead, billed - (reserved - self.overhead))
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered request: its status, headers (names lower-cased), body, and the tokens reserved for it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    reserved: int
 
 
 class BudgetedHTTPClient:
@@ -126,10 +141,42 @@ class BudgetedHTTPClient:
                 time.sleep(wait)
         raise TargetError(f"target-error: {url}: {last} (after {self.retries + 1} attempts)")
 
-    def _send(self, url: str, payload: dict) -> tuple[int, httpx.Headers, bytes]:
+    def exchange(self, method: str, path: str, payload: dict | None, *, billed: int, retry: bool = True) -> Exchange:
+        """One request whose answer is read whatever its status (a 4xx is evidence too); billed like `post`.
+
+        Retries what `post` retries (timeouts, connection failures, 429, 5xx) unless `retry` is False, when
+        any answer, a 5xx included, comes back (a malformed request's error is the evidence asked for).
+        The reservation of the answered attempt comes back with the answer (`last_reserved` is not safe
+        across threads).
+        """
+        url = self.base_url + path
+        last = "no attempt"
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            reserved = self.budget.spend(billed)
+            wait = self.backoff_s * (2**attempt)
+            try:
+                status, headers, body = self._send(url, payload, method)
+                if self._secret:
+                    body = body.replace(self._secret, b"[redacted]")
+            except httpx.TimeoutException:
+                last = f"no answer within {self.timeout_s:g}s"
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__})"
+            else:
+                if (status < 500 and status != 429) or not retry:
+                    return Exchange(status, {k.lower(): v for k, v in headers.items()}, body, reserved)
+                last = f"HTTP {status}{_error_message(body)}"
+                if status == 429:
+                    wait = _retry_after(headers.get("retry-after"), default=wait)
+            if attempt < attempts - 1:
+                time.sleep(wait)
+        raise TargetError(f"target-error: {url}: {last} (after {attempts} attempt{'s' if attempts > 1 else ''})")
+
+    def _send(self, url: str, payload: dict | None, method: str = "POST") -> tuple[int, httpx.Headers, bytes]:
         deadline = time.monotonic() + self.timeout_s
         # bounds every socket read, the status line and headers included
-        with request_deadline(deadline), self._client.stream("POST", url, json=payload) as response:
+        with request_deadline(deadline), self._client.stream(method, url, json=payload) as response:
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)

@@ -23,7 +23,9 @@ def audit(
     claim: Annotated[
         Optional[str], typer.Option(help="what the provider claims, e.g. dtype=fp32,hardware=x86-avx2")
     ] = None,
-    budget: Annotated[int, typer.Option(help="most queries to send (retries count)")] = 64,
+    budget: Annotated[
+        Optional[int], typer.Option(help="most queries to send (retries count; default 64, 8 with --agnostic)")
+    ] = None,
     max_tokens: Annotated[
         Optional[int], typer.Option(help="most tokens to be billed (default: what the queries cost)")
     ] = None,
@@ -63,6 +65,14 @@ def audit(
     ] = None,
     dataset: Annotated[Optional[Path], typer.Option(help="reference dataset (default: the shipped one)")] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="classifier directory (default: the shipped one)")] = None,
+    agnostic: Annotated[
+        bool,
+        typer.Option(
+            "--agnostic",
+            help="no model given: read logit precision, determinism and the serving engine from the "
+            "endpoint's answers alone (plain-text prompts; --model, --claim and the reference options are not used)",
+        ),
+    ] = False,
 ) -> None:
     """Audit a black-box endpoint: which platform served it, and does that fit the claim?
 
@@ -78,6 +88,10 @@ def audit(
     from hspi.audit.claims import parse_claim
     from hspi.cli.render import render_audit
 
+    if agnostic:
+        agnostic_audit(endpoint, api, served_model, budget, max_tokens, max_tier, timeout, seed, json_path, evidence)
+        return
+    budget = 64 if budget is None else budget
     try:
         settings = AuditSettings.model_validate(  # the options as typed: pydantic names a bad one
             {
@@ -115,6 +129,64 @@ def audit(
         write_report(report, json_path)
     render_audit(report, console)
     sys.exit(exit_code(report))
+
+
+def agnostic_audit(
+    endpoint: str,
+    api: str | None,
+    served_model: str | None,
+    budget: int | None,
+    max_tokens: int | None,
+    max_tier: str | None,
+    timeout: float,
+    seed: int | None,
+    json_path: Path | None,
+    evidence: Path | None,
+) -> None:
+    """`hspi audit --agnostic`: exit 0 once the checks are read (each may say unknown), 5 if nothing answered."""
+    import os
+
+    from pydantic import ValidationError
+
+    from hspi.audit.agnostic import AgnosticSettings, run_agnostic_audit
+    from hspi.cli.render import render_agnostic
+    from hspi.files import write_json_atomic
+
+    try:
+        settings = AgnosticSettings.model_validate(
+            {
+                "endpoint": endpoint,
+                "api": api or "completions",
+                "served_model": served_model,
+                **({"budget_queries": budget} if budget is not None else {}),
+                "budget_tokens": max_tokens,
+                "max_tier": max_tier,
+                "timeout_s": timeout,
+                "seed": seed,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0])
+        flag = {"budget_queries": "budget", "budget_tokens": "max-tokens", "timeout_s": "timeout"}.get(field, field)
+        raise ConfigError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
+    try:
+        sink = open(evidence, "a", encoding="utf-8") if evidence is not None else None  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"--evidence {evidence}: cannot be written ({exc.strerror})") from None
+    try:
+        report = run_agnostic_audit(settings, api_key=os.environ.get("HSPI_TARGET_API_KEY"), evidence_sink=sink)
+    finally:
+        if sink is not None:
+            sink.close()
+    if json_path is not None:
+        write_json_atomic(json_path, report.model_dump(mode="json"))
+    render_agnostic(report, console)
+    if report.stop == StopReason.INTERRUPTED:
+        sys.exit(INTERRUPTED_EXIT)
+    if report.stop == StopReason.TARGET_ERROR and report.tier is None:
+        sys.exit(TargetError.exit_code)
+    sys.exit(0)
 
 
 # Exit codes for scripts (README, "Exit codes"): 0 the answers match (a claim holds, or a class is

@@ -12,6 +12,7 @@ from hspi.audit.identification import Identification
 
 if TYPE_CHECKING:
     from hspi.audit import AuditReport
+    from hspi.audit.agnostic import AgnosticReport
 
 
 def render_verdict(verdict: Identification, console: Console, truth: dict[str, str] | None = None) -> None:
@@ -100,4 +101,26 @@ def render_audit(report: AuditReport, console: Console) -> None:
         f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
         f"{report.seconds:.1f} s; stopped: {report.stop}"
         + (f" ({report.reason})" if report.stop in ("target-error", "interrupted") else "")
+    )
+
+
+def render_agnostic(report: AgnosticReport, console: Console) -> None:
+    """The model-agnostic checks, nmap-style: a reading and its probability, or unknown and why."""
+    console.print(
+        f"[bold]Model-agnostic audit[/bold] of {report.endpoint} ({report.api}"
+        + (f", model {report.served_model}" if report.served_model else "")
+        + f"), tier {report.tier or 'none'}"
+    )
+    table = Table("check", "reading", "probability", "why")
+    for name, check in report.checks.items():
+        colour = "yellow" if check.verdict == "unknown" else "green"
+        probability = f"{check.probability:.1%}" if check.verdict != "unknown" else ""
+        table.add_row(name, f"[{colour}]{check.verdict}[/{colour}]", probability, check.reason)
+    console.print(table)
+    fired = report.checks["engine"].evidence.get("fired") if "engine" in report.checks else None
+    if fired:
+        console.print("  engine tells: " + "; ".join(fired))
+    console.print(
+        f"{report.queries} queries, {report.tokens} tokens (budget {report.budget_queries} / {report.budget_tokens}), "
+        f"{report.seconds:.1f} s; stopped: {report.stop} ({report.reason})"
     )

@@ -1,0 +1,180 @@
+"""The model-agnostic audit (`hspi audit --agnostic`) against live loopback endpoints whose truth is known.
+
+    python benchmarks/model_agnostic.py [AUDITS_PER_TARGET]     # writes results/model-agnostic.json
+
+Each target is a real server started here: `hspi target serve` (lm-small on this CPU in fp32, bf16,
+fp16; static batching; bf16 also capped at 5 logprobs; fp32 also with --dynamic-batching while three
+background clients keep it busy) the real llama.cpp server (`python -m llama_cpp.server`, lm-gpt2
+GGUF exports F16 and Q8_0) and `transformers serve` (transformers 5).  Every audit is a full default audit (at most 8 queries) with no model
+given and its own seeded prompts (two random strings of U+4E00..U+4FFF characters); its three checks
+are scored against the truth:
+
+    precision    the logits' format: the server's dtype for hspi target serve; fp32 for llama.cpp (its
+                 logits are float32 whatever the GGUF type)
+    determinism  deterministic for static batching and llama.cpp (one request at a time; an identical
+                 repeat reuses the stored logits), batch-variant for dynamic batching
+    engine       hspi-target, llama.cpp or transformers
+
+With dynamic batching the background clients' prompts (16 tokens) never share a batch with the audit's
+(6-12 tokens): the server batches prompts of one length together, so what varies is the batch the
+burst's copies form among themselves (2 or 3 rows) against a copy alone.
+`transformers serve` (a tiny GPT-2 made here) ignores `logprobs` on its completions route: its
+precision and determinism truth is "unknown" (text only).  Elsewhere "unknown" counts as wrong.  Rows: split "model-agnostic", check, target, tier, queries (the most any
+audit of that target spent), accuracy, n_test, plus the verdicts seen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
+from hspi.audit.agnostic import AgnosticSettings, run_agnostic_audit
+from hspi.audit.endpoint_evaluation import background_load, served_target, warm_up
+from hspi.collector.llama_cpp_server import llama_cpp_server
+from hspi.collector.transformers_server import transformers_server
+from hspi.platform import Platform
+
+RESULTS = Path(__file__).parent / "results"
+AUDITS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+
+# name: (kind, platform, top_logprobs cap, dynamic batching, truth per check)
+TARGETS: dict[str, tuple[str, str, int, bool, dict[str, str]]] = {
+    "hspi-target fp32 static": (
+        "hspi",
+        "cpu:native/fp32/torch-eager",
+        20,
+        False,
+        {"precision": "fp32", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target bf16 static": (
+        "hspi",
+        "cpu:native/bf16/torch-eager",
+        20,
+        False,
+        {"precision": "bf16", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target fp16 static": (
+        "hspi",
+        "cpu:native/fp16/torch-eager",
+        20,
+        False,
+        {"precision": "fp16", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target bf16 static top5": (
+        "hspi",
+        "cpu:native/bf16/torch-eager",
+        5,
+        False,
+        {"precision": "bf16", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target fp32 dynamic-batching under load": (
+        "hspi",
+        "cpu:native/fp32/torch-eager",
+        20,
+        True,
+        {"precision": "fp32", "determinism": "batch-variant", "engine": "hspi-target"},
+    ),
+    "llama.cpp F16": (
+        "llama.cpp",
+        "cpu:native/F16/llama.cpp/bs=8/threads=1",
+        20,
+        False,
+        {"precision": "fp32", "determinism": "deterministic", "engine": "llama.cpp"},
+    ),
+    "transformers serve (tiny GPT-2, byte-level BPE)": (
+        "transformers",
+        "gpt2",
+        20,
+        False,
+        # its completions route ignores `logprobs`: text only, so the right reading of both is "unknown"
+        {"precision": "unknown", "determinism": "unknown", "engine": "transformers"},
+    ),
+    "llama.cpp Q8_0": (
+        "llama.cpp",
+        "cpu:native/Q8_0/llama.cpp/bs=8/threads=1",
+        20,
+        False,
+        {"precision": "fp32", "determinism": "deterministic", "engine": "llama.cpp"},
+    ),
+}
+
+
+@contextmanager
+def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path) -> Iterator[str]:
+    if kind == "llama.cpp":
+        with llama_cpp_server(Platform.parse(platform), export_dir=export_dir) as url:
+            yield url
+        return
+    if kind == "transformers":
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+        from tiny_models import gpt2_dir  # a tiny model made here: random weights, a trained tokenizer
+
+        with transformers_server(gpt2_dir(export_dir / "gpt2")) as url:
+            yield url
+        return
+    with served_target("lm-small", platform, top_logprobs=cap, dynamic_batching=dynamic) as url:
+        warm_up(url, "lm-small")
+        load: AbstractContextManager = background_load(url, "lm-small") if dynamic else nullcontext()
+        with load:
+            yield url
+
+
+def main() -> int:
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (kind, platform, cap, dynamic, truth) in TARGETS.items():
+            t0 = time.perf_counter()
+            verdicts: dict[str, list[str]] = {check: [] for check in truth}
+            queries, tiers = [], set()
+            with serve(kind, platform, cap, dynamic, Path(tmp)) as url:
+                for seed in range(AUDITS):  # each audit its own two prompts: independent answers
+                    report = run_agnostic_audit(AgnosticSettings(endpoint=url, timeout_s=60.0, seed=seed))
+                    queries.append(report.queries)
+                    tiers.add(report.tier or "none")
+                    for check in truth:
+                        verdicts[check].append(report.checks[check].verdict)
+            for check, want in truth.items():
+                seen = verdicts[check]
+                rows.append(
+                    {
+                        "split": "model-agnostic",
+                        "check": check,
+                        "target": name,
+                        "tier": "/".join(sorted(tiers)),
+                        "queries": max(queries),
+                        "accuracy": round(sum(v == want for v in seen) / len(seen), 4),
+                        "n_test": len(seen),
+                        "truth": want,
+                        "verdicts": dict(Counter(seen)),
+                    }
+                )
+            print(
+                f"{name}: {dict((c, dict(Counter(v))) for c, v in verdicts.items())} ({time.perf_counter() - t0:.0f} s)"
+            )
+    out = {
+        "benchmark": "model-agnostic audit of live loopback endpoints, no model given (hspi audit --agnostic)",
+        "audits_per_target": AUDITS,
+        "default_budget_queries": AgnosticSettings(endpoint="http://127.0.0.1:1/v1").budget_queries,
+        "seconds": round(time.perf_counter() - started, 1),
+        "not_covered": [
+            "a transformers server that returns logprobs (transformers serve's completions route ignores them)",
+            "a server computing its logits in fp8, and a registered model with a real tokenizer, served live "
+            "(benchmarks/precision.py reads fp8 and temperature-scaled logits offline)",
+            "a truly nondeterministic server (no such real server here; the verdict is unit-tested only)",
+            "the side-by-side with the precision-extraction re-implementation (benchmarks/precision.py, offline)",
+        ],
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "model-agnostic.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
