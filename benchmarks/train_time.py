@@ -34,14 +34,24 @@ t0 = time.perf_counter()
 import hspi.classifier.training as training
 from hspi.cli import main
 loading = []
+events = []  # (seconds, what): the start of each model's loading and of each tier's fitting, in order
 original = training.load_model_data
 def timed(*args, **kwargs):
     start = time.perf_counter()
+    events.append((start, "load"))
     try:
         return original(*args, **kwargs)
     finally:
         loading.append(time.perf_counter() - start)
 training.load_model_data = timed
+original_train = training.train
+def train_logged(*args, log=lambda _: None, **kwargs):
+    def logged(message):
+        if message.startswith("training "):
+            events.append((time.perf_counter(), message[len("training "):].replace(" / ", "/")))
+        log(message)
+    return original_train(*args, log=logged, **kwargs)
+training.train = train_logged
 sys.argv = ["hspi", "train", "--dataset", sys.argv[1], "--out", sys.argv[2], "--tiers", sys.argv[3]]
 t1 = time.perf_counter()
 try:
@@ -50,8 +60,11 @@ except SystemExit as exc:
     if exc.code:
         raise
 t2 = time.perf_counter()
+# a tier's fitting runs from its log line to the next event (the next tier, the next model's loading, the end)
+ends = [t for t, _ in events[1:]] + [t2]
+per_tier = {what: end - t for (t, what), end in zip(events, ends) if what != "load"}
 print("RESULT " + json.dumps({"import_s": t1 - t0, "train_s": t2 - t1, "loading_s": sum(loading),
-                               "module": training.__file__}))
+                               "fitting_per_tier_s": per_tier, "module": training.__file__}))
 """
 
 
@@ -132,6 +145,13 @@ def compare(before: Path, after: Path) -> dict:
     return {"identical": same, "classifiers": len(rows), "per_classifier": rows}
 
 
+def after_commit() -> str:
+    """This tree's HEAD, marked when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "") or "unknown"
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -146,6 +166,8 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=ROOT / "datasets" / "cpu-amd-epyc")
     parser.add_argument("--repeats", type=int, default=3, help="loading-alone runs per version")
     parser.add_argument("--tiers", default="logits,topk20,topk5,top1", help="hspi train --tiers")
+    parser.add_argument("--after-commit", default=after_commit(), help="label of this tree (default: its HEAD)")
+    parser.add_argument("--note", default="", help="stored as 'note' in the JSON: the conditions of this run")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "train-time.json")
     args = parser.parse_args()
     dataset = args.dataset.resolve()
@@ -182,6 +204,7 @@ def main() -> None:
             "loading_s": round(r["loading_s"], 2),
             "fitting_s": round(r["fitting_s"], 1),
             "process_s": round(r["process_s"], 1),
+            "fitting_per_tier_s": {k: round(v, 1) for k, v in r["fitting_per_tier_s"].items()},
             "loading_alone_s": {"median": round(load[len(load) // 2], 2), "runs": [round(x, 2) for x in load]},
             "loading_alone_per_model_s": {
                 m: round(float(np.median([x["per_model_s"][m] for x in loading[version]])), 2)
@@ -196,12 +219,15 @@ def main() -> None:
         "load_average_at_start": load_average,
         "method": "train_s/loading_s/fitting_s: the whole command, before and after run at once in two processes "
         "(same machine, same moment; a machine shared with other work, so absolute seconds are slow and noisy); "
-        "loading_s = its load_model_data calls, fitting_s = the rest; loading_alone_s: load_model_data for every "
+        "loading_s = its load_model_data calls, fitting_s = the rest (fitting_per_tier_s: each model/tier from "
+        "its 'training' log line to the next model's loading, the next tier or the end); "
+        "loading_alone_s: load_model_data for every "
         "model alone, before and after in turn, one process each, --repeats times",
         "before": {"commit": args.before_commit, **summary("before")},
-        "after": {"commit": "wt-classifier (this tree)", **summary("after")},
+        "after": {"commit": args.after_commit, **summary("after")},
         "modules": modules,
         "classifiers": identical,
+        "note": args.note,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
