@@ -4,11 +4,12 @@
 
 DIR holds the source tree of the earlier commit (`git archive <commit> | tar -x -C DIR`).  First the
 loading alone: what `hspi train` calls (`hspi.classifier.training.load_model_data`) for every model,
-one process per version, before and after in turn, `--repeats` times.  Then the whole command: each
-version runs `hspi train --dataset ... --out <tmp>` in its own process, both at once (same machine,
-same moment, same contention), with its `load_model_data` timed; `fitting` is the rest.  Then the
-classifiers both wrote are compared: the LightGBM text of every head byte for byte, the threshold
-exactly.  Writes `benchmarks/results/train-time.json`.
+one process per version, before and after in turn, `--repeats` times.  Then the whole command, one
+tier at a time: each version runs `hspi train --dataset ... --out <tmp> --tiers <tier>` in its own
+process, both at once (same machine, same moment, same contention), with its `load_model_data` timed;
+`fitting` is the rest.  Then the classifiers both wrote are compared: the LightGBM text of every head
+byte for byte, the threshold exactly.  Writes `benchmarks/results/train-time.json`, again after each
+tier, so a run stopped early keeps the tiers it finished (and lists the others as not measured).
 """
 
 from __future__ import annotations
@@ -159,80 +160,106 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def loading_summary(runs: list[dict]) -> dict:
+    load = sorted(x["loading_s"] for x in runs)
+    return {
+        "median_s": round(load[len(load) // 2], 2),
+        "runs_s": [round(x, 2) for x in load],
+        "per_model_s": {
+            m: round(float(np.median([x["per_model_s"][m] for x in runs])), 2) for m in runs[0]["per_model_s"]
+        },
+    }
+
+
+def command_summary(r: dict) -> dict:
+    return {
+        "train_s": round(r["train_s"], 1),
+        "loading_s": round(r["loading_s"], 2),
+        "fitting_s": round(r["fitting_s"], 1),
+        "process_s": round(r["process_s"], 1),
+        "fitting_per_model_s": {k.split("/")[0]: round(v, 1) for k, v in r["fitting_per_tier_s"].items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, required=True, help="source tree of the earlier commit")
     parser.add_argument("--before-commit", default="8ff8404")
     parser.add_argument("--dataset", type=Path, default=ROOT / "datasets" / "cpu-amd-epyc")
     parser.add_argument("--repeats", type=int, default=3, help="loading-alone runs per version")
-    parser.add_argument("--tiers", default="logits,topk20,topk5,top1", help="hspi train --tiers")
+    parser.add_argument("--tiers", default="logits,topk20,topk5,top1", help="tiers, one `hspi train` each, in order")
     parser.add_argument("--after-commit", default=after_commit(), help="label of this tree (default: its HEAD)")
     parser.add_argument("--note", default="", help="stored as 'note' in the JSON: the conditions of this run")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "train-time.json")
     args = parser.parse_args()
     dataset = args.dataset.resolve()
-    load_average = Path("/proc/loadavg").read_text().split()[:3]
-    with tempfile.TemporaryDirectory(prefix="hspi-train-time-") as tmp:
-        tmp = Path(tmp)
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    result: dict = {
+        "command": f"hspi train --dataset {args.dataset} --out <tmp> --tiers <tier>, once per tier: {', '.join(tiers)}",
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "method": "per tier: train_s/loading_s/fitting_s of the whole command, before and after run at once in two "
+        "processes (same machine, same moment; a machine shared with other work, so absolute seconds are slow and "
+        "noisy); loading_s = its load_model_data calls, fitting_s = the rest (fitting_per_model_s: from each "
+        "model's 'training' log line to the next model's loading or the end); loading_alone: load_model_data for "
+        "every model alone, before and after in turn, one process each, --repeats times, once before the tiers. "
+        "The JSON is rewritten after each tier: tiers_not_measured lists those a stopped run did not reach",
+        "before_commit": args.before_commit,
+        "after_commit": args.after_commit,
+        "note": args.note,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "tiers_measured": [],
+        "tiers_not_measured": list(tiers),
+        "tiers": {},
+    }
+
+    def write() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+    with tempfile.TemporaryDirectory(prefix="hspi-train-time-") as tmp_name:
+        tmp = Path(tmp_name)
         farms = {
             "before": package_farm(args.before, tmp / "farm-before"),
             "after": package_farm(ROOT, tmp / "farm-after"),
         }
+
+        def check_module(version: str, r: dict) -> None:  # each version ran its own code
+            if not r["module"].startswith(str(farms[version])):
+                raise SystemExit(f"{version} imported {r['module']}, not its tree under {farms[version]}")
+
         loading: dict[str, list[dict]] = {"before": [], "after": []}
         for _ in range(args.repeats):
             for version, farm in farms.items():
                 started = time.perf_counter()
                 loading[version].append(finish(version, start(farm, LOAD_ONLY, str(dataset)), started))
+                check_module(version, loading[version][-1])
                 print("loading", version, round(loading[version][-1]["loading_s"], 2), flush=True)
-        started = time.perf_counter()
-        procs = {v: start(farm, DRIVER, str(dataset), str(tmp / f"out-{v}"), args.tiers) for v, farm in farms.items()}
-        runs = {v: finish(v, p, started) for v, p in procs.items()}
-        for version, farm in farms.items():  # each version ran its own code
-            for r in [runs[version], *loading[version]]:
-                if not r["module"].startswith(str(farm)):
-                    raise SystemExit(f"{version} imported {r['module']}, not its tree under {farm}")
-        for version, r in runs.items():
-            print(version, {k: round(v, 2) for k, v in r.items() if k.endswith("_s")}, flush=True)
-        identical = compare(tmp / "out-before", tmp / "out-after")
-        modules = {v: r["module"] for v, r in runs.items()}
-
-    def summary(version: str) -> dict:
-        r = runs[version]
-        load = sorted(x["loading_s"] for x in loading[version])
-        return {
-            "train_s": round(r["train_s"], 1),
-            "loading_s": round(r["loading_s"], 2),
-            "fitting_s": round(r["fitting_s"], 1),
-            "process_s": round(r["process_s"], 1),
-            "fitting_per_tier_s": {k: round(v, 1) for k, v in r["fitting_per_tier_s"].items()},
-            "loading_alone_s": {"median": round(load[len(load) // 2], 2), "runs": [round(x, 2) for x in load]},
-            "loading_alone_per_model_s": {
-                m: round(float(np.median([x["per_model_s"][m] for x in loading[version]])), 2)
-                for m in loading[version][0]["per_model_s"]
-            },
-        }
-
-    result = {
-        "command": f"hspi train --dataset {args.dataset} --out <tmp> --tiers {args.tiers}",
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": load_average,
-        "method": "train_s/loading_s/fitting_s: the whole command, before and after run at once in two processes "
-        "(same machine, same moment; a machine shared with other work, so absolute seconds are slow and noisy); "
-        "loading_s = its load_model_data calls, fitting_s = the rest (fitting_per_tier_s: each model/tier from "
-        "its 'training' log line to the next model's loading, the next tier or the end); "
-        "loading_alone_s: load_model_data for every "
-        "model alone, before and after in turn, one process each, --repeats times",
-        "before": {"commit": args.before_commit, **summary("before")},
-        "after": {"commit": args.after_commit, **summary("after")},
-        "modules": modules,
-        "classifiers": identical,
-        "note": args.note,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("before", "after", "cpu_model")}, indent=1))
-    print("classifiers identical:", identical["identical"])
+        result["loading_alone"] = {v: loading_summary(runs) for v, runs in loading.items() if runs}
+        write()
+        for tier in tiers:
+            load_average = Path("/proc/loadavg").read_text().split()[:3]
+            tier_started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            started = time.perf_counter()
+            procs = {
+                v: start(farm, DRIVER, str(dataset), str(tmp / f"out-{v}-{tier}"), tier) for v, farm in farms.items()
+            }
+            runs = {v: finish(v, p, started) for v, p in procs.items()}
+            for version, r in runs.items():
+                check_module(version, r)
+                print(tier, version, {k: round(v, 2) for k, v in r.items() if k.endswith("_s")}, flush=True)
+            result["tiers"][tier] = {
+                "started_utc": tier_started,
+                "load_average_at_start": load_average,
+                "before": command_summary(runs["before"]),
+                "after": command_summary(runs["after"]),
+                "classifiers": compare(tmp / f"out-before-{tier}", tmp / f"out-after-{tier}"),
+            }
+            result["tiers_measured"].append(tier)
+            result["tiers_not_measured"].remove(tier)
+            write()
+            print(tier, "classifiers identical:", result["tiers"][tier]["classifiers"]["identical"], flush=True)
 
 
 if __name__ == "__main__":
