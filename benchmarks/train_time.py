@@ -248,7 +248,7 @@ def main() -> None:
             runs = {v: finish(v, p, started) for v, p in procs.items()}
             for version, r in runs.items():
                 check_module(version, r)
-                print(tier, version, {k: round(v, 2) for k, v in r.items() if k.endswith("_s")}, flush=True)
+                print(tier, version, {k: round(v, 2) for k, v in r.items() if isinstance(v, float)}, flush=True)
             result["tiers"][tier] = {
                 "started_utc": tier_started,
                 "load_average_at_start": load_average,
