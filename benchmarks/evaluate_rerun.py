@@ -6,7 +6,10 @@ A row is identified by what it measures (model, split, tier, head, method, queri
 set also the class left out) and compared on every other field, exactly.  Rows of the `endpoint`
 split are left out: `hspi evaluate` does not measure them (they come from `--endpoints` runs and are
 carried over when the command writes over the committed file).  Timings (seconds, stage_seconds,
-throughput) are listed side by side, not compared.  Writes benchmarks/results/evaluate-rerun-comparison.json.
+throughput) are listed side by side, not compared.  With `--subset` the rerun measured part of the
+grid (`hspi evaluate --models ... --tiers ...`): only the committed rows of the (model, split, tier)
+it measured are compared, which holds because every stage draws from fixed seeds, not from a stream
+shared across models and tiers.  Writes benchmarks/results/evaluate-rerun-comparison.json.
 """
 
 from __future__ import annotations
@@ -76,11 +79,21 @@ def main() -> None:
     parser.add_argument("--committed", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-amd-epyc.json")
     parser.add_argument("--command", default="", help="the command that wrote --rerun")
     parser.add_argument("--note", default="", help="stored as 'note': the conditions of the rerun")
+    parser.add_argument("--subset", action="store_true", help="the rerun measured part of the grid")
     parser.add_argument("--explanation", default="", help="stored as 'explanation': why rows differ")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "evaluate-rerun-comparison.json")
     args = parser.parse_args()
     committed = json.loads(args.committed.read_text(encoding="utf-8"))
     rerun = json.loads(args.rerun.read_text(encoding="utf-8"))
+    if args.subset:  # compare only what the rerun measured
+        measured = {
+            (r.get("model"), r.get("split"), r.get("tier")) for r in rerun["results"] + rerun.get("open_set", [])
+        }
+        for part in ("results", "open_set"):
+            committed[part] = [
+                r for r in committed.get(part, []) if (r.get("model"), r.get("split"), r.get("tier")) in measured
+            ]
+        committed["models"] = {m: v for m, v in committed.get("models", {}).items() if m in rerun.get("models", {})}
     results = compare_rows(
         *([r for r in d["results"] if r.get("split") not in NOT_MEASURED_SPLITS] for d in (committed, rerun)),
         RESULT_KEY,
@@ -94,6 +107,7 @@ def main() -> None:
         "committed_at_commit": git("log", "-1", "--format=%h %s", "--", str(rel)) if rel else None,
         "rerun_command": args.command,
         "rerun_commit": git("rev-parse", "--short", "HEAD"),
+        "subset": sorted({f"{r['model']}/{r['split']}/{r['tier']}" for r in rerun["results"]}) if args.subset else None,
         "note": args.note,
         "rows_identical": results["differing"] == 0
         and open_set["differing"] == 0
