@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi.api.public_views import heads_public
 from hspi.api.schemas import ClassifierInfo, ClassifyRequest, ClassifyResult, PlatformClass, PlatformList
 from hspi.audit.claims import audit_verdict, head_reports
 from hspi.audit.references import ReferenceStore
@@ -180,5 +181,5 @@ class Catalog:
             match_score=round(score, 4),
             threshold=round(threshold, 4),
             claim=claim,
-            heads=heads,
+            heads=heads_public(heads),
         )

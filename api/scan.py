@@ -31,9 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hspi.api import store
 from hspi.api.db import Database
+from hspi.api.public_views import stored_report_public
 from hspi.api.security import EndpointGuard, EndpointRefused, Vault
 from hspi.api.workers import AuditWorkers
-from hspi.audit import AuditReport, AuditSettings
+from hspi.audit import AuditSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
@@ -286,7 +287,7 @@ def target_secret(target: ScanTarget) -> str | None:
 
 
 def _result_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
-    report = AuditReport.model_validate(audit.report) if audit.report else None
+    report = stored_report_public(audit.report or None)
     heads = {
         h: {"guess": r.guesses[0].label, "probability": r.guesses[0].probability, "verdict": r.verdict}
         for h, r in (report.heads.items() if report else ())

@@ -3,6 +3,11 @@
 Families per resource, as in the FastAPI template: `AuditCreate` in, `AuditPublic` out (with the
 report), `AuditSummary` in lists, `AuditList` = `{data, next_cursor}`.  No response model has a
 field that could carry a target credential or an API key's hash.
+
+The report, its answers and head readings are the API's own models (`AuditReportPublic`,
+`AnswerPublic`, `HeadPublic`), not the audit engine's: `api/public_views.py` converts the engine's
+objects into them in one place, so the engine can change without changing this contract (an
+import-linter contract keeps this module from importing the engine).
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, SecretStr, field
 from pydantic_core import PydanticCustomError
 
 from hspi.api.input_text import FREE_TEXT, NAME, text_problem
-from hspi.audit import AuditReport, HeadReport, QueryRecord
-from hspi.terms import AuditStatus, MatchStatus, Scope, Verdict
+from hspi.terms import AuditStatus, MatchStatus, Scope, StopReason, Tier, Verdict
 
 FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
 ClassifyTier = Literal["logits", "topk20", "topk5", "top1"]  # the tiers a reference matcher reads
@@ -96,6 +100,93 @@ class Progress(BaseModel):
     leading: dict[str, str] = Field(default_factory=dict, description="each head's leading guess after the last answer")
 
 
+class AnswerPublic(BaseModel):
+    """One answer of the target, as stored: what was asked and exactly what it showed."""
+
+    index: int = Field(description="its place in the audit, from 0")
+    probe_set: str
+    probe_id: int = Field(description="the reference-pool probe asked")
+    tier: str = Field(description="the tier it was read at ('-': not scored, no tier known yet)")
+    complete: bool = Field(description="the target answered in full (false: an error or a partial answer)")
+    ids: list[int] = Field(description="token ids shown, best first")
+    values: list[float] = Field(description="their exact float32 values, as float64")
+    queries_so_far: int = Field(description="billed requests up to and including this answer")
+    leading: dict[str, str] = Field(description="each head's leading guess after this answer")
+    note: str = Field(description="why the answer is incomplete, if it is")
+
+
+class GuessPublic(BaseModel):
+    label: str
+    probability: float
+
+
+class HeadPublic(BaseModel):
+    """One classifier head's reading: ranked guesses and, for a claimed head, its verdict."""
+
+    guesses: list[GuessPublic] = Field(description="best first; empty where the evidence does not decide the head")
+    decided: bool
+    basis: str = Field(description="the evidence the reading rests on (reference-match, greedy-vote, none)")
+    claimed: str | None
+    claim_probability: float | None
+    verdict: str | None = Field(description="consistent, inconsistent or inconclusive for a claimed head")
+    why: str
+
+
+class MatchedClassPublic(BaseModel):
+    name: str
+    members: list[str] = Field(description="platforms of the collection with bit-identical outputs")
+    labels: dict[str, str]
+
+
+class LogitPrecisionPublic(BaseModel):
+    verdict: str = Field(description="fp32, bf16, fp16, fp8-e4m3, fp8-e5m2, none-of-these or unknown")
+    posterior: dict[str, float]
+    answers_used: int
+    reason: str
+
+
+class EvidenceBoundPublic(BaseModel):
+    """The e-value against a platform never collected, after the answers so far."""
+
+    alpha: float
+    log_evalue: float | None
+    log_threshold: float = Field(description="log(1/alpha): the bound is met once log_evalue reaches it")
+    leader_log_evalue: float | None
+    leader: int = Field(description="index of the leading class in GET /v1/platforms?model=... (-1: none)")
+    answers: int
+    met: bool
+
+
+class AuditReportPublic(BaseModel):
+    """What an audit found, in the shape `hspi audit --json` writes (dataset and classifier by name)."""
+
+    endpoint: str
+    model: str
+    api: str
+    tier: Tier | None
+    status: MatchStatus
+    verdict: Verdict | None = Field(description="null only in reports stored before every audit had one")
+    reason: str
+    stop: StopReason
+    queries: int
+    tokens: int
+    budget_queries: int
+    budget_tokens: int
+    answers_used: int
+    match_score: float
+    threshold: float
+    claim: dict[str, str]
+    heads: dict[str, HeadPublic]
+    matched_class: MatchedClassPublic | None
+    caveat: str
+    logit_precision: LogitPrecisionPublic | None
+    evidence: list[AnswerPublic]
+    dataset: str = Field(description="the name of the reference dataset (its directory's name)")
+    classifier: str = Field(description="the name of the classifier (its directory's name)")
+    seconds: float
+    evidence_bound: EvidenceBoundPublic | None = Field(description="null at the text tier")
+
+
 class AuditSummary(BaseModel):
     id: str
     status: AuditStatus
@@ -118,7 +209,7 @@ class AuditSummary(BaseModel):
 
 
 class AuditPublic(AuditSummary):
-    report: AuditReport | None = Field(description="the report, as `hspi audit --json` writes it, once finished")
+    report: AuditReportPublic | None = Field(description="the report, once finished")
 
 
 class AuditList(BaseModel):
@@ -127,7 +218,7 @@ class AuditList(BaseModel):
 
 
 class AnswerList(BaseModel):
-    data: list[QueryRecord]
+    data: list[AnswerPublic]
     next_index: int | None = Field(description="pass as ?after= to read on; null when nothing more is stored yet")
 
 
@@ -188,7 +279,7 @@ class ClassifyResult(BaseModel):
     match_score: float
     threshold: float
     claim: dict[str, str]
-    heads: dict[str, HeadReport]
+    heads: dict[str, HeadPublic]
 
 
 class KeyCreate(BaseModel):

@@ -29,6 +29,7 @@ from service_support import (
 )
 
 from hspi.api.app import create_app
+from hspi.api.schemas import AuditReportPublic
 from hspi.audit import AuditReport
 from hspi.collector.target_server import create_target_app
 
@@ -66,7 +67,10 @@ def test_an_audit_runs_in_the_background_and_reports_as_the_cli_does(service, ta
     with client(base, read) as c:
         done = wait_final(c, audit["id"])
         assert done["status"] == "done" and done["verdict"] == "consistent" and done["stop"] == "confident"
-        report = AuditReport.model_validate(done["report"])  # the shape `hspi audit --json` writes
+        report = AuditReportPublic.model_validate(done["report"])  # the API's own report model
+        # every field it publishes is one `hspi audit --json` writes: the CLI's model reads it
+        assert AuditReport.model_validate(done["report"]).model_dump().keys() >= done["report"].keys()
+        assert "/" not in report.dataset + report.classifier  # names, not the server's paths
         assert report.heads["dtype"].guesses[0].label == "fp32" and report.queries == done["progress"]["queries"]
         answers = c.get(f"/v1/audits/{audit['id']}/answers").json()["data"]
         assert [a["probe_id"] for a in answers] == [e.probe_id for e in report.evidence]

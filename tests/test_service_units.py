@@ -1,5 +1,6 @@
 """The audit service's parts on their own: keys and scopes, the credential vault, the SSRF guard,
-the rate limiter, error messages, migrations (SQLite and PostgreSQL), the targets file of a scan."""
+the rate limiter, error messages, the public report, migrations (SQLite and PostgreSQL), the targets
+file of a scan."""
 
 from __future__ import annotations
 
@@ -208,6 +209,92 @@ def test_validation_messages_are_sentences_and_never_echo_secrets() -> None:
         AuditCreate.model_validate({"budget": "many"})
     message = validation_message(info.value.errors())
     assert "endpoint is required" in message and "budget: input should be a valid integer" in message
+
+
+# -- the public report ------------------------------------------------------------------------------
+
+PUBLIC_REPORT_FIELDS = [  # the API's contract: changing it is a change of the public API, not of the engine
+    "endpoint", "model", "api", "tier", "status", "verdict", "reason", "stop", "queries", "tokens",
+    "budget_queries", "budget_tokens", "answers_used", "match_score", "threshold", "claim", "heads",
+    "matched_class", "caveat", "logit_precision", "evidence", "dataset", "classifier", "seconds", "evidence_bound",
+]  # fmt: skip
+
+
+def engine_report(**changes: object):  # type: ignore[no-untyped-def]
+    """An engine report with every optional part filled in."""
+    from hspi.audit import AuditReport, HeadReport, QueryRecord
+    from hspi.audit.decision import BoundReading
+    from hspi.audit.engine import LogitPrecision, MatchedClass
+    from hspi.audit.identification import Guess
+
+    fields: dict[str, object] = {
+        "endpoint": "http://127.0.0.1:9/v1",
+        "model": "lm-small",
+        "api": "completions",
+        "tier": "topk5",
+        "status": "match",
+        "verdict": "consistent",
+        "reason": "a known platform matches the answers",
+        "stop": "confident",
+        "queries": 2,
+        "tokens": 40,
+        "budget_queries": 16,
+        "budget_tokens": 320,
+        "answers_used": 2,
+        "match_score": 0.97,
+        "threshold": 0.5,
+        "claim": {"dtype": "fp32"},
+        "heads": {
+            "dtype": HeadReport(
+                guesses=[Guess(label="fp32", probability=0.99)], claimed="fp32", claim_probability=0.99,
+                verdict="consistent", why="fits",
+            )
+        },
+        "matched_class": MatchedClass(name="c0", members=["cpu:avx2/fp32/torch-eager"], labels={"dtype": "fp32"}),
+        "caveat": "platforms outside the collection may give the same answers",
+        "logit_precision": LogitPrecision(verdict="fp32", posterior={"fp32": 1.0}, answers_used=2, reason="r"),
+        "evidence": [
+            QueryRecord(index=i, probe_set="pool", probe_id=7 + i, tier="topk5", complete=True, ids=[1, 2, 3, 4, 5],
+                        values=[-0.5, -1.25, -2.0, -3.0, -4.0], queries_so_far=i + 1, leading={"dtype": "fp32"})
+            for i in range(2)
+        ],
+        "dataset": "/srv/hspi/datasets/cpu-amd-epyc",
+        "classifier": "/srv/hspi/models/cpu-amd-epyc",
+        "seconds": 1.5,
+        "evidence_bound": BoundReading(alpha=0.01, log_evalue=5.1, log_threshold=4.6, leader_log_evalue=6.0,
+                                       leader=3, answers=2, met=True),
+    }  # fmt: skip
+    return AuditReport.model_validate({**fields, **changes})
+
+
+def test_the_public_report_is_the_engine_report_with_names_for_paths() -> None:
+    from hspi.api.public_views import report_public, stored_report_public
+    from hspi.api.schemas import AuditReportPublic
+
+    report = engine_report()
+    public = report_public(report).model_dump(mode="json")
+    assert list(public) == PUBLIC_REPORT_FIELDS == list(AuditReportPublic.model_fields)
+    engine = report.model_dump(mode="json")
+    # the server's paths are not published: the directories' names are
+    assert public.pop("dataset") == "cpu-amd-epyc" and public.pop("classifier") == "cpu-amd-epyc"
+    assert public == {k: v for k, v in engine.items() if k not in ("dataset", "classifier")}
+    # a stored report (the engine's JSON) publishes the same; a report stored before verdicts, too
+    assert stored_report_public(report.model_dump(mode="json")) == report_public(report)
+    assert stored_report_public(None) is None
+    old = stored_report_public(engine_report(verdict=None, evidence_bound=None).model_dump(mode="json"))
+    assert old is not None and old.verdict is None and old.evidence_bound is None
+
+
+def test_a_field_the_engine_adds_stays_out_of_the_public_report() -> None:
+    from hspi.api.public_views import report_public
+    from hspi.audit import AuditReport
+
+    class GrownReport(AuditReport):  # an engine that reports more than the API promises
+        internal_cache_key: str = "not for clients"
+
+    grown = GrownReport.model_validate(engine_report().model_dump())
+    assert "internal_cache_key" not in report_public(grown).model_dump()
+    assert report_public(grown) == report_public(engine_report())
 
 
 def test_a_cursor_that_was_not_issued_is_refused() -> None:

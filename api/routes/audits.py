@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from hspi.api import store
 from hspi.api.db import Audit
 from hspi.api.deps import ReadKey, ServicesDep, WriteKey
+from hspi.api.public_views import answer_public, stored_report_public
 from hspi.api.schemas import (
     AnswerList,
     AuditCreate,
@@ -20,7 +21,7 @@ from hspi.api.schemas import (
     ErrorBody,
     Progress,
 )
-from hspi.audit import AuditReport, AuditSettings
+from hspi.audit import AuditSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
@@ -86,8 +87,7 @@ def summary(audit: Audit) -> dict:
 
 
 def public(audit: Audit) -> AuditPublic:
-    report = AuditReport.model_validate(audit.report) if audit.report is not None else None
-    return AuditPublic(**summary(audit), report=report)
+    return AuditPublic(**summary(audit), report=stored_report_public(audit.report))
 
 
 @router.post(
@@ -227,7 +227,9 @@ def get_answers(
 ) -> AnswerList:
     store.get_audit(services.db, audit_id)
     records = store.answers(services.db, audit_id, after=after, limit=limit)
-    return AnswerList(data=records, next_index=records[-1].index if len(records) == limit else None)
+    return AnswerList(
+        data=[answer_public(r) for r in records], next_index=records[-1].index if len(records) == limit else None
+    )
 
 
 @router.post(

@@ -1,0 +1,111 @@
+"""The one place the audit engine's objects become the API's response models (api/schemas.py).
+
+The engine's report is what `hspi audit --json` writes and what the database stores; the API
+publishes its own models, built here field by field, so a field the engine adds, renames or drops
+changes this module (and mypy says where), never the public contract by accident.  Two values are
+published differently from the engine's: `dataset` and `classifier` are the directories' names, not
+the server's filesystem paths the engine records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hspi.api.schemas import (
+    AnswerPublic,
+    AuditReportPublic,
+    EvidenceBoundPublic,
+    GuessPublic,
+    HeadPublic,
+    LogitPrecisionPublic,
+    MatchedClassPublic,
+)
+from hspi.audit import AuditReport, HeadReport, QueryRecord
+
+
+def answer_public(record: QueryRecord) -> AnswerPublic:
+    return AnswerPublic(
+        index=record.index,
+        probe_set=record.probe_set,
+        probe_id=record.probe_id,
+        tier=record.tier,
+        complete=record.complete,
+        ids=list(record.ids),
+        values=list(record.values),
+        queries_so_far=record.queries_so_far,
+        leading=dict(record.leading),
+        note=record.note,
+    )
+
+
+def head_public(head: HeadReport) -> HeadPublic:
+    return HeadPublic(
+        guesses=[GuessPublic(label=g.label, probability=g.probability) for g in head.guesses],
+        decided=head.decided,
+        basis=head.basis,
+        claimed=head.claimed,
+        claim_probability=head.claim_probability,
+        verdict=head.verdict,
+        why=head.why,
+    )
+
+
+def heads_public(heads: dict[str, HeadReport]) -> dict[str, HeadPublic]:
+    return {name: head_public(head) for name, head in heads.items()}
+
+
+def report_public(report: AuditReport) -> AuditReportPublic:
+    matched, precision, bound = report.matched_class, report.logit_precision, report.evidence_bound
+    return AuditReportPublic(
+        endpoint=report.endpoint,
+        model=report.model,
+        api=report.api,
+        tier=report.tier,
+        status=report.status,
+        verdict=report.verdict,
+        reason=report.reason,
+        stop=report.stop,
+        queries=report.queries,
+        tokens=report.tokens,
+        budget_queries=report.budget_queries,
+        budget_tokens=report.budget_tokens,
+        answers_used=report.answers_used,
+        match_score=report.match_score,
+        threshold=report.threshold,
+        claim=dict(report.claim),
+        heads=heads_public(report.heads),
+        matched_class=None
+        if matched is None
+        else MatchedClassPublic(name=matched.name, members=list(matched.members), labels=dict(matched.labels)),
+        caveat=report.caveat,
+        logit_precision=None
+        if precision is None
+        else LogitPrecisionPublic(
+            verdict=precision.verdict,
+            posterior=dict(precision.posterior),
+            answers_used=precision.answers_used,
+            reason=precision.reason,
+        ),
+        evidence=[answer_public(r) for r in report.evidence],
+        # the engine records where it read them; a client is told their names, not the server's paths
+        dataset=Path(report.dataset).name,
+        classifier=Path(report.classifier).name,
+        seconds=report.seconds,
+        evidence_bound=None
+        if bound is None
+        else EvidenceBoundPublic(
+            alpha=bound.alpha,
+            log_evalue=bound.log_evalue,
+            log_threshold=bound.log_threshold,
+            leader_log_evalue=bound.leader_log_evalue,
+            leader=bound.leader,
+            answers=bound.answers,
+            met=bound.met,
+        ),
+    )
+
+
+def stored_report_public(stored: dict[str, Any] | None) -> AuditReportPublic | None:
+    """A report as the database keeps it (the engine's JSON), published; None before the audit ends."""
+    return None if stored is None else report_public(AuditReport.model_validate(stored))
