@@ -115,31 +115,15 @@ class BudgetedHTTPClient:
         self._client.close()
 
     def post(self, path: str, payload: dict, *, billed: int) -> bytes:
-        """POST JSON, return the body of a 2xx answer; every attempt is billed to the budget."""
-        url = self.base_url + path
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            self.last_reserved = self.budget.spend(billed)  # the answered attempt's, for `QueryBudget.settle`
-            wait = self.backoff_s * (2**attempt)
-            try:
-                status, headers, body = self._send(url, payload)
-                if self._secret:  # a server that echoes the key must not put it in a message
-                    body = body.replace(self._secret, b"[redacted]")
-            except httpx.TimeoutException:
-                last = f"no answer within {self.timeout_s:g}s"
-            except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__})"
-            else:
-                if status < 300:
-                    return body
-                last = f"HTTP {status}{_error_message(body)}"
-                if status == 429:
-                    wait = _retry_after(headers.get("retry-after"), default=wait)
-                elif status < 500:
-                    raise TargetError(f"target-error: {url} answered {last}")
-            if attempt < self.retries:
-                time.sleep(wait)
-        raise TargetError(f"target-error: {url}: {last} (after {self.retries + 1} attempts)")
+        """POST JSON, return the body of a 2xx answer; every attempt is billed to the budget; any other
+        answer (after the retries `exchange` makes) is a `TargetError` naming it."""
+        answer = self.exchange("POST", path, payload, billed=billed)
+        self.last_reserved = answer.reserved  # the answered attempt's, for `QueryBudget.settle`
+        if answer.status < 300:
+            return answer.body
+        raise TargetError(
+            f"target-error: {self.base_url + path} answered HTTP {answer.status}{_error_message(answer.body)}"
+        )
 
     def exchange(self, method: str, path: str, payload: dict | None, *, billed: int, retry: bool = True) -> Exchange:
         """One request whose answer is read whatever its status (a 4xx is evidence too); billed like `post`.
