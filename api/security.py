@@ -360,22 +360,28 @@ class BodyLimit:
                 await self._refuse(send, None)
 
     async def _refuse(self, send: Callable, size: int | None) -> None:
-        import json
-
         what = f"request body is {size} bytes" if size is not None else "request body is too large"
-        body = json.dumps({"detail": f"{what}; the limit is {self.limit} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_closing_error(send, 413, f"{what}; the limit is {self.limit} bytes")
+
+
+async def send_closing_error(send: Callable, status: int, detail: str) -> None:
+    """An error answer from ASGI middleware ({"detail": ...}, JSON), closing the connection: the body the
+    client was sending is not read to its end."""
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyReadTimeout(HTTPException):
@@ -431,18 +437,4 @@ class BodyTimeout:
             await self.app(scope, timed_receive, tracking_send)
         except BodyReadTimeout as exc:
             if not started:
-                import json
-
-                body = json.dumps({"detail": exc.detail}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 408,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_closing_error(send, 408, exc.detail)
