@@ -37,8 +37,9 @@ from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
+from hspi.collector.targets.local import LocalTarget
 from hspi.errors import TargetError
-from hspi.features.precision import read_precision
+from hspi.features.precision import PrecisionReading, read_precision
 from hspi.platform import Platform
 from hspi.terms import MatchStatus, StopReason, Tier, Verdict
 
@@ -65,7 +66,7 @@ class ReferenceFreeAudit:
         self.records: list[QueryRecord] = []
         self.readings: list[ModelReading] = []
         self.tier: Tier | None = None
-        self._local = None  # the model's float32 forward here, built on first use
+        self._local: LocalTarget | None = None  # the model's float32 forward here, built on first use
 
     def _keep(self, record: QueryRecord) -> None:
         self.records.append(record)
@@ -74,15 +75,12 @@ class ReferenceFreeAudit:
             self.sink.flush()
 
     def _own_logits(self, probe_id: int) -> np.ndarray:
-        from hspi.collector.targets.local import LocalTarget
-
         if self._local is None:
-            self._local = LocalTarget(self.settings.model, Platform(dtype="fp32"))  # type: ignore[assignment]
-        assert self._local is not None
-        answer = self._local.answer(self.fresh, np.array([probe_id], dtype=np.int32))  # type: ignore[attr-defined]
+            self._local = LocalTarget(self.settings.model, Platform(dtype="fp32"))
+        answer = self._local.answer(self.fresh, np.array([probe_id], dtype=np.int32))
         return answer.as_float32()[0]
 
-    def _precision(self):  # type: ignore[no-untyped-def]
+    def _precision(self) -> PrecisionReading | None:
         rows = [r.values for r in self.records if r.complete and r.tier == self.tier]
         if self.tier not in (Tier.TOPK20, Tier.TOPK5) or not rows:
             return None
@@ -201,7 +199,7 @@ class ReferenceFreeAudit:
         )
 
 
-def dtype_head(reading) -> HeadReport:  # type: ignore[no-untyped-def]
+def dtype_head(reading: PrecisionReading | None) -> HeadReport:
     if reading is None:
         return HeadReport(guesses=[], decided=False, basis="none", why="unknown: no answer showed top-k logprobs")
     posterior = {k: v for k, v in reading.posterior.items() if k in DTYPE_READINGS}

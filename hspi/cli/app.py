@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.console import Console
@@ -21,6 +23,18 @@ err = Console(stderr=True)
 
 SHIPPED_DATASET = CPU_DATASET
 SHIPPED_CLASSIFIER = CPU_CLASSIFIER
+
+
+@contextmanager
+def collection_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar for a collection over configurations: yields its `on_progress(config, done, total)`."""
+    with progress_bar() as progress:
+        task = progress.add_task("collecting", total=None)
+
+        def on_progress(config: str, done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done, description=f"collecting {config}")
+
+        yield on_progress
 
 
 def progress_bar(transient: bool = False) -> Progress:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from hspi.cli.app import console, err, progress_bar
+from hspi.cli.app import collection_progress, console, err
 from hspi.cli.pipeline import _split
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Collect grids on a Ray cluster, one dataset per machine kind.")
@@ -42,12 +42,7 @@ def collect(
     grid_platforms(grid), resolve_models(models)  # bad names and stores fail before Ray is reached
     ShardStore(store).check_writable()
     check_reachable(ray_address)
-    with progress_bar() as progress:
-        task = progress.add_task("collecting", total=None)
-
-        def on_progress(config: str, done: int, total: int) -> None:
-            progress.update(task, total=total, completed=done, description=f"collecting {config}")
-
+    with collection_progress() as on_progress:
         report = fleet_collect(
             grid,
             models,

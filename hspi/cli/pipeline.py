@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from hspi.cli.app import SHIPPED_CLASSIFIER, SHIPPED_DATASET, app, console, err, progress_bar
+from hspi.cli.app import SHIPPED_CLASSIFIER, SHIPPED_DATASET, app, collection_progress, console, err
 from hspi.errors import ConfigError
 
 
@@ -36,12 +36,7 @@ def collect(
     resolve_models(models)
     if any(p.device == "cuda" for p in platforms):
         require_cuda(grid)
-    with progress_bar() as progress:
-        task = progress.add_task("collecting", total=None)
-
-        def on_progress(config: str, done: int, total: int) -> None:
-            progress.update(task, total=total, completed=done, description=f"collecting {config}")
-
+    with collection_progress() as on_progress:
         manifest = run_collect(
             grid,
             models,
