@@ -60,6 +60,7 @@ class ScanTarget(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     min_answers: int = Field(default=2, ge=1, le=64)
+    false_match_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
     api_key_env: str | None = Field(
         default=None, max_length=200, description="environment variable with the target's key"
     )
@@ -213,6 +214,7 @@ def run_scan(
                 seed=t.seed,
                 timeout_s=t.timeout_s,
                 min_answers=t.min_answers,
+                false_match_rate=t.false_match_rate,
                 dataset=options.dataset,
                 classifier=options.classifier,
             )

@@ -74,6 +74,15 @@ class AuditCreate(BaseModel):
             "answers before a match may be declared; the extra ones verify the leader where its near twins part"
         ),
     )
+    false_match_rate: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "a match waits until a platform never collected that agrees with the leader would have been declared "
+            "one with at most this probability (an e-value bound; the answers needed follow from it)"
+        ),
+    )
     target_api_key: Annotated[SecretStr, Field(max_length=4096)] | None = Field(
         default=None,
         description=(

@@ -102,6 +102,7 @@ def head_reports(
     claim: dict[str, str],
     *,
     matched: bool = True,
+    bounded: bool = True,
     basis: str = "reference-match",
 ) -> tuple[dict[str, HeadReport], dict[str, str]]:
     """Each head's ranked guesses and, for a claimed head, its verdict: (reports, verdicts of claimed heads).
@@ -109,8 +110,9 @@ def head_reports(
     The one place posteriors meet a claim: audits, `/v1/classify` and `hspi demo` all go through it.
     A head speaks only where the evidence decides it: not when no known platform matches (`matched`
     False: the heads' models were trained on the collected platforms only, so their labels say nothing
-    about one never collected), not when its leading value holds less than CONSISTENT_AT, and not
-    when every collected platform shares one value (nothing was measured)."""
+    about one never collected), not while a match waits for its false-match bound (`bounded` False:
+    the guesses are shown, undecided), not when its leading value holds less than CONSISTENT_AT, and
+    not when every collected platform shares one value (nothing was measured)."""
     heads: dict[str, HeadReport] = {}
     verdicts: dict[str, str] = {}
     for head, (values, post) in head_posteriors.items():
@@ -129,6 +131,14 @@ def head_reports(
                 decided=False,
                 basis="none",
                 why="unknown: no collected platform matches, so this head's labels do not apply",
+            )
+        elif not bounded:
+            report = HeadReport(
+                guesses=guesses,
+                decided=False,
+                basis=basis,
+                why="undecided: the answers fit a collected platform but do not yet exclude one never collected "
+                "(see evidence_bound)",
             )
         elif float(post[order[0]]) < CONSISTENT_AT:
             report = HeadReport(

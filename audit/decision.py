@@ -57,6 +57,7 @@ __all__ = [
     "answer_agreement",
     "candidate_log_evalues",
     "decide",
+    "answers_to_bound",
 ]
 
 
@@ -180,3 +181,25 @@ def decide(rates: np.ndarray, rows: np.ndarray, agree: np.ndarray, bound: MatchB
         answers=len(rows),
         met=bool(len(rows) and mixture is not None and mixture >= bound.log_threshold - 1e-12),
     )
+
+
+def answers_to_bound(
+    rates: np.ndarray, reading: BoundReading, free_rows: np.ndarray, log_evalues: np.ndarray
+) -> int | None:
+    """The fewest further answers that could lift the mixture e-value to 1/α; None if none can.
+
+    Optimistic on purpose (so an audit is never stopped while the bound is still within reach): every
+    candidate still standing is assumed to agree with all further answers, each on its own best unused
+    probes (the largest -log a_p), so the mixture after m answers is at most
+    (1/C) Σ_c exp(log E_c + the sum of c's m largest -log a_p over `free_rows`)."""
+    if reading.met:
+        return 0
+    standing = np.flatnonzero(np.isfinite(log_evalues))
+    free_rows = np.asarray(free_rows, dtype=np.int64)
+    if not len(standing) or not len(free_rows):
+        return None
+    gains = np.sort(-np.log(rates[np.ix_(standing, free_rows)]), axis=1)[:, ::-1]
+    reach = log_evalues[standing, None] + np.concatenate([np.zeros((len(standing), 1)), np.cumsum(gains, axis=1)], 1)
+    mixture = np.logaddexp.reduce(reach, axis=0) - math.log(rates.shape[0])
+    hit = np.flatnonzero(mixture >= reading.log_threshold - 1e-12)
+    return int(hit[0]) if len(hit) else None

@@ -27,7 +27,15 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports, wrong_model_heads
-from hspi.audit.decision import BoundReading, MatchBound, agreement_rates, answer_agreement, decide
+from hspi.audit.decision import (
+    BoundReading,
+    MatchBound,
+    agreement_rates,
+    answer_agreement,
+    answers_to_bound,
+    candidate_log_evalues,
+    decide,
+)
 from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
@@ -57,8 +65,9 @@ __all__ = [
 ]
 
 NO_MATCH_AFTER = 8  # answers before an audit may stop because nothing known fits
-NO_CHAT_TEMPLATE = frozenset({"lm-gpt2"})
-DEFAULT_FALSE_MATCH_RATE = 0.01  # the alpha the reported e-value is read against when no rate is required  # built-in GGUF models a chat request would break
+NO_CHAT_TEMPLATE = frozenset({"lm-gpt2"})  # built-in GGUF models a chat request would break
+# α: a match waits until a platform never collected would have been declared one with probability at most α
+DEFAULT_FALSE_MATCH_RATE = 0.01
 UNSCORED = "-"  # the tier of an answer that was not scored (no tier known yet)
 
 
@@ -144,10 +153,9 @@ class AuditSettings(BaseModel):
     # verify the leader where its near twins part, which is where a platform never collected shows
     min_answers: int = Field(default=2, ge=1)
     # a match (logits and logprob tiers) also needs the e-value of audit.decision to reach 1/α: an
-    # unseen near twin of the leader is declared a match with probability at most α
-    # None (the default): the e-value is computed and reported, a match does not wait for it (measured in
-    # benchmarks/results/verdicts.json: at 0.01 it cuts near-twin false matches 20% -> 2% but needs 4-64+ answers)
-    false_match_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # unseen near twin of the leader is declared a match with probability at most α (measured in
+    # benchmarks/results/verdicts.json); None: the e-value is reported, a match does not wait for it
+    false_match_rate: float | None = Field(default=DEFAULT_FALSE_MATCH_RATE, gt=0.0, lt=1.0)
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0)
     seed: int | None = None
@@ -408,6 +416,11 @@ class Audit:
     # -- the false-match bound (audit.decision) ----------------------------------------------
     def bound_reading(self) -> BoundReading | None:
         """The e-value of the scored answers against a platform never collected; None at the text tier."""
+        parts = self._bound_parts()
+        return None if parts is None else decide(*parts, self.match_bound)
+
+    def _bound_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """a_p per candidate and pool row, the rows answered, and which candidates each answer agrees with."""
         evidence, tier = self.state.evidence, self.state.tier
         if evidence is None or tier is None or tier is Tier.TEXT:
             return None
@@ -426,7 +439,33 @@ class Audit:
                 np.asarray([r.values for r in scored], dtype=np.float32).reshape(len(scored), -1),
             )
         )
-        return decide(self._rates, rows, answer_agreement(book.signatures, rows, shown), self.match_bound)
+        return self._rates, rows, answer_agreement(book.signatures, rows, shown)
+
+    def _bound_out_of_reach(self, reading: BoundReading) -> str | None:
+        """Why the bound cannot be met by this audit (None while it can): even if every further answer
+        agreed with a candidate on its most telling unused probes, the budget, or the pool, ends first."""
+        parts, evidence = self._bound_parts(), self.state.evidence
+        if parts is None or evidence is None:
+            return None
+        rates, rows, agree = parts
+        asked = set(evidence.used) | evidence.asked | self.avoid | {r.probe_id for r in self.state.records}
+        free = np.array([evidence.row_of(int(p)) for p in self.refs.pool_ids if int(p) not in asked], dtype=np.int64)
+        needed = answers_to_bound(rates, reading, free, candidate_log_evalues(rates, rows, agree))
+        budget = self.budget
+        left = min(budget.max_queries - budget.queries, (budget.max_tokens - budget.tokens) // max(self.per_query, 1))
+        alpha = self.match_bound.alpha
+        if needed is None:
+            return (
+                f"the best candidate fits, but no choice of the {len(free)} pool probes left could exclude a platform "
+                f"never collected at false-match rate {alpha}: its known near twins part from it on too few probes"
+            )
+        if needed > left:
+            return (
+                f"the best candidate fits, but excluding a platform never collected at false-match rate {alpha} "
+                f"needs at least {needed} more answers and the budget leaves {left}: rerun with "
+                f"--budget {budget.queries + needed} or more"
+            )
+        return None
 
     # -- asking ------------------------------------------------------------------------------
     def _decided(self) -> StopReason | None:
@@ -445,8 +484,14 @@ class Audit:
             post = evidence.posterior()
             bound = self.bound_reading()
             bounded = settings.false_match_rate is None or (bound is not None and bound.met)
-            if post.max() >= settings.confidence and evidence.matches() and bounded:
-                return StopReason.CONFIDENT
+            if post.max() >= settings.confidence and evidence.matches():
+                if bounded:
+                    return StopReason.CONFIDENT
+                # settled on a candidate the bound cannot clear in time: asking on would only spend the budget
+                out_of_reach = None if bound is None else self._bound_out_of_reach(bound)
+                if out_of_reach is not None:
+                    self.state.reason = out_of_reach
+                    return StopReason.BOUND_OUT_OF_REACH
             # every candidate parted from some answer: the e-value is 0 for good, no answer can meet the bound
             parted = settings.false_match_rate is not None and bound is not None and bound.log_evalue is None
             if len(evidence.used) >= NO_MATCH_AFTER and (parted or not evidence.matches()):
@@ -522,7 +567,7 @@ class Audit:
             if state.previous is not None or state.records:
                 decided = self._decided()
                 if decided is not None:
-                    self._end(decided)
+                    self._end(decided, self.state.reason)
                     return False
             if state.tier is Tier.TEXT:
                 self._text_step(self.target)
@@ -589,7 +634,9 @@ class Audit:
             status = MatchStatus.WRONG_MODEL
         matched = status is MatchStatus.MATCH
         basis = "text-vote" if text is not None and text.n else "reference-match"
-        heads, verdicts = head_reports(head_posteriors, settings.claim, matched=matched, basis=basis)
+        heads, verdicts = head_reports(
+            head_posteriors, settings.claim, matched=matched or unbounded, bounded=not unbounded, basis=basis
+        )
         if status is MatchStatus.WRONG_MODEL:
             heads, verdicts = wrong_model_heads(self.head_names(), settings.claim), {}
         if status is MatchStatus.UNKNOWN:

@@ -2,7 +2,11 @@
 for a platform it never saw, under the old rule (posterior >= 0.99 after min_answers = 2) and the new
 one (the same, plus the mixture e-value >= 1/α, α = false_match_rate = 0.01).
 
-    python benchmarks/verdicts.py [SEEDS]       # writes results/verdicts.json and results/verdicts.png
+    python benchmarks/verdicts.py [SEEDS [PAIR_TIME_S]]   # writes results/verdicts.json and results/verdicts.png
+
+The new rule is the default since it was measured here (AuditSettings.false_match_rate = 0.01): an audit
+whose leader fits but whose bound the budget (64 queries) or the pool cannot reach stops early
+(`bound-out-of-reach`, verdict inconclusive) instead of spending the rest.
 
 Every audit is the real `Audit` engine (split/verify probe order, budget 64 queries) against a `Target`
 that *replays stored outputs*: it answers a pool probe with the full output vector a configuration
@@ -56,6 +60,8 @@ from hspi.terms import MatchStatus, Tier
 RESULTS = Path(__file__).parent / "results"
 INTEL = ROOT.parent / "shared" / "datasets" / "cpu-intel-xeon"
 SEEDS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 2
+# seconds each model/tier audits its targets for (2 shared cores)
+PAIR_TIME_S = float(sys.argv[2]) if len(sys.argv) > 2 else 95.0
 MODELS = ("lm-small", "mlp", "cnn")
 TIERS = (Tier.TOPK20, Tier.LOGITS)
 # interleaved, so that a run cut short by the time limit still covers every model and both tiers
@@ -69,8 +75,7 @@ PAIRS = [
 ]
 BUDGET = 64
 ALPHA = 0.01
-TIME_LIMIT_S = 600.0  # no new model/tier starts after this (2 shared cores)
-PAIR_TIME_S = 95.0  # each model/tier audits its targets (round-robin over kinds) for this long
+TIME_LIMIT_S = 7 * PAIR_TIME_S  # no new model/tier starts after this
 HELD_OUT = 0.3  # share of the pool kept out of an audit, per seed > 0
 OLD_RULE_SEEDS = 1  # the old rule is measured on the first seeds only (time: 2 cores)
 
@@ -386,6 +391,50 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
                     "match_rate_new": round(sum(o.match for o in new) / len(new), 4),
                 }
             )
+    # open-set AUROC per left-out class at the default: score = the audit's final log e-value (-inf: every
+    # candidate parted), known-class audits (all classes present) against the left-out class's audits
+    from sklearn.metrics import roc_auc_score
+
+    def score(r: dict) -> float:
+        return -1e9 if r["log_e"] is None else float(r["log_e"])
+
+    result["open_set_auroc"] = []
+    for model in MODELS:
+        for tier in TIERS:
+            inside = [
+                score(r)
+                for r in rows
+                if (r["kind"], r["model"], r["tier"], r["rule"]) == ("known", model, str(tier), "new")
+            ]
+            held = sorted(
+                {r["target"] for r in rows if (r["kind"], r["model"], r["tier"]) == ("leave-one-out", model, str(tier))}
+            )
+            for name in held:
+                outside = [
+                    score(r)
+                    for r in rows
+                    if (r["kind"], r["model"], r["tier"], r["target"], r["rule"])
+                    == ("leave-one-out", model, str(tier), name, "new")
+                ]
+                if not inside or not outside:
+                    continue
+                labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+                result["open_set_auroc"].append(
+                    {
+                        "model": model,
+                        "tier": str(tier),
+                        "held_out_class": name,
+                        "auroc": round(float(roc_auc_score(labels, np.r_[inside, outside])), 4),
+                        "n_known": len(inside),
+                        "n_held_out": len(outside),
+                    }
+                )
+    stops: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r["rule"] == "new":
+            stops.setdefault(r["kind"], {}).setdefault(r["stop"], 0)
+            stops[r["kind"]][r["stop"]] += 1
+    result["stops_new_rule"] = stops
     # the worst held-out targets under the new rule
     worst: dict[tuple, list[bool]] = {}
     for r in rows:

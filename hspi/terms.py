@@ -34,6 +34,8 @@ class StopReason(StrEnum):
     TARGET_ERROR = "target-error"
     INTERRUPTED = "interrupted"  # stopped from outside (Ctrl-C, a cancel, a shutdown): the evidence is kept
     WRONG_MODEL = "wrong-model"  # the endpoint does not serve the model named (its vocabulary or its weights)
+    # a candidate fits, but the false-match bound cannot be met within the budget or the pool
+    BOUND_OUT_OF_REACH = "bound-out-of-reach"
 
 
 class MatchStatus(StrEnum):

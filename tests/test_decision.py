@@ -14,6 +14,7 @@ from hspi.audit.decision import (
     agreement_levels,
     agreement_rates,
     answer_agreement,
+    answers_to_bound,
     candidate_log_evalues,
     decide,
     level_rates,
@@ -129,3 +130,43 @@ def test_rates_are_probabilities_off_0_and_1_and_grow_with_the_level(sig: list[l
     for c in range(len(sig)):  # a probe where more neighbours agree never gets a lower a_p
         order = np.argsort(levels[c], kind="stable")
         assert (np.diff(rates[c][order]) >= -1e-12).all()
+
+
+def test_answers_to_bound_is_the_fewest_that_could_reach_it_and_none_when_no_probes_can() -> None:
+    rates = np.array([[0.5, 0.5, 0.25, 0.9], [0.5, 0.5, 0.5, 0.5]])  # two candidates, four pool probes
+    bound = MatchBound(alpha=0.2)  # 1/α = 5: the mixture (1/2)(E_0 + E_1) must reach it
+    rows, agree = np.array([0]), np.array([[True, False]])  # probe 0 answered: candidate 1 parted
+    log_e = candidate_log_evalues(rates, rows, agree)
+    reading = decide(rates, rows, agree, bound)
+    assert not reading.met and math.isclose(float(log_e[0]), math.log(2))
+    # candidate 0 alone: E_0 = 2 now, needs 10; its best unused probes give ×4 (probe 2), then ×2 (probe 1)
+    assert answers_to_bound(rates, reading, np.array([1, 2, 3]), log_e) == 2
+    assert answers_to_bound(rates, reading, np.array([3]), log_e) is None  # ×1.11 cannot reach ×5
+    assert answers_to_bound(rates, reading, np.array([], dtype=np.int64), log_e) is None
+    parted = candidate_log_evalues(rates, rows, np.array([[False, False]]))
+    assert answers_to_bound(rates, decide(rates, rows, np.array([[False, False]]), bound), np.array([1]), parted) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.05, 0.95), min_size=3, max_size=12),
+    st.integers(0, 2),
+    st.floats(0.001, 0.2),
+)
+def test_answers_to_bound_is_optimistic_never_stopping_an_audit_that_could_still_reach_it(
+    rates: list[float], answered: int, alpha: float
+) -> None:
+    """Whatever the next answers are (each agreeing with the one candidate), taking the m best unused probes
+    reaches the bound exactly when m >= answers_to_bound."""
+    a = np.array([rates])  # one candidate
+    bound = MatchBound(alpha=alpha)
+    rows = np.arange(answered)
+    agree = np.ones((answered, 1), dtype=bool)
+    reading = decide(a, rows, agree, bound)
+    free = np.arange(answered, len(rates))
+    needed = answers_to_bound(a, reading, free, candidate_log_evalues(a, rows, agree))
+    best = free[np.argsort(a[0, free])]  # lowest a_p first: the largest gains
+    for m in range(len(free) + 1):
+        asked = np.r_[rows, best[:m]].astype(np.int64)
+        met = decide(a, asked, np.ones((len(asked), 1), dtype=bool), bound).met
+        assert met == (needed is not None and m >= needed)

@@ -33,7 +33,7 @@ def targets() -> tuple[str, str]:
         yield a, b
 
 
-def targets_file(tmp_path: Path, good: tuple[str, str], bad: str, *, budget: int = 8) -> Path:
+def targets_file(tmp_path: Path, good: tuple[str, str], bad: str, *, budget: int = 64) -> Path:
     lines = ["targets:"]
     for i in range(4):
         lines.append(
@@ -71,7 +71,7 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
         reply.send(upstream.status_code, upstream.content)
 
     with serve_handler(broken) as (bad, _), serve_handler(slow_proxy) as (slow, _):
-        path = targets_file(tmp_path, (slow, targets[1]), bad, budget=24)
+        path = targets_file(tmp_path, (slow, targets[1]), bad)
         entries = load_targets(path)
         options = ScanOptions(out=out, concurrency=3, per_host=1, allow=("127.0.0.0/8",), lease_s=5.0)
 

@@ -142,6 +142,7 @@ def create_audit(
         seed=body.seed,
         timeout_s=body.timeout_s,
         min_answers=body.min_answers,
+        false_match_rate=body.false_match_rate,
         dataset=limits.dataset,
         classifier=limits.classifier,
     )

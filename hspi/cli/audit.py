@@ -54,11 +54,10 @@ def audit(
     false_match_rate: Annotated[
         Optional[float],
         typer.Option(
-            help="require this bound on declaring a match for a platform never collected that agrees with the "
-            "leader where its known near twins part (an e-value; the answers needed follow from it; default: "
-            "the e-value is reported, not required)"
+            help="the false-match rate a match is bounded at against a platform never collected that agrees "
+            "with the leader where its known near twins part (an e-value; the answers needed follow from it)"
         ),
-    ] = None,
+    ] = 0.01,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON here")] = None,
     evidence: Annotated[
         Optional[Path], typer.Option(help="append every answer to this JSONL file as it arrives")
