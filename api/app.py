@@ -6,6 +6,7 @@
     /v1/classify                      answers collected elsewhere
     /v1/keys ...                      API keys (admin)
     /v1/scans                         `hspi scan` runs recorded in the database
+    /dashboard/                       pages for people, reading the same API with a key (web_dashboard.py)
 
 On start the database is migrated to Alembic's head, the first admin key is made if there is none,
 and the workers resume the audits a previous process left.  Every error is `{"detail": "..."}`:
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +38,7 @@ from hspi.api.routes import v1
 from hspi.api.schemas import Health
 from hspi.api.security import BodyLimit, BodyTimeout, EndpointGuard, Vault, new_api_key
 from hspi.api.settings import ServiceSettings, get_settings
+from hspi.api.web_dashboard import dashboard_files
 from hspi.api.workers import AuditWorkers
 from hspi.audit.references import ReferenceStore
 from hspi.errors import ConfigError, DatasetError, HspiError, ModelError, TargetError
@@ -141,6 +143,11 @@ def create_app(
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     app.include_router(v1)
+    app.mount("/dashboard", dashboard_files(), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers")
     def healthz() -> Health:

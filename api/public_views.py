@@ -17,9 +17,11 @@ from hspi.api.schemas import (
     AuditReportPublic,
     EvidenceBoundPublic,
     GuessPublic,
+    HeadLeaderPublic,
     HeadPublic,
     LogitPrecisionPublic,
     MatchedClassPublic,
+    PosteriorPointPublic,
 )
 from hspi.audit import AuditReport, HeadReport, QueryRecord
 
@@ -109,3 +111,18 @@ def report_public(report: AuditReport) -> AuditReportPublic:
 def stored_report_public(stored: dict[str, Any] | None) -> AuditReportPublic | None:
     """A report as the database keeps it (the engine's JSON), published; None before the audit ends."""
     return None if stored is None else report_public(AuditReport.model_validate(stored))
+
+
+def posterior_points_public(
+    records: list[QueryRecord], trace: list[dict[str, tuple[str, float]]]
+) -> list[PosteriorPointPublic]:
+    """`audit.engine.posterior_trace`'s readings beside the answers they follow."""
+    return [
+        PosteriorPointPublic(
+            index=record.index,
+            queries_so_far=record.queries_so_far,
+            complete=record.complete,
+            heads={h: HeadLeaderPublic(label=label, probability=p) for h, (label, p) in leaders.items()},
+        )
+        for record, leaders in zip(records, trace, strict=True)
+    ]

@@ -231,6 +231,25 @@ class AnswerList(BaseModel):
     next_index: int | None = Field(description="pass as ?after= to read on; null when nothing more is stored yet")
 
 
+class HeadLeaderPublic(BaseModel):
+    label: str = Field(description="the head's leading value")
+    probability: float = Field(description="its posterior probability")
+
+
+class PosteriorPointPublic(BaseModel):
+    """Each head's reading after one stored answer."""
+
+    index: int = Field(description="the answer's place in the audit, from 0")
+    queries_so_far: int = Field(description="billed requests up to and including this answer")
+    complete: bool = Field(description="the answer was scored (false: it repeats the reading before it)")
+    heads: dict[str, HeadLeaderPublic] = Field(description="empty until the first answer is scored")
+
+
+class PosteriorTrace(BaseModel):
+    data: list[PosteriorPointPublic] = Field(description="one point per stored answer, in order")
+    note: str = Field(description="why there are no points, if there are none")
+
+
 class PlatformClass(BaseModel):
     name: str
     members: list[str] = Field(description="platforms of the grid with bit-identical outputs")

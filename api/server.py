@@ -64,7 +64,8 @@ def serve(
             body = f'{{"endpoint": "{demo_url}", "model": "{DEMO_MODEL}", "claim": "{DEMO_CLAIM}", "budget": 32}}'
             auth = f"Authorization: Bearer {key}"
             print(
-                f"\nthe audit API is at {base} (OpenAPI: {base}/docs); database {services.db.safe_url}\n"
+                f"\nthe audit API is at {base} (OpenAPI: {base}/docs, the dashboard: {base}/dashboard/); "
+                f"database {services.db.safe_url}\n"
                 f"a demo target serves {DEMO_MODEL} on {demo_platform} at {demo_url}; a dev API key "
                 f"(scope write): {key}\n\naudit it (the claim says fp32; the target runs bf16):\n\n"
                 f"  curl -s -X POST {base}/v1/audits -H {shlex.quote(auth)} -H 'Content-Type: application/json' "

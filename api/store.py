@@ -558,6 +558,16 @@ def finish_scan(db: Database, scan_id: str) -> None:
             scan.finished_at = utcnow()
 
 
+def get_scan(db: Database, scan_id: str) -> Scan:
+    scan = None
+    if AUDIT_ID.fullmatch(scan_id):  # scan ids are uuid4().hex too
+        with db.reading() as session:
+            scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise NotFound(f"no scan with id {shown(scan_id)}")
+    return scan
+
+
 def list_scans(db: Database, *, limit: int = 100) -> list[Scan]:
     with db.reading() as session:
         return list(session.scalars(select(Scan).order_by(Scan.created_at.desc()).limit(limit)))

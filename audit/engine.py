@@ -59,6 +59,7 @@ __all__ = [
     "HeadReport",
     "QueryRecord",
     "open_target",
+    "posterior_trace",
     "report_from",
     "run_audit",
     "write_report",
@@ -298,7 +299,23 @@ class Audit:
         """Add one complete answer to the evidence; each head's leading guess after it."""
         evidence = self._reference_evidence()
         evidence.update(probe_id, view)
-        return {h: values[int(np.argmax(post))] for h, (values, post) in evidence.head_posteriors().items()}
+        return {head: label for head, (label, _) in self.head_leaders().items()}
+
+    def head_leaders(self) -> dict[str, tuple[str, float]]:
+        """Each head's leading value and its posterior after the answers so far ({} before one is scored)."""
+        if self.state.tier is Tier.TEXT:
+            text = self.state.text
+            return (
+                {} if text is None or not text.n else {h: (v, float(p)) for h, (v, p) in text.verdict().heads.items()}
+            )
+        evidence = self.state.evidence
+        if evidence is None or not evidence.used:
+            return {}
+        leaders = {}
+        for head, (values, post) in evidence.head_posteriors().items():
+            best = int(np.argmax(post))
+            leaders[head] = (values[best], float(post[best]))
+        return leaders
 
     def _keep_unscored(self, probe_id: int, answers: TierAnswers, note: str) -> None:
         """An answer kept as evidence but not scored (incomplete, or the wrong model's), with why."""
@@ -749,6 +766,22 @@ def report_from(
     audit.replay(records)
     audit.interrupt(reason)
     return audit.report()
+
+
+def posterior_trace(
+    settings: AuditSettings, records: Sequence[QueryRecord], references: ReferenceStore
+) -> list[dict[str, tuple[str, float]]]:
+    """Each head's leading value and its posterior after each stored answer, in order.
+
+    The stored answers are replayed into the evidence exactly as `report_from` and a resumed audit
+    replay them, so the leaders are the ones each record stores; the posteriors are not stored and
+    are recomputed here.  An answer that was not scored repeats the reading before it."""
+    trace: list[dict[str, tuple[str, float]]] = []
+    if not records:
+        return trace
+    audit = Audit(settings, references, on_record=lambda _record, _s: trace.append(audit.head_leaders()))
+    audit.replay(records)
+    return trace
 
 
 def run_audit(

@@ -194,8 +194,10 @@ def hostile_request(draw: st.DrawFn) -> HostileRequest:
                 [
                     ("GET", "/v1/audits/{}"),
                     ("GET", "/v1/audits/{}/answers"),
+                    ("GET", "/v1/audits/{}/posteriors"),
                     ("POST", "/v1/audits/{}/cancel"),
                     ("DELETE", "/v1/keys/{}"),
+                    ("GET", "/v1/scans/{}"),
                 ]
             )
         )
@@ -237,8 +239,10 @@ def sweep(values: list[str] = HOSTILE) -> list[HostileRequest]:
         for method, template in (
             ("GET", "/v1/audits/{}"),
             ("GET", "/v1/audits/{}/answers"),
+            ("GET", "/v1/audits/{}/posteriors"),
             ("POST", "/v1/audits/{}/cancel"),
             ("DELETE", "/v1/keys/{}"),
+            ("GET", "/v1/scans/{}"),
         ):
             if value:  # an empty segment is another route
                 route = f"{method} {template.format('{id}')}"

@@ -369,6 +369,7 @@ def test_openapi_declares_every_route_and_the_statuses_it_answers(tmp_path: Path
         ("GET", "/v1/audits"): {"200", "401", "422", "429"},
         ("GET", "/v1/audits/{audit_id}"): {"200", "404", "401"},
         ("GET", "/v1/audits/{audit_id}/answers"): {"200", "404"},
+        ("GET", "/v1/audits/{audit_id}/posteriors"): {"200", "404", "401", "422"},
         ("POST", "/v1/audits/{audit_id}/cancel"): {"202", "404", "409", "403"},
         ("GET", "/v1/platforms"): {"200", "422"},
         ("GET", "/v1/classifiers"): {"200"},
@@ -377,6 +378,7 @@ def test_openapi_declares_every_route_and_the_statuses_it_answers(tmp_path: Path
         ("GET", "/v1/keys"): {"200"},
         ("DELETE", "/v1/keys/{key_id}"): {"200", "404"},
         ("GET", "/v1/scans"): {"200"},
+        ("GET", "/v1/scans/{scan_id}"): {"200", "404", "401"},
         ("GET", "/healthz"): {"200"},
         ("GET", "/readyz"): {"200", "503"},
     }

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from hspi.api import store
 from hspi.api.db import Audit
 from hspi.api.deps import ReadKey, ServicesDep, WriteKey
-from hspi.api.public_views import answer_public, stored_report_public
+from hspi.api.public_views import answer_public, posterior_points_public, stored_report_public
 from hspi.api.schemas import (
     AnswerList,
     AuditCreate,
@@ -19,11 +19,13 @@ from hspi.api.schemas import (
     AuditPublic,
     AuditSummary,
     ErrorBody,
+    PosteriorTrace,
     Progress,
 )
 from hspi.audit import AuditSettings
 from hspi.audit.claims import parse_claim
-from hspi.errors import ConfigError
+from hspi.audit.engine import posterior_trace
+from hspi.errors import ConfigError, DatasetError
 from hspi.platform import HEADS
 from hspi.terms import AuditStatus, Tier
 
@@ -45,6 +47,7 @@ BODY_ERRORS: ErrorResponses = {
     413: {"model": ErrorBody, "description": "the request body is over the service's limit"},
 }
 NOT_FOUND: ErrorResponses = {404: {"model": ErrorBody, "description": "no such audit"}}
+MAX_TRACE_ANSWERS = 512  # the trace replays each answer into the evidence (about 40 ms each here): bounded
 
 
 def claim_of(value: dict[str, str] | str | None) -> dict[str, str]:
@@ -231,6 +234,26 @@ def get_answers(
     return AnswerList(
         data=[answer_public(r) for r in records], next_index=records[-1].index if len(records) == limit else None
     )
+
+
+@router.get(
+    "/{audit_id}/posteriors",
+    response_model=PosteriorTrace,
+    summary="Each head's leading value and its posterior after each answer (the evidence over queries)",
+    responses={**ERRORS, **NOT_FOUND},
+)
+def get_posteriors(audit_id: str, principal: ReadKey, services: ServicesDep) -> PosteriorTrace:
+    audit = store.get_audit(services.db, audit_id)
+    records = store.answers(services.db, audit_id, limit=MAX_TRACE_ANSWERS)
+    if not records:
+        return PosteriorTrace(data=[], note="no answers are stored yet")
+    try:  # the stored answers, replayed into the evidence as a resumed audit replays them
+        trace = posterior_trace(AuditSettings.model_validate(audit.settings), records, services.workers.references)
+    except (ConfigError, DatasetError) as exc:  # e.g. a model audited without references: nothing to replay into
+        return PosteriorTrace(data=[], note=f"the answers cannot be replayed into reference evidence: {exc}")
+    more = audit.answers > len(records)
+    note = f"the first {len(records)} of {audit.answers} answers" if more else ""
+    return PosteriorTrace(data=posterior_points_public(records, trace), note=note)
 
 
 @router.post(
