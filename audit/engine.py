@@ -639,7 +639,7 @@ class Audit:
             bound = self.bound_reading()
             required = settings.false_match_rate is not None
             if required and status is MatchStatus.MATCH and not (bound is not None and bound.met):
-                status, unbounded = MatchStatus.UNKNOWN, True
+                status, unbounded = MatchStatus.UNBOUNDED, True
                 reason = reason or (
                     f"the best candidate fits, but the answers do not yet exclude a platform never collected at "
                     f"false-match rate {settings.false_match_rate} (e-value below 1/α; see evidence_bound)"

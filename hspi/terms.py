@@ -43,6 +43,8 @@ class MatchStatus(StrEnum):
 
     MATCH = "match"
     UNKNOWN = "unknown"  # no known platform fits
+    # a known platform fits every answer, but the false-match bound against one never collected is not met
+    UNBOUNDED = "unbounded"
     NO_EVIDENCE = "no-evidence"
     WRONG_MODEL = "wrong-model"  # the answers cannot come from this model: no platform of it is asked about
 

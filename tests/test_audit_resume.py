@@ -6,6 +6,8 @@ their probes are never asked again, and a resumed audit ends as the uninterrupte
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from reproducing import serving_platform
@@ -82,6 +84,20 @@ def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None
     )
     assert counting.prompts == [] and again.stop == "confident" and again.verdict == decided.verdict
     assert again.queries == decided.queries and again.heads == decided.heads
+
+
+def test_a_match_the_budget_cannot_bound_stops_early_and_names_the_budget_it_would_need(target: str) -> None:
+    """The default false-match bound: a leader that fits but cannot be bounded within the budget ends the
+    audit at once (inconclusive, heads shown undecided) instead of spending the rest."""
+    bounded = run_audit(settings(target, order="split", min_answers=2, budget_queries=64))
+    assert bounded.stop == "confident" and bounded.evidence_bound is not None and bounded.evidence_bound.met
+    short = run_audit(settings(target, order="split", min_answers=2, budget_queries=8))
+    assert short.stop == "bound-out-of-reach" and short.queries < 8
+    assert short.verdict == "inconclusive" and short.evidence_bound is not None and not short.evidence_bound.met
+    assert short.heads["dtype"].guesses[0].label == "fp32" and not short.heads["dtype"].decided
+    suggested = int(re.search(r"--budget (\d+)", short.reason).group(1))  # type: ignore[union-attr]
+    # optimistic (the best probes, every answer agreeing): never more than the audit that got there needed
+    assert short.queries < suggested <= bounded.queries
 
 
 def test_replay_can_be_stopped_from_on_query_and_keeps_the_evidence(target: str) -> None:

@@ -144,7 +144,9 @@ def test_answers_to_bound_is_the_fewest_that_could_reach_it_and_none_when_no_pro
     assert answers_to_bound(rates, reading, np.array([3]), log_e) is None  # ×1.11 cannot reach ×5
     assert answers_to_bound(rates, reading, np.array([], dtype=np.int64), log_e) is None
     parted = candidate_log_evalues(rates, rows, np.array([[False, False]]))
-    assert answers_to_bound(rates, decide(rates, rows, np.array([[False, False]]), bound), np.array([1]), parted) is None
+    assert (
+        answers_to_bound(rates, decide(rates, rows, np.array([[False, False]]), bound), np.array([1]), parted) is None
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -58,6 +58,8 @@ def render_audit(report: AuditReport, console: Console) -> None:
         console.print(f"Verdict: [{colour}][bold]{report.verdict}[/bold][/{colour}]")
     if report.status == "unknown":
         console.print(f"[yellow]No exact platform match.[/yellow] {report.reason}")
+    elif report.status == "unbounded":
+        console.print(f"[yellow]A collected platform fits, not yet bounded.[/yellow] {report.reason}")
     elif report.status == "no-evidence":
         console.print(f"[yellow]No evidence.[/yellow] {report.reason}")
     else:
