@@ -321,6 +321,34 @@ def main() -> None:
     summarise(rows, time.perf_counter() - started, skipped, coverage)
 
 
+def parting_probes(auroc_rows: list[dict], below: float = 0.95) -> list[dict]:
+    """For each left-out class whose AUROC is below `below`: its near twins among the other classes
+    (agreement >= 0.5 at that tier) and the pool probes on which it parts from each."""
+    store, out = ReferenceStore(), []
+    for row in auroc_rows:
+        if row["auroc"] >= below:
+            continue
+        refs = store.references(row["model"])
+        book = refs.book(Tier(row["tier"]))
+        names = [c.name for c in refs.classes]
+        me = names.index(row["held_out_class"])
+        twins = []
+        for j in np.argsort(-book.agreement[me]):
+            if j == me or book.agreement[me, j] < 0.5:
+                continue
+            parting = refs.pool_ids[~book.same[me, j]]
+            twins.append(
+                {
+                    "class": names[j],
+                    "agreement": round(float(book.agreement[me, j]), 4),
+                    "parting_probes": [int(p) for p in parting[:50]],
+                    "n_parting": int(len(parting)),
+                }
+            )
+        out.append({**row, "twins": twins})
+    return out
+
+
 def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: list[dict]) -> None:
     def pick(**kw):
         return [
@@ -435,6 +463,7 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
             stops.setdefault(r["kind"], {}).setdefault(r["stop"], 0)
             stops[r["kind"]][r["stop"]] += 1
     result["stops_new_rule"] = stops
+    result["open_set_below_0_95"] = parting_probes(result["open_set_auroc"])
     # the worst held-out targets under the new rule
     worst: dict[tuple, list[bool]] = {}
     for r in rows:
