@@ -83,6 +83,8 @@ def render_audit(report: AuditReport, console: Console) -> None:
             g = h.guesses
             if h.decided and g:
                 reading, probability = g[0].label, f"{g[0].probability:.1%}"
+            elif g:  # undecided but ranked (a leader not yet bounded, or one below the consistency level)
+                reading, probability = f"{g[0].label} (undecided)", f"{g[0].probability:.1%}"
             else:
                 reading, probability = "unknown" if "not measured" not in h.why else "not measured here", ""
             second = f"{g[1].label} ({g[1].probability:.1%})" if len(g) > 1 else ""
