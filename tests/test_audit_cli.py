@@ -130,7 +130,7 @@ def audits(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
             "--model",
             "lm-small",
             "--budget",
-            "64",
+            "128",
             "--json",
             str(out / f"{name}.json"),
             "--evidence",
@@ -183,7 +183,7 @@ def test_audit_finds_bf16_behind_an_fp32_claim(audits: dict) -> None:
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "bf16"
     assert report["heads"]["dtype"]["verdict"] == "inconsistent"
     assert report["heads"]["full"]["guesses"][0]["label"] == expected_class("lm-small", BF16)
-    assert report["queries"] <= 64 and report["budget_queries"] == 64
+    assert report["queries"] <= 128 and report["budget_queries"] == 128
     # the default bound (false-match rate 0.01) was met before the leader was named
     assert report["evidence_bound"]["alpha"] == 0.01 and report["evidence_bound"]["met"]
     assert report["tokens"] <= report["budget_tokens"]
@@ -198,7 +198,7 @@ def test_audit_confirms_a_true_bf16_claim(audits: dict) -> None:
     assert report["verdict"] == "consistent"
     assert report["heads"]["dtype"]["verdict"] == "consistent"
     assert report["evidence_bound"]["met"] and report["stop"] == "confident"
-    assert report["queries"] <= 64
+    assert report["queries"] <= 128
 
 
 def test_min_answers_spends_answers_verifying_the_leader(
@@ -210,7 +210,7 @@ def test_min_answers_spends_answers_verifying_the_leader(
         "--endpoint",
         servers["bf16"],
         "--budget",
-        "64",
+        "128",
         "--seed",
         "0",
         "--min-answers",
@@ -236,7 +236,7 @@ def test_audit_of_a_top5_server_uses_the_topk5_tier(
         "--endpoint",
         servers["top5"],
         "--budget",
-        "64",
+        "128",
         "--seed",
         "0",
         "--claim",
@@ -247,7 +247,7 @@ def test_audit_of_a_top5_server_uses_the_topk5_tier(
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["tier"] == "topk5"
-    assert report["queries"] <= 64
+    assert report["queries"] <= 128
     assert all(len(r["ids"]) == 5 for r in report["evidence"] if r["complete"])
     assert report["heads"]["dtype"]["guesses"][0]["label"] == "fp32"
 

@@ -76,11 +76,11 @@ def test_resumed_audit_keeps_prior_answers_spends_the_rest_and_never_reasks(targ
 
 
 def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None:
-    decided = run_audit(settings(target, order="split", min_answers=2, budget_queries=64))
+    decided = run_audit(settings(target, order="split", min_answers=2, budget_queries=128))
     assert decided.stop == "confident"
     counting = Counting()
     again = run_audit(
-        settings(target, order="split", min_answers=2, budget_queries=64), prior=decided.evidence, transport=counting
+        settings(target, order="split", min_answers=2, budget_queries=128), prior=decided.evidence, transport=counting
     )
     assert counting.prompts == [] and again.stop == "confident" and again.verdict == decided.verdict
     assert again.queries == decided.queries and again.heads == decided.heads
@@ -89,7 +89,7 @@ def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None
 def test_a_match_the_budget_cannot_bound_stops_early_and_names_the_budget_it_would_need(target: str) -> None:
     """The default false-match bound: a leader that fits but cannot be bounded within the budget ends the
     audit at once (inconclusive, heads shown undecided) instead of spending the rest."""
-    bounded = run_audit(settings(target, order="split", min_answers=2, budget_queries=64))
+    bounded = run_audit(settings(target, order="split", min_answers=2, budget_queries=128))
     assert bounded.stop == "confident" and bounded.evidence_bound is not None and bounded.evidence_bound.met
     short = run_audit(settings(target, order="split", min_answers=2, budget_queries=8))
     assert short.stop == "bound-out-of-reach" and short.queries < 8

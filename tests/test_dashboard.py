@@ -57,12 +57,12 @@ def populated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
                     {
                         "endpoint": target,
                         "claim": "dtype=fp32",
-                        "budget": 64,
+                        "budget": 128,
                         "seed": 1,
                         "min_answers": 6,
                         "label": MARKUP_LABEL,
                     },
-                    {"endpoint": target, "claim": "dtype=bf16", "budget": 64, "seed": 2, "label": "a false claim"},
+                    {"endpoint": target, "claim": "dtype=bf16", "budget": 128, "seed": 2, "label": "a false claim"},
                     {"endpoint": text_target, "claim": "dtype=fp32", "budget": 24, "seed": 1, "label": "tokens only"},
                 ]
                 created = [c.post("/v1/audits", json=b) for b in bodies]
@@ -71,8 +71,8 @@ def populated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
             targets = tmp_path / "nightly-scan.yaml"
             targets.write_text(
                 "targets:\n"
-                f"  - {{name: honest, endpoint: '{target}', claim: 'dtype=fp32', budget: 64, seed: 3}}\n"
-                f"  - {{name: liar, endpoint: '{target}', claim: 'dtype=bf16', budget: 64, seed: 4}}\n"
+                f"  - {{name: honest, endpoint: '{target}', claim: 'dtype=fp32', budget: 128, seed: 3}}\n"
+                f"  - {{name: liar, endpoint: '{target}', claim: 'dtype=bf16', budget: 128, seed: 4}}\n"
                 f"  - {{name: broken, endpoint: '{bad}', claim: 'dtype=fp32', budget: 3, timeout_s: 1}}\n"
             )
             db = Database(url)

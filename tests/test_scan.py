@@ -33,7 +33,7 @@ def targets() -> tuple[str, str]:
         yield a, b
 
 
-def targets_file(tmp_path: Path, good: tuple[str, str], bad: str, *, budget: int = 64) -> Path:
+def targets_file(tmp_path: Path, good: tuple[str, str], bad: str, *, budget: int = 128) -> Path:
     lines = ["targets:"]
     for i in range(4):
         lines.append(

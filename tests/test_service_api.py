@@ -58,12 +58,12 @@ def test_an_audit_runs_in_the_background_and_reports_as_the_cli_does(service, ta
     base, _, write, read, _ = service
     with client(base, write) as c:
         r = c.post(
-            "/v1/audits", json={"endpoint": target, "claim": "dtype=fp32", "budget": 64, "seed": 1, "label": "nightly"}
+            "/v1/audits", json={"endpoint": target, "claim": "dtype=fp32", "budget": 128, "seed": 1, "label": "nightly"}
         )
         assert r.status_code == 202, r.text
         audit = r.json()
         assert r.headers["location"] == f"/v1/audits/{audit['id']}"
-        assert audit["status"] in ("queued", "running") and audit["progress"]["budget_queries"] == 64
+        assert audit["status"] in ("queued", "running") and audit["progress"]["budget_queries"] == 128
     with client(base, read) as c:
         done = wait_final(c, audit["id"])
         assert done["status"] == "done" and done["verdict"] == "consistent" and done["stop"] == "confident"
