@@ -42,7 +42,7 @@ class AuditCreate(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"endpoint": "http://127.0.0.1:8801/v1", "model": "lm-small", "claim": {"dtype": "fp32"}, "budget": 32}
+                {"endpoint": "http://127.0.0.1:8801/v1", "model": "lm-small", "claim": {"dtype": "fp32"}, "budget": 128}
             ]
         },
     )

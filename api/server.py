@@ -61,7 +61,7 @@ def serve(
             key_id, key, secret_hash = new_api_key()
             store.add_key(services.db, key_id, "make run demo", secret_hash, ["write"])
             base = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
-            body = f'{{"endpoint": "{demo_url}", "model": "{DEMO_MODEL}", "claim": "{DEMO_CLAIM}", "budget": 32}}'
+            body = f'{{"endpoint": "{demo_url}", "model": "{DEMO_MODEL}", "claim": "{DEMO_CLAIM}", "budget": 128}}'
             auth = f"Authorization: Bearer {key}"
             print(
                 f"\nthe audit API is at {base} (OpenAPI: {base}/docs, the dashboard: {base}/dashboard/); "
