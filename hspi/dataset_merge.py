@@ -1,4 +1,9 @@
-"""Merge datasets collected on several machines into one (shards are content-addressed: copied once)."""
+"""Merge datasets collected on several machines into one (shards are content-addressed: copied once).
+
+A CPU configuration's hardware label is derived again from the provenance its reference run measured
+(`cpu_hardware_label`: vendor, model, ISA), so sources collected before labels named the CPU model, or
+on other machines, are labelled alike and two CPUs never share a label by accident of an older format.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 from hspi.dataset import Dataset, Manifest, save_manifest
 from hspi.errors import DatasetError
+from hspi.platform import cpu_hardware_label
 
 
 def merge(out: Path, sources: list[Path]) -> Manifest:
@@ -36,7 +42,11 @@ def merge(out: Path, sources: list[Path]) -> Manifest:
             )
             if key in merged.configs:
                 raise DatasetError(f"configuration {key} appears twice (in {ds.directory})")
-            merged.configs[key] = record.model_copy(update={"source": record.source or ds.manifest.name})
+            labels = dict(record.labels)
+            if record.platform.device == "cpu" and "reference" in record.runs:
+                labels["hardware"] = cpu_hardware_label(record.runs["reference"].provenance)
+            source = record.source or ds.manifest.name
+            merged.configs[key] = record.model_copy(update={"source": source, "labels": labels})
             for run in record.runs.values():
                 for ref in run.shards.values():
                     target = out / "shards" / f"{ref.shard}.parquet"

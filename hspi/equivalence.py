@@ -1,7 +1,8 @@
 """Equivalence classes: configurations whose outputs are bit-identical on every probe of a model.
 
 A class is named after its first member in collection order; its label for a head lists the
-members' labels joined by '|', so a class that merges torch-eager and torch-compile says so.
+members' labels joined by '|', so a class that merges torch-eager and torch-compile says so, and a
+class whose outputs are identical on two CPUs carries both CPUs' hardware labels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from hspi.dataset import SEARCHED_REFERENCE_RUN, Dataset
 from hspi.errors import DatasetError
-from hspi.platform import HEADS
+from hspi.platform import HEADS, gpu_hardware_label, measured_cpu
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,27 @@ def joint_classes(dataset: Dataset) -> list[EquivalenceClass]:
         labels["full"] = members[0]
         out.append(EquivalenceClass(members[0], tuple(members), labels))
     return out
+
+
+def measured_on(dataset: Dataset, members: tuple[str, ...] | list[str]) -> list[str]:
+    """The hardware the members' reference runs measured ('amd: AMD EPYC', 'nvidia-h200-sm90'), sorted."""
+    seen = set()
+    for cid in members:
+        record = dataset.manifest.configs[cid]
+        provenance = record.runs["reference"].provenance if "reference" in record.runs else {}
+        seen.add(gpu_hardware_label(provenance) if record.platform.device == "cuda" else measured_cpu(provenance))
+    return sorted(seen)
+
+
+def measured_vendors(dataset: Dataset, members: tuple[str, ...] | list[str]) -> list[str]:
+    """The CPU vendors the members' reference runs measured ('amd', 'intel'), sorted."""
+    return sorted(
+        {
+            str(dataset.manifest.configs[c].runs["reference"].provenance.get("cpu_vendor") or "unknown")
+            for c in members
+            if "reference" in dataset.manifest.configs[c].runs
+        }
+    )
 
 
 def distinct_answers(words: np.ndarray) -> np.ndarray:

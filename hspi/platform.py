@@ -253,14 +253,39 @@ def gpu_hardware_label(provenance: dict[str, Any]) -> str:
     return f"{slug}-sm{capability}" if capability else slug
 
 
+# Words in a CPU model string that name no product: trademarks, generic nouns, the vendor itself.
+_CPU_MODEL_NOISE = re.compile(r"\((r|tm)\)|\b(processor|cpu|amd|intel|genuineintel|authenticamd)\b|@\s*[\d.]+\s*ghz")
+# What `platform.processor()` answers where /proc/cpuinfo names no model: an architecture, not a product.
+_NOT_A_MODEL = {"", "unknown", "x86_64", "x86", "amd64", "i386", "i686", "aarch64", "arm64"}
+
+
+def cpu_model_slug(provenance: dict[str, Any]) -> str:
+    """The measured CPU model as a label part ('AMD EPYC' -> 'epyc', 'Intel(R) Xeon(R) Processor' -> 'xeon');
+    empty when the process measured no model name (a product name is never guessed)."""
+    model = str(provenance.get("cpu_model") or "").strip()
+    if model.lower() in _NOT_A_MODEL:
+        return ""
+    return "-".join(re.sub(r"[^a-z0-9]+", " ", _CPU_MODEL_NOISE.sub(" ", model.lower())).split())
+
+
+def cpu_hardware_label(provenance: dict[str, Any]) -> str:
+    """A CPU's label from what the process measured: vendor, model, then the ISA level its kernels used
+    ('amd-epyc-x86-avx512_bf16'; 'amd-x86-avx2' where no model name was measured)."""
+    vendor = str(provenance.get("cpu_vendor", "unknown"))
+    model = cpu_model_slug(provenance)
+    return "-".join(part for part in (vendor, model, "x86", measured_isa_level(provenance)) if part)
+
+
+def measured_cpu(provenance: dict[str, Any]) -> str:
+    """The CPU as measured, for people: 'amd: AMD EPYC' (vendor id, then the model string as reported)."""
+    vendor = str(provenance.get("cpu_vendor") or "unknown")
+    model = str(provenance.get("cpu_model") or "").strip()
+    return f"{vendor}: {model}" if model.lower() not in _NOT_A_MODEL else vendor
+
+
 def platform_labels(platform: Platform, provenance: dict[str, Any]) -> dict[str, str]:
     """Labels per head except `full` (the equivalence class, known only once outputs are compared)."""
-    vendor = str(provenance.get("cpu_vendor", "unknown"))
-    hardware = (
-        gpu_hardware_label(provenance)
-        if platform.device == "cuda"
-        else f"{vendor}-x86-{measured_isa_level(provenance)}"
-    )
+    hardware = gpu_hardware_label(provenance) if platform.device == "cuda" else cpu_hardware_label(provenance)
     return {
         "hardware": hardware,
         "dtype": platform.dtype,

@@ -150,35 +150,52 @@ def _evaluate_endpoints(dataset: Path, json_path: Path, plots: Path | None, mode
 def platforms(
     dataset: Annotated[Path, typer.Option(help="dataset directory")] = SHIPPED_DATASET,
     model: Annotated[Optional[str], typer.Option(help="one model (default: all, jointly)")] = None,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", help="also write the classes, their labels and measured CPUs here")
+    ] = None,
 ) -> None:
-    """Print the equivalence classes: configurations with bit-identical outputs."""
+    """Print the equivalence classes: configurations with bit-identical outputs (and, across CPUs, which are shared)."""
     from hspi.dataset import Dataset
-    from hspi.equivalence import equivalence_classes, joint_classes
+    from hspi.equivalence import equivalence_classes, joint_classes, measured_on, measured_vendors
 
     ds = Dataset(dataset)
     if model is not None and model not in ds.models:
         raise ConfigError(f"model {model!r} is not in {dataset}; it has: {', '.join(ds.models)}")
     classes = equivalence_classes(ds, model) if model else joint_classes(ds)
-    table = Table(
-        "class",
-        "members",
-        "hardware",
-        "dtype",
-        "engine",
-        "kernel",
-        title=f"{len(classes)} equivalence classes"
-        + (f" for {model}" if model else " (identical on every probe of every model)"),
+    vendors = {cls.name: measured_vendors(ds, cls.members) for cls in classes}
+    # a dataset of one vendor prints as it always did; across vendors, each class says where it was measured
+    across = len({v for vs in vendors.values() for v in vs}) > 1
+    columns = ["class", "members", "hardware", "dtype", "engine", "kernel"] + (["measured on"] if across else [])
+    title = f"{len(classes)} equivalence classes" + (
+        f" for {model}" if model else " (identical on every probe of every model)"
     )
+    if across:
+        shared = sum(len(v) > 1 for v in vendors.values())
+        title += f"; {shared} shared across vendors, {len(classes) - shared} vendor-specific"
+    table = Table(*columns, title=title)
+    rows = []
     for cls in classes:
-        table.add_row(
-            cls.name,
-            "\n".join(cls.members),
-            cls.labels["hardware"],
-            cls.labels["dtype"],
-            cls.labels["engine"],
-            cls.labels["kernel"],
+        cpus = measured_on(ds, cls.members)
+        row = [cls.name, "\n".join(cls.members), *(cls.labels[h] for h in ("hardware", "dtype", "engine", "kernel"))]
+        if across:
+            row.append("\n".join(cpus) + ("\n(shared)" if len(vendors[cls.name]) > 1 else "\n(vendor-specific)"))
+        table.add_row(*row)
+        rows.append(
+            {
+                "class": cls.name,
+                "members": list(cls.members),
+                "labels": dict(cls.labels),
+                "measured_on": cpus,
+                "vendors": vendors[cls.name],
+                "shared_across_vendors": len(vendors[cls.name]) > 1,
+            }
         )
     console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"dataset": str(dataset), "model": model or "joint", "classes": rows}
+        json_path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        console.print(f"classes written to {json_path}")
 
 
 def _split(value: str | None) -> list[str]:
