@@ -44,7 +44,8 @@ def merge(out: Path, sources: list[Path]) -> Manifest:
                 raise DatasetError(f"configuration {key} appears twice (in {ds.directory})")
             labels = dict(record.labels)
             if record.platform.device == "cpu" and "reference" in record.runs:
-                labels["hardware"] = cpu_hardware_label(record.runs["reference"].provenance)
+                isa = labels["hardware"].rsplit("-x86-", 1)[1] if "-x86-" in labels.get("hardware", "") else None
+                labels["hardware"] = cpu_hardware_label(record.runs["reference"].provenance, isa)
             source = record.source or ds.manifest.name
             merged.configs[key] = record.model_copy(update={"source": source, "labels": labels})
             for run in record.runs.values():

@@ -268,12 +268,13 @@ def cpu_model_slug(provenance: dict[str, Any]) -> str:
     return "-".join(re.sub(r"[^a-z0-9]+", " ", _CPU_MODEL_NOISE.sub(" ", model.lower())).split())
 
 
-def cpu_hardware_label(provenance: dict[str, Any]) -> str:
+def cpu_hardware_label(provenance: dict[str, Any], isa: str | None = None) -> str:
     """A CPU's label from what the process measured: vendor, model, then the ISA level its kernels used
-    ('amd-epyc-x86-avx512_bf16'; 'amd-x86-avx2' where no model name was measured)."""
+    ('amd-epyc-x86-avx512_bf16'; 'amd-x86-avx2' where no model name was measured).  `isa`: the level
+    already measured for this configuration (llama.cpp reports its own), else torch's."""
     vendor = str(provenance.get("cpu_vendor", "unknown"))
     model = cpu_model_slug(provenance)
-    return "-".join(part for part in (vendor, model, "x86", measured_isa_level(provenance)) if part)
+    return "-".join(part for part in (vendor, model, "x86", isa or measured_isa_level(provenance)) if part)
 
 
 def measured_cpu(provenance: dict[str, Any]) -> str:
@@ -285,7 +286,15 @@ def measured_cpu(provenance: dict[str, Any]) -> str:
 
 def platform_labels(platform: Platform, provenance: dict[str, Any]) -> dict[str, str]:
     """Labels per head except `full` (the equivalence class, known only once outputs are compared)."""
-    hardware = gpu_hardware_label(provenance) if platform.device == "cuda" else cpu_hardware_label(provenance)
+    # a collection keeps the vendor-ISA label its datasets were trained with ('amd-x86-avx2'), so a dataset
+    # extended on the same machine never holds two labels for one CPU; `hspi dataset merge` adds the
+    # measured model (cpu_hardware_label) to every configuration of the merged dataset alike
+    vendor = str(provenance.get("cpu_vendor", "unknown"))
+    hardware = (
+        gpu_hardware_label(provenance)
+        if platform.device == "cuda"
+        else f"{vendor}-x86-{measured_isa_level(provenance)}"
+    )
     return {
         "hardware": hardware,
         "dtype": platform.dtype,

@@ -43,8 +43,11 @@ def test_cpu_hardware_label_carries_vendor_model_and_measured_isa():
     assert cpu_hardware_label(INTEL) == "intel-xeon-x86-avx2"
     # no model measured: the label is the vendor and ISA only, as before
     assert cpu_hardware_label({"cpu_vendor": "amd", "onednn_isa": AVX2}) == "amd-x86-avx2"
+    assert cpu_hardware_label(INTEL, "avx512_bf16") == "intel-xeon-x86-avx512_bf16"  # a level measured elsewhere
+    # a collection keeps the vendor-ISA label (a dataset extended on one machine never holds two labels for its
+    # CPU); the model is added when datasets are merged
     labels = platform_labels(Platform.parse("cpu:amx/bf16/torch-eager"), {**INTEL, "onednn_isa": "Intel AMX"})
-    assert labels["hardware"] == "intel-xeon-x86-avx2"  # ATen's AVX2 caps what oneDNN reported
+    assert labels["hardware"] == "intel-x86-avx2"  # ATen's AVX2 caps what oneDNN reported
 
 
 def _dataset(root: Path, name: str, provenance: dict, answers: dict[str, np.ndarray]) -> Path:
