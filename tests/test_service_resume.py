@@ -223,7 +223,7 @@ def test_misbehaving_targets_fail_only_their_own_audits(tmp_path: Path, target: 
         }
         good = [
             store.create_audit(
-                db, AuditSettings(endpoint=target, claim={"dtype": "fp32"}, budget_queries=8, seed=i), origin="good"
+                db, AuditSettings(endpoint=target, claim={"dtype": "fp32"}, budget_queries=128, seed=i), origin="good"
             )[0].id
             for i in range(4)
         ]
