@@ -156,3 +156,31 @@ def test_scan_refuses_an_agnostic_target_with_a_model(tmp_path: Path) -> None:
     path.write_text("targets:\n  - {endpoint: 'http://127.0.0.1:9/v1', agnostic: true, model: lm-small}\n")
     with pytest.raises(ConfigError, match=r"entry 1: model does not apply to a model-agnostic target"):
         load_targets(path)
+
+
+def test_a_restarted_agnostic_audit_ends_interrupted_without_spending_its_budget_again(tmp_path: Path) -> None:
+    """Its requests live in its report only, so it cannot resume: a crash after 3 queries must not cost 8 more."""
+    from hspi.api import store
+    from hspi.api.security import EndpointGuard
+    from hspi.api.workers import AuditWorkers
+    from hspi.audit.agnostic import AgnosticSettings
+
+    db = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    db.migrate()
+    with serve_handler(slow_completion) as (url, seen):
+        audit, _ = store.create_audit(db, AgnosticSettings(endpoint=url), origin="127.0.0.1:1")
+        # a worker took it, sent 3 queries and died: its lease ran out long ago
+        assert store.claim(db, audit.id, "127.0.0.1:1", "dead-worker", -100.0, per_host=2) is not None
+        assert store.store_progress(db, audit.id, "dead-worker", 3, 3, -100.0) == (True, False)
+        workers = AuditWorkers(db, Vault.from_settings(None, tmp_path / "k"), EndpointGuard(("127.0.0.0/8",)))
+        workers.start()
+        try:
+            deadline = time.monotonic() + 30
+            while store.get_audit(db, audit.id).status not in store.FINAL:
+                assert time.monotonic() < deadline, "the restarted audit never ended"
+                time.sleep(0.05)
+        finally:
+            workers.stop()
+        ended = store.get_audit(db, audit.id)
+    assert ended.status == "interrupted" and "cannot resume" in (ended.error or "") and ended.attempts == 2
+    assert seen.count == 0 and ended.queries == 3
