@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hspi.api.schemas import (
+    AgnosticCheckPublic,
+    AgnosticReportPublic,
+    AgnosticRequestPublic,
     AnswerPublic,
     AuditReportPublic,
     EvidenceBoundPublic,
@@ -24,6 +27,7 @@ from hspi.api.schemas import (
     PosteriorPointPublic,
 )
 from hspi.audit import AuditReport, HeadReport, QueryRecord
+from hspi.audit.agnostic import AGNOSTIC_KIND, AgnosticReport
 
 
 def answer_public(record: QueryRecord) -> AnswerPublic:
@@ -109,8 +113,58 @@ def report_public(report: AuditReport) -> AuditReportPublic:
 
 
 def stored_report_public(stored: dict[str, Any] | None) -> AuditReportPublic | None:
-    """A report as the database keeps it (the engine's JSON), published; None before the audit ends."""
-    return None if stored is None else report_public(AuditReport.model_validate(stored))
+    """A report as the database keeps it (the engine's JSON), published; None before the audit ends
+    and for a model-agnostic audit (`stored_agnostic_public`)."""
+    if stored is None or stored.get("kind") == AGNOSTIC_KIND:
+        return None
+    return report_public(AuditReport.model_validate(stored))
+
+
+def agnostic_report_public(report: AgnosticReport) -> AgnosticReportPublic:
+    return AgnosticReportPublic(
+        endpoint=report.endpoint,
+        prompts=list(report.prompts),
+        api=report.api,
+        served_model=report.served_model,
+        tier=report.tier,
+        stop=report.stop,
+        reason=report.reason,
+        queries=report.queries,
+        tokens=report.tokens,
+        budget_queries=report.budget_queries,
+        budget_tokens=report.budget_tokens,
+        checks={
+            name: AgnosticCheckPublic(
+                verdict=check.verdict, probability=check.probability, reason=check.reason, evidence=dict(check.evidence)
+            )
+            for name, check in report.checks.items()
+        },
+        evidence=[
+            AgnosticRequestPublic(
+                index=r.index,
+                step=r.step,
+                method=r.method,
+                path=r.path,
+                status=r.status,
+                tier_asked=r.tier_asked,
+                texts=list(r.texts),
+                values=list(r.values),
+                problem=r.problem,
+                fields=dict(r.fields),
+                queries_so_far=r.queries_so_far,
+                seconds=r.seconds,
+            )
+            for r in report.evidence
+        ],
+        seconds=report.seconds,
+    )
+
+
+def stored_agnostic_public(stored: dict[str, Any] | None) -> AgnosticReportPublic | None:
+    """A model-agnostic audit's report as the database keeps it, published; None for any other."""
+    if stored is None or stored.get("kind") != AGNOSTIC_KIND:
+        return None
+    return agnostic_report_public(AgnosticReport.model_validate(stored))
 
 
 def posterior_points_public(

@@ -31,10 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hspi.api import store
 from hspi.api.db import Database
-from hspi.api.public_views import stored_report_public
+from hspi.api.public_views import stored_agnostic_public, stored_report_public
 from hspi.api.security import EndpointGuard, EndpointRefused, Vault
 from hspi.api.workers import AuditWorkers
 from hspi.audit import AuditSettings
+from hspi.audit.agnostic import DEFAULT_BUDGET as AGNOSTIC_BUDGET
+from hspi.audit.agnostic import AgnosticSettings
 from hspi.audit.claims import parse_claim
 from hspi.errors import ConfigError
 from hspi.platform import HEADS
@@ -51,6 +53,7 @@ class ScanTarget(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     endpoint: str = Field(max_length=2048)
     model: str = "lm-small"
+    agnostic: bool = False  # no model, no claim: what the endpoint's own answers say (8 queries by default)
     claim: dict[str, str] | str | None = None
     budget: int | None = Field(default=None, ge=1, le=100_000)
     budget_tokens: int | None = Field(default=None, ge=1)
@@ -67,7 +70,45 @@ class ScanTarget(BaseModel):
 
     @property
     def key(self) -> str:
-        return self.name or f"{self.endpoint} {self.model}"
+        return self.name or f"{self.endpoint} {'model-agnostic' if self.agnostic else self.model}"
+
+    def check_agnostic(self) -> None:
+        if not self.agnostic:
+            return
+        given = [f for f in ("model", "claim", "min_answers", "false_match_rate") if f in self.model_fields_set]
+        if given:
+            raise ConfigError(f"{given[0]} does not apply to a model-agnostic target (agnostic: true)")
+        if "logits" in (self.api, self.max_tier):
+            raise ConfigError("a model-agnostic target is read through an OpenAI-compatible API, not logits")
+
+    def audit_settings(self, options: ScanOptions) -> AuditSettings | AgnosticSettings:
+        if self.agnostic:
+            return AgnosticSettings(
+                endpoint=self.endpoint,
+                api=self.api or "completions",  # type: ignore[arg-type]  # logits refused by check_agnostic
+                served_model=self.served_model,
+                budget_queries=self.budget or AGNOSTIC_BUDGET,
+                budget_tokens=self.budget_tokens,
+                max_tier=self.max_tier,  # type: ignore[arg-type]  # logits refused by check_agnostic
+                timeout_s=self.timeout_s,
+                seed=self.seed,
+            )
+        return AuditSettings(
+            endpoint=self.endpoint,
+            model=self.model,
+            claim=self.claim_dict(),
+            budget_queries=self.budget or options.budget,
+            budget_tokens=self.budget_tokens,
+            api=self.api,
+            served_model=self.served_model,
+            max_tier=Tier(self.max_tier) if self.max_tier else None,
+            seed=self.seed,
+            timeout_s=self.timeout_s,
+            min_answers=self.min_answers,
+            false_match_rate=self.false_match_rate,
+            dataset=options.dataset,
+            classifier=options.classifier,
+        )
 
     def claim_dict(self) -> dict[str, str]:
         if self.claim is None or isinstance(self.claim, str):
@@ -115,6 +156,7 @@ def load_targets(path: Path) -> list[ScanTarget]:
             )
         try:
             target = ScanTarget.model_validate(entry)
+            target.check_agnostic()
             target.claim = target.claim_dict()
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -202,22 +244,7 @@ def run_scan(
             continue
         audit = store.scan_audit(db, scan_id, t.key)
         if audit is None:
-            settings = AuditSettings(
-                endpoint=t.endpoint,
-                model=t.model,
-                claim=t.claim_dict(),
-                budget_queries=t.budget or options.budget,
-                budget_tokens=t.budget_tokens,
-                api=t.api,
-                served_model=t.served_model,
-                max_tier=Tier(t.max_tier) if t.max_tier else None,
-                seed=t.seed,
-                timeout_s=t.timeout_s,
-                min_answers=t.min_answers,
-                false_match_rate=t.false_match_rate,
-                dataset=options.dataset,
-                classifier=options.classifier,
-            )
+            settings = t.audit_settings(options)
             secret = target_secret(t)
             host, port = guard.split(t.endpoint)
             try:
@@ -289,6 +316,8 @@ def target_secret(target: ScanTarget) -> str | None:
 
 
 def _result_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
+    if target.agnostic:
+        return _agnostic_line(target, audit)
     report = stored_report_public(audit.report or None)
     heads = {
         h: {"guess": r.guesses[0].label, "probability": r.guesses[0].probability, "verdict": r.verdict}
@@ -312,6 +341,34 @@ def _result_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
         "tier": report.tier if report else None,
         "match_score": report.match_score if report else None,
         "heads": heads,
+        "seconds": report.seconds if report else None,
+        "finished": _now(),
+        "report": report.model_dump(mode="json") if report else None,
+    }
+
+
+def _agnostic_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
+    """A model-agnostic target's line: its checks (reading, probability) in place of heads."""
+    report = stored_agnostic_public(audit.report or None)
+    return {
+        "entry_type": "audit",
+        "kind": "model-agnostic",
+        "target": target.key,
+        "endpoint": target.endpoint,
+        "model": None,
+        "claim": {},
+        "audit_id": audit.id,
+        "status": audit.status,
+        "verdict": None,
+        "stop": audit.stop,
+        "reason": (report.reason if report else audit.error) or "",
+        "queries": audit.queries,
+        "budget_queries": int(audit.settings["budget_queries"]),
+        "tier": report.tier if report else None,
+        "heads": {},
+        "checks": {n: {"verdict": c.verdict, "probability": c.probability} for n, c in report.checks.items()}
+        if report
+        else {},
         "seconds": report.seconds if report else None,
         "finished": _now(),
         "report": report.model_dump(mode="json") if report else None,

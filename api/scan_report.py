@@ -1,7 +1,8 @@
 """The HTML report of a scan: one self-contained file (plots embedded as PNG), readable offline.
 
 It has the counts, a plot per head (each target's leading guess and its probability, coloured by the
-claim's verdict for that head) and the table of every target.
+claim's verdict for that head) and the table of every target; a model-agnostic target shows its checks
+(logit precision, determinism, engine) where a reference audit shows its platform.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from hspi.platform import HEADS
 
 VERDICT_COLOURS = {"consistent": "#2e7d32", "inconsistent": "#c62828", "inconclusive": "#9e9e9e", None: "#1565c0"}
 MAX_ROWS_PER_PLOT = 80  # beyond this a plot shows the first ones and says so
+
+
+def finding(result: dict[str, Any]) -> str:
+    """What a target's audit found, in a table cell: the leading full platform, or the model-agnostic checks."""
+    if result.get("kind") == "model-agnostic":
+        checks = result.get("checks") or {}
+        return ", ".join(f"{name} {c['verdict']} ({c['probability']:.0%})" for name, c in checks.items()) or "-"
+    full = (result.get("heads") or {}).get("full")
+    return f"{full['guess']} ({full['probability']:.0%})" if full else "-"
 
 
 def head_plot(results: list[dict[str, Any]], head: str) -> str | None:
@@ -75,11 +85,10 @@ def write_html(results: list[dict[str, Any]], path: Path, *, title: str) -> None
             parts.append(f"<h2>{e(head)}</h2><img alt='{e(head)} per target' src='data:image/png;base64,{png}'>")
     parts.append(
         "<h2>Targets</h2><table><tr><th>target</th><th>endpoint</th><th>claim</th><th>status</th>"
-        "<th>verdict</th><th>platform (full)</th><th>queries</th><th>stopped</th></tr>"
+        "<th>verdict</th><th>platform (full), or model-agnostic checks</th><th>queries</th><th>stopped</th></tr>"
     )
     for r in results:
-        full = (r.get("heads") or {}).get("full")
-        guess = f"{full['guess']} ({full['probability']:.0%})" if full else ""
+        guess = finding(r)
         claim = ",".join(f"{k}={v}" for k, v in (r.get("claim") or {}).items())
         parts.append(
             f"<tr><td>{e(r['target'])}</td><td>{e(r['endpoint'])}</td><td>{e(claim)}</td>"

@@ -13,7 +13,7 @@ import-linter contract keeps this module from importing the engine).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -52,6 +52,13 @@ class AuditCreate(BaseModel):
         description="base URL of an OpenAI-compatible endpoint, ending in /v1 (or a JSON logits URL for vision models)",
     )
     model: ModelName = Field(default="lm-small", description="the reference model it claims to serve")
+    agnostic: bool = Field(
+        default=False,
+        description=(
+            "a model-agnostic audit: no model and no claim, only what the endpoint's own answers say (logit "
+            "precision, determinism, engine); budget defaults to 8 queries"
+        ),
+    )
     claim: Claim | None = Field(
         default=None, description='what the provider claims: {"dtype": "fp32"} or "dtype=fp32,hardware=x86-avx2"'
     )
@@ -196,14 +203,63 @@ class AuditReportPublic(BaseModel):
     evidence_bound: EvidenceBoundPublic | None = Field(description="null at the text tier")
 
 
+class AgnosticCheckPublic(BaseModel):
+    """One model-agnostic check: a reading and its probability, or `unknown` and why."""
+
+    verdict: str = Field(description="the reading, or unknown")
+    probability: float
+    reason: str
+    evidence: dict[str, Any] = Field(description="what the reading rests on (posteriors, groups of answers, tells)")
+
+
+class AgnosticRequestPublic(BaseModel):
+    """One request of a model-agnostic audit and what the endpoint showed."""
+
+    index: int
+    step: str = Field(description="models, first, second, repeat, malformed or burst-i")
+    method: str
+    path: str
+    status: int | None = Field(description="the HTTP status (null: no answer came)")
+    tier_asked: str | None
+    texts: list[str] = Field(description="the generated token, then its alternatives")
+    values: list[float] = Field(description="their logprobs as sent")
+    problem: str = Field(description="why this answer is no answer, or why its logprobs cannot be used")
+    fields: dict[str, Any] = Field(description="response field names and formats (engine tells)")
+    queries_so_far: int
+    seconds: float
+
+
+class AgnosticReportPublic(BaseModel):
+    """What a model-agnostic audit read from the endpoint's own answers, with no model given."""
+
+    kind: Literal["model-agnostic"] = "model-agnostic"
+    endpoint: str
+    prompts: list[str]
+    api: str
+    served_model: str | None
+    tier: str | None = Field(description="the richest tier the endpoint showed (null: no answer)")
+    stop: str = Field(description="plan-done, budget, target-error or interrupted")
+    reason: str
+    queries: int
+    tokens: int
+    budget_queries: int
+    budget_tokens: int
+    checks: dict[str, AgnosticCheckPublic] = Field(description="precision, determinism, engine")
+    evidence: list[AgnosticRequestPublic]
+    seconds: float
+
+
 class AuditSummary(BaseModel):
     id: str
+    kind: Literal["reference", "model-agnostic"] = Field(
+        description="reference: matched against a model's references; model-agnostic: no model given"
+    )
     status: AuditStatus
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     endpoint: str
-    model: str
+    model: str = Field(description="the reference model ('-' for a model-agnostic audit)")
     claim: dict[str, str]
     label: str | None
     scan_id: str | None
@@ -218,7 +274,10 @@ class AuditSummary(BaseModel):
 
 
 class AuditPublic(AuditSummary):
-    report: AuditReportPublic | None = Field(description="the report, once finished")
+    report: AuditReportPublic | None = Field(description="the report of a reference audit, once finished")
+    agnostic_report: AgnosticReportPublic | None = Field(
+        default=None, description="the report of a model-agnostic audit, once finished"
+    )
 
 
 class AuditList(BaseModel):

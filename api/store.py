@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
 from hspi.audit import AuditReport, AuditSettings, QueryRecord
+from hspi.audit.agnostic import AGNOSTIC_KIND, AgnosticReport, AgnosticSettings
 from hspi.errors import ConfigError, HspiError
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
@@ -29,6 +30,7 @@ ACTIVE = ("queued", "running")
 AUDIT_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 FIRST_KEY_LOCK = 0x6873706B  # advisory lock (PostgreSQL) while the first admin key is made: "hspk"
 ORIGIN_LOCK_SPACE = 0x68737070  # first key of the per-origin advisory locks (PostgreSQL): "hspp"
+NO_MODEL = "-"  # the model column of a model-agnostic audit
 
 
 class NotFound(HspiError):
@@ -69,9 +71,19 @@ class ListFilter:
 # -- audits: the API's side ------------------------------------------------------------------------
 
 
+def is_agnostic(settings: dict[str, Any]) -> bool:
+    """Whether stored settings are a model-agnostic audit's (AgnosticSettings with `kind`)."""
+    return settings.get("kind") == AGNOSTIC_KIND
+
+
+def stored_settings(settings: AuditSettings | AgnosticSettings) -> dict[str, Any]:
+    dumped = settings.model_dump(mode="json")
+    return {**dumped, "kind": AGNOSTIC_KIND} if isinstance(settings, AgnosticSettings) else dumped
+
+
 def create_audit(
     db: Database,
-    settings: AuditSettings,
+    settings: AuditSettings | AgnosticSettings,
     *,
     origin: str,
     label: str | None = None,
@@ -100,9 +112,9 @@ def create_audit(
         status="queued",
         endpoint=settings.endpoint,
         origin=origin,
-        model=settings.model,
-        claim=dict(settings.claim),
-        settings=settings.model_dump(mode="json"),
+        model=NO_MODEL if isinstance(settings, AgnosticSettings) else settings.model,
+        claim={} if isinstance(settings, AgnosticSettings) else dict(settings.claim),
+        settings=stored_settings(settings),
         label=label,
         credential=credential,
         owner_key_id=owner,
@@ -363,6 +375,32 @@ def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, 
     return True, cancel
 
 
+def store_progress(
+    db: Database, audit_id: str, worker: str, queries: int, requests: int, lease_s: float
+) -> tuple[bool, bool]:
+    """A model-agnostic audit's progress after one request (its requests are kept in its report, not as
+    answers): (whether this worker still holds the audit, whether cancel was asked)."""
+    now = utcnow()
+    values = {
+        "queries": queries,
+        "answers": requests,
+        "updated_at": now,
+        "lease_until": now + dt.timedelta(seconds=lease_s),
+    }
+    with db.writing() as session:
+        held = (
+            session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+            == 1
+        )
+        cancel = held and bool(session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id)))
+    return held, cancel
+
+
 def renew(db: Database, worker: str, audit_ids: list[str], lease_s: float) -> None:
     if not audit_ids:
         return
@@ -382,7 +420,7 @@ def finish(
     worker: str,
     status: str,
     *,
-    report: AuditReport | None = None,
+    report: AuditReport | AgnosticReport | None = None,
     error: str | None = None,
 ) -> bool:
     """End an audit this worker holds; the credential is wiped.  False if the lease was lost."""
@@ -400,7 +438,7 @@ def finish(
     if report is not None:
         values.update(
             report=report.model_dump(mode="json"),
-            verdict=report.verdict,
+            verdict=None if isinstance(report, AgnosticReport) else report.verdict,
             stop=report.stop,
             queries=report.queries,
             answers=len(report.evidence),

@@ -17,6 +17,10 @@ The audits table is the queue, so audits survive a restart of the API process:
 
 Workers stop a running audit through its `should_stop` callable, which the audit checks between
 answers: it ends `interrupted` with the report of the evidence so far.
+
+A model-agnostic audit (at most a handful of requests, kept in its report rather than as answers)
+cannot resume: restarted after it sent a query, it ends `interrupted` rather than spend its budget
+twice, and a shutdown ends it `interrupted` with the checks read so far.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from hspi.api import store
 from hspi.api.db import Audit, Database
 from hspi.api.security import EndpointGuard, Vault
 from hspi.audit import AuditReport, AuditSettings, QueryRecord, run_audit
+from hspi.audit.agnostic import AgnosticRecord, AgnosticReport, AgnosticSettings, run_agnostic_audit
 from hspi.audit.engine import report_from
 from hspi.audit.references import ReferenceStore
 from hspi.collector.models import model_spec
@@ -208,6 +213,9 @@ class AuditWorkers:
             self._wake.set()
 
     def _run(self, audit: Audit, run: _Run) -> None:
+        if store.is_agnostic(audit.settings):
+            self._run_agnostic(audit, run)
+            return
         settings = AuditSettings.model_validate(audit.settings)
         prior = store.answers(self.db, audit.id, limit=1_000_000)
         if audit.cancel_requested:
@@ -278,6 +286,59 @@ class AuditWorkers:
         else:
             self._end(audit, run, "done", report, None)
 
+    def _run_agnostic(self, audit: Audit, run: _Run) -> None:
+        settings = AgnosticSettings.model_validate(audit.settings)
+        if audit.cancel_requested:
+            self._end(audit, run, "cancelled", None, "cancelled through the API")
+            return
+        restarted = audit.attempts > 1 and (audit.queries > 0 or self.on_restart == "interrupt")
+        if restarted or audit.attempts > self.max_attempts:
+            why = (
+                f"the service restarted while this model-agnostic audit ran ({audit.queries} queries sent): "
+                "it cannot resume, and starting again would spend its budget twice"
+            )
+            self._end(audit, run, "interrupted", None, why)
+            return
+        try:
+            api_key = self.vault.decrypt(audit.credential) if audit.credential else None
+            self.guard.check(settings.endpoint)  # again now: the name may resolve elsewhere than at creation
+        except HspiError as exc:
+            self._end(audit, run, "failed", None, str(exc))
+            return
+
+        def on_record(record: AgnosticRecord) -> None:
+            held, cancel = store.store_progress(
+                self.db, audit.id, self.worker_id, record.queries_so_far, record.index + 1, self.lease_s
+            )
+            if not held:
+                run.why = "lost"
+            elif cancel:
+                run.why = run.why or "cancel"
+
+        try:
+            report = run_agnostic_audit(
+                settings,
+                api_key=api_key,
+                transport=self.transport_factory(),
+                on_record=on_record,
+                should_stop=lambda: run.why is not None,
+            )
+        finally:
+            del api_key
+        stopped_here = report.stop == "interrupted"
+        if run.why == "lost":
+            log.warning("audit %s: lease lost to another worker", audit.id)
+        elif stopped_here and run.why == "cancel":
+            reason = "cancelled through the API; the checks read from the requests so far"
+            self._end(audit, run, "cancelled", report.model_copy(update={"reason": reason}), reason)
+        elif stopped_here:
+            reason = "the service stopped while the audit ran; the checks read from the requests so far"
+            self._end(audit, run, "interrupted", report.model_copy(update={"reason": reason}), reason)
+        elif report.stop == "target-error":
+            self._end(audit, run, "failed", report, report.reason)
+        else:
+            self._end(audit, run, "done", report, None)
+
     def _warm(self, settings: AuditSettings) -> None:
         """Load a model's references before its audit runs (the store loads each once, under its lock)."""
         try:
@@ -286,6 +347,8 @@ class AuditWorkers:
         except HspiError:
             return  # the audit itself reports what is wrong
 
-    def _end(self, audit: Audit, run: _Run, status: str, report: AuditReport | None, error: str | None) -> None:
+    def _end(
+        self, audit: Audit, run: _Run, status: str, report: AuditReport | AgnosticReport | None, error: str | None
+    ) -> None:
         if not store.finish(self.db, audit.id, self.worker_id, status, report=report, error=error):
             log.warning("audit %s: lease lost before it could end", audit.id)

@@ -24,7 +24,9 @@ Checks, each with a verdict, a probability and its evidence, or `unknown` and th
     determinism  bitwise comparison of the answers to prompt A (audit.determinism)
     engine       the rule table of audit.engine_tells
 
-Every request is kept as evidence (appended to a JSONL file as it arrives, if asked).  Nothing the
+Every request is kept as evidence (appended to a JSONL file as it arrives, if asked, and handed to
+`on_record`).  `should_stop` is asked before each step (the service's cancel and shutdown): a true
+answer ends the audit `interrupted`, its checks read from the requests so far.  Nothing the
 endpoint sends makes the audit crash: a body that is no answer, no logprobs, fewer than asked, values
 that are not log-probabilities (positive, unsorted, summing past 1) each leave a check `unknown`.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Literal
 
@@ -50,6 +53,7 @@ from hspi.terms import StopReason
 PROMPT_A = "他们从东京买了两件书"  # "they bought two books from Tokyo"
 PROMPT_B = "你会为之付代价"  # "you will pay the price for it"
 DEFAULT_BUDGET = 8
+AGNOSTIC_KIND = "model-agnostic"  # the `kind` of its report (and of its settings as the service stores them)
 BURST = 3
 TIER_ASKS: tuple[tuple[str, int | None], ...] = (("topk20", 20), ("topk5", 5), ("top1", 0), ("text", None))
 NORMALISATION_SLACK = 1e-3  # top-k probabilities may sum to at most 1 (+ float32 rounding of each value)
@@ -129,6 +133,10 @@ class AgnosticReport(BaseModel):
     seconds: float
 
 
+class _Stopped(Exception):
+    """`should_stop` said stop (a cancel or a shutdown of the service)."""
+
+
 def _billed(prompt: str) -> int:
     return len(prompt.encode()) + 1  # at most a token per byte, and the generated one
 
@@ -141,8 +149,11 @@ class AgnosticAudit:
         api_key: str | None = None,
         transport: Any = None,
         evidence_sink: IO[str] | None = None,
+        on_record: Callable[[AgnosticRecord], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.settings, self.sink = settings, evidence_sink
+        self.on_record, self.should_stop = on_record, should_stop
         self.budget = QueryBudget(settings.budget_queries, settings.budget_tokens or 40 * settings.budget_queries)
         self.http = BudgetedHTTPClient(
             settings.endpoint,
@@ -187,6 +198,8 @@ class AgnosticAudit:
         if self.sink is not None:
             self.sink.write(record.model_dump_json() + "\n")
             self.sink.flush()
+        if self.on_record is not None:
+            self.on_record(record)
 
     def _settle(self, exchange: Exchange, answer: RawAnswer) -> None:
         usage = answer.fields.get("usage_total")
@@ -328,13 +341,21 @@ class AgnosticAudit:
         started = time.perf_counter()
         stop: Any = "plan-done"
         reason = "every step of the plan was asked"
+        steps: list[Callable[[], None]] = [
+            self._get_models,
+            self._first,
+            lambda: self._again("second", self.prompt_b),
+            lambda: self._again("repeat", self.prompt_a),
+            self._malformed,
+            self._burst,
+        ]
         try:
-            self._get_models()
-            self._first()
-            self._again("second", self.prompt_b)
-            self._again("repeat", self.prompt_a)
-            self._malformed()
-            self._burst()
+            for step in steps:
+                if self.should_stop is not None and self.should_stop():
+                    raise _Stopped
+                step()
+        except _Stopped:
+            stop, reason = StopReason.INTERRUPTED.value, "stopped before the plan's end: the evidence so far is kept"
         except BudgetExhausted as exc:
             stop, reason = StopReason.BUDGET.value, f"the budget is spent before the plan's end ({exc})"
         except KeyboardInterrupt:
@@ -448,5 +469,14 @@ def run_agnostic_audit(
     api_key: str | None = None,
     transport: Any = None,
     evidence_sink: IO[str] | None = None,
+    on_record: Callable[[AgnosticRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> AgnosticReport:
-    return AgnosticAudit(settings, api_key=api_key, transport=transport, evidence_sink=evidence_sink).run()
+    return AgnosticAudit(
+        settings,
+        api_key=api_key,
+        transport=transport,
+        evidence_sink=evidence_sink,
+        on_record=on_record,
+        should_stop=should_stop,
+    ).run()

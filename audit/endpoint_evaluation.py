@@ -44,8 +44,10 @@ def served_target(
     top_logprobs: int = 20,
     dynamic_batching: bool = False,
     log_path: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """`hspi target serve` in a subprocess on a free loopback port; yields its /v1 URL, always stops it."""
+    """`hspi target serve` in a subprocess on a free loopback port; yields its /v1 URL, always stops it.
+    `extra_args`: more of its options (e.g. `--logits-dtype fp8-e4m3`)."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -64,6 +66,7 @@ def served_target(
     ]
     if dynamic_batching:
         cmd.append("--dynamic-batching")
+    cmd += list(extra_args)
     url = f"http://127.0.0.1:{port}/v1"
     with (
         open(log_path or os.devnull, "w+b") as log,

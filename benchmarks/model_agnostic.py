@@ -1,6 +1,7 @@
 """The model-agnostic audit (`hspi audit --agnostic`) against live loopback endpoints whose truth is known.
 
     python benchmarks/model_agnostic.py [AUDITS_PER_TARGET]     # writes results/model-agnostic.json
+    python benchmarks/model_agnostic.py 10 --only fp8 --only T0.7  # those targets only, merged into it
 
 Each target is a real server started here: `hspi target serve` (lm-small on this CPU in fp32, bf16,
 fp16; static batching; bf16 also capped at 5 logprobs; fp32 also with --dynamic-batching while three
@@ -18,6 +19,15 @@ are scored against the truth:
 With dynamic batching the background clients' prompts (16 tokens) never share a batch with the audit's
 (6-12 tokens): the server batches prompts of one length together, so what varies is the batch the
 burst's copies form among themselves (2 or 3 rows) against a copy alone.
+Two `hspi target serve` targets post-process the logits before the float32 log-softmax: lm-small in fp32
+with its logits rounded through torch.float8_e4m3fn / torch.float8_e5m2 on this CPU (`--logits-dtype`: real
+torch fp8 casts of fp32 logits, not an fp8 model: truth fp8-e4m3 / fp8-e5m2), and lm-small in bf16 with
+its logits divided by 0.7 in float32 (`--temperature-before-softmax`: the values fit no format's grid;
+truth none-of-these).  Precision rows of such a run count `confident_wrong`: audits that named a format
+other than the truth (unknown names none).
+With `--only SUBSTRING` (repeatable) only the targets whose name contains one are run; their rows
+replace rows of the same target and check in the existing JSON, every other row is kept as it was,
+and each row names its run (`run`, described under `runs`; rows without one are from the first run).
 `transformers serve` (a tiny GPT-2 made here) ignores `logprobs` on its completions route: its
 precision and determinism truth is "unknown" (text only).  Elsewhere "unknown" counts as wrong.  Rows: split "model-agnostic", check, target, tier, queries (the most any
 audit of that target spent), accuracy, n_test, plus the verdicts seen.
@@ -25,6 +35,7 @@ audit of that target spent), accuracy, n_test, plus the verdicts seen.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -41,7 +52,13 @@ from hspi.collector.transformers_server import transformers_server
 from hspi.platform import Platform
 
 RESULTS = Path(__file__).parent / "results"
-AUDITS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+FORMATS = ("fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2")  # a precision verdict that names one
+# more options of `hspi target serve` per target (what it does to the logits before the log-softmax)
+SERVE_ARGS: dict[str, tuple[str, ...]] = {
+    "hspi-target fp32 logits cast to fp8-e4m3": ("--logits-dtype", "fp8-e4m3"),
+    "hspi-target fp32 logits cast to fp8-e5m2": ("--logits-dtype", "fp8-e5m2"),
+    "hspi-target bf16 logits / T0.7 before the log-softmax": ("--temperature-before-softmax", "0.7"),
+}
 
 # name: (kind, platform, top_logprobs cap, dynamic batching, truth per check)
 TARGETS: dict[str, tuple[str, str, int, bool, dict[str, str]]] = {
@@ -102,11 +119,32 @@ TARGETS: dict[str, tuple[str, str, int, bool, dict[str, str]]] = {
         False,
         {"precision": "fp32", "determinism": "deterministic", "engine": "llama.cpp"},
     ),
+    "hspi-target fp32 logits cast to fp8-e4m3": (
+        "hspi",
+        "cpu:native/fp32/torch-eager",
+        20,
+        False,
+        {"precision": "fp8-e4m3", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target fp32 logits cast to fp8-e5m2": (
+        "hspi",
+        "cpu:native/fp32/torch-eager",
+        20,
+        False,
+        {"precision": "fp8-e5m2", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "hspi-target bf16 logits / T0.7 before the log-softmax": (
+        "hspi",
+        "cpu:native/bf16/torch-eager",
+        20,
+        False,
+        {"precision": "none-of-these", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
 }
 
 
 @contextmanager
-def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path) -> Iterator[str]:
+def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path, extra: tuple[str, ...]) -> Iterator[str]:
     if kind == "llama.cpp":
         with llama_cpp_server(Platform.parse(platform), export_dir=export_dir) as url:
             yield url
@@ -118,22 +156,36 @@ def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path) -
         with transformers_server(gpt2_dir(export_dir / "gpt2")) as url:
             yield url
         return
-    with served_target("lm-small", platform, top_logprobs=cap, dynamic_batching=dynamic) as url:
+    with served_target("lm-small", platform, top_logprobs=cap, dynamic_batching=dynamic, extra_args=extra) as url:
         warm_up(url, "lm-small")
         load: AbstractContextManager = background_load(url, "lm-small") if dynamic else nullcontext()
         with load:
             yield url
 
 
+def arguments() -> tuple[int, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("audits", nargs="?", type=int, default=10, help="audits per target")
+    parser.add_argument("--only", action="append", default=[], help="run the targets whose name contains this")
+    args = parser.parse_args()
+    return args.audits, args.only
+
+
 def main() -> int:
+    audits, only = arguments()
+    chosen = {n: t for n, t in TARGETS.items() if not only or any(o in n for o in only)}
+    if not chosen:
+        print(f"no target matches {only}: the targets are {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (kind, platform, cap, dynamic, truth) in TARGETS.items():
+        for name, (kind, platform, cap, dynamic, truth) in chosen.items():
             t0 = time.perf_counter()
             verdicts: dict[str, list[str]] = {check: [] for check in truth}
             queries, tiers = [], set()
-            with serve(kind, platform, cap, dynamic, Path(tmp)) as url:
-                for seed in range(AUDITS):  # each audit its own two prompts: independent answers
+            with serve(kind, platform, cap, dynamic, Path(tmp), SERVE_ARGS.get(name, ())) as url:
+                for seed in range(audits):  # each audit its own two prompts: independent answers
                     report = run_agnostic_audit(AgnosticSettings(endpoint=url, timeout_s=60.0, seed=seed))
                     queries.append(report.queries)
                     tiers.add(report.tier or "none")
@@ -152,16 +204,27 @@ def main() -> int:
                         "n_test": len(seen),
                         "truth": want,
                         "verdicts": dict(Counter(seen)),
+                        **({"run": run_id} if only else {}),
+                        # a format named that is not the truth (unknown is no claim at all)
+                        **(
+                            {"confident_wrong": sum(v in FORMATS and v != want for v in seen)}
+                            if check == "precision" and only
+                            else {}
+                        ),
                     }
                 )
             print(
                 f"{name}: {dict((c, dict(Counter(v))) for c, v in verdicts.items())} ({time.perf_counter() - t0:.0f} s)"
             )
+    seconds = round(time.perf_counter() - started, 1)
+    if only:
+        merge(rows, run_id, audits, sorted(chosen), seconds)
+        return 0
     out = {
         "benchmark": "model-agnostic audit of live loopback endpoints, no model given (hspi audit --agnostic)",
-        "audits_per_target": AUDITS,
+        "audits_per_target": audits,
         "default_budget_queries": AgnosticSettings(endpoint="http://127.0.0.1:1/v1").budget_queries,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
         "not_covered": [
             "a transformers server that returns logprobs (transformers serve's completions route ignores them)",
             "a server computing its logits in fp8, and a registered model with a real tokenizer, served live "
@@ -174,6 +237,29 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "model-agnostic.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def merge(rows: list[dict], run_id: str, audits: int, targets: list[str], seconds: float) -> None:
+    """Put this run's rows into the committed JSON: its targets' rows replaced, every other row kept as it was."""
+    path = RESULTS / "model-agnostic.json"
+    out = json.loads(path.read_text())
+    fresh = {(r["target"], r["check"]) for r in rows}
+    out["rows"] = [r for r in out["rows"] if (r["target"], r["check"]) not in fresh] + rows
+    runs = out.setdefault(
+        "runs",
+        [{"run": "first", "note": "rows without a `run` field", "audits_per_target": out["audits_per_target"]}],
+    )
+    runs.append(
+        {
+            "run": run_id,
+            "command": "python benchmarks/model_agnostic.py " + " ".join(sys.argv[1:]),
+            "targets": targets,
+            "audits_per_target": audits,
+            "seconds": seconds,
+            "note": "the live fp8 and post-processed targets (not_covered above names what the first run lacked)",
+        }
+    )
+    path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

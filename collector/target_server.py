@@ -6,6 +6,11 @@ either static (every forward pass has exactly the platform's batch size, padded 
 probe, as a fixed-shape server runs) or dynamic (requests that arrive within a short window run
 together, as production servers do, so a request's batch-mates change from call to call).
 
+Two options change what the server does to the model's logits before its float32 log-softmax, to be
+known targets of the model-agnostic precision check: `logits_cast` rounds them through one of torch's
+float8 dtypes on this CPU (a server whose logits are fp8 values), `temperature_before_softmax` divides
+them by a temperature in float32 (a post-processing server: the values then fit no format's grid).
+
 The platform's load-time knobs (ISA caps) must be in this process's environment before torch loads:
 the CLI re-executes itself with them.
 """
@@ -36,6 +41,20 @@ from hspi.responses import bfloat16_bits_to_float32
 MAX_NEW_TOKENS = 16
 REGISTERED_MAX_PROMPT = 64  # tokens of a prompt to a registered model (its probes have 16)
 TIER_CAPS = (0, 1, 5, 20)
+LOGITS_CASTS = {"fp8-e4m3": "float8_e4m3fn", "fp8-e5m2": "float8_e5m2"}  # format name: torch dtype
+
+
+def served_logits(logits: np.ndarray, cast: str | None, temperature: float | None) -> np.ndarray:
+    """The float32 logits the log-softmax and the sampler see: the model's, rounded through a torch float8
+    dtype (round-to-nearest-even, as torch casts) and back, then divided by a temperature in float32."""
+    if cast is not None:
+        import torch
+
+        rows = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        logits = rows.to(getattr(torch, LOGITS_CASTS[cast])).to(torch.float32).numpy()
+    if temperature is not None:
+        logits = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    return logits
 
 
 class CompletionRequest(BaseModel):
@@ -147,10 +166,16 @@ def create_target_app(
     dynamic_batching: bool = False,
     max_batch: int = 8,
     batch_window_ms: float = 5.0,
+    logits_cast: str | None = None,
+    temperature_before_softmax: float | None = None,
 ) -> FastAPI:
     spec = model_spec(model)
     if top_logprobs not in TIER_CAPS:
         raise ConfigError(f"top_logprobs cap {top_logprobs} is not one of {TIER_CAPS}")
+    if logits_cast is not None and logits_cast not in LOGITS_CASTS:
+        raise ConfigError(f"logits cast {logits_cast!r} is not one of {', '.join(LOGITS_CASTS)}")
+    if temperature_before_softmax is not None and not 0.05 <= temperature_before_softmax <= 20:
+        raise ConfigError(f"temperature before the softmax {temperature_before_softmax:g} is not in 0.05..20")
     target = LocalTarget(model, platform)
     codec = codec_for(model) if spec.input_kind == "tokens" else None
     max_prompt = REGISTERED_MAX_PROMPT if spec.source == "registered" else spec.input_shape[0]
@@ -208,6 +233,7 @@ def create_target_app(
         window, out = list(ids), []
         for _ in range(max_tokens):
             logits = await runner.run(codec.model_input(np.asarray(window[-max_prompt:], dtype=np.int64)))
+            logits = served_logits(logits, logits_cast, temperature_before_softmax)
             logprobs = log_softmax_f32(logits[None])[0]
             if temperature == 0:
                 token = int(top_ids(logprobs[None], 1)[0, 0])

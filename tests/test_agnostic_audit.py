@@ -262,3 +262,42 @@ def test_a_smaller_budget_holds_and_says_so() -> None:
         report = audit(url, timeout_s=5.0, budget_queries=3)
     assert report.stop == "budget" and "budget" in report.reason
     assert report.queries == seen.count == 3 == len(report.evidence)
+
+
+# --- logits post-processed before the log-softmax: never a confident wrong format ---------------------
+
+
+def test_served_logits_are_real_torch_fp8_values_and_temperature_scaled() -> None:
+    import numpy as np
+    import torch
+
+    from hspi.collector.target_server import served_logits
+    from hspi.errors import ConfigError
+
+    logits = np.random.default_rng(0).normal(0, 4, 512).astype(np.float32)
+    for cast, dtype in (("fp8-e4m3", torch.float8_e4m3fn), ("fp8-e5m2", torch.float8_e5m2)):
+        out = served_logits(logits, cast, None)
+        assert out.dtype == np.float32 and not np.array_equal(out, logits)
+        again = torch.from_numpy(out).to(dtype).to(torch.float32).numpy()
+        assert np.array_equal(again, out)  # already on the fp8 grid: a second cast changes nothing
+        assert len(np.unique(out)) < len(np.unique(logits))
+    scaled = served_logits(logits, None, 0.7)
+    assert scaled.dtype == np.float32 and np.array_equal(scaled, logits / np.float32(0.7))
+    with pytest.raises(ConfigError, match="fp8-e4m4"):
+        create_target_app("lm-small", Platform.parse("cpu:native/fp32/torch-eager"), logits_cast="fp8-e4m4")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("platform", "options", "allowed"),
+    [
+        ("bf16", {"temperature_before_softmax": 0.7}, {"none-of-these", "unknown"}),
+        ("fp32", {"logits_cast": "fp8-e4m3"}, {"fp8-e4m3", "unknown"}),
+    ],
+)
+def test_post_processed_logits_never_read_as_a_wrong_format(platform: str, options: dict, allowed: set) -> None:
+    app = create_target_app("lm-small", Platform.parse(f"cpu:native/{platform}/torch-eager"), **options)  # type: ignore[arg-type]
+    with serve_asgi(app) as url:
+        report = audit(url, seed=3)
+    assert report.checks["precision"].verdict in allowed, report.checks["precision"]
+    assert report.queries <= DEFAULT_BUDGET

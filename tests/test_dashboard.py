@@ -222,3 +222,41 @@ def test_an_audit_without_answers_has_no_posteriors_and_says_so(tmp_path: Path) 
         audit = c.post("/v1/audits", json={"endpoint": "http://127.0.0.1:9/v1"}).json()
         trace = c.get(f"/v1/audits/{audit['id']}/posteriors")
         assert trace.status_code == 200 and trace.json() == {"data": [], "note": "no answers are stored yet"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian's package; .ci/run installs it)")
+def test_a_model_agnostic_audit_in_the_dashboard(tmp_path: Path) -> None:
+    """Its page shows its checks and requests (it has no reference answers to fetch), with no script error."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    from hspi.platform import Platform
+
+    with (
+        serve_asgi(create_target_app("lm-small", Platform.parse("cpu:native/bf16/torch-eager"))) as target,
+        serve_app(create_app(service_settings(database_url("sqlite", tmp_path), tmp_path))) as base,
+    ):
+        admin = admin_key(tmp_path)
+        write, read = make_key(base, admin, ["write"]), make_key(base, admin, ["read"])
+        with client(base, write) as c:
+            created = c.post("/v1/audits", json={"endpoint": target, "agnostic": True, "timeout_s": 60}).json()
+            done = wait_final(c, created["id"], timeout_s=120)
+        assert done["status"] == "done", done
+        problems: list[str] = []
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(base + "/dashboard/")
+            page.wait_for_selector("#key-input")
+            page.fill("#key-input", read)
+            page.click("#key-use")
+            page.wait_for_selector("#audits")
+            page.goto(f"{base}/dashboard/#/audits/{created['id']}")
+            page.wait_for_selector("#checks")
+            cells = page.locator("#checks tr").nth(1).locator("td").all_inner_texts()
+            assert cells[:2] == ["precision", "bf16"], cells
+            assert page.locator("#requests tr").count() - 1 == len(done["agnostic_report"]["evidence"])
+            assert page.inner_text("[data-fact='status']") == "done"
+            browser.close()
+    assert not problems, problems

@@ -301,8 +301,41 @@ function answersTable(answers) {
   return el("table", { id: "answers" }, el("tr", {}, ["#", "probe", "tier", "complete", "queries", "token ids", "values", "leading after it", "note"].map((t) => el("th", {}, t))), rows);
 }
 
+// a model-agnostic audit: its checks and its requests (it has no reference answers nor posteriors)
+function agnosticPage(audit) {
+  const report = audit.agnostic_report;
+  const parts = [
+    el("h2", {}, "Model-agnostic audit ", el("span", { class: "mono" }, audit.id)),
+    facts([
+      ["status", word("status", audit.status)],
+      ["endpoint", el("span", { class: "mono", id: "endpoint" }, audit.endpoint)],
+      ["label", audit.label],
+      ["created", when(audit.created_at)],
+      ["finished", audit.finished_at ? when(audit.finished_at) : null],
+      ["queries", `${audit.progress.queries} of ${audit.progress.budget_queries}`],
+      ["stopped", audit.stop],
+      ["reason", report ? report.reason : null],
+      ["tier", report ? report.tier : null],
+      ["error", audit.error],
+    ]),
+  ];
+  if (report) {
+    const checks = Object.entries(report.checks).map(([name, c]) =>
+      el("tr", {}, el("td", {}, name), el("td", {}, c.verdict), el("td", { class: "num" }, `${Math.round(c.probability * 100)}%`), el("td", {}, c.reason)),
+    );
+    parts.push(el("h3", {}, "Checks"), el("table", { id: "checks" }, el("tr", {}, ["check", "reading", "probability", "why"].map((t) => el("th", {}, t))), checks));
+    const requests = report.evidence.map((r) =>
+      el("tr", {}, el("td", { class: "num" }, r.index), el("td", {}, r.step), el("td", { class: "mono" }, `${r.method} ${r.path}`), el("td", { class: "num" }, r.status ?? "-"), el("td", {}, r.problem)),
+    );
+    parts.push(el("h3", {}, `Requests (${report.evidence.length})`), el("table", { id: "requests" }, el("tr", {}, ["#", "step", "request", "status", "problem"].map((t) => el("th", {}, t))), requests));
+  }
+  return [el("section", { id: "audit" }, parts), ACTIVE.includes(audit.status)];
+}
+
 async function auditPage(id) {
   const path = `/v1/audits/${encodeURIComponent(id)}`;
+  const first = await api(path);
+  if (first.kind === "model-agnostic") return agnosticPage(first);
   const [audit, trace, answers] = await Promise.all([api(path), api(`${path}/posteriors`), allAnswers(id)]);
   const report = audit.report;
   const parts = [

@@ -11,7 +11,12 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from hspi.api import store
 from hspi.api.db import Audit
 from hspi.api.deps import ReadKey, ServicesDep, WriteKey
-from hspi.api.public_views import answer_public, posterior_points_public, stored_report_public
+from hspi.api.public_views import (
+    answer_public,
+    posterior_points_public,
+    stored_agnostic_public,
+    stored_report_public,
+)
 from hspi.api.schemas import (
     AnswerList,
     AuditCreate,
@@ -23,6 +28,8 @@ from hspi.api.schemas import (
     Progress,
 )
 from hspi.audit import AuditSettings
+from hspi.audit.agnostic import DEFAULT_BUDGET as AGNOSTIC_BUDGET
+from hspi.audit.agnostic import AgnosticSettings
 from hspi.audit.claims import parse_claim
 from hspi.audit.engine import posterior_trace
 from hspi.errors import ConfigError, DatasetError
@@ -47,6 +54,8 @@ BODY_ERRORS: ErrorResponses = {
     413: {"model": ErrorBody, "description": "the request body is over the service's limit"},
 }
 NOT_FOUND: ErrorResponses = {404: {"model": ErrorBody, "description": "no such audit"}}
+# fields a model-agnostic audit has no use for: sent with agnostic: true they are refused, not ignored
+REFERENCE_ONLY = ("model", "claim", "min_answers", "false_match_rate")
 MAX_TRACE_ANSWERS = 512  # the trace replays each answer into the evidence (about 40 ms each here): bounded
 
 
@@ -64,6 +73,7 @@ def claim_of(value: dict[str, str] | str | None) -> dict[str, str]:
 def summary(audit: Audit) -> dict:
     return {
         "id": audit.id,
+        "kind": "model-agnostic" if store.is_agnostic(audit.settings) else "reference",
         "status": audit.status,
         "created_at": audit.created_at,
         "started_at": audit.started_at,
@@ -90,7 +100,11 @@ def summary(audit: Audit) -> dict:
 
 
 def public(audit: Audit) -> AuditPublic:
-    return AuditPublic(**summary(audit), report=stored_report_public(audit.report))
+    return AuditPublic(
+        **summary(audit),
+        report=stored_report_public(audit.report),
+        agnostic_report=stored_agnostic_public(audit.report),
+    )
 
 
 @router.post(
@@ -127,28 +141,13 @@ def create_audit(
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
     limits = services.settings
+    if body.agnostic and "budget" not in body.model_fields_set:
+        body = body.model_copy(update={"budget": AGNOSTIC_BUDGET})  # before the fingerprint: a retry matches
     if not 1 <= body.budget <= limits.max_budget:
         raise ConfigError(f"budget must be between 1 and {limits.max_budget}, got {body.budget}")
-    claim = claim_of(body.claim)
-    services.catalog.check_model(body.model)
+    settings = _agnostic_settings(body) if body.agnostic else _reference_settings(body, services)
     host, port = services.guard.split(body.endpoint)
     origin = services.guard.origin(services.guard.check_host(host, port), port)
-    settings = AuditSettings(
-        endpoint=body.endpoint,
-        model=body.model,
-        claim=claim,
-        budget_queries=body.budget,
-        budget_tokens=body.budget_tokens,
-        api=body.api,
-        served_model=body.served_model,
-        max_tier=Tier(body.max_tier) if body.max_tier else None,
-        seed=body.seed,
-        timeout_s=body.timeout_s,
-        min_answers=body.min_answers,
-        false_match_rate=body.false_match_rate,
-        dataset=limits.dataset,
-        classifier=limits.classifier,
-    )
     secret = body.target_api_key.get_secret_value() if body.target_api_key else None
     credential = services.vault.encrypt(secret) if secret is not None else None
     request = _request_bytes(body, secret)
@@ -171,6 +170,49 @@ def create_audit(
         response.status_code = 200
     response.headers["Location"] = f"/v1/audits/{audit.id}"
     return public(audit)
+
+
+def _agnostic_settings(body: AuditCreate) -> AgnosticSettings:
+    given = [f for f in REFERENCE_ONLY if f in body.model_fields_set]
+    if given:
+        raise ConfigError(
+            f"{given[0]} does not apply to a model-agnostic audit (agnostic: true): leave it out, "
+            "or leave out agnostic to audit against a reference model"
+        )
+    if "logits" in (body.api, body.max_tier):
+        raise ConfigError("a model-agnostic audit reads an OpenAI-compatible API: api and max_tier cannot be logits")
+    return AgnosticSettings(
+        endpoint=body.endpoint,
+        api=body.api or "completions",  # type: ignore[arg-type]  # logits refused above
+        served_model=body.served_model,
+        budget_queries=body.budget,
+        budget_tokens=body.budget_tokens,
+        max_tier=body.max_tier,  # type: ignore[arg-type]  # logits refused above
+        timeout_s=body.timeout_s,
+        seed=body.seed,
+    )
+
+
+def _reference_settings(body: AuditCreate, services: ServicesDep) -> AuditSettings:
+    limits = services.settings
+    claim = claim_of(body.claim)
+    services.catalog.check_model(body.model)
+    return AuditSettings(
+        endpoint=body.endpoint,
+        model=body.model,
+        claim=claim,
+        budget_queries=body.budget,
+        budget_tokens=body.budget_tokens,
+        api=body.api,
+        served_model=body.served_model,
+        max_tier=Tier(body.max_tier) if body.max_tier else None,
+        seed=body.seed,
+        timeout_s=body.timeout_s,
+        min_answers=body.min_answers,
+        false_match_rate=body.false_match_rate,
+        dataset=limits.dataset,
+        classifier=limits.classifier,
+    )
 
 
 @router.get("", response_model=AuditList, summary="List audits, newest first", responses=ERRORS)
@@ -220,7 +262,11 @@ def get_audit(audit_id: str, principal: ReadKey, services: ServicesDep) -> Audit
     "/{audit_id}/answers",
     response_model=AnswerList,
     summary="The answers stored so far, in order",
-    responses={**ERRORS, **NOT_FOUND},
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "a model-agnostic audit: its requests are in its report"},
+    },
 )
 def get_answers(
     audit_id: str,
@@ -229,7 +275,11 @@ def get_answers(
     after: Annotated[int, Query(ge=-1, le=2**31 - 1, description="index of the last answer already read")] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> AnswerList:
-    store.get_audit(services.db, audit_id)
+    if store.is_agnostic(store.get_audit(services.db, audit_id).settings):
+        raise store.Conflict(
+            f"audit {audit_id} is model-agnostic: it has no reference answers; its requests are in "
+            "agnostic_report.evidence once it ends (progress counts them meanwhile)"
+        )
     records = store.answers(services.db, audit_id, after=after, limit=limit)
     return AnswerList(
         data=[answer_public(r) for r in records], next_index=records[-1].index if len(records) == limit else None
@@ -244,6 +294,8 @@ def get_answers(
 )
 def get_posteriors(audit_id: str, principal: ReadKey, services: ServicesDep) -> PosteriorTrace:
     audit = store.get_audit(services.db, audit_id)
+    if store.is_agnostic(audit.settings):
+        return PosteriorTrace(data=[], note="a model-agnostic audit has no reference posteriors: see its checks")
     records = store.answers(services.db, audit_id, limit=MAX_TRACE_ANSWERS)
     if not records:
         return PosteriorTrace(data=[], note="no answers are stored yet")

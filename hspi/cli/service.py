@@ -56,7 +56,10 @@ def serve(
 @app.command()
 def scan(
     targets: Annotated[
-        Path, typer.Argument(help="YAML or CSV list of targets: endpoint, model, claim, budget, name, api_key_env, ...")
+        Path,
+        typer.Argument(
+            help="YAML or CSV list of targets: endpoint, model (or agnostic: true), claim, budget, name, api_key_env, ..."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="JSONL results, one line per target (resumed if it exists)")] = Path(
         "scan.jsonl"
@@ -80,7 +83,7 @@ def scan(
 
     from hspi.api.db import Database
     from hspi.api.scan import ScanOptions, load_targets, run_scan, target_secret
-    from hspi.api.scan_report import write_html
+    from hspi.api.scan_report import finding, write_html
     from hspi.api.security import Vault
 
     if concurrency < 1 or per_host < 1 or budget < 1:
@@ -120,14 +123,15 @@ def scan(
             progress.stop()
             err.print(f"interrupted: the answers so far are stored; run the same command again to resume ({out})")
             sys.exit(130)
-    table = Table("target", "status", "verdict", "platform (full)", "queries", "stopped", title=f"scan of {targets}")
+    table = Table(
+        "target", "status", "verdict", "platform (full) / checks", "queries", "stopped", title=f"scan of {targets}"
+    )
     for r in state.results:
-        full = r["heads"].get("full")
         table.add_row(
             r["target"],
             r["status"],
             r["verdict"] or "-",
-            f"{full['guess']} ({full['probability']:.0%})" if full else "-",
+            finding(r),
             f"{r['queries']}/{r['budget_queries']}",
             r["stop"] or "-",
         )

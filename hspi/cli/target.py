@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,6 +23,13 @@ def target_serve(
     dynamic_batching: Annotated[bool, typer.Option(help="run requests that arrive together as one batch")] = False,
     max_batch: Annotated[int, typer.Option(help="largest dynamic batch")] = 8,
     batch_window_ms: Annotated[float, typer.Option(help="how long a dynamic batch waits for company")] = 5.0,
+    logits_dtype: Annotated[
+        Optional[str],
+        typer.Option(help="round the logits through a torch float8 dtype before the log-softmax: fp8-e4m3 or fp8-e5m2"),
+    ] = None,
+    temperature_before_softmax: Annotated[
+        Optional[float], typer.Option(help="divide the logits by this temperature before the log-softmax")
+    ] = None,
 ) -> None:
     """An OpenAI-compatible endpoint running a reference model on one platform of the grid."""
     import os
@@ -57,9 +64,14 @@ def target_serve(
         dynamic_batching=dynamic_batching,
         max_batch=max_batch,
         batch_window_ms=batch_window_ms,
+        logits_cast=logits_dtype,
+        temperature_before_softmax=temperature_before_softmax,
+    )
+    post = (f", logits as {logits_dtype}" if logits_dtype else "") + (
+        f", logits / {temperature_before_softmax:g} before the softmax" if temperature_before_softmax else ""
     )
     err.print(
         f"serving {model} on {parsed.id} at http://{host}:{port}/v1 (logprobs cap {top_logprobs}"
-        f"{', dynamic batching' if dynamic_batching else ''})"
+        f"{', dynamic batching' if dynamic_batching else ''}{post})"
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning")
