@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from hspi.api.db import ApiKey, Audit, AuditAnswer, Database, Scan, utcnow
 from hspi.audit import AuditReport, AuditSettings, QueryRecord
@@ -347,31 +348,41 @@ def running_by_origin(db: Database) -> dict[str, int]:
         return {origin: int(n) for origin, n in session.execute(query)}
 
 
-def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, lease_s: float) -> tuple[bool, bool]:
-    """Store one answer as it arrives: (whether this worker still holds the audit, whether cancel was asked)."""
+def _progress_values(queries: int, answers: int, lease_s: float) -> dict[str, Any]:
     now = utcnow()
-    values: dict[str, Any] = {
-        "queries": record.queries_so_far,
-        "answers": record.index + 1,
+    return {
+        "queries": queries,
+        "answers": answers,
         "updated_at": now,
         "lease_until": now + dt.timedelta(seconds=lease_s),
     }
+
+
+def _update_if_held(session: Session, audit_id: str, worker: str, values: dict[str, Any]) -> bool:
+    """Write `values` to the audit if this worker still runs it (its lease was not taken over)."""
+    result = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+
+
+def _cancel_requested(session: Session, audit_id: str) -> bool:
+    return bool(session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id)))
+
+
+def store_answer(db: Database, audit_id: str, worker: str, record: QueryRecord, lease_s: float) -> tuple[bool, bool]:
+    """Store one answer as it arrives: (whether this worker still holds the audit, whether cancel was asked)."""
+    values = _progress_values(record.queries_so_far, record.index + 1, lease_s)
     if record.complete and record.leading:
         values["leading"] = record.leading
     with db.writing() as session:
-        held = (
-            session.execute(
-                update(Audit)
-                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
-            == 1
-        )
-        if not held:
+        if not _update_if_held(session, audit_id, worker, values):
             return False, False
         session.add(AuditAnswer(audit_id=audit_id, idx=record.index, record=record.model_dump(mode="json")))
-        cancel = bool(session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id)))
+        cancel = _cancel_requested(session, audit_id)
     return True, cancel
 
 
@@ -380,24 +391,9 @@ def store_progress(
 ) -> tuple[bool, bool]:
     """A model-agnostic audit's progress after one request (its requests are kept in its report, not as
     answers): (whether this worker still holds the audit, whether cancel was asked)."""
-    now = utcnow()
-    values = {
-        "queries": queries,
-        "answers": requests,
-        "updated_at": now,
-        "lease_until": now + dt.timedelta(seconds=lease_s),
-    }
     with db.writing() as session:
-        held = (
-            session.execute(
-                update(Audit)
-                .where(Audit.id == audit_id, Audit.worker == worker, Audit.status == "running")
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
-            == 1
-        )
-        cancel = held and bool(session.scalar(select(Audit.cancel_requested).where(Audit.id == audit_id)))
+        held = _update_if_held(session, audit_id, worker, _progress_values(queries, requests, lease_s))
+        cancel = held and _cancel_requested(session, audit_id)
     return held, cancel
 
 
