@@ -45,9 +45,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hspi.audit.decision import BoundReading
+from hspi.audit.decision import (
+    BoundReading,
+    MatchBound,
+    agreement_rates,
+    answers_to_bound,
+    decide,
+)
 from hspi.audit.engine import Audit, AuditSettings, audit_budget, per_query_tokens
 from hspi.audit.references import ModelReferences, ReferenceStore
+from hspi.classifier.sequential import answer_signatures
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import QueryBudget
@@ -321,6 +328,80 @@ def main() -> None:
     summarise(rows, time.perf_counter() - started, skipped, coverage)
 
 
+def answers_needed(models: tuple[str, ...] = (*MODELS, "lm-gpt2"), tiers: tuple[Tier, ...] = TIERS) -> list[dict]:
+    """Per model and tier: the fewest answers that could bound each class at ALPHA from no evidence (every
+    answer agreeing on the class's most telling pool probes; `audit.decision.answers_to_bound`), and the
+    agreement of the closest pair of known classes (the twins that calibrate a_p)."""
+    store, out = ReferenceStore(), []
+    bound = MatchBound(alpha=ALPHA)
+    for model in models:
+        refs = store.references(model)
+        for tier in tiers:
+            book = refs.book(tier)
+            rates = agreement_rates(book.same, bound)
+            none = np.zeros(0, dtype=np.int64)
+            reading = decide(rates, none, np.zeros((0, rates.shape[0]), dtype=bool), bound)
+            needed = {}
+            for c, cls in enumerate(refs.classes):
+                alone = np.full(rates.shape[0], -np.inf)
+                alone[c] = 0.0
+                needed[cls.name] = answers_to_bound(rates, reading, np.arange(rates.shape[1]), alone)
+            closest = book.agreement[~np.eye(len(refs.classes), dtype=bool)].max()
+            finite = [n for n in needed.values() if n is not None]
+            out.append(
+                {
+                    "model": model,
+                    "tier": str(tier),
+                    "classes": len(needed),
+                    "closest_pair_agreement": round(float(closest), 4),
+                    "fewest_answers": {"min": min(finite), "max": max(finite)} if finite else None,
+                    "never_bounded_with_this_pool": sorted(name for name, n in needed.items() if n is None),
+                    "per_class": needed,
+                }
+            )
+    return out
+
+
+def partings_vs_known_twins(targets: list[dict]) -> list[dict]:
+    """For each false-matched Intel target: on which share of probes it parts from the AMD class it matched,
+    and how well "known twins part here" (the share of known near-twin pairs, agreement in [0.5, 1), that
+    part on the probe) predicts where it parts (ROC AUC; 0.5 = no better than chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    store, intel, out = ReferenceStore(), Dataset(INTEL), []
+    for t in {(r["model"], r["tier"], r["target"]) for r in targets if r["kind"] == "intel-vendor"}:
+        model, tier, cid = t
+        refs = store.references(model)
+        book = refs.book(Tier(tier))
+        responses = intel.pool_references(cid, model)
+        rows = np.flatnonzero(np.isin(refs.pool_ids, responses.probe_ids))
+        same = book.same[:, :, rows]
+        pairs = [(i, j) for i in range(len(same)) for j in range(i + 1, len(same)) if 0.5 <= same[i, j].mean() < 1]
+        fragility = np.mean([~same[i, j] for i, j in pairs], axis=0) if pairs else np.zeros(len(rows))
+        mine = answer_signatures(tier_view(responses.as_float32(), tier))
+        agree = book.signatures[:, rows] == mine[None, :]
+        nearest = int(np.argmax(agree.mean(axis=1)))
+        parts = ~agree[nearest]
+        out.append(
+            {
+                "model": model,
+                "tier": tier,
+                "target": cid,
+                "matched_class": refs.classes[nearest].name,
+                "agreement": round(float(agree[nearest].mean()), 4),
+                "parting_probes": int(parts.sum()),
+                "known_twin_pairs": len(pairs),
+                "auc_known_twins_part_here": round(float(roc_auc_score(parts, fragility)), 3)
+                if 0 < parts.sum() < len(parts)
+                else None,
+                "answers_to_exclude_at_alpha_if_parting_uniform": math.ceil(
+                    math.log(ALPHA) / math.log(float(agree[nearest].mean()))
+                ),
+            }
+        )
+    return sorted(out, key=lambda r: (r["model"], r["tier"], r["target"]))
+
+
 def parting_probes(auroc_rows: list[dict], below: float = 0.95) -> list[dict]:
     """For each left-out class whose AUROC is below `below`: its near twins among the other classes
     (agreement >= 0.5 at that tier) and the pool probes on which it parts from each."""
@@ -464,6 +545,7 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
             stops[r["kind"]][r["stop"]] += 1
     result["stops_new_rule"] = stops
     result["open_set_below_0_95"] = parting_probes(result["open_set_auroc"])
+    result["answers_needed"] = answers_needed()
     # the worst held-out targets under the new rule
     worst: dict[tuple, list[bool]] = {}
     for r in rows:
@@ -484,6 +566,7 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
         for k, v in sorted(worst.items())
         if any(v)
     ]
+    result["false_matches_vs_known_twins"] = partings_vs_known_twins(result["false_matched_targets"])
     result["audits"] = rows
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "verdicts.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
