@@ -485,16 +485,16 @@ class Audit:
         return None
 
     # -- asking ------------------------------------------------------------------------------
-    def _decided(self) -> StopReason | None:
+    def _decided(self) -> tuple[StopReason, str] | None:
         """Stop once one candidate is certain and matches, or the answers fit no known platform."""
         settings = self.settings
         if self.state.tier is Tier.TEXT:
             text = self._text_evidence()
             verdict = text.verdict()
             if text.n >= settings.min_answers and verdict.ranked[0][1] >= settings.confidence and not verdict.unknown:
-                return StopReason.CONFIDENT
+                return StopReason.CONFIDENT, ""
             if text.n >= NO_MATCH_AFTER and verdict.unknown:
-                return StopReason.NO_MATCH
+                return StopReason.NO_MATCH, ""
             return None
         evidence = self.state.evidence
         if evidence is not None and len(evidence.used) >= settings.min_answers:
@@ -503,16 +503,15 @@ class Audit:
             bounded = settings.false_match_rate is None or (bound is not None and bound.met)
             if post.max() >= settings.confidence and evidence.matches():
                 if bounded:
-                    return StopReason.CONFIDENT
+                    return StopReason.CONFIDENT, ""
                 # settled on a candidate the bound cannot clear in time: asking on would only spend the budget
                 out_of_reach = None if bound is None else self._bound_out_of_reach(bound)
                 if out_of_reach is not None:
-                    self.state.reason = out_of_reach
-                    return StopReason.BOUND_OUT_OF_REACH
+                    return StopReason.BOUND_OUT_OF_REACH, out_of_reach
             # every candidate parted from some answer: the e-value is 0 for good, no answer can meet the bound
             parted = settings.false_match_rate is not None and bound is not None and bound.log_evalue is None
             if len(evidence.used) >= NO_MATCH_AFTER and (parted or not evidence.matches()):
-                return StopReason.NO_MATCH
+                return StopReason.NO_MATCH, ""
         return None
 
     def _first_probe(self) -> int:
@@ -584,7 +583,7 @@ class Audit:
             if state.previous is not None or state.records:
                 decided = self._decided()
                 if decided is not None:
-                    self._end(decided, self.state.reason)
+                    self._end(*decided)
                     return False
             if state.tier is Tier.TEXT:
                 self._text_step(self.target)
@@ -661,11 +660,14 @@ class Audit:
                 f"no known platform matches: best candidate scores {match_score:.3f} < threshold {threshold:.3f}"
             )
         cut_short = stop in (StopReason.TARGET_ERROR, StopReason.INTERRUPTED)
+        # a known candidate fits, not yet bounded: like an audit cut short, it confirms nothing
         verdict = audit_verdict(
-            status, verdicts, settings.claim, cut_short=cut_short, settled=stop is StopReason.CONFIDENT
+            MatchStatus.MATCH if unbounded else status,
+            verdicts,
+            settings.claim,
+            cut_short=cut_short or unbounded,
+            settled=stop is StopReason.CONFIDENT,
         )
-        if unbounded:  # a known candidate fits, not yet bounded: like an audit cut short, it confirms nothing
-            verdict = audit_verdict(MatchStatus.MATCH, verdicts, settings.claim, cut_short=True)
         matched_class = self._matched_class(head_posteriors) if matched else None
         if not reason:
             reason = {
