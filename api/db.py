@@ -88,6 +88,7 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # its last audit claimed: turns
 
 
 class Scan(Base):

@@ -283,21 +283,68 @@ def counts_by_status(db: Database, scan_id: str | None = None) -> dict[str, int]
 # -- audits: the workers' side --------------------------------------------------------------------
 
 
-def queued(db: Database, *, limit: int, per_host: int, scan_id: str | None = None) -> list[tuple[str, str]]:
-    """(id, origin) of the oldest queued audits, leaving out the origins already at `per_host` running audits.
+def queued(
+    db: Database,
+    *,
+    limit: int,
+    per_host: int,
+    scan_id: str | None = None,
+    worker: str | None = None,
+    per_key: int | None = None,
+) -> list[tuple[str, str, str | None]]:
+    """(id, origin, owner key) of queued audits in the order they should start, leaving out the
+    origins already at `per_host` running audits.
+
+    Keys take turns: an audit's place is its key's running audits plus its rank among the key's
+    queued audits, so the key with the fewest running audits goes first and a key with many queued
+    audits cannot hold back another's one; among equals, the key whose last audit started longest
+    ago (`ApiKey.last_started_at`, set at the claim) goes first, then the oldest audit.  With
+    `worker` and `per_key`, the keys that already run `per_key` audits of that worker's pool are
+    left out: a pool keeps a slot for the other keys.  Audits without a key (a scan's) are not
+    counted per key.
 
     The running audits are counted in the database, whatever process runs them: replicas share
-    the limit.  The service runs the audits made through its API (no scan); a scan runs its own only.
+    the per-host limit and the turns.  The service runs the audits made through its API (no scan);
+    a scan runs its own only.
     """
     full = select(Audit.origin).where(Audit.status == "running").group_by(Audit.origin)
     full = full.having(func.count() >= per_host)
-    query = select(Audit.id, Audit.origin).where(
+    rank = func.row_number().over(partition_by=Audit.owner_key_id, order_by=(Audit.created_at, Audit.id))
+    candidates = select(Audit.id, Audit.origin, Audit.owner_key_id, Audit.created_at, rank.label("rank")).where(
         Audit.status == "queued",
         Audit.scan_id.is_(None) if scan_id is None else Audit.scan_id == scan_id,
         Audit.origin.not_in(full.scalar_subquery()),
     )
+    if worker is not None and per_key is not None:
+        held = select(Audit.owner_key_id).where(
+            Audit.status == "running", Audit.worker == worker, Audit.owner_key_id.is_not(None)
+        )
+        held = held.group_by(Audit.owner_key_id).having(func.count() >= per_key)
+        candidates = candidates.where(
+            or_(Audit.owner_key_id.is_(None), Audit.owner_key_id.not_in(held.scalar_subquery()))
+        )
+    waiting = candidates.subquery()
+    running = (
+        select(Audit.owner_key_id.label("owner"), func.count().label("n"))
+        .where(Audit.status == "running", Audit.owner_key_id.is_not(None))
+        .group_by(Audit.owner_key_id)
+        .subquery()
+    )
+    query = (
+        select(waiting.c.id, waiting.c.origin, waiting.c.owner_key_id)
+        .outerjoin(running, running.c.owner == waiting.c.owner_key_id)
+        .outerjoin(ApiKey, ApiKey.id == waiting.c.owner_key_id)
+        .order_by(
+            func.coalesce(running.c.n, 0) + waiting.c.rank,
+            ApiKey.last_started_at.is_not(None),  # a key that never started an audit first
+            ApiKey.last_started_at,
+            waiting.c.created_at,
+            waiting.c.id,
+        )
+        .limit(limit)
+    )
     with db.reading() as session:
-        return [(i, o) for i, o in session.execute(query.order_by(Audit.created_at, Audit.id).limit(limit))]
+        return [(i, o, k) for i, o, k in session.execute(query)]
 
 
 def claim(db: Database, audit_id: str, origin: str, worker: str, lease_s: float, *, per_host: int) -> Audit | None:
@@ -338,6 +385,13 @@ def claim(db: Database, audit_id: str, origin: str, worker: str, lease_s: float,
         audit = session.get(Audit, audit_id)
         if audit is not None and audit.started_at is None:
             audit.started_at = now
+        if audit is not None and audit.owner_key_id is not None:  # its key waits its turn behind the others
+            session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == audit.owner_key_id)
+                .values(last_started_at=now)
+                .execution_options(synchronize_session=False)
+            )
         return audit
 
 

@@ -3,10 +3,15 @@
 The audits table is the queue, so audits survive a restart of the API process:
 
 - `submit` only wakes the dispatcher; the audit is already stored as `queued`.
-- The dispatcher claims the oldest queued audits whose origin (checked address:port) is below
-  `per_host` running audits, up to `workers` at once in this process: a slow endpoint holds its own
-  slots, never the others'.  The running audits of an origin are counted in the database at the
-  claim, so replicas of the service on one database share the per-host limit (`store.claim`).
+- The dispatcher claims queued audits whose origin (checked address:port) is below `per_host`
+  running audits, up to `workers` at once in this process: a slow endpoint holds its own slots,
+  never the others'.  The running audits of an origin are counted in the database at the claim,
+  so replicas of the service on one database share the per-host limit (`store.claim`).
+- API keys take turns (`store.queued`): the key with the fewest running audits over every replica
+  goes first, ties oldest first; and one key holds at most `workers - 1` of this pool's slots
+  (1 when `workers` is 1), so another key's audit starts at once rather than behind a key's
+  stalled ones (benchmarks/results/queue-fairness.json).  Audits without a key (a scan's) are not
+  counted per key.
 - A worker replays the audit's stored answers (`run_audit(prior=...)`), so a resumed audit never
   asks a probe twice and its budget counts what was spent before; every new answer is stored as it
   arrives, with the lease renewed.  A heartbeat renews the leases of audits waiting on slow targets.
@@ -53,8 +58,8 @@ STOP_GRACE_S = 10.0  # a clean shutdown waits this long for running audits to re
 
 
 class _Run:
-    def __init__(self, audit_id: str, origin: str) -> None:
-        self.audit_id, self.origin = audit_id, origin
+    def __init__(self, audit_id: str, origin: str, owner: str | None) -> None:
+        self.audit_id, self.origin, self.owner = audit_id, origin, owner
         self.why: str | None = None  # cancel | shutdown | lost | finalize
 
 
@@ -83,6 +88,7 @@ class AuditWorkers:
         self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._runs: dict[str, _Run] = {}
         self._by_origin: Counter[str] = Counter()
+        self._by_key: Counter[str | None] = Counter()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -143,6 +149,11 @@ class AuditWorkers:
                 run.why = run.why or "cancel"
 
     # -- the dispatcher ---------------------------------------------------------------------------
+    @property
+    def per_key(self) -> int:
+        """Slots of this pool one API key may hold: one is kept for the other keys."""
+        return max(1, self.workers - 1)
+
     def _dispatch_loop(self) -> None:
         next_recovery = time.monotonic() + self.lease_s / 2
         while not self._stopping.is_set():
@@ -165,21 +176,29 @@ class AuditWorkers:
         if free <= 0 or self._stopping.is_set():
             return 0
         started = 0
-        for audit_id, origin in store.queued(
-            self.db, limit=free * self.per_host + 8, per_host=self.per_host, scan_id=self.scan_id
+        for audit_id, origin, owner in store.queued(
+            self.db,
+            limit=free * self.per_host + 8,
+            per_host=self.per_host,
+            scan_id=self.scan_id,
+            worker=self.worker_id,
+            per_key=self.per_key,
         ):
             with self._lock:
                 if len(self._runs) >= self.workers:
                     break
                 if self._by_origin[origin] >= self.per_host:  # full here already: spare the database a claim
                     continue
+                if owner is not None and self._by_key[owner] >= self.per_key:  # claimed in this round already
+                    continue
             audit = store.claim(self.db, audit_id, origin, self.worker_id, self.lease_s, per_host=self.per_host)
             if audit is None:
                 continue
-            run = _Run(audit_id, origin)
+            run = _Run(audit_id, origin, owner)
             with self._lock:
                 self._runs[audit_id] = run
                 self._by_origin[origin] += 1
+                self._by_key[owner] += 1
             threading.Thread(
                 target=self._run_guarded, args=(audit, run), name=f"hspi-audit-{audit_id[:8]}", daemon=True
             ).start()
@@ -209,6 +228,9 @@ class AuditWorkers:
                 self._by_origin[run.origin] -= 1
                 if self._by_origin[run.origin] <= 0:
                     del self._by_origin[run.origin]
+                self._by_key[run.owner] -= 1
+                if self._by_key[run.owner] <= 0:
+                    del self._by_key[run.owner]
                 self.finished += 1
             self._wake.set()
 

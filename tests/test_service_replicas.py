@@ -73,7 +73,7 @@ def test_claims_from_two_processes_never_put_a_host_over_its_limit(backend: str,
     assert store.running_by_origin(first) == dict.fromkeys(hosts, 2)
     # a full host's audits are not even offered; another host's are
     other = store.create_audit(first, settings_for("http://127.0.0.1:8/v1"), origin="127.0.0.1:8")[0].id
-    assert [o for _, o in store.queued(second, limit=100, per_host=2)] == ["127.0.0.1:8"]
+    assert [o for _, o, _ in store.queued(second, limit=100, per_host=2)] == ["127.0.0.1:8"]
     assert store.claim(second, other, "127.0.0.1:8", "worker-x", 30.0, per_host=2) is not None
     # an ended audit frees its slot for whichever replica asks next
     done_id, origin = taken[0]

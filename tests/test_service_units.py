@@ -313,7 +313,7 @@ def test_migrations_build_exactly_the_models_and_run_twice(backend: str, tmp_pat
     db = Database(database_url(backend, tmp_path))
     db.migrate()
     db.migrate()  # idempotent: a restart migrates again
-    assert db.revision() == "0003"
+    assert db.revision() == "0004"
     with db.engine.connect() as connection:
         assert (
             compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata) == []
