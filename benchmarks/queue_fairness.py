@@ -6,9 +6,13 @@ One `hspi serve` (SQLite, 4 workers, 2 audits at once per target address) and, o
 lm-small target (`hspi target serve`) and 12 stalling targets (each answers a request after 30 s).
 Key A creates 12 audits, one per stalling target; 3 s later key B creates one audit of the real
 target.  B's queue wait is its `started_at - created_at` as the API reports it.  Run twice: with the
-per-key cap on active (queued or running) audits at 2 (`HSPI_MAX_ACTIVE_PER_KEY`), and at 100 (no
-cap in effect), each with a fresh service and database.  A's audits are cancelled at the end.
-Writes queue-fairness.json.
+per-key cap on active (queued or running) audits at 2 (`HSPI_MAX_ACTIVE_PER_KEY`), and at 100 (the
+default: no cap in effect), each with a fresh service and database.  A's audits are cancelled at the end.
+
+At the default it is the dispatcher that bounds B's wait (api/workers.py, `store.queued`): keys take
+turns at the queue, and one key holds at most `workers - 1` of a pool's slots, so A runs 3 of its 12
+audits and B's starts in the fourth slot.  Before that dispatcher (oldest queued first), B waited
+88.4 s here (commit 5d30ac2).  Writes queue-fairness.json.
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ def main() -> None:
         "setup": {
             "workers": WORKERS,
             "per_host": 2,
+            "dispatch": "keys take turns (fewest running first); one key holds at most workers - 1 slots",
             "stalling_targets": STALLING,
             "stall_s_per_request": STALL_S,
             "b_target": "hspi target serve lm-small cpu:native/fp32/torch-eager",
