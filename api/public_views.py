@@ -20,6 +20,7 @@ from hspi.api.schemas import (
     AuditReportPublic,
     EvidenceBoundPublic,
     GuessPublic,
+    HeadBoundPublic,
     HeadLeaderPublic,
     HeadPublic,
     LogitPrecisionPublic,
@@ -108,6 +109,7 @@ def report_public(report: AuditReport) -> AuditReportPublic:
             leader=bound.leader,
             answers=bound.answers,
             met=bound.met,
+            heads={h: HeadBoundPublic(**r.model_dump()) for h, r in bound.heads.items()},
         ),
     )
 

@@ -161,6 +161,15 @@ class LogitPrecisionPublic(BaseModel):
     reason: str
 
 
+class HeadBoundPublic(BaseModel):
+    """One head's own bound: the answers exclude, at alpha, an unseen platform with another value of it."""
+
+    value: str | None = Field(description="the value whose e-value leads (null: no class fits every answer)")
+    log_evalue: float | None
+    closeness: float = Field(description="b: how often a platform with another value may answer a probe alike")
+    met: bool
+
+
 class EvidenceBoundPublic(BaseModel):
     """The e-value against a platform never collected, after the answers so far."""
 
@@ -171,6 +180,7 @@ class EvidenceBoundPublic(BaseModel):
     leader: int = Field(description="index of the leading class in GET /v1/platforms?model=... (-1: none)")
     answers: int
     met: bool
+    heads: dict[str, HeadBoundPublic] = Field(default_factory=dict, description="per head (all but full)")
 
 
 class AuditReportPublic(BaseModel):

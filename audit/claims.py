@@ -102,7 +102,7 @@ def head_reports(
     claim: dict[str, str],
     *,
     matched: bool = True,
-    bounded: bool = True,
+    decided_by_bound: dict[str, str] | None = None,
     basis: str = "reference-match",
 ) -> tuple[dict[str, HeadReport], dict[str, str]]:
     """Each head's ranked guesses and, for a claimed head, its verdict: (reports, verdicts of claimed heads).
@@ -110,9 +110,10 @@ def head_reports(
     The one place posteriors meet a claim: audits, `/v1/classify` and `hspi demo` all go through it.
     A head speaks only where the evidence decides it: not when no known platform matches (`matched`
     False: the heads' models were trained on the collected platforms only, so their labels say nothing
-    about one never collected), not while a match waits for its false-match bound (`bounded` False:
-    the guesses are shown, undecided), not when its leading value holds less than CONSISTENT_AT, and
-    not when every collected platform shares one value (nothing was measured)."""
+    about one never collected), not while a match waits for its false-match bound (`decided_by_bound`
+    given: a head speaks only if its own bound decided its leading value, the others show their guesses
+    undecided), not when its leading value holds less than CONSISTENT_AT, and not when every collected
+    platform shares one value (nothing was measured)."""
     heads: dict[str, HeadReport] = {}
     verdicts: dict[str, str] = {}
     for head, (values, post) in head_posteriors.items():
@@ -132,13 +133,13 @@ def head_reports(
                 basis="none",
                 why="unknown: no collected platform matches, so this head's labels do not apply",
             )
-        elif not bounded:
+        elif decided_by_bound is not None and decided_by_bound.get(head) != values[order[0]]:
             report = HeadReport(
                 guesses=guesses,
                 decided=False,
                 basis=basis,
                 why="undecided: the answers fit a collected platform but do not yet exclude one never collected "
-                "(see evidence_bound)",
+                "with another value of this head (see evidence_bound)",
             )
         elif float(post[order[0]]) < CONSISTENT_AT:
             report = HeadReport(
@@ -146,6 +147,13 @@ def head_reports(
                 decided=False,
                 basis=basis,
                 why=f"undecided: the leading value holds {float(post[order[0]]):.3f} < {CONSISTENT_AT}",
+            )
+        elif decided_by_bound is not None:
+            report = HeadReport(
+                guesses=guesses,
+                basis=basis,
+                why="decided by this head's own bound: the answers exclude, at the false-match rate, a platform "
+                "never collected with another value of it, though not yet one with another platform class",
             )
         else:
             report = HeadReport(guesses=guesses, basis=basis)

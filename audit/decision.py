@@ -7,17 +7,18 @@ bounded at any stopping time.
 
 Null hypothesis H0, per known class c: the target is a platform never collected whose answer to each
 asked probe p is bit-identical to c's stored answer with probability at most a_p(c), given
-everything asked before (the probe itself may be chosen from the answers so far).  The estimate:
-the level L_p(c) is how many of c's k nearest known classes (most pool probes answered alike at
-this tier) answer p like c does, and
-
-    a_p(c) = A[L_p(c)],   A[l] = (agreeing + prior_agree) / (probes + prior_agree + prior_part)
-
-tallied by leaving each known class h out in turn: when h's nearest other class c is a near twin
-(agreement in [twin_agreement, 1)), c's levels are recomputed without h and, per level l, `probes`
-counts c's pool probes at level l and `agreeing` those where h answers like c (then A is made
-non-decreasing in l).  So a_p is how often a real near twin, unseen by the rest of the book,
-agreed with its nearest class on probes like p.  The pseudo-counts keep a_p off 0 and 1.
+everything asked before (the probe itself may be chosen from the answers so far).  The estimate
+reads c's near twins: those of its k nearest known classes that answer at least `twin_agreement`
+of the pool alike.  A probe falls in one of four cells: c has no near twin; all of them part from c
+on p; some do; none do.  Per cell, a = (agreeing + s·m) / (probes + s), tallied by leaving each known
+class h out in turn: when h's nearest other class c is a near twin (agreement in [twin_agreement,
+1)), c's near twins are recomputed without h, and per cell `probes` counts c's pool probes and
+`agreeing` those where h answers like c.  The prior m is the closest pair of distinct known classes'
+agreement (s = prior_agree + prior_part pseudo-probes): where nothing calibrates a cell, an unseen
+platform is taken to come as close to c as the two closest collected platforms come to each other.
+That matters most for a class with no near twin: its neighbours part from it everywhere, which says
+nothing about where an unseen twin of it would part (an Intel fp16 platform answers like the AMD
+fp16 `mlp` class, which has no near twin, on 98 % of probes).
 
 Per candidate, E_c = Π over answered probes of 1[answer equals c's stored answer] / a_p(c) is a test
 supermartingale under H0 (E[factor | past] ≤ a_p / a_p = 1).  The audit reports the uniform mixture
@@ -28,10 +29,21 @@ leader after the fact: a single leader needs E_c ≥ C/α).  The number of answe
 log(C/α) / mean(-log a_p) over the probes the audit asks, which is large where near twins agree
 on most probes (measured in `benchmarks/results/verdicts.json`).
 
+Heads (`decide_heads`): the same test for "the target's value of head h is not v", with one rate b
+per head, the closest pair of known classes with different values of h (in any model of the
+dataset, `ReferenceStore.head_closeness`): E_v = (1/C) Σ over candidates c of value v of
+Π 1[agree] / b.  A dtype whose values never answer alike is decided in two or three answers while
+the class, whose near twins agree on 92-99.6 % of probes, needs 80-160 or more.
+
 Assumptions, stated plainly (they are what the bound rests on, and they are not proven):
-- the unseen platform agrees with c at most as often, per level, as the known near twins did when
-  left out (an unseen platform closer to c than those were is not bounded at the stated α; a book
-  with no near-twin pair calibrates nothing and a_p falls back to the prior, 1/2);
+- the unseen platform agrees with c at most as often, per cell, as the known near twins did when
+  left out, or as the closest known pair where no twin calibrates the cell (an unseen platform
+  closer to c than that is not bounded at the stated α: the Intel fp16 twin above, 98 % alike where
+  the closest AMD `mlp` pair is 91 %, would be matched about 0.98^78 = 21 % of the time by an audit
+  given the budget to reach the bound; at the default budget the bound is out of reach);
+- for a head, that no unseen platform with another value comes closer than the closest known pair
+  with different values (leave cnn's only bf16 torch.compile class out and nothing collected shows
+  that compile and eager can agree on 99.6 % of probes: its engine is then decided wrongly);
 - answers to different probes are independent given the probes (the product needs it: rounding that
   is fragile on one probe may be fragile on the next in the same way).  `benchmarks/verdicts.py`
   checks both empirically, leaving known classes out and replaying a second vendor's real outputs.
@@ -58,6 +70,11 @@ __all__ = [
     "candidate_log_evalues",
     "decide",
     "answers_to_bound",
+    "HeadBoundReading",
+    "closest_pair_rate",
+    "head_closeness",
+    "decide_heads",
+    "answers_to_decide",
 ]
 
 
@@ -82,6 +99,15 @@ class MatchBound:
         return math.log(1.0 / self.alpha)
 
 
+class HeadBoundReading(BaseModel):
+    """One head's bound: whether the answers exclude, at α, a platform never collected whose value differs."""
+
+    value: str | None  # the value whose e-value leads (None: no candidate fits every answer)
+    log_evalue: float | None  # log E_v of that value (None: E = 0)
+    closeness: float  # b: how often a platform with another value may answer a probe like a candidate
+    met: bool
+
+
 class BoundReading(BaseModel):
     """What the bound says after the answers so far (reported as `evidence_bound`)."""
 
@@ -92,6 +118,7 @@ class BoundReading(BaseModel):
     leader: int  # that candidate's index (-1: no answer, or every candidate parted)
     answers: int
     met: bool
+    heads: dict[str, HeadBoundReading] = {}  # per head: its own bound (`decide_heads`)
 
 
 def neighbour_indices(agreement: np.ndarray, candidate: int, k: int) -> np.ndarray:
@@ -101,28 +128,67 @@ def neighbour_indices(agreement: np.ndarray, candidate: int, k: int) -> np.ndarr
     return others[order[:k]]
 
 
-def agreement_levels(same: np.ndarray, k: int) -> np.ndarray:
-    """(C, n_pool) int: how many of candidate c's k nearest known classes answer probe p like c does."""
+CELLS = 4  # a-table cells: no near twin | every near twin parts | some part | none part
+
+
+def cell(twins: np.ndarray | int, level: np.ndarray | int) -> np.ndarray:
+    """The a-table cell of a probe for a candidate with `twins` near twins, `level` of them agreeing on it:
+    0 no near twin (its levels say nothing), 1 all of them part, 2 some part, 3 all agree.  Pooled over
+    how many twins there are: leaving one out leaves a class one twin short of how it stands in the book,
+    so per-count cells would be calibrated where no audit reads them."""
+    n, lv = np.asarray(twins), np.asarray(level)
+    return np.where(n == 0, 0, np.where(lv == 0, 1, np.where(lv >= n, 3, 2)))
+
+
+def twin_levels(same: np.ndarray, k: int, twin_agreement: float) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) how many near twins each candidate has among its k nearest known classes (agreement over the
+    pool >= twin_agreement), and (C, n_pool) how many of those answer probe p like the candidate does."""
     same = np.asarray(same, dtype=bool)
     agreement = same.mean(axis=2)
+    twins = np.zeros(same.shape[0], dtype=np.int64)
     levels = np.zeros((same.shape[0], same.shape[2]), dtype=np.int64)
     for c in range(same.shape[0]):
         near = neighbour_indices(agreement, c, k)
+        near = near[agreement[c, near] >= twin_agreement]
+        twins[c] = len(near)
         if len(near):
             levels[c] = same[c, near, :].sum(axis=0)
-    return levels
+    return twins, levels
+
+
+def agreement_levels(same: np.ndarray, k: int, twin_agreement: float = 0.0) -> np.ndarray:
+    """(C, n_pool) int: how many of candidate c's k nearest known classes (those at least twin_agreement
+    alike) answer probe p like c does."""
+    return twin_levels(same, k, twin_agreement)[1]
+
+
+def closest_pair_rate(same: np.ndarray, bound: MatchBound) -> float:
+    """How alike two distinct platforms can be, from the book: the closest pair of known classes that are
+    not identical at this tier, their share of pool probes answered alike, smoothed by the pseudo-counts.
+
+    The prior of every a-cell: where the book has no left-out twin to calibrate a cell (above all a class
+    with no near twin, whose levels say nothing about where an unseen twin would part), an unseen
+    platform is taken to agree with it as often as the closest known pair agree with each other."""
+    same = np.asarray(same, dtype=bool)
+    n_pool = same.shape[2]
+    agreement = same.mean(axis=2)
+    distinct = agreement[(agreement < 1.0) & ~np.eye(len(agreement), dtype=bool)]
+    closest = float(distinct.max()) if len(distinct) else 0.0
+    return (closest * n_pool + bound.prior_agree) / (n_pool + bound.prior_agree + bound.prior_part)
 
 
 def level_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
-    """(k + 1,) a per agreement level, calibrated by leaving each known class out in turn.
+    """(CELLS,) a per cell (`cell`), calibrated by leaving each known class out in turn.
 
     Each class h whose nearest other class c is a near twin (agreement in [twin_agreement, 1)) plays
-    the platform never collected: the levels of c are recomputed without h, and per level the share
-    of probes on which h answers like c is tallied, smoothed with the prior pseudo-counts, and made
-    non-decreasing in the level (more neighbours agreeing never makes agreement less likely)."""
+    the platform never collected: c's near twins and levels are recomputed without h, and per cell the
+    share of probes on which h answers like c is tallied.  A cell's rate is that share with
+    prior_agree + prior_part pseudo-probes at `closest_pair_rate` (so a cell no twin calibrates, often
+    the one for classes without near twins, is the closest-pair rate); cells 1-3 are made
+    non-decreasing (more near twins agreeing never makes agreement less likely)."""
     same = np.asarray(same, dtype=bool)
     n_classes, k = same.shape[0], bound.neighbours
-    agree, total = np.zeros(k + 1), np.zeros(k + 1)
+    agree, total = np.zeros(CELLS), np.zeros(CELLS)
     agreement = same.mean(axis=2)
     for h in range(n_classes):
         keep = np.array([j for j in range(n_classes) if j != h], dtype=np.int64)
@@ -132,12 +198,15 @@ def level_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
         closeness = agreement[h, keep[c_local]]
         if not bound.twin_agreement <= closeness < 1.0:
             continue
-        levels = agreement_levels(same[np.ix_(keep, keep)], k)[c_local]
+        twins, levels = twin_levels(same[np.ix_(keep, keep)], k, bound.twin_agreement)
+        cells = cell(twins[c_local], levels[c_local])
         parted = same[h, keep[c_local]]
-        agree += np.bincount(levels, weights=parted.astype(np.float64), minlength=k + 1)[: k + 1]
-        total += np.bincount(levels, minlength=k + 1)[: k + 1]
-    rates = (agree + bound.prior_agree) / (total + bound.prior_agree + bound.prior_part)
-    return np.maximum.accumulate(rates)
+        agree += np.bincount(cells, weights=parted.astype(np.float64), minlength=CELLS)
+        total += np.bincount(cells, minlength=CELLS)
+    strength = bound.prior_agree + bound.prior_part
+    rates = (agree + strength * closest_pair_rate(same, bound)) / (total + strength)
+    rates[1:] = np.maximum.accumulate(rates[1:])
+    return rates
 
 
 def agreement_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
@@ -150,7 +219,8 @@ def agreement_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
         prior_part=bound.prior_part,
         twin_agreement=bound.twin_agreement,
     )
-    return level_rates(same, calibrated)[agreement_levels(same, k)]
+    twins, levels = twin_levels(same, k, bound.twin_agreement)
+    return level_rates(same, calibrated)[cell(twins[:, None], levels)]
 
 
 def answer_agreement(signatures: np.ndarray, rows: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -203,3 +273,58 @@ def answers_to_bound(
     mixture = np.logaddexp.reduce(reach, axis=0) - math.log(rates.shape[0])
     hit = np.flatnonzero(mixture >= reading.log_threshold - 1e-12)
     return int(hit[0]) if len(hit) else None
+
+
+def head_closeness(same: np.ndarray, values: list[str], bound: MatchBound) -> float:
+    """b for one head: how alike the closest pair of known classes with *different* values of it answer
+    the pool (smoothed like `closest_pair_rate`); the prior 1/2 when no two values exist to compare.
+
+    A platform never collected whose value differs from candidate c's is taken to agree with c on any
+    probe at most this often: the dtype head is settled in a few answers where no bf16 class ever answers
+    like an fp32 one, while a hardware head whose ISA variants agree on 99 % of probes is not."""
+    same = np.asarray(same, dtype=bool)
+    n_pool = same.shape[2]
+    labels = np.asarray(values)
+    other = labels[:, None] != labels[None, :]
+    if not other.any():
+        return bound.prior_agree / (bound.prior_agree + bound.prior_part)
+    closest = float(same.mean(axis=2)[other].max())
+    return (closest * n_pool + bound.prior_agree) / (n_pool + bound.prior_agree + bound.prior_part)
+
+
+def decide_heads(
+    agree: np.ndarray, labels: list[dict[str, str]], closeness: dict[str, float], bound: MatchBound
+) -> dict[str, HeadBoundReading]:
+    """Per head, the e-value of each value v: E_v = (1/C) Σ over candidates c with value v of
+    Π_answers 1[answer equals c's] / b.  Under H0_u (an unseen platform whose value is u), each E_c with
+    c's value ≠ u is a test supermartingale, so Σ_{v≠u} E_v is one too (started at <= 1): by Ville, some
+    wrong value reaches 1/α with probability <= α, whatever u, the stopping time or the value read."""
+    agree = np.asarray(agree, dtype=bool).reshape(-1, len(labels))
+    fits: list[bool] = np.asarray(agree.all(axis=0)).astype(bool).tolist()
+    out: dict[str, HeadBoundReading] = {}
+    for head, b in closeness.items():
+        values = [lab[head] for lab in labels]
+        standing: dict[str, int] = {}
+        for value, fit in zip(values, fits, strict=True):
+            standing[value] = standing.get(value, 0) + int(fit)
+        best = max(standing, key=lambda v: (standing[v], v)) if any(standing.values()) else None
+        log_e = None
+        if best is not None:
+            log_e = math.log(standing[best] / len(labels)) - agree.shape[0] * math.log(b)
+        out[head] = HeadBoundReading(
+            value=best,
+            log_evalue=log_e,
+            closeness=b,
+            met=bool(agree.shape[0] and log_e is not None and log_e >= bound.log_threshold - 1e-12),
+        )
+    return out
+
+
+def answers_to_decide(reading: HeadBoundReading, bound: MatchBound) -> int | None:
+    """The fewest further answers that could lift the leading value's e-value to 1/α (each agreeing
+    answer multiplies it by 1/b); None when no candidate fits (E = 0 for good) or b = 1."""
+    if reading.met:
+        return 0
+    if reading.log_evalue is None or reading.closeness >= 1.0:
+        return None
+    return max(math.ceil((bound.log_threshold - reading.log_evalue) / -math.log(reading.closeness) - 1e-9), 1)

@@ -33,13 +33,15 @@ from hspi.audit.decision import (
     agreement_rates,
     answer_agreement,
     answers_to_bound,
+    answers_to_decide,
     candidate_log_evalues,
     decide,
+    decide_heads,
 )
 from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
-from hspi.classifier.sequential import ReferenceEvidence, answer_signatures, most_splitting_probe
+from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, answer_signatures, most_splitting_probe
 from hspi.collector.models import model_spec
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
@@ -434,7 +436,23 @@ class Audit:
     def bound_reading(self) -> BoundReading | None:
         """The e-value of the scored answers against a platform never collected; None at the text tier."""
         parts = self._bound_parts()
-        return None if parts is None else decide(*parts, self.match_bound)
+        if parts is None or self.state.evidence is None:
+            return None
+        reading = decide(*parts, self.match_bound)
+        book = self.state.evidence.book
+        closeness = self._head_closeness(book)
+        reading.heads = decide_heads(parts[2], book.labels, closeness, self.match_bound)
+        return reading
+
+    def _head_closeness(self, book: ReferenceBook) -> dict[str, float]:
+        """b per head with more than one value (`ReferenceStore.head_closeness`); the full head is the class,
+        bounded by the class's own e-value.  Computed once per book and bound, kept beside the book."""
+        cache = book.__dict__.setdefault("_head_closeness", {})
+        if self.match_bound not in cache:
+            cache[self.match_bound] = self.store.head_closeness(
+                self.settings.model, book, self.match_bound, self.settings.dataset
+            )
+        return dict(cache[self.match_bound])
 
     def _bound_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """a_p per candidate and pool row, the rows answered, and which candidates each answer agrees with."""
@@ -471,18 +489,27 @@ class Audit:
         budget = self.budget
         left = min(budget.max_queries - budget.queries, (budget.max_tokens - budget.tokens) // max(self.per_query, 1))
         alpha = self.match_bound.alpha
+        if needed is not None and needed <= left:
+            return None
+        # the class is out of reach; the heads asked about (the claimed ones, else all) may still be settled
+        wanted = [h for h in (self.settings.claim or reading.heads) if h in reading.heads]
+        for head in wanted:
+            more = answers_to_decide(reading.heads[head], self.match_bound)
+            if more is not None and 0 < more <= left and more <= len(free):
+                return None
+        settled = ", ".join(f"{h}={r.value}" for h, r in reading.heads.items() if r.met)
+        settled = f" (decided at that rate: {settled})" if settled else ""
         if needed is None:
             return (
                 f"the best candidate fits, but no choice of the {len(free)} pool probes left could exclude a platform "
-                f"never collected at false-match rate {alpha}: its known near twins part from it on too few probes"
+                f"never collected at false-match rate {alpha}: its known near twins part from it on too few "
+                f"probes{settled}"
             )
-        if needed > left:
-            return (
-                f"the best candidate fits, but excluding a platform never collected at false-match rate {alpha} "
-                f"needs at least {needed} more answers and the budget leaves {left}: rerun with "
-                f"--budget {budget.queries + needed} or more"
-            )
-        return None
+        return (
+            f"the best candidate fits, but excluding a platform never collected at false-match rate {alpha} "
+            f"needs at least {needed} more answers and the budget leaves {left}: rerun with "
+            f"--budget {budget.queries + needed} or more{settled}"
+        )
 
     # -- asking ------------------------------------------------------------------------------
     def _decided(self) -> tuple[StopReason, str] | None:
@@ -651,7 +678,13 @@ class Audit:
         matched = status is MatchStatus.MATCH
         basis = "text-vote" if text is not None and text.n else "reference-match"
         heads, verdicts = head_reports(
-            head_posteriors, settings.claim, matched=matched or unbounded, bounded=not unbounded, basis=basis
+            head_posteriors,
+            settings.claim,
+            matched=matched or unbounded,
+            decided_by_bound=None
+            if not unbounded or bound is None
+            else {h: r.value for h, r in bound.heads.items() if r.met and r.value is not None},
+            basis=basis,
         )
         if status is MatchStatus.WRONG_MODEL:
             heads, verdicts = wrong_model_heads(self.head_names(), settings.claim), {}
@@ -660,12 +693,13 @@ class Audit:
                 f"no known platform matches: best candidate scores {match_score:.3f} < threshold {threshold:.3f}"
             )
         cut_short = stop in (StopReason.TARGET_ERROR, StopReason.INTERRUPTED)
-        # a known candidate fits, not yet bounded: like an audit cut short, it confirms nothing
+        # a known candidate fits, not yet bounded: it identifies nothing, and a claim stands or falls on the
+        # heads whose own bound is met (the others read undecided, their claims inconclusive)
         verdict = audit_verdict(
             MatchStatus.MATCH if unbounded else status,
             verdicts,
             settings.claim,
-            cut_short=cut_short or unbounded,
+            cut_short=cut_short or (unbounded and not settings.claim),
             settled=stop is StopReason.CONFIDENT,
         )
         matched_class = self._matched_class(head_posteriors) if matched else None

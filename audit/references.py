@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi.audit.decision import MatchBound, head_closeness
 from hspi.classifier.artifacts import load_matcher
 from hspi.classifier.greedy_vote import GreedyVote, load_text_vote, text_vote_path
 from hspi.classifier.reference import ReferenceMatcher
@@ -97,6 +98,32 @@ class ReferenceStore:
             if key not in self._references:
                 self._references[key] = ModelReferences.load(directory, model)
             return self._references[key]
+
+    def head_closeness(
+        self, model: str, book: ReferenceBook, bound: MatchBound, dataset: Path | None = None
+    ) -> dict[str, float]:
+        """b per head of `book` (its model's classes at one tier): the closest pair of classes with different
+        values of the head, in this book or in any other model's book of the same dataset at that tier.
+
+        Pooled over the models because one model's book can lack the pair that shows how close two values
+        come (leave cnn's bf16 torch.compile class out and no two engines of cnn agree on a probe, while
+        its eager twin agrees with it on 99.6 %): a platform's closeness to another is a property of the
+        platforms more than of the model they run."""
+        heads = [h for h in book.labels[0] if h != "full"] if book.labels else []
+        heads = [h for h in heads if len({lab[h] for lab in book.labels}) > 1]
+        closeness = {h: head_closeness(book.same, [lab[h] for lab in book.labels], bound) for h in heads}
+        directory = self.dataset_dir(model, dataset)
+        others = [m for m in Dataset(directory).models if m != model] if (directory / "dataset.json").is_file() else []
+        for other in others:
+            try:
+                other_book = self.references(other, dataset).book(book.tier)
+            except (ConfigError, DatasetError, ModelError, ValueError):
+                continue  # a model this tier cannot show, or not loadable here: it only adds pairs
+            for h in heads:
+                values = [lab.get(h, "") for lab in other_book.labels]
+                if len(set(values)) > 1:
+                    closeness[h] = max(closeness[h], head_closeness(other_book.same, values, bound))
+        return closeness
 
     def matcher(self, model: str, tier: str, classifier: Path | None = None) -> ReferenceMatcher:
         root = self.classifier_dir(model, classifier)

@@ -112,14 +112,39 @@ class ReplayTarget(Target):
 
 
 class FixedReferences(ReferenceStore):
-    """A store whose references for one model are given (a class left out)."""
+    """A store whose references for one model are given (a class left out); the dataset's other models
+    (which the heads' bounds pool over) come from `store` without the left-out platforms."""
 
-    def __init__(self, refs: ModelReferences) -> None:
+    def __init__(
+        self, refs: ModelReferences, store: ReferenceStore | None = None, held: set[str] = frozenset()
+    ) -> None:
         super().__init__()
-        self.refs = refs
+        self.refs, self.store, self.held = refs, store, set(held)
+        self._others: dict[str, ModelReferences] = {}
 
     def references(self, model: str, dataset: Path | None = None) -> ModelReferences:
-        return self.refs
+        if model == self.refs.model or self.store is None:
+            return self.refs
+        if model not in self._others:
+            self._others[model] = without_members(self.store.references(model, dataset), self.held)
+        return self._others[model]
+
+
+def without_members(refs: ModelReferences, held: set[str]) -> ModelReferences:
+    """`refs` as a collection without the configurations `held` would be: a class made only of them goes,
+    a class that also holds others stays, labelled by the others alone."""
+    from hspi.equivalence import EquivalenceClass
+
+    configs = Dataset(refs.dataset_dir).manifest.configs
+    classes, logits = [], []
+    for cls, out in zip(refs.classes, refs.logits, strict=True):
+        members = tuple(m for m in cls.members if m not in held)
+        if not members:
+            continue
+        labels = {h: "|".join(sorted({configs[m].labels[h] for m in members})) for h in cls.labels if h != "full"}
+        classes.append(EquivalenceClass(members[0], members, {**labels, "full": members[0]}))
+        logits.append(out)
+    return ModelReferences(refs.dataset_dir, refs.model, classes, refs.pool, refs.pool_ids, logits, refs.first_tokens)
 
 
 class OldRuleAudit(Audit):
@@ -131,8 +156,8 @@ class OldRuleAudit(Audit):
         )
 
 
-def without(refs: ModelReferences, held: int) -> ModelReferences:
-    keep = [i for i in range(len(refs.classes)) if i != held]
+def without(refs: ModelReferences, *held: int) -> ModelReferences:
+    keep = [i for i in range(len(refs.classes)) if i not in held]
     return ModelReferences(
         refs.dataset_dir,
         refs.model,
@@ -151,6 +176,7 @@ class Outcome:
     stop: str
     log_e: float | None
     probes: list[int]
+    decided: dict[str, str]  # head -> the value the report states as decided (its own bound, or the class's)
 
 
 def audit(store: ReferenceStore, model: str, tier: Tier, target: Target, seed: int, *, old: bool, avoid=()) -> Outcome:
@@ -181,6 +207,7 @@ def audit(store: ReferenceStore, model: str, tier: Tier, target: Target, seed: i
         str(report.stop),
         None if old or bound is None else bound.log_evalue,
         [r.probe_id for r in report.evidence],
+        {h: r.guesses[0].label for h, r in report.heads.items() if r.decided and r.guesses},
     )
 
 
@@ -274,10 +301,11 @@ def main() -> None:
             if nearest >= 1.0:  # indistinguishable at this tier from a class left in: not a platform never seen
                 continue
             stored = ReplayTarget(Dataset(refs.dataset_dir).pool_references(cls.members[0], model))
-            loo = FixedReferences(without(refs, held))
-            tasks["leave-one-out"] += [(cls.name, stored, loo, (), nearest, seed) for seed in range(SEEDS)]
+            loo = FixedReferences(without(refs, held), store, set(cls.members))
+            truth = dict(cls.labels)
+            tasks["leave-one-out"] += [(cls.name, stored, loo, (), nearest, seed, truth) for seed in range(SEEDS)]
             if nearest < 1.0:  # (known classes: the cost in queries, seed 0: the order is deterministic up to ties)
-                tasks["known"].append((cls.name, stored, store, (), None, 0))
+                tasks["known"].append((cls.name, stored, store, (), None, 0, truth))
         # (b) Intel configurations that differ from every AMD class at this tier
         for cid in intel.manifest.configs:
             try:
@@ -295,16 +323,17 @@ def main() -> None:
                 for ref in refs.logits
             )
             target = ReplayTarget(responses)
-            tasks["intel-vendor"] += [(cid, target, store, avoid_for_intel, near, seed) for seed in range(SEEDS)]
+            truth = dict(intel.manifest.configs[cid].labels)
+            tasks["intel-vendor"] += [(cid, target, store, avoid_for_intel, near, seed, truth) for seed in range(SEEDS)]
         # far-off engines
         for name, responses in engines.items():
-            tasks["engine"] += [(name, ReplayTarget(responses), store, (), None, seed) for seed in range(SEEDS)]
+            tasks["engine"] += [(name, ReplayTarget(responses), store, (), None, seed, {}) for seed in range(SEEDS)]
         # round-robin over the kinds, so that a pair cut short by its time share still has each kind
         queue = [t for group in zip_longest(*tasks.values()) for t in group if t is not None]
         kinds = [k for group in zip_longest(*[[k] * len(v) for k, v in tasks.items()]) for k in group if k]
         deadline = t0 + PAIR_TIME_S
         done = 0
-        for kind, (name, target, where, avoid, near, seed) in zip(kinds, queue, strict=True):
+        for kind, (name, target, where, avoid, near, seed, truth) in zip(kinds, queue, strict=True):
             if time.perf_counter() > deadline:
                 break
             for old in rules(seed):
@@ -318,6 +347,7 @@ def main() -> None:
                         nearest_agreement=None if near is None else round(near, 4),
                         seed=seed,
                         rule="old" if old else "new",
+                        truth=truth,
                         **o.__dict__,
                     )
                 )
@@ -433,7 +463,7 @@ def parting_probes(auroc_rows: list[dict], below: float = 0.95) -> list[dict]:
 def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: list[dict]) -> None:
     def pick(**kw):
         return [
-            Outcome(r["match"], r["queries"], r["stop"], r["log_e"], r["probes"])
+            Outcome(r["match"], r["queries"], r["stop"], r["log_e"], r["probes"], r.get("decided", {}))
             for r in rows
             if all(r[k] == v for k, v in kw.items())
         ]
@@ -448,7 +478,9 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
         "coverage": coverage,
         "rules": {
             "old": "match: posterior >= 0.99 and the matcher accepts, after min_answers = 2 answers",
-            "new": "old, and the mixture e-value (1/C) sum_c prod_p 1[answer == c's stored answer] / a_p(c) >= 1/alpha",
+            "new": "old, and the mixture e-value (1/C) sum_c prod_p 1[answer == c's stored answer] / a_p(c) >= 1/alpha "
+            "(a_p per near-twin count and level, prior = the closest known pair); a head short of that is decided "
+            "when its own e-value (1/C) sum_{c of value v} b^-answers >= 1/alpha (b = closest pair of other values)",
         },
         "near_twins": {},
         "by_split": [],
@@ -500,6 +532,57 @@ def summarise(rows: list[dict], seconds: float, skipped: list[str], coverage: li
                     "match_rate_new": round(sum(o.match for o in new) / len(new), 4),
                 }
             )
+    # per head, at the default: how often a report states its value as decided (its own bound met, or the
+    # class's), and how often wrongly, where the target's true labels are known (a near twin's hardware is
+    # another vendor's or another ISA's; its dtype usually the same as its twin's)
+    result["heads"], totals = [], {}
+    for group, kinds in (("near-twins", twins), ("known", ("known",)), ("unseen-engines", ("engine",))):
+        for model in MODELS:
+            for tier in TIERS:
+                rs = [
+                    r
+                    for r in rows
+                    if r["kind"] in kinds and r["model"] == model and r["tier"] == str(tier) and r["rule"] == "new"
+                ]
+                for head in sorted({h for r in rs for h in (*r["truth"], *r.get("decided", {}))}):
+                    decided = [r for r in rs if head in r.get("decided", {})]
+                    # a class's label joins its members' values with "|" where they differ: any of them is right
+                    wrong = [
+                        r
+                        for r in decided
+                        if r["truth"]
+                        and r["decided"][head] != r["truth"].get(head)
+                        and r["decided"][head] not in str(r["truth"].get(head, "")).split("|")
+                    ]
+                    result["heads"].append(
+                        {
+                            "group": group,
+                            "model": model,
+                            "tier": str(tier),
+                            "head": head,
+                            "n_audits": len(rs),
+                            "decided": len(decided),
+                            "wrongly_decided": len(wrong),
+                            "median_queries_when_decided": float(np.median([r["queries"] for r in decided]))
+                            if decided
+                            else None,
+                        }
+                    )
+                    t = totals.setdefault((group, head), [0, 0, 0])
+                    t[0], t[1], t[2] = t[0] + len(rs), t[1] + len(decided), t[2] + len(wrong)
+    result["heads_overall"] = [
+        {
+            "group": group,
+            "head": head,
+            "n_audits": n,
+            "decided_rate": round(d / n, 5),
+            "wrong_decision_rate": round(w / n, 5),
+            "wrong_decisions": w,
+            "wrong_decision_ci": clopper_pearson(w, n),
+        }
+        for (group, head), (n, d, w) in sorted(totals.items())
+        if n
+    ]
     # open-set AUROC per left-out class at the default: score = the audit's final log e-value (-inf: every
     # candidate parted), known-class audits (all classes present) against the left-out class's audits
     from sklearn.metrics import roc_auc_score

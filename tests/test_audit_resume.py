@@ -77,27 +77,43 @@ def test_resumed_audit_keeps_prior_answers_spends_the_rest_and_never_reasks(targ
 
 def test_resumed_audit_that_is_already_decided_asks_nothing(target: str) -> None:
     decided = run_audit(settings(target, order="split", min_answers=2, budget_queries=128))
-    assert decided.stop == "confident"
+    # the claimed head (dtype) is decided by its own bound; the class cannot be bounded within 128 queries
+    assert decided.stop == "bound-out-of-reach" and decided.verdict == "consistent"
     counting = Counting()
     again = run_audit(
         settings(target, order="split", min_answers=2, budget_queries=128), prior=decided.evidence, transport=counting
     )
-    assert counting.prompts == [] and again.stop == "confident" and again.verdict == decided.verdict
+    assert counting.prompts == [] and again.stop == decided.stop and again.verdict == decided.verdict
     assert again.queries == decided.queries and again.heads == decided.heads
 
 
-def test_a_match_the_budget_cannot_bound_stops_early_and_names_the_budget_it_would_need(target: str) -> None:
-    """The default false-match bound: a leader that fits but cannot be bounded within the budget ends the
-    audit at once (inconclusive, heads shown undecided) instead of spending the rest."""
-    bounded = run_audit(settings(target, order="split", min_answers=2, budget_queries=128))
+def test_a_match_the_budget_cannot_bound_stops_once_the_claimed_heads_are_decided(target: str) -> None:
+    """The default false-match bound: a leader that fits but whose class cannot be bounded within the budget
+    ends the audit as soon as the claimed heads are decided by their own bounds (dtype: no two collected
+    dtypes answer alike), instead of spending the rest; the class and the other heads stay undecided."""
+    bounded = run_audit(settings(target, order="split", min_answers=2, budget_queries=256))
     assert bounded.stop == "confident" and bounded.evidence_bound is not None and bounded.evidence_bound.met
+    assert bounded.verdict == "consistent" and bounded.matched_class is not None
     short = run_audit(settings(target, order="split", min_answers=2, budget_queries=8))
     assert short.stop == "bound-out-of-reach" and short.queries < 8
-    assert short.verdict == "inconclusive" and short.evidence_bound is not None and not short.evidence_bound.met
-    assert short.heads["dtype"].guesses[0].label == "fp32" and not short.heads["dtype"].decided
+    assert short.evidence_bound is not None and not short.evidence_bound.met
+    assert short.evidence_bound.heads["dtype"].met and short.evidence_bound.heads["dtype"].value == "fp32"
+    assert short.verdict == "consistent" and short.heads["dtype"].decided and short.matched_class is None
+    assert short.heads["hardware"].guesses and not short.heads["hardware"].decided
     suggested = int(re.search(r"--budget (\d+)", short.reason).group(1))  # type: ignore[union-attr]
     # optimistic (the best probes, every answer agreeing): never more than the audit that got there needed
     assert short.queries < suggested <= bounded.queries
+    # a claim on a head whose values come as close as ISA variants do cannot be confirmed within 8 queries
+    hardware = run_audit(
+        settings(
+            target,
+            order="split",
+            min_answers=2,
+            budget_queries=8,
+            claim={"hardware": bounded.heads["hardware"].guesses[0].label},
+        )
+    )
+    assert hardware.verdict == "inconclusive" and hardware.heads["hardware"].verdict == "inconclusive"
 
 
 def test_replay_can_be_stopped_from_on_query_and_keeps_the_evidence(target: str) -> None:

@@ -15,10 +15,16 @@ from hspi.audit.decision import (
     agreement_rates,
     answer_agreement,
     answers_to_bound,
+    answers_to_decide,
     candidate_log_evalues,
+    cell,
+    closest_pair_rate,
     decide,
+    decide_heads,
+    head_closeness,
     level_rates,
     neighbour_indices,
+    twin_levels,
 )
 from hspi.classifier.sequential import same_answers
 
@@ -42,23 +48,45 @@ def test_levels_count_the_nearest_neighbours_that_agree() -> None:
     assert list(agreement_levels(same, 0)[0]) == [0] * 6
 
 
-def test_level_rates_are_what_left_out_twins_did() -> None:
-    """0 and 1 are twins: leaving 0 out, 1's nearest other (2, agreeing on probe 2 only) sets the levels;
-    0 agrees with 1 on 5 of 6 probes, at level 0 on 5 (4 agreeing) and level 1 on 1 (agreeing)."""
+def test_only_near_twins_count_as_neighbours() -> None:
+    """A class whose nearest others are far has no near twins: its levels say nothing about where an
+    unseen twin would part, so they are all 0 in the cell for n = 0."""
+    same = same_answers(signatures_with_twins())
+    twins, levels = twin_levels(same, 2, twin_agreement=0.5)
+    assert list(twins) == [1, 1, 0, 0]
+    assert list(levels[0]) == [1, 1, 1, 1, 1, 0] and list(levels[2]) == [0] * 6
+    assert [int(cell(n, lv)) for n, lv in ((0, 0), (1, 0), (2, 1), (1, 1), (3, 3))] == [0, 1, 2, 3, 3]
+
+
+def test_level_rates_are_what_left_out_twins_did_and_the_closest_pair_elsewhere() -> None:
+    """0 and 1 are twins (5 of 6 probes alike).  Leaving 0 out, 1 has no near twin left (n = 0), and 0
+    agrees with it on 5 of 6 probes; the same the other way: cell (0, 0) tallies 10 of 12.  The prior of
+    every cell is the closest pair's rate, (5 + 1) / (6 + 2); a cell nothing calibrates keeps it."""
     same = same_answers(signatures_with_twins())
     bound = MatchBound(neighbours=1, twin_agreement=0.5)
-    # both 0 (left out, nearest 1) and 1 (left out, nearest 0) tally: level 0 on 10 probes, 8 agreeing
+    prior = (5 + 1) / (6 + 2)
+    assert closest_pair_rate(same, bound) == pytest.approx(prior)
     rates = level_rates(same, bound)
-    assert rates[0] == pytest.approx((8 + 1) / (10 + 2))
-    assert rates[1] == pytest.approx(max(rates[0], (2 + 1) / (2 + 2)))
-    assert (np.diff(rates) >= 0).all()
+    assert rates[cell(0, 0)] == pytest.approx((10 + 2 * prior) / (12 + 2))
+    assert rates[1:] == pytest.approx(np.full(3, prior))  # no left-out twin kept a near twin of its own
     full = agreement_rates(same, bound)
     assert full.shape == (4, 6) and ((full > 0) & (full < 1)).all()
+    # the classes far from every other (2, 3) are no longer the easiest to match: n = 0, the calibrated cell
+    assert full[3] == pytest.approx(np.full(6, rates[cell(0, 0)]))
 
 
-def test_without_near_twins_the_rates_are_the_prior() -> None:
+def test_a_lone_class_is_as_hard_to_bound_as_the_closest_known_pair_is_close() -> None:
+    """The flaw this guards against: a class no other class resembles got the smallest a_p (its
+    neighbours 'part' everywhere) and was matched in a few answers, while a real unseen twin of it
+    (another vendor's fp16, 98 % alike) answered those probes like it."""
+    sig = np.array([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 9], [0, 0, 0, 0, 0, 0, 0, 0]])
+    rates = agreement_rates(same_answers(sig), MatchBound(neighbours=2))
+    assert rates[2].min() >= rates[0].min()
+
+
+def test_without_near_twins_the_rates_are_the_closest_pair_prior() -> None:
     same = same_answers(np.arange(12).reshape(3, 4))  # no two classes ever agree
-    assert agreement_rates(same, MatchBound()) == pytest.approx(np.full((3, 4), 0.5))
+    assert agreement_rates(same, MatchBound()) == pytest.approx(np.full((3, 4), 1 / 6))
 
 
 def test_neighbours_are_the_closest_classes_and_never_the_candidate() -> None:
@@ -126,8 +154,8 @@ def test_rates_are_probabilities_off_0_and_1_and_grow_with_the_level(sig: list[l
     same = same_answers(np.array(sig))
     rates = agreement_rates(same, bound)
     assert ((rates > 0) & (rates < 1)).all()
-    levels = agreement_levels(same, min(k, len(sig) - 1))
-    for c in range(len(sig)):  # a probe where more neighbours agree never gets a lower a_p
+    levels = twin_levels(same, min(k, len(sig) - 1), bound.twin_agreement)[1]
+    for c in range(len(sig)):  # a probe where more near twins agree never gets a lower a_p
         order = np.argsort(levels[c], kind="stable")
         assert (np.diff(rates[c][order]) >= -1e-12).all()
 
@@ -172,3 +200,49 @@ def test_answers_to_bound_is_optimistic_never_stopping_an_audit_that_could_still
         asked = np.r_[rows, best[:m]].astype(np.int64)
         met = decide(a, asked, np.ones((len(asked), 1), dtype=bool), bound).met
         assert met == (needed is not None and m >= needed)
+
+
+def test_head_closeness_is_the_closest_pair_with_different_values() -> None:
+    sig = signatures_with_twins()  # 0 ~ 1 (5/6), 2 ~ 0 and 1 (1/6)
+    same = same_answers(sig)
+    bound = MatchBound()
+    # dtype: 0 and 1 share a value, so the closest pair with different ones agrees on 1 of 6 probes
+    assert head_closeness(same, ["fp32", "fp32", "bf16", "fp16"], bound) == pytest.approx((1 + 1) / (6 + 2))
+    # hardware: 0 and 1 differ, 5 of 6 alike
+    assert head_closeness(same, ["a", "b", "a", "a"], bound) == pytest.approx((5 + 1) / (6 + 2))
+    assert head_closeness(same, ["x"] * 4, bound) == pytest.approx(0.5)
+
+
+def test_a_head_is_decided_once_its_value_alone_reaches_one_over_alpha() -> None:
+    labels = [{"dtype": "fp32"}, {"dtype": "fp32"}, {"dtype": "bf16"}, {"dtype": "fp16"}]
+    bound = MatchBound(alpha=0.01)
+    b = 0.1
+    # candidates 0 and 1 (fp32) fit every answer: E_fp32 = (2/4) * 10^m, so m = 3 reaches 100 and m = 2 does not
+    for m, met in ((2, False), (3, True)):
+        agree = np.zeros((m, 4), dtype=bool)
+        agree[:, :2] = True
+        reading = decide_heads(agree, labels, {"dtype": b}, bound)["dtype"]
+        assert reading.value == "fp32" and reading.met is met
+        assert reading.log_evalue == pytest.approx(math.log(0.5) + m * math.log(10))
+    reading = decide_heads(np.ones((2, 4), dtype=bool) & [True, True, False, False], labels, {"dtype": b}, bound)
+    assert answers_to_decide(reading["dtype"], bound) == 1
+    parted = decide_heads(np.zeros((1, 4), dtype=bool), labels, {"dtype": b}, bound)["dtype"]
+    assert parted.value is None and not parted.met and answers_to_decide(parted, bound) is None
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), alpha=st.sampled_from([0.05, 0.1, 0.2]))
+def test_a_wrong_head_value_is_decided_at_most_alpha_of_the_time(seed: int, alpha: float) -> None:
+    """An unseen bf16 platform that agrees with each fp32 candidate with probability exactly b on every
+    probe (the worst H0 allows) gets dtype=fp32 decided with frequency <= α at any stopping time."""
+    rng = np.random.default_rng(seed)
+    labels = [{"dtype": "fp32"}, {"dtype": "fp32"}, {"dtype": "bf16"}]
+    b, runs, answers = float(rng.uniform(0.2, 0.9)), 2000, 12
+    bound = MatchBound(alpha=alpha)
+    wrong = 0
+    for _ in range(runs):
+        agree = np.ones((answers, 3), dtype=bool)
+        agree[:, :2] = rng.random((answers, 2)) < b
+        fp32 = [decide_heads(agree[:m], labels, {"dtype": b}, bound)["dtype"] for m in range(1, answers + 1)]
+        wrong += any(r.met and r.value == "fp32" for r in fp32)
+    assert wrong / runs <= alpha + 4 * math.sqrt(alpha * (1 - alpha) / runs)

@@ -861,13 +861,15 @@ def test_audit_token_budget_binds_before_the_query_budget(good_server: str) -> N
 
 
 def test_audit_of_a_good_server_is_consistent(good_server: str) -> None:
-    report = run_audit(audit_settings(good_server, budget_queries=128))  # enough for the default bound
-    assert report.stop == "confident" and report.tier == "topk20"
+    report = run_audit(audit_settings(good_server, budget_queries=128))
+    # the claimed head is decided by its own bound; the class (~139 answers at top-20) is out of reach of 128
+    assert report.stop == "bound-out-of-reach" and report.tier == "topk20"
     assert (
         report.queries <= 128
         and report.verdict == "consistent"
         and report.evidence_bound is not None
-        and report.evidence_bound.met
+        and report.evidence_bound.heads["dtype"].met
+        and not report.evidence_bound.met
     )
     assert report.heads["dtype"].guesses[0].label == "fp32"
 

@@ -66,7 +66,8 @@ def test_an_audit_runs_in_the_background_and_reports_as_the_cli_does(service, ta
         assert audit["status"] in ("queued", "running") and audit["progress"]["budget_queries"] == 128
     with client(base, read) as c:
         done = wait_final(c, audit["id"])
-        assert done["status"] == "done" and done["verdict"] == "consistent" and done["stop"] == "confident"
+        # the claimed dtype is decided by its own bound; the class cannot be bounded within 128 queries
+        assert done["status"] == "done" and done["verdict"] == "consistent" and done["stop"] == "bound-out-of-reach"
         report = AuditReportPublic.model_validate(done["report"])  # the API's own report model
         # every field it publishes is one `hspi audit --json` writes: the CLI's model reads it
         assert AuditReport.model_validate(done["report"]).model_dump().keys() >= done["report"].keys()

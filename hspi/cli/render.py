@@ -77,6 +77,10 @@ def render_audit(report: AuditReport, console: Console) -> None:
             f"Unseen-platform bound: e-value {e} vs 1/α = {1 / bound.alpha:.3g} after {bound.answers} answers "
             f"({'met' if bound.met else 'not met'})"
         )
+        if not bound.met:
+            decided = [f"{h}={r.value}" for h, r in bound.heads.items() if r.met]
+            if decided:
+                console.print(f"Decided by their own bound (another value excluded at α): {', '.join(decided)}")
     if report.heads:
         table = Table("head", "reading", "probability", "2nd guess", "claim")
         for head, h in report.heads.items():
