@@ -16,6 +16,7 @@ from hspi.api.schemas import (
     AgnosticCheckPublic,
     AgnosticReportPublic,
     AgnosticRequestPublic,
+    AgnosticSectionPublic,
     AnswerPublic,
     AuditReportPublic,
     EvidenceBoundPublic,
@@ -28,7 +29,8 @@ from hspi.api.schemas import (
     PosteriorPointPublic,
 )
 from hspi.audit import AuditReport, HeadReport, QueryRecord
-from hspi.audit.agnostic import AGNOSTIC_KIND, AgnosticReport
+from hspi.audit.agnostic import AGNOSTIC_KIND, AgnosticRecord, AgnosticReport, Check
+from hspi.audit.agnostic_section import AgnosticSection
 
 
 def answer_public(record: QueryRecord) -> AnswerPublic:
@@ -94,6 +96,7 @@ def report_public(report: AuditReport) -> AuditReportPublic:
             answers_used=precision.answers_used,
             reason=precision.reason,
         ),
+        agnostic=None if report.agnostic is None else agnostic_section_public(report.agnostic),
         evidence=[answer_public(r) for r in report.evidence],
         # the engine records where it read them; a client is told their names, not the server's paths
         dataset=Path(report.dataset).name,
@@ -122,6 +125,42 @@ def stored_report_public(stored: dict[str, Any] | None) -> AuditReportPublic | N
     return report_public(AuditReport.model_validate(stored))
 
 
+def check_public(check: Check) -> AgnosticCheckPublic:
+    return AgnosticCheckPublic(
+        verdict=check.verdict, probability=check.probability, reason=check.reason, evidence=dict(check.evidence)
+    )
+
+
+def agnostic_request_public(r: AgnosticRecord) -> AgnosticRequestPublic:
+    return AgnosticRequestPublic(
+        index=r.index,
+        step=r.step,
+        method=r.method,
+        path=r.path,
+        status=r.status,
+        tier_asked=r.tier_asked,
+        texts=list(r.texts),
+        values=list(r.values),
+        problem=r.problem,
+        fields=dict(r.fields),
+        queries_so_far=r.queries_so_far,
+        seconds=r.seconds,
+    )
+
+
+def agnostic_section_public(section: AgnosticSection) -> AgnosticSectionPublic:
+    return AgnosticSectionPublic(
+        checks={name: check_public(check) for name, check in section.checks.items()},
+        asked=section.asked,
+        queries=section.queries,
+        tokens=section.tokens,
+        stop=section.stop,
+        reason=section.reason,
+        prompts=list(section.prompts),
+        evidence=[agnostic_request_public(r) for r in section.evidence],
+    )
+
+
 def agnostic_report_public(report: AgnosticReport) -> AgnosticReportPublic:
     return AgnosticReportPublic(
         endpoint=report.endpoint,
@@ -135,29 +174,8 @@ def agnostic_report_public(report: AgnosticReport) -> AgnosticReportPublic:
         tokens=report.tokens,
         budget_queries=report.budget_queries,
         budget_tokens=report.budget_tokens,
-        checks={
-            name: AgnosticCheckPublic(
-                verdict=check.verdict, probability=check.probability, reason=check.reason, evidence=dict(check.evidence)
-            )
-            for name, check in report.checks.items()
-        },
-        evidence=[
-            AgnosticRequestPublic(
-                index=r.index,
-                step=r.step,
-                method=r.method,
-                path=r.path,
-                status=r.status,
-                tier_asked=r.tier_asked,
-                texts=list(r.texts),
-                values=list(r.values),
-                problem=r.problem,
-                fields=dict(r.fields),
-                queries_so_far=r.queries_so_far,
-                seconds=r.seconds,
-            )
-            for r in report.evidence
-        ],
+        checks={name: check_public(check) for name, check in report.checks.items()},
+        evidence=[agnostic_request_public(r) for r in report.evidence],
         seconds=report.seconds,
     )
 

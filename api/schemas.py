@@ -59,6 +59,13 @@ class AuditCreate(BaseModel):
             "precision, determinism, engine); budget defaults to 8 queries"
         ),
     )
+    agnostic_checks: bool = Field(
+        default=False,
+        description=(
+            "with a model: after the reference verdict, also ask the model-agnostic determinism and engine checks "
+            "(up to 6 more queries, inside the budget); logit precision is read from the answers either way"
+        ),
+    )
     claim: Claim | None = Field(
         default=None, description='what the provider claims: {"dtype": "fp32"} or "dtype=fp32,hardware=x86-avx2"'
     )
@@ -206,6 +213,10 @@ class AuditReportPublic(BaseModel):
     matched_class: MatchedClassPublic | None
     caveat: str
     logit_precision: LogitPrecisionPublic | None
+    agnostic: AgnosticSectionPublic | None = Field(
+        default=None,
+        description="the model-agnostic checks (precision, determinism, engine), each a reading or unknown and why",
+    )
     evidence: list[AnswerPublic]
     dataset: str = Field(description="the name of the reference dataset (its directory's name)")
     classifier: str = Field(description="the name of the classifier (its directory's name)")
@@ -237,6 +248,20 @@ class AgnosticRequestPublic(BaseModel):
     fields: dict[str, Any] = Field(description="response field names and formats (engine tells)")
     queries_so_far: int
     seconds: float
+
+
+class AgnosticSectionPublic(BaseModel):
+    """The model-agnostic checks of a reference audit: precision read from its answers, determinism and
+    engine asked after the verdict when agnostic_checks is set (else unknown, saying so)."""
+
+    checks: dict[str, AgnosticCheckPublic] = Field(description="precision, determinism, engine")
+    asked: bool = Field(description="determinism and engine were asked for (they cost queries)")
+    queries: int = Field(description="queries the checks cost (precision costs none); counted in the report's")
+    tokens: int
+    stop: str | None = Field(description="plan-done, budget, target-error or interrupted; null: nothing asked")
+    reason: str
+    prompts: list[str]
+    evidence: list[AgnosticRequestPublic]
 
 
 class AgnosticReportPublic(BaseModel):

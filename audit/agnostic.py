@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Literal
 
@@ -55,6 +55,7 @@ PROMPT_B = "你会为之付代价"  # "you will pay the price for it"
 DEFAULT_BUDGET = 8
 AGNOSTIC_KIND = "model-agnostic"  # the `kind` of its report (and of its settings as the service stores them)
 BURST = 3
+FULL_PLAN = ("models", "first", "second", "repeat", "malformed", "burst")
 TIER_ASKS: tuple[tuple[str, int | None], ...] = (("topk20", 20), ("topk5", 5), ("top1", 0), ("text", None))
 NORMALISATION_SLACK = 1e-3  # top-k probabilities may sum to at most 1 (+ float32 rounding of each value)
 PRECISION_NOTE = (
@@ -151,9 +152,11 @@ class AgnosticAudit:
         evidence_sink: IO[str] | None = None,
         on_record: Callable[[AgnosticRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        burst: int = BURST,
     ) -> None:
         self.settings, self.sink = settings, evidence_sink
         self.on_record, self.should_stop = on_record, should_stop
+        self.burst = burst
         self.budget = QueryBudget(settings.budget_queries, settings.budget_tokens or 40 * settings.budget_queries)
         self.http = BudgetedHTTPClient(
             settings.endpoint,
@@ -306,7 +309,7 @@ class AgnosticAudit:
 
     def _burst(self) -> None:
         assert self.tier is not None
-        copies = min(BURST, self.budget.max_queries - self.budget.queries)
+        copies = min(self.burst, self.budget.max_queries - self.budget.queries)
         if copies < 2:
             return
         logprobs = dict(TIER_ASKS)[self.tier]
@@ -337,20 +340,22 @@ class AgnosticAudit:
             if exchange.status < 300:
                 self.answers[step] = (exchange, answer)
 
-    def run(self) -> AgnosticReport:
+    def run(self, plan: tuple[str, ...] = FULL_PLAN) -> AgnosticReport:
+        """Ask the plan's steps in order (`FULL_PLAN`; a reference audit's section leaves out `second`)."""
         started = time.perf_counter()
         stop: Any = "plan-done"
         reason = "every step of the plan was asked"
-        steps: list[Callable[[], None]] = [
-            self._get_models,
-            self._first,
-            lambda: self._again("second", self.prompt_b),
-            lambda: self._again("repeat", self.prompt_a),
-            self._malformed,
-            self._burst,
-        ]
+        steps: dict[str, Callable[[], None]] = {
+            "models": self._get_models,
+            "first": self._first,
+            "second": lambda: self._again("second", self.prompt_b),
+            "repeat": lambda: self._again("repeat", self.prompt_a),
+            "malformed": self._malformed,
+            "burst": self._burst,
+        }
         try:
-            for step in steps:
+            for name in plan:
+                step = steps[name]
                 if self.should_stop is not None and self.should_stop():
                     raise _Stopped
                 step()
@@ -389,46 +394,15 @@ class AgnosticAudit:
     def precision_check(self) -> Check:
         if self.tier is None:
             return Check(verdict="unknown", probability=0.0, reason="no answer to a plain prompt")
-        if self.tier in ("top1", "text"):
-            reading = read_precision([], self.tier)
-            note = f"{self.tier_note}; " if self.tier_note else ""
-            return Check(verdict="unknown", probability=0.0, reason=note + reading.reason)
-        k = 20 if self.tier == "topk20" else 5
-        rows, seen, why = [], set(), ""
-        for step, (_, answer) in self.answers.items():
-            if answer.problem or answer.logprobs_problem or answer.top is None:
-                why = why or f"{step}: {answer.problem or answer.logprobs_problem or 'no top logprobs'}"
-                continue
-            values = [v for _, v in answer.top]
-            row, invalid = validate_answer(values, k)
-            if row is None:
-                why = why or f"{step}: {invalid}" + (f" ({len(values)} given, {k} asked)" if "fewer" in invalid else "")
-                continue
-            mass = float(np.exp(np.asarray(values, dtype=np.float64)).sum())
-            if mass > 1.0 + NORMALISATION_SLACK:
-                why = why or f"{step}: not log-probabilities (their probabilities sum to {mass:.4g} > 1)"
-                continue
-            key = row.tobytes()
-            if key not in seen:  # a bit-identical repeat is no new evidence
-                seen.add(key)
-                rows.append(row)
-        if why:  # one answer that is not log-probabilities makes the others suspect too
-            return Check(verdict="unknown", probability=0.0, reason=why, evidence={"answers_read": len(rows)})
-        if not rows:
-            return Check(verdict="unknown", probability=0.0, reason="no answer carried top-k logprobs")
-        reading = read_precision(np.stack(rows), self.tier)
-        probability = reading.posterior.get(reading.verdict, max(reading.posterior.values(), default=0.0))
-        return Check(
-            verdict=reading.verdict,
-            probability=round(probability, 4),
-            reason=f"{reading.reason}; {PRECISION_NOTE}",
-            evidence={
-                "posterior": {c: round(p, 4) for c, p in reading.posterior.items()},
-                "answers_used": reading.answers_used,
-                "log_evidence": {c: round(v, 3) if math.isfinite(v) else None for c, v in reading.log_evidence.items()},
-                "fits": reading.fits,
-            },
-        )
+        answers: list[tuple[str, list[float] | None, str]] = [
+            (
+                step,
+                None if answer.top is None else [v for _, v in answer.top],
+                answer.problem or answer.logprobs_problem or ("no top logprobs" if answer.top is None else ""),
+            )
+            for step, (_, answer) in self.answers.items()
+        ]
+        return precision_check(answers, self.tier, self.tier_note)
 
     def determinism_check(self) -> Check:
         observations = [
@@ -461,6 +435,52 @@ class AgnosticAudit:
             reason=reading.reason,
             evidence={"tells": tells, "fired": reading.fired, "posterior": reading.posterior},
         )
+
+
+def precision_check(answers: Sequence[tuple[str, list[float] | None, str]], tier: str, tier_note: str = "") -> Check:
+    """The logit precision of answers at `tier`: each answer is (its name, its top-k logprobs or None, why it
+    cannot be used or ""), from a model-agnostic audit's plain prompts or a reference audit's probes alike."""
+    if tier in ("top1", "text"):
+        reading = read_precision([], tier)
+        note = f"{tier_note}; " if tier_note else ""
+        return Check(verdict="unknown", probability=0.0, reason=note + reading.reason)
+    if tier not in ("topk20", "topk5"):
+        return Check(verdict="unknown", probability=0.0, reason=f"the {tier} tier shows no log-probabilities")
+    k = 20 if tier == "topk20" else 5
+    rows, seen, why = [], set(), ""
+    for step, values, problem in answers:
+        if problem or values is None:
+            why = why or f"{step}: {problem or 'no top logprobs'}"
+            continue
+        row, invalid = validate_answer(values, k)
+        if row is None:
+            why = why or f"{step}: {invalid}" + (f" ({len(values)} given, {k} asked)" if "fewer" in invalid else "")
+            continue
+        mass = float(np.exp(np.asarray(values, dtype=np.float64)).sum())
+        if mass > 1.0 + NORMALISATION_SLACK:
+            why = why or f"{step}: not log-probabilities (their probabilities sum to {mass:.4g} > 1)"
+            continue
+        key = row.tobytes()
+        if key not in seen:  # a bit-identical repeat is no new evidence
+            seen.add(key)
+            rows.append(row)
+    if why:  # one answer that is not log-probabilities makes the others suspect too
+        return Check(verdict="unknown", probability=0.0, reason=why, evidence={"answers_read": len(rows)})
+    if not rows:
+        return Check(verdict="unknown", probability=0.0, reason="no answer carried top-k logprobs")
+    reading = read_precision(np.stack(rows), tier)
+    probability = reading.posterior.get(reading.verdict, max(reading.posterior.values(), default=0.0))
+    return Check(
+        verdict=reading.verdict,
+        probability=round(probability, 4),
+        reason=f"{reading.reason}; {PRECISION_NOTE}",
+        evidence={
+            "posterior": {c: round(p, 4) for c, p in reading.posterior.items()},
+            "answers_used": reading.answers_used,
+            "log_evidence": {c: round(v, 3) if math.isfinite(v) else None for c, v in reading.log_evidence.items()},
+            "fits": reading.fits,
+        },
+    )
 
 
 def run_agnostic_audit(

@@ -26,6 +26,7 @@ from typing import IO, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from hspi.audit.agnostic_section import AgnosticSection, SectionTarget, agnostic_section
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports, wrong_model_heads
 from hspi.audit.decision import (
     BoundReading,
@@ -131,6 +132,8 @@ class AuditReport(BaseModel):
     matched_class: MatchedClass | None = None
     caveat: str = ""
     logit_precision: LogitPrecision | None = None
+    # the model-agnostic checks (audit.agnostic_section); None in reports stored before they were read
+    agnostic: AgnosticSection | None = None
     evidence: list[QueryRecord]
     dataset: str
     classifier: str
@@ -166,6 +169,8 @@ class AuditSettings(BaseModel):
     classifier: Path | None = None
     # pool probes never to ask: an evaluation keeps the probes the classifier was trained on out
     avoid_probes: list[int] = Field(default_factory=list)
+    # ask the model-agnostic determinism and engine checks after the verdict (up to 6 more queries, in budget)
+    agnostic_checks: bool = False
 
     @property
     def api_kind(self) -> str:
@@ -801,7 +806,7 @@ def report_from(
     audit = Audit(settings, references)
     audit.replay(records)
     audit.interrupt(reason)
-    return audit.report()
+    return with_agnostic_section(audit.report(), settings, None)
 
 
 def posterior_trace(
@@ -864,10 +869,52 @@ def run_audit(
                 audit.replay(prior or ())
             except KeyboardInterrupt:  # Ctrl-C while the stored answers were put back: they are kept
                 audit.interrupt("interrupted by the user: the evidence so far is kept")
-            return audit.run()
+            report = audit.run()
+        return with_agnostic_section(
+            report, settings, budget, api_key=api_key, transport=transport, should_stop=should_stop
+        )
     finally:
         if sink is not None:
             sink.close()
+
+
+def with_agnostic_section(
+    report: AuditReport,
+    settings: AuditSettings,
+    budget: QueryBudget | None,
+    *,
+    api_key: str | None = None,
+    transport: object = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AuditReport:
+    """The report with its model-agnostic section: precision from its answers; determinism and engine
+    asked after the verdict if the settings ask for them (`budget` None: stored answers, nothing asked).
+    Its queries and tokens then count the section's requests too."""
+    skip_why = ""
+    if report.stop in (StopReason.INTERRUPTED, StopReason.TARGET_ERROR):
+        skip_why = f"not asked: the reference audit ended {report.stop.value}"
+    section = agnostic_section(
+        SectionTarget(
+            endpoint=settings.endpoint,
+            api=settings.api_kind,
+            served_model=settings.served_model or settings.model,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            seed=settings.seed,
+        ),
+        None if report.tier is None else str(report.tier.value),
+        [(r.probe_id, r.complete, r.tier, r.values) for r in report.evidence],
+        budget,
+        ask=settings.agnostic_checks,
+        api_key=api_key,
+        transport=transport,
+        should_stop=should_stop,
+        skip_why=skip_why,
+    )
+    update: dict[str, object] = {"agnostic": section}
+    if budget is not None:
+        update |= {"queries": budget.queries, "tokens": budget.tokens}
+    return report.model_copy(update=update)
 
 
 def write_report(report: AuditReport, path: Path) -> None:

@@ -216,13 +216,15 @@ def test_validation_messages_are_sentences_and_never_echo_secrets() -> None:
 PUBLIC_REPORT_FIELDS = [  # the API's contract: changing it is a change of the public API, not of the engine
     "endpoint", "model", "api", "tier", "status", "verdict", "reason", "stop", "queries", "tokens",
     "budget_queries", "budget_tokens", "answers_used", "match_score", "threshold", "claim", "heads",
-    "matched_class", "caveat", "logit_precision", "evidence", "dataset", "classifier", "seconds", "evidence_bound",
+    "matched_class", "caveat", "logit_precision", "agnostic", "evidence", "dataset", "classifier", "seconds", "evidence_bound",
 ]  # fmt: skip
 
 
 def engine_report(**changes: object):  # type: ignore[no-untyped-def]
     """An engine report with every optional part filled in."""
     from hspi.audit import AuditReport, HeadReport, QueryRecord
+    from hspi.audit.agnostic import AgnosticRecord, Check
+    from hspi.audit.agnostic_section import AgnosticSection
     from hspi.audit.decision import BoundReading
     from hspi.audit.engine import LogitPrecision, MatchedClass
     from hspi.audit.identification import Guess
@@ -253,6 +255,14 @@ def engine_report(**changes: object):  # type: ignore[no-untyped-def]
         "matched_class": MatchedClass(name="c0", members=["cpu:avx2/fp32/torch-eager"], labels={"dtype": "fp32"}),
         "caveat": "platforms outside the collection may give the same answers",
         "logit_precision": LogitPrecision(verdict="fp32", posterior={"fp32": 1.0}, answers_used=2, reason="r"),
+        "agnostic": AgnosticSection(
+            checks={"precision": Check(verdict="fp32", probability=0.99, reason="r", evidence={"answers_used": 2}),
+                    "determinism": Check(verdict="deterministic", probability=0.8, reason="r"),
+                    "engine": Check(verdict="unknown", probability=0.0, reason="no tell")},
+            asked=True, queries=2, tokens=60, stop="budget", reason="the budget is spent", prompts=["a", "b"],
+            evidence=[AgnosticRecord(index=0, step="models", method="GET", path="/models", status=200,
+                                     queries_so_far=3)],
+        ),
         "evidence": [
             QueryRecord(index=i, probe_set="pool", probe_id=7 + i, tier="topk5", complete=True, ids=[1, 2, 3, 4, 5],
                         values=[-0.5, -1.25, -2.0, -3.0, -4.0], queries_so_far=i + 1, leading={"dtype": "fp32"})
@@ -283,6 +293,11 @@ def test_the_public_report_is_the_engine_report_with_names_for_paths() -> None:
     assert stored_report_public(None) is None
     old = stored_report_public(engine_report(verdict=None, evidence_bound=None).model_dump(mode="json"))
     assert old is not None and old.verdict is None and old.evidence_bound is None
+    # a report stored before the model-agnostic section has none
+    stored = report.model_dump(mode="json")
+    stored.pop("agnostic")
+    before = stored_report_public(stored)
+    assert before is not None and before.agnostic is None
 
 
 def test_a_field_the_engine_adds_stays_out_of_the_public_report() -> None:

@@ -55,7 +55,7 @@ BODY_ERRORS: ErrorResponses = {
 }
 NOT_FOUND: ErrorResponses = {404: {"model": ErrorBody, "description": "no such audit"}}
 # fields a model-agnostic audit has no use for: sent with agnostic: true they are refused, not ignored
-REFERENCE_ONLY = ("model", "claim", "min_answers", "false_match_rate")
+REFERENCE_ONLY = ("model", "claim", "min_answers", "false_match_rate", "agnostic_checks")
 MAX_TRACE_ANSWERS = 512  # the trace replays each answer into the evidence (about 40 ms each here): bounded
 
 
@@ -210,6 +210,7 @@ def _reference_settings(body: AuditCreate, services: ServicesDep) -> AuditSettin
         timeout_s=body.timeout_s,
         min_answers=body.min_answers,
         false_match_rate=body.false_match_rate,
+        agnostic_checks=body.agnostic_checks,
         dataset=limits.dataset,
         classifier=limits.classifier,
     )

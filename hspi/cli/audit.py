@@ -72,6 +72,14 @@ def audit(
             "endpoint's answers alone (plain-text prompts; --model, --claim and the reference options are not used)",
         ),
     ] = False,
+    agnostic_checks: Annotated[
+        bool,
+        typer.Option(
+            "--agnostic-checks",
+            help="with --model: after the verdict, also ask the model-agnostic determinism and engine checks "
+            "(up to 6 more queries, inside --budget); logit precision is read from the answers either way",
+        ),
+    ] = False,
 ) -> None:
     """Audit a black-box endpoint: which platform served it, and does that fit the claim?
 
@@ -107,6 +115,7 @@ def audit(
                 "timeout_s": timeout,
                 "min_answers": min_answers,
                 "false_match_rate": false_match_rate,
+                "agnostic_checks": agnostic_checks,
                 "dataset": dataset,
                 "classifier": classifier,
             }

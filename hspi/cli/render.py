@@ -12,7 +12,7 @@ from hspi.audit.identification import Identification
 
 if TYPE_CHECKING:
     from hspi.audit import AuditReport
-    from hspi.audit.agnostic import AgnosticReport
+    from hspi.audit.agnostic import AgnosticReport, Check
 
 
 def render_verdict(verdict: Identification, console: Console, truth: dict[str, str] | None = None) -> None:
@@ -98,13 +98,20 @@ def render_audit(report: AuditReport, console: Console) -> None:
     for head, h in report.heads.items():
         if h.claimed or not h.decided:
             console.print(f"  {head}: {h.why}")
-    if report.logit_precision is not None:
+    if report.logit_precision is not None and report.agnostic is None:  # a report stored before the section
         p = report.logit_precision
         console.print(
             f"Logit precision (model-agnostic, from the logprobs alone): {p.verdict}"
             + (f" ({p.posterior.get(p.verdict, 0.0):.1%}, {p.answers_used} answers)" if p.posterior else "")
             + (f"; {p.reason}" if p.verdict == "unknown" and p.reason else "")
         )
+    if report.agnostic is not None:
+        section = report.agnostic
+        console.print(
+            "[bold]Model-agnostic checks[/bold] (the endpoint's own answers, no reference)"
+            + (f": {section.queries} more queries ({section.stop})" if section.asked and section.queries else "")
+        )
+        _render_checks(section.checks, console)
     console.print(
         f"{report.queries} queries ({report.answers_used} answers scored), {report.tokens} tokens, "
         f"{report.seconds:.1f} s; stopped: {report.stop}"
@@ -119,16 +126,20 @@ def render_agnostic(report: AgnosticReport, console: Console) -> None:
         + (f", model {report.served_model}" if report.served_model else "")
         + f"), tier {report.tier or 'none'}"
     )
-    table = Table("check", "reading", "probability", "why")
-    for name, check in report.checks.items():
-        colour = "yellow" if check.verdict == "unknown" else "green"
-        probability = f"{check.probability:.1%}" if check.verdict != "unknown" else ""
-        table.add_row(name, f"[{colour}]{check.verdict}[/{colour}]", probability, check.reason)
-    console.print(table)
-    fired = report.checks["engine"].evidence.get("fired") if "engine" in report.checks else None
-    if fired:
-        console.print("  engine tells: " + "; ".join(fired))
+    _render_checks(report.checks, console)
     console.print(
         f"{report.queries} queries, {report.tokens} tokens (budget {report.budget_queries} / {report.budget_tokens}), "
         f"{report.seconds:.1f} s; stopped: {report.stop} ({report.reason})"
     )
+
+
+def _render_checks(checks: dict[str, Check], console: Console) -> None:
+    table = Table("check", "reading", "probability", "why")
+    for name, check in checks.items():
+        colour = "yellow" if check.verdict == "unknown" else "green"
+        probability = f"{check.probability:.1%}" if check.verdict != "unknown" else ""
+        table.add_row(name, f"[{colour}]{check.verdict}[/{colour}]", probability, check.reason)
+    console.print(table)
+    fired = checks["engine"].evidence.get("fired") if "engine" in checks else None
+    if fired:
+        console.print("  engine tells: " + "; ".join(fired))
