@@ -173,6 +173,7 @@ class HeadBoundPublic(BaseModel):
 
     value: str | None = Field(description="the value whose e-value leads (null: no class fits every answer)")
     log_evalue: float | None
+    log_threshold: float = Field(description="log(H/alpha): the heads share alpha")
     closeness: float = Field(description="b: how often a platform with another value may answer a probe alike")
     met: bool
 

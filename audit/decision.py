@@ -104,6 +104,7 @@ class HeadBoundReading(BaseModel):
 
     value: str | None  # the value whose e-value leads (None: no candidate fits every answer)
     log_evalue: float | None  # log E_v of that value (None: E = 0)
+    log_threshold: float  # log(H/α): the heads share α (Bonferroni), so all decided heads hold together
     closeness: float  # b: how often a platform with another value may answer a probe like a candidate
     met: bool
 
@@ -298,9 +299,12 @@ def decide_heads(
     """Per head, the e-value of each value v: E_v = (1/C) Σ over candidates c with value v of
     Π_answers 1[answer equals c's] / b.  Under H0_u (an unseen platform whose value is u), each E_c with
     c's value ≠ u is a test supermartingale, so Σ_{v≠u} E_v is one too (started at <= 1): by Ville, some
-    wrong value reaches 1/α with probability <= α, whatever u, the stopping time or the value read."""
+    wrong value reaches 1/α with probability <= α, whatever u, the stopping time or the value read.  The H
+    heads share α (each is decided at H/α), so every head a report states as decided holds together with
+    probability >= 1 - α."""
     agree = np.asarray(agree, dtype=bool).reshape(-1, len(labels))
     fits: list[bool] = np.asarray(agree.all(axis=0)).astype(bool).tolist()
+    threshold = bound.log_threshold + math.log(max(len(closeness), 1))
     out: dict[str, HeadBoundReading] = {}
     for head, b in closeness.items():
         values = [lab[head] for lab in labels]
@@ -314,8 +318,9 @@ def decide_heads(
         out[head] = HeadBoundReading(
             value=best,
             log_evalue=log_e,
+            log_threshold=threshold,
             closeness=b,
-            met=bool(agree.shape[0] and log_e is not None and log_e >= bound.log_threshold - 1e-12),
+            met=bool(agree.shape[0] and log_e is not None and log_e >= threshold - 1e-12),
         )
     return out
 
@@ -327,4 +332,4 @@ def answers_to_decide(reading: HeadBoundReading, bound: MatchBound) -> int | Non
         return 0
     if reading.log_evalue is None or reading.closeness >= 1.0:
         return None
-    return max(math.ceil((bound.log_threshold - reading.log_evalue) / -math.log(reading.closeness) - 1e-9), 1)
+    return max(math.ceil((reading.log_threshold - reading.log_evalue) / -math.log(reading.closeness) - 1e-9), 1)

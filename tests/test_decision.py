@@ -226,6 +226,14 @@ def test_a_head_is_decided_once_its_value_alone_reaches_one_over_alpha() -> None
         assert reading.log_evalue == pytest.approx(math.log(0.5) + m * math.log(10))
     reading = decide_heads(np.ones((2, 4), dtype=bool) & [True, True, False, False], labels, {"dtype": b}, bound)
     assert answers_to_decide(reading["dtype"], bound) == 1
+    # four heads share α: each needs E >= 4/α = 400; with b = 0.2, E = 0.5 * 5^m reaches 100 at m = 4, 400 at m = 5
+    four = [{h: lab["dtype"] for h in ("dtype", "engine", "hardware", "kernel")} for lab in labels]
+    rates = dict.fromkeys(four[0], 0.2)
+    for m, alone, shared in ((4, True, False), (5, True, True)):
+        agree = np.zeros((m, 4), dtype=bool)
+        agree[:, :2] = True
+        assert decide_heads(agree, labels, {"dtype": 0.2}, bound)["dtype"].met is alone
+        assert decide_heads(agree, four, rates, bound)["dtype"].met is shared
     parted = decide_heads(np.zeros((1, 4), dtype=bool), labels, {"dtype": b}, bound)["dtype"]
     assert parted.value is None and not parted.met and answers_to_decide(parted, bound) is None
 
