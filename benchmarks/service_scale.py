@@ -610,14 +610,17 @@ def account(
             for audit_id, n in held.items()
         )
     engine.dispose()
-    # at BUDGET queries the default false-match bound (α = 0.01; lm-small needs a median 48 answers) cannot be
-    # met, so a good audit ends `bound-out-of-reach`, verdict inconclusive, its leading dtype guess the served one
+    # at BUDGET queries the class's false-match bound (α = 0.01) is out of reach, but the claimed head, dtype, has
+    # its own bound, met in a few answers: the claim dtype=fp32 is judged on it, consistent for the fp32 targets
+    # and inconsistent for the bf16 ones, the leading dtype guess the served one
     expected = {"cpu:native/fp32/torch-eager": "fp32", "cpu:avx2/bf16/torch-eager": "bf16"}
     good = [a for a in listed if a["label"] in expected]
 
     def right(a: dict) -> bool:
         leading = (a.get("progress") or {}).get("leading") or {}
-        return a["status"] == "done" and a["verdict"] == "inconclusive" and leading.get("dtype") == expected[a["label"]]
+        served = expected[a["label"]]
+        verdict = "consistent" if served == "fp32" else "inconsistent"
+        return a["status"] == "done" and a["verdict"] == verdict and leading.get("dtype") == served
 
     return {
         "taken_over_by_origin": {origin: int(n) for origin, n in taken_over},
@@ -632,8 +635,9 @@ def account(
         },
         "verdicts": {
             "good_targets_right": f"{sum(right(a) for a in good)}/{len(good)}",
-            "good_targets_right_means": "done, verdict inconclusive (the default bound is out of reach at this budget), "
-            "leading dtype guess the one served",
+            "good_targets_right_means": "done; the claim dtype=fp32 consistent on fp32 targets and inconsistent on "
+            "bf16 ones (the dtype head's own bound met; the class's is out of reach at this budget); leading dtype "
+            "guess the one served",
             "misbehaving_targets_failed": f"{sum(a['status'] == 'failed' for a in listed if a['label'] in MISBEHAVING)}"
             f"/{sum(a['label'] in MISBEHAVING for a in listed)}",
         },
