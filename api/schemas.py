@@ -162,7 +162,9 @@ class MatchedClassPublic(BaseModel):
 
 
 class LogitPrecisionPublic(BaseModel):
-    verdict: str = Field(description="fp32, bf16, fp16, fp8-e4m3, fp8-e5m2, none-of-these or unknown")
+    verdict: str = Field(
+        description="fp32, bf16, fp16, fp8-e4m3, fp8-e5m2, fp8 (e4m3 or e5m2, not told apart), none-of-these or unknown"
+    )
     posterior: dict[str, float]
     answers_used: int
     reason: str

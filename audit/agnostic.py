@@ -47,7 +47,7 @@ from hspi.audit.engine_tells import first_model, read_engine, tells_from
 from hspi.audit.raw_answer import RawAnswer, read_answer
 from hspi.collector.targets.http_client import BudgetedHTTPClient, BudgetExhausted, Exchange, QueryBudget
 from hspi.errors import TargetError
-from hspi.features.precision import read_precision, validate_answer
+from hspi.features.precision import read_precision, validate_answer, verdict_probability
 from hspi.terms import StopReason
 
 PROMPT_A = "他们从东京买了两件书"  # "they bought two books from Tokyo"
@@ -469,7 +469,7 @@ def precision_check(answers: Sequence[tuple[str, list[float] | None, str]], tier
     if not rows:
         return Check(verdict="unknown", probability=0.0, reason="no answer carried top-k logprobs")
     reading = read_precision(np.stack(rows), tier)
-    probability = reading.posterior.get(reading.verdict, max(reading.posterior.values(), default=0.0))
+    probability = verdict_probability(reading.verdict, reading.posterior)
     return Check(
         verdict=reading.verdict,
         probability=round(probability, 4),

@@ -99,7 +99,7 @@ class MatchedClass(BaseModel):
 class LogitPrecision(BaseModel):
     """The number format of the logits, read from the logprobs alone (model-agnostic evidence)."""
 
-    verdict: str  # fp32 | bf16 | fp16 | fp8-e4m3 | fp8-e5m2 | none-of-these | unknown
+    verdict: str  # fp32 | bf16 | fp16 | fp8-e4m3 | fp8-e5m2 | fp8 (either, not told apart) | none-of-these | unknown
     posterior: dict[str, float]
     answers_used: int
     reason: str

@@ -9,9 +9,12 @@ the two answers).  Recorded:
 
   logits         lm-small's own fp32 logits on the same prompts: the top logit and the 20th, which place
                  the top-20 values on the formats' binades
-  log_bf         per answer, the log Bayes factor of fp8-e4m3 against fp8-e5m2 (features.precision.fit_answer)
-  readings       read_precision on the first n distinct answers, n = 1, 2, 4, 8, 16, 32: the verdict and the
-                 two fp8 posteriors (n = 2 is what a default audit has: its two prompts)
+  log_bf         per answer, each grid's own log Bayes factor of fp8-e4m3 against fp8-e5m2
+                 (features.precision.fit_answer's grid_log_bf, before the reading pools undecided answers)
+  decisive       answers that split the two fp8 grids by themselves (one fits and the other does not, or one
+                 explains them more coarsely: AnswerFit.fp8_decisive), by the side their factors favour
+  readings       read_precision on the first n distinct answers, n = 1, 2, 4, 8, 16, 32, 40: the verdict,
+                 the two fp8 posteriors and their sum (n = 2 is what a default audit has: its two prompts)
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ from hspi.audit.agnostic import AgnosticSettings, audit_prompts, run_agnostic_au
 from hspi.audit.endpoint_evaluation import served_target
 from hspi.collector.prompt_codec import codec_for
 from hspi.collector.targets.local import LocalTarget
-from hspi.features.precision import fit_answer, read_precision
+from hspi.features.precision import fit_answer, read_precision, verdict_probability
 from hspi.platform import Platform
 
 RESULTS = Path(__file__).parent / "results"
 PLATFORM = "cpu:native/fp32/torch-eager"
 CASTS = ("fp8-e4m3", "fp8-e5m2")
-COUNTS = (1, 2, 4, 8, 16, 32)
+COUNTS = (1, 2, 4, 8, 16, 32, 40)
 
 
 def top_logits(seeds: int) -> list[dict[str, float]]:
@@ -64,12 +67,12 @@ def main() -> int:
     per_cast = {}
     for cast in CASTS:
         rows = answers(cast, seeds)
-        log_bf = [
-            round(
-                float((f := fit_answer(np.asarray(r, dtype=np.float32))).log_bf["fp8-e4m3"] - f.log_bf["fp8-e5m2"]), 3
-            )
-            for r in rows
-        ]
+        fits = [fit_answer(np.asarray(r, dtype=np.float32)) for r in rows]
+        log_bf = [round(float(f.grid_log_bf["fp8-e4m3"] - f.grid_log_bf["fp8-e5m2"]), 3) for f in fits]
+        decisive = {  # answers whose grids alone split the two, by the side their own factors favour
+            "fp8-e4m3": sum(f.fp8_decisive and b > 0 for f, b in zip(fits, log_bf, strict=True)),
+            "fp8-e5m2": sum(f.fp8_decisive and b < 0 for f, b in zip(fits, log_bf, strict=True)),
+        }
         readings = []
         for n in COUNTS:
             if n > len(rows):
@@ -81,6 +84,7 @@ def main() -> int:
                     "verdict": reading.verdict,
                     "fp8-e4m3": round(reading.posterior.get("fp8-e4m3", 0.0), 4),
                     "fp8-e5m2": round(reading.posterior.get("fp8-e5m2", 0.0), 4),
+                    "fp8_group": round(verdict_probability("fp8", reading.posterior), 4),
                 }
             )
         per_cast[cast] = {
@@ -91,6 +95,7 @@ def main() -> int:
                 "max": max(log_bf),
                 "favours_e4m3": sum(v > 0 for v in log_bf),
             },
+            "decisive_answers": decisive,
             "readings": readings,
             "log_bf": log_bf,
         }

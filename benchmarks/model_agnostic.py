@@ -24,7 +24,9 @@ with its logits rounded through torch.float8_e4m3fn / torch.float8_e5m2 on this 
 torch fp8 casts of fp32 logits, not an fp8 model: truth fp8-e4m3 / fp8-e5m2), and lm-small in bf16 with
 its logits divided by 0.7 in float32 (`--temperature-before-softmax`: the values fit no format's grid;
 truth none-of-these).  Precision rows of such a run count `confident_wrong`: audits that named a format
-other than the truth (unknown names none).
+other than the truth (unknown names none; the composite "fp8", e4m3 or e5m2 not told apart, is wrong only
+on a truth outside fp8); on fp8 truths `accuracy_with_fp8_group` counts the truth or "fp8" as right
+(`accuracy` counts the exact format only).
 With `--only SUBSTRING` (repeatable) only the targets whose name contains one are run; their rows
 replace rows of the same target and check in the existing JSON, every other row is kept as it was,
 and each row names its run (`run`, described under `runs`; rows without one are from the first run).
@@ -53,6 +55,7 @@ from hspi.platform import Platform
 
 RESULTS = Path(__file__).parent / "results"
 FORMATS = ("fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2")  # a precision verdict that names one
+FP8_GROUP = {"fp8": ("fp8-e4m3", "fp8-e5m2")}  # a composite verdict: right when the truth is one of them
 # more options of `hspi target serve` per target (what it does to the logits before the log-softmax)
 SERVE_ARGS: dict[str, tuple[str, ...]] = {
     "hspi-target fp32 logits cast to fp8-e4m3": ("--logits-dtype", "fp8-e4m3"),
@@ -205,10 +208,22 @@ def main() -> int:
                         "truth": want,
                         "verdicts": dict(Counter(seen)),
                         **({"run": run_id} if only else {}),
-                        # a format named that is not the truth (unknown is no claim at all)
+                        # a format named that is not the truth (unknown is no claim at all; "fp8" is wrong
+                        # only when the truth is not an fp8 format); fp8 truths: how often the verdict
+                        # is the truth or the composite "fp8" (right, but not telling e4m3 from e5m2)
                         **(
-                            {"confident_wrong": sum(v in FORMATS and v != want for v in seen)}
+                            {
+                                "confident_wrong": sum(
+                                    (v in FORMATS and v != want) or (v in FP8_GROUP and want not in FP8_GROUP[v])
+                                    for v in seen
+                                )
+                            }
                             if check == "precision" and only
+                            else {}
+                        ),
+                        **(
+                            {"accuracy_with_fp8_group": round(sum(v in (want, "fp8") for v in seen) / len(seen), 4)}
+                            if check == "precision" and want in FP8_GROUP["fp8"]
                             else {}
                         ),
                     }

@@ -13,12 +13,14 @@ Public API (model-agnostic: needs nothing but the returned top-k logprobs)::
     threshold    posterior the leading class needs to become the verdict, else "unknown"
     logit_range  plausible magnitude of the logits: every top-k logit |z| < hi, top logit |m| >= lo
 
-    PrecisionReading.verdict       one of PRECISION_CLASSES or "unknown"
+    PrecisionReading.verdict       one of PRECISION_CLASSES, "fp8" or "unknown"
     PrecisionReading.posterior     {class: probability} (empty when nothing could be read)
     PrecisionReading.log_evidence  {class: summed log Bayes factor against fp32, natural log}
     PrecisionReading.answers_used, .reason, .fits (per answer: {format or "lattice": fits})
 
     PRECISION_CLASSES = ("fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2", "none-of-these")
+    verdict: a class, "fp8" (fp8-e4m3 or fp8-e5m2, not told apart: see "fp8" below) or "unknown";
+    verdict_probability(verdict, posterior) is its probability (the group's for "fp8")
 
     fit_answer(row) -> AnswerFit and reading_from_fits(fits, prior=..., threshold=...) are the two
     halves of read_precision, for callers that combine answers themselves.
@@ -53,6 +55,22 @@ Logits outside logit_range can read as another format (the same grid at another 
 a rare answer whose values happen to sit on a coarser grid reads as that grid: on bf16 logits
 divided by T = 0.7, about 1 single top-5 answer in 1500 read as bf16 or fp16 (tests' generator).
 
+"fp8".  fp8-e4m3 and fp8-e5m2 are told apart only by structurally decisive answers: one grid fits and
+the other does not under every feasible top logit, or the coarsest explanation under one grid (the best
+single m's factor) is coarser than any under the other, e.g. e5m2 values spread over several binades,
+which e4m3 puts on its grid only by coincidence (by at least FP8_DECISIVE_MARGIN: smaller differences
+arise by coincidence with few distinct values).  When both grids explain an answer equally coarsely
+(e4m3 at 2M mimics e5m2 at M when the values span about one binade), their two factors differ only
+through the prior over where the top logit sits, and that difference is biased, not informative: on
+lm-small's fp8 logits the per-answer log factor e4m3:e5m2 had median +0.39 on fp8-e5m2 logits, so
+summing it over 16 answers read an e5m2 endpoint as fp8-e4m3 at 0.9985 (benchmarks/fp8_ambiguity.py).
+Such an answer therefore gives both fp8 classes the same factor, their mean (the Bayes factor of "fp8,
+either format, equally likely"): the evidence for fp8 against the other classes is kept, the split
+between the two is left to decisive answers and the prior.  When neither fp8 class reaches the
+threshold but the two together do, the verdict is "fp8".  (Capping the per-answer e4m3:e5m2 factor
+instead would still let a capped bias pile up over answers; a composite verdict alone would not stop
+fp8-e4m3 alone from crossing the threshold after enough biased answers.)
+
 "none-of-these" is read positively: the differences lie on a lattice n_i q of a free spacing q
 (q >= 2^-12) that no format's grid explains, e.g. bf16 or fp16 logits divided by a temperature before
 the log-softmax.  Its tolerance adds the float32 roundings of z/T and m/T for |z/T| < hi; its prior
@@ -79,12 +97,19 @@ FORMATS: dict[str, tuple[int, int, float]] = {
     "fp16": (10, -14, 65504.0),
 }
 PRECISION_CLASSES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2", "none-of-these")
+# verdicts that name a group of classes the logprobs do not tell apart (see the module doc, "fp8")
+COMPOSITE_VERDICTS: dict[str, tuple[str, ...]] = {"fp8": ("fp8-e4m3", "fp8-e5m2")}
 READABLE_TIERS: dict[str, int] = {"topk20": 20, "topk5": 5}
 
 ETA = 1e-3  # share of answers whose arithmetic lies outside the model above (they read as float32)
 LOGIT_RANGE = (4.0, 32.0)  # default plausible top logit: |m| in [4, 32), both signs (see the module doc)
 LATTICE_Q_MIN = 2.0**-12  # finest free lattice spacing searched
 LATTICE_N = 8192  # lattice candidates: q = a / n, n = 1..LATTICE_N (the prior counts all of them)
+# an answer's coarsest e4m3 and e5m2 explanations must differ by at least 3 values' spacing (a factor 2
+# each) to split the two: with 1-6 distinct values, differences of log 2 and log 4 arise by coincidence
+# (the range cap on m offers each grid other coarse binades): 6 of 200 one-binade e5m2 answers of the
+# tests' generator, 4 of them favouring e4m3; e5m2 values over several binades differ by 5 log 2
+FP8_DECISIVE_MARGIN = 3.0 * math.log(2.0) - 1e-9
 _HARMONIC = float(np.sum(1.0 / np.arange(1, LATTICE_N + 1)))
 
 
@@ -94,8 +119,10 @@ class AnswerFit:
 
     fits: dict[str, bool]
     lattice_fit: bool
-    log_bf: dict[str, float]
+    log_bf: dict[str, float]  # what the answer contributes (fp8 classes pooled unless decisive)
     informative: bool
+    grid_log_bf: dict[str, float] = field(default_factory=dict)  # each grid's own factor, before the pooling
+    fp8_decisive: bool = False  # the answer itself tells fp8-e4m3 from fp8-e5m2 (their factors kept apart)
 
 
 @dataclass(frozen=True)
@@ -162,8 +189,11 @@ def _log_mean_exp(log_terms: np.ndarray, count: int) -> float:
     return top + math.log(float(np.exp(log_terms - top).sum())) - math.log(count)
 
 
-def _format_log_bf(d: np.ndarray, tol: np.ndarray, fmt: str, logit_range: tuple[float, float]) -> tuple[bool, float]:
-    """Does some top logit m on `fmt`'s grid put every m + d_i on it; and log P(d | fmt) / P(d | float32).
+def _format_log_bf(
+    d: np.ndarray, tol: np.ndarray, fmt: str, logit_range: tuple[float, float]
+) -> tuple[bool, float, float]:
+    """Does some top logit m on `fmt`'s grid put every m + d_i on it; log P(d | fmt) / P(d | float32); and
+    the best single m's log factor (how coarse the coarsest explanation is, whatever the prior over m).
 
     Under `fmt`, with m uniform over the candidates, each value lands on one grid point, whose mass
     (spacing / R) is spacing / (2 tol) times that of a float32 value's tolerance window (2 tol / R),
@@ -178,10 +208,10 @@ def _format_log_bf(d: np.ndarray, tol: np.ndarray, fmt: str, logit_range: tuple[
         x = m_fit[:, None] + d[None, :]
         m_fit = m_fit[(grid_distance(x, fmt) <= tol[None, :]).all(axis=1)]
     if m_fit.size == 0:
-        return False, -math.inf
+        return False, -math.inf, -math.inf
     x = m_fit[:, None] + d[None, :]
     log_ratio = np.log(np.maximum(1.0, grid_spacing(x, fmt) / (2.0 * tol[None, :]))).sum(axis=1)
-    return True, _log_mean_exp(log_ratio, m.size)
+    return True, _log_mean_exp(log_ratio, m.size), float(log_ratio.max())
 
 
 def _lattice_log_bf(d: np.ndarray, tol: np.ndarray, hi: float) -> tuple[bool, float]:
@@ -230,15 +260,45 @@ def fit_answer(logprobs: np.ndarray, logit_range: tuple[float, float] = LOGIT_RA
     keep = d != 0.0
     d, tol = d[keep], tol[keep] * (1.0 + 2.0**-40)  # + float64 slack, far below any float32 rounding
     if d.size == 0:
-        return AnswerFit(dict.fromkeys(FORMATS, True), True, dict.fromkeys(PRECISION_CLASSES, 0.0), False)
+        nothing = dict.fromkeys(PRECISION_CLASSES, 0.0)
+        return AnswerFit(dict.fromkeys(FORMATS, True), True, nothing, False, dict(nothing))
     fits: dict[str, bool] = {}
     log_bf: dict[str, float] = {"fp32": 0.0}
+    best: dict[str, float] = {}
     for fmt in FORMATS:
-        fits[fmt], raw = _format_log_bf(d, tol, fmt, logit_range)
+        fits[fmt], raw, best[fmt] = _format_log_bf(d, tol, fmt, logit_range)
         log_bf[fmt] = _robust(raw)
     lattice_fit, raw = _lattice_log_bf(d, tol, logit_range[1])
     log_bf["none-of-these"] = _robust(raw)
-    return AnswerFit(fits, lattice_fit, {c: log_bf[c] for c in PRECISION_CLASSES}, True)
+    grid = {c: log_bf[c] for c in PRECISION_CLASSES}
+    decisive = fp8_decisive(best)
+    return AnswerFit(fits, lattice_fit, grid if decisive else _pool_fp8(grid), True, grid, decisive)
+
+
+def fp8_decisive(best: Mapping[str, float]) -> bool:
+    """Does the answer itself tell fp8-e4m3 from fp8-e5m2: one grid fits and the other does not, or one
+    grid's coarsest explanation (best single top logit) is coarser than every explanation of the other
+    by FP8_DECISIVE_MARGIN or more (module doc, "fp8").  Neither fitting decides nothing between the two."""
+    e4m3, e5m2 = COMPOSITE_VERDICTS["fp8"]
+    if best[e4m3] == best[e5m2]:  # also both -inf: neither fits
+        return False
+    if math.isinf(best[e4m3]) or math.isinf(best[e5m2]):
+        return True
+    return abs(best[e4m3] - best[e5m2]) >= FP8_DECISIVE_MARGIN
+
+
+def _pool_fp8(log_bf: dict[str, float]) -> dict[str, float]:
+    """An undecided answer: the two fp8 factors differ only by the prior over m, so both get their mean."""
+    e4m3, e5m2 = COMPOSITE_VERDICTS["fp8"]
+    pooled = float(np.logaddexp(log_bf[e4m3], log_bf[e5m2])) - math.log(2.0)
+    return {**log_bf, e4m3: pooled, e5m2: pooled}
+
+
+def verdict_probability(verdict: str, posterior: Mapping[str, float]) -> float:
+    """The posterior probability of a verdict: its class's, a composite's group sum, the best for unknown."""
+    if verdict in COMPOSITE_VERDICTS:
+        return float(sum(posterior.get(c, 0.0) for c in COMPOSITE_VERDICTS[verdict]))
+    return float(posterior.get(verdict, max(posterior.values(), default=0.0)))
 
 
 def validate_answer(values: Any, k: int) -> tuple[np.ndarray | None, str]:
@@ -338,6 +398,12 @@ def reading_from_fits(
         verdict, reason = "unknown", "no answer had two distinct logprobs: nothing to test"
     elif posterior[best] >= threshold:
         verdict, reason = best, f"posterior {posterior[best]:.3f} >= {threshold} from {used} answer(s)"
+    elif (group := verdict_probability("fp8", posterior)) >= threshold:
+        verdict = "fp8"
+        reason = (
+            f"fp8-e4m3 or fp8-e5m2: together {group:.3f} >= {threshold} from {used} answer(s); the answers do "
+            f"not tell the two apart (e4m3 {posterior['fp8-e4m3']:.3f}, e5m2 {posterior['fp8-e5m2']:.3f})"
+        )
     else:
         verdict, reason = "unknown", f"no class reaches {threshold} (best {best} at {posterior[best]:.3f})"
     return PrecisionReading(verdict, posterior, used, reason, evidence, fits)

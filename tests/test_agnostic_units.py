@@ -7,11 +7,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
+from hspi.audit.agnostic import precision_check
 from hspi.audit.determinism import Observation, read_determinism
 from hspi.audit.engine_tells import id_format, read_engine, tells_from
 from hspi.audit.raw_answer import read_answer
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
+from hspi.features.tiers import log_softmax_f32
 
 TEXTS = ("a", "a", "b", "c")
 VALUES = (-0.5, -0.5, -1.25, -3.0)
@@ -213,3 +216,15 @@ def test_seeded_prompts_are_plain_cjk_text_and_b_starts_elsewhere() -> None:
         assert all(0x4E00 <= ord(c) < 0x5000 for c in a + b) and 6 <= len(a) <= 12 and 6 <= len(b) <= 12
         assert a[0] != b[0]
     assert audit_prompts(3) == audit_prompts(3) != audit_prompts(4)
+
+
+def test_precision_check_reports_fp8_with_the_group_probability() -> None:
+    # lm-small-like fp8-e5m2 logits (top near 7.5, the 20th near 5): the two fp8 grids fit every answer
+    # equally coarsely, so the check names the group "fp8" and its probability is the group's, not 0.5
+    z = (torch.randn(6, 512, generator=torch.Generator().manual_seed(13)) * 2.5).to(torch.float8_e5m2).float()
+    lp = -np.sort(-log_softmax_f32(z.numpy()), axis=1)[:, :20]
+    check = precision_check([(f"answer-{i}", [float(v) for v in row], "") for i, row in enumerate(lp)], "topk20")
+    assert check.verdict == "fp8", check.reason
+    assert check.probability >= 0.95
+    posterior = check.evidence["posterior"]
+    assert check.probability == pytest.approx(posterior["fp8-e4m3"] + posterior["fp8-e5m2"], abs=1e-3)

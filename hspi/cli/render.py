@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hspi.audit.identification import Identification
+from hspi.features.precision import verdict_probability
 
 if TYPE_CHECKING:
     from hspi.audit import AuditReport
@@ -100,9 +101,10 @@ def render_audit(report: AuditReport, console: Console) -> None:
             console.print(f"  {head}: {h.why}")
     if report.logit_precision is not None and report.agnostic is None:  # a report stored before the section
         p = report.logit_precision
+        share = verdict_probability(p.verdict, p.posterior) if p.verdict != "unknown" else 0.0
         console.print(
             f"Logit precision (model-agnostic, from the logprobs alone): {p.verdict}"
-            + (f" ({p.posterior.get(p.verdict, 0.0):.1%}, {p.answers_used} answers)" if p.posterior else "")
+            + (f" ({share:.1%}, {p.answers_used} answers)" if p.posterior else "")
             + (f"; {p.reason}" if p.verdict == "unknown" and p.reason else "")
         )
     if report.agnostic is not None:
