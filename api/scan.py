@@ -54,6 +54,7 @@ class ScanTarget(BaseModel):
     endpoint: str = Field(max_length=2048)
     model: str = "lm-small"
     agnostic: bool = False  # no model, no claim: what the endpoint's own answers say (8 queries by default)
+    agnostic_checks: bool = False  # with a model: also ask determinism and engine after the verdict (<= 6 queries)
     claim: dict[str, str] | str | None = None
     budget: int | None = Field(default=None, ge=1, le=100_000)
     budget_tokens: int | None = Field(default=None, ge=1)
@@ -75,7 +76,11 @@ class ScanTarget(BaseModel):
     def check_agnostic(self) -> None:
         if not self.agnostic:
             return
-        given = [f for f in ("model", "claim", "min_answers", "false_match_rate") if f in self.model_fields_set]
+        given = [
+            f
+            for f in ("model", "claim", "min_answers", "false_match_rate", "agnostic_checks")
+            if f in self.model_fields_set
+        ]
         if given:
             raise ConfigError(f"{given[0]} does not apply to a model-agnostic target (agnostic: true)")
         if "logits" in (self.api, self.max_tier):
@@ -106,6 +111,7 @@ class ScanTarget(BaseModel):
             timeout_s=self.timeout_s,
             min_answers=self.min_answers,
             false_match_rate=self.false_match_rate,
+            agnostic_checks=self.agnostic_checks,
             dataset=options.dataset,
             classifier=options.classifier,
         )
@@ -341,6 +347,10 @@ def _result_line(target: ScanTarget, audit: Any) -> dict[str, Any]:
         "tier": report.tier if report else None,
         "match_score": report.match_score if report else None,
         "heads": heads,
+        # the report's model-agnostic section: precision read from its answers, determinism and engine if asked
+        "checks": {n: {"verdict": c.verdict, "probability": c.probability} for n, c in report.agnostic.checks.items()}
+        if report and report.agnostic
+        else {},
         "seconds": report.seconds if report else None,
         "finished": _now(),
         "report": report.model_dump(mode="json") if report else None,

@@ -27,7 +27,12 @@ def finding(result: dict[str, Any]) -> str:
         checks = result.get("checks") or {}
         return ", ".join(f"{name} {c['verdict']} ({c['probability']:.0%})" for name, c in checks.items()) or "-"
     full = (result.get("heads") or {}).get("full")
-    return f"{full['guess']} ({full['probability']:.0%})" if full else "-"
+    platform = f"{full['guess']} ({full['probability']:.0%})" if full else "-"
+    # the reference audit's model-agnostic section, where a check reads more than unknown
+    known = {name: c for name, c in (result.get("checks") or {}).items() if c.get("verdict") not in (None, "unknown")}
+    if known:
+        platform += "; " + ", ".join(f"{name} {c['verdict']} ({c['probability']:.0%})" for name, c in known.items())
+    return platform
 
 
 def head_plot(results: list[dict[str, Any]], head: str) -> str | None:

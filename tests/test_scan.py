@@ -17,7 +17,7 @@ from servers import serve_asgi, serve_handler
 
 from hspi.api import store
 from hspi.api.db import Database
-from hspi.api.scan import ScanOptions, load_targets, run_scan
+from hspi.api.scan import ScanOptions, ScanTarget, load_targets, run_scan
 from hspi.api.scan_report import write_html
 from hspi.api.security import Vault
 from hspi.audit import AuditReport
@@ -97,6 +97,9 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
         results[f"good-{i}"]["status"] == "done" and results[f"good-{i}"]["verdict"] == "consistent" for i in range(4)
     )
     assert results["liar"]["verdict"] == "inconsistent" and results["liar"]["heads"]["dtype"]["guess"] == "fp32"
+    # the report's model-agnostic section rides along: precision read from the audit's own answers, no query
+    assert results["good-0"]["checks"]["precision"]["verdict"] == "fp32"
+    assert results["good-0"]["checks"]["determinism"]["verdict"] == "unknown"  # not asked: agnostic_checks unset
     assert results["broken"]["status"] == "failed" and "HTTP 500" in results["broken"]["reason"]
     audits = store.scan_audits(db, scan_id)
     assert sorted(a.scan_target for a in audits) == sorted(results)  # one audit per target in the database
@@ -108,6 +111,7 @@ def test_scan_runs_every_target_and_resumes_after_an_interruption(tmp_path: Path
     write_html(state.results, html, title="test scan")
     text = html.read_text()
     assert text.count("<img") == 5 and "good-3" in text and "inconsistent" in text
+    assert "precision fp32" in text and "determinism unknown" not in text  # unknown checks are not listed
 
 
 def test_the_scan_command_end_to_end(tmp_path: Path, targets: tuple[str, str]) -> None:
@@ -139,6 +143,17 @@ def test_the_scan_command_end_to_end(tmp_path: Path, targets: tuple[str, str]) -
     assert len(read_jsonl(tmp_path / "o.jsonl")) == 7
     assert again.returncode == 0 and len(read_jsonl(tmp_path / "o.jsonl")) == 7  # nothing ran twice
     assert "6 from before" in again.stderr
+
+
+def test_agnostic_checks_go_with_a_model_and_are_refused_without_one(tmp_path: Path) -> None:
+    from hspi.errors import ConfigError
+
+    options = ScanOptions(out=tmp_path / "o.jsonl")
+    with_model = ScanTarget(endpoint="http://127.0.0.1:9/v1", agnostic_checks=True)
+    assert with_model.audit_settings(options).agnostic_checks is True  # type: ignore[union-attr]
+    assert ScanTarget(endpoint="http://127.0.0.1:9/v1").audit_settings(options).agnostic_checks is False  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="agnostic_checks does not apply to a model-agnostic target"):
+        ScanTarget(endpoint="http://127.0.0.1:9/v1", agnostic=True, agnostic_checks=True).check_agnostic()
 
 
 def test_scan_errors_are_one_line(tmp_path: Path) -> None:
