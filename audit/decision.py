@@ -63,7 +63,6 @@ from pydantic import BaseModel
 __all__ = [
     "BoundReading",
     "MatchBound",
-    "agreement_levels",
     "agreement_rates",
     "level_rates",
     "answer_agreement",
@@ -157,10 +156,9 @@ def twin_levels(same: np.ndarray, k: int, twin_agreement: float) -> tuple[np.nda
     return twins, levels
 
 
-def agreement_levels(same: np.ndarray, k: int, twin_agreement: float = 0.0) -> np.ndarray:
-    """(C, n_pool) int: how many of candidate c's k nearest known classes (those at least twin_agreement
-    alike) answer probe p like c does."""
-    return twin_levels(same, k, twin_agreement)[1]
+def smoothed(agreement: float, n_pool: int, bound: MatchBound) -> float:
+    """A share of pool probes answered alike, with the bound's pseudo-counts: never 0 or 1."""
+    return (agreement * n_pool + bound.prior_agree) / (n_pool + bound.prior_agree + bound.prior_part)
 
 
 def closest_pair_rate(same: np.ndarray, bound: MatchBound) -> float:
@@ -171,11 +169,9 @@ def closest_pair_rate(same: np.ndarray, bound: MatchBound) -> float:
     with no near twin, whose levels say nothing about where an unseen twin would part), an unseen
     platform is taken to agree with it as often as the closest known pair agree with each other."""
     same = np.asarray(same, dtype=bool)
-    n_pool = same.shape[2]
     agreement = same.mean(axis=2)
     distinct = agreement[(agreement < 1.0) & ~np.eye(len(agreement), dtype=bool)]
-    closest = float(distinct.max()) if len(distinct) else 0.0
-    return (closest * n_pool + bound.prior_agree) / (n_pool + bound.prior_agree + bound.prior_part)
+    return smoothed(float(distinct.max()) if len(distinct) else 0.0, same.shape[2], bound)
 
 
 def level_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
@@ -284,13 +280,11 @@ def head_closeness(same: np.ndarray, values: list[str], bound: MatchBound) -> fl
     probe at most this often: the dtype head is settled in a few answers where no bf16 class ever answers
     like an fp32 one, while a hardware head whose ISA variants agree on 99 % of probes is not."""
     same = np.asarray(same, dtype=bool)
-    n_pool = same.shape[2]
     labels = np.asarray(values)
     other = labels[:, None] != labels[None, :]
     if not other.any():
         return bound.prior_agree / (bound.prior_agree + bound.prior_part)
-    closest = float(same.mean(axis=2)[other].max())
-    return (closest * n_pool + bound.prior_agree) / (n_pool + bound.prior_agree + bound.prior_part)
+    return smoothed(float(same.mean(axis=2)[other].max()), same.shape[2], bound)
 
 
 def decide_heads(

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from hspi.audit.decision import (
     MatchBound,
-    agreement_levels,
     agreement_rates,
     answer_agreement,
     answers_to_bound,
@@ -43,9 +42,9 @@ def signatures_with_twins() -> np.ndarray:
 
 def test_levels_count_the_nearest_neighbours_that_agree() -> None:
     same = same_answers(signatures_with_twins())
-    levels = agreement_levels(same, 1)
+    levels = twin_levels(same, 1, twin_agreement=0.0)[1]
     assert list(levels[0]) == [1, 1, 1, 1, 1, 0]  # its nearest, 1, parts on probe 5 only
-    assert list(agreement_levels(same, 0)[0]) == [0] * 6
+    assert list(twin_levels(same, 0, twin_agreement=0.0)[1][0]) == [0] * 6
 
 
 def test_only_near_twins_count_as_neighbours() -> None:
