@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from hspi.collector.batch_compositions import answer_in_batches
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.local import make_target
@@ -32,6 +33,9 @@ class RunPlan(BaseModel):
     shuffle: bool = False  # another order, hence another batch composition
     seed: int = 0
     ids: list[int] | None = None  # explicit probe ids (e.g. a border selection) instead of 0..size-1
+    # answer every probe once inside a batch of each of these sizes (batch-mates: the run's other
+    # probes, each probe at another position per size); stored: each probe's distinct answers
+    batch_sizes: list[int] | None = None
 
 
 class WorkerJob(BaseModel):
@@ -61,6 +65,7 @@ def run_job(job: WorkerJob) -> WorkerResult:
     provenance = {**cpu_info(), "versions": library_versions(), "requested_env": requested_environment()}
     shards: dict[str, dict] = {plan.name: {} for plan in job.runs}
     native: dict[str, dict] = {}
+    answer_sizes: dict[str, dict[str, list[int]]] = {plan.name: {} for plan in job.runs}
     llama_cpp = job.platform.engine == "llama.cpp"
     for model in job.models:
         target = make_target(model, job.platform, export_dir=Path(job.export_dir))
@@ -73,6 +78,11 @@ def run_job(job: WorkerJob) -> WorkerResult:
         for plan in job.runs:
             probes = ProbeSet(spec, plan.probe_set, plan.size)
             ids = plan_ids(plan)
+            if plan.batch_sizes:
+                responses, masks = answer_in_batches(target, probes, ids, plan.batch_sizes)
+                shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
+                answer_sizes[plan.name][model] = masks
+                continue
             responses = target.answer(probes, ids)
             order = np.argsort(responses.probe_ids, kind="stable")  # stored sorted: same content, same shard
             responses = responses.select(responses.probe_ids[order])
@@ -91,8 +101,18 @@ def run_job(job: WorkerJob) -> WorkerResult:
     # the ISA line is process-wide; keep the first model's report at top level for labelling
     provenance["onednn_isa"] = next((n["onednn_isa"] for n in native.values() if n["onednn_isa"]), "")
     seconds = time.perf_counter() - started
+    sizes = {plan.name: plan.batch_sizes or [] for plan in job.runs}
     return WorkerResult(
-        runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds) for name, s in shards.items()}
+        runs={
+            name: RunRecord(
+                shards=s,
+                provenance=provenance,
+                seconds=seconds,
+                batch_sizes=sizes[name],
+                answer_sizes=answer_sizes[name],
+            )
+            for name, s in shards.items()
+        }
     )
 
 

@@ -37,6 +37,9 @@ SPLITTING_RUN = "replay-splitting"
 # (see collector.splitting_search)
 SEARCHED_REFERENCE_RUN = "reference-searched"
 SEARCHED_REPLAY_RUN = "replay-searched"
+# pool probes answered inside batches of several sizes, as a dynamic batcher forms them: each probe's
+# distinct answers (see collector.batched_collect)
+BATCHED_RUN = "batched"
 
 
 class ShardRef(BaseModel):
@@ -52,6 +55,10 @@ class RunRecord(BaseModel):
     shards: dict[str, ShardRef]
     provenance: dict[str, Any]
     seconds: float
+    # batched runs only: the batch sizes tried, and per model, for each stored row (a probe's distinct
+    # answer), a bit mask of the sizes (bit i: batch_sizes[i]) in which it appeared
+    batch_sizes: list[int] = Field(default_factory=list)
+    answer_sizes: dict[str, list[int]] = Field(default_factory=dict)
 
 
 class ConfigRecord(BaseModel):

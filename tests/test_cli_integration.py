@@ -338,3 +338,73 @@ def test_splitting_search_extends_the_pool_resumes_and_reaches_audits(smoke: Pat
     splitting_search.collect_searched_probes(copy, models=["mlp"], n_candidates=40, keep=4, near_share=1.0)
     assert ran == []
     assert Dataset(copy).has_searched_pool("mlp")
+
+
+def test_collect_batched_stores_each_probes_distinct_answers_per_batch_size(smoke: Path, tmp_path: Path) -> None:
+    from hspi.audit.references import ModelReferences
+    from hspi.collector.batched_collect import batchable_configs, batched_selection
+    from hspi.collector.models import model_spec
+    from hspi.collector.probes import ProbeSet
+    from hspi.collector.targets.local import LocalTarget
+    from hspi.dataset import BATCHED_RUN, Dataset
+    from hspi.platform import Platform
+
+    copy = tmp_path / "batched"
+    shutil.copytree(smoke, copy)
+    proc = hspi("dataset", "collect-batched", str(copy), "--model", "lm-small", "--probes", "8", "--max-batch", "4")
+    assert proc.returncode == 0, proc.stderr
+    ds = Dataset(copy)
+    ids = batched_selection(ds, "lm-small", 8)
+    replayed = {
+        int(p)
+        for c in ds.complete_configs("lm-small", ("replay",))
+        for p in ds.responses(c, "replay", "lm-small").probe_ids
+    }
+    assert not set(ids.tolist()) & replayed  # the matcher's training probes stay out
+    configs = batchable_configs(ds, "lm-small")
+    assert configs == list(ds.manifest.configs)  # the smoke grid has batch size 1 only
+    pool = ProbeSet(model_spec("lm-small"), "pool", 40)
+    for cid in configs:
+        run = ds.manifest.configs[cid].runs[BATCHED_RUN]
+        got = ds.responses(cid, BATCHED_RUN, "lm-small")
+        masks = run.answer_sizes["lm-small"]
+        assert run.batch_sizes == [1, 2, 3, 4] and len(masks) == len(got.probe_ids)
+        reference = ds.responses(cid, "reference", "lm-small")
+        for probe in ids:
+            rows = np.flatnonzero(got.probe_ids == probe)
+            covered = 0
+            for r in rows:
+                assert not covered & masks[r]  # each size gave one answer
+                covered |= masks[r]
+            assert covered == 0b1111
+            alone = next(r for r in rows if masks[r] & 1)  # batch size 1: the stored reference, bit for bit
+            assert got.native[alone].tobytes() == reference.select(np.array([probe])).native[0].tobytes()
+            assert len({got.native[r].tobytes() for r in rows}) == len(rows)  # distinct answers only
+    # the in-process fp32 platform, answered here in a batch of 4 beside other probes: one of its stored answers
+    target = LocalTarget("lm-small", Platform.parse("cpu:native/fp32/torch-eager"))
+    out = target.run_inputs(pool.inputs(np.concatenate([ids[:1], np.arange(3)])))
+    stored = ds.responses("cpu:native/fp32/torch-eager", BATCHED_RUN, "lm-small")
+    four = [i for i, p in enumerate(stored.probe_ids) if p == ids[0] and stored_mask(ds, i) & 0b1000]
+    assert stored.native[four[0]].tobytes() == out[0].tobytes()
+
+    refs = ModelReferences.load(copy, "lm-small")
+    assert refs.batched is not None and refs.batched.probe_ids.tolist() == sorted(ids.tolist())
+    book = refs.book("topk20")
+    assert sorted({row for _, row in book.alternates}) == book.batched_rows.tolist()
+
+    # resumable: a second run does nothing
+    before = (copy / "dataset.json").read_text()
+    proc = hspi("dataset", "collect-batched", str(copy), "--model", "lm-small", "--probes", "8", "--max-batch", "4")
+    assert proc.returncode == 0 and (copy / "dataset.json").read_text() == before
+
+
+def stored_mask(ds, row: int) -> int:
+    from hspi.dataset import BATCHED_RUN
+
+    return ds.manifest.configs["cpu:native/fp32/torch-eager"].runs[BATCHED_RUN].answer_sizes["lm-small"][row]
+
+
+def test_collect_batched_bad_input_is_one_line(smoke: Path) -> None:
+    proc = hspi("dataset", "collect-batched", str(smoke), "--model", "no-such-model")
+    assert proc.returncode != 0 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

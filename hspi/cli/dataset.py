@@ -67,6 +67,33 @@ def dataset_replay_splitting(
     )
 
 
+@dataset_app.command("collect-batched")
+def dataset_collect_batched(
+    directory: Annotated[Path, typer.Argument(help="dataset directory")] = SHIPPED_DATASET,
+    model: Annotated[str, typer.Option(help="the model whose answers under batching to collect")] = "lm-small",
+    probes: Annotated[int, typer.Option(min=1, help="pool probes answered in batches")] = 200,
+    max_batch: Annotated[int, typer.Option(min=1, max=64, help="batch sizes 1..max-batch")] = 8,
+) -> None:
+    """Answer pool probes in batches of every size up to --max-batch (references under dynamic batching),
+    one fresh process per configuration; resumable."""
+    from hspi.collector.batched_collect import collect_batched
+    from hspi.dataset import BATCHED_RUN
+
+    with progress_bar() as progress:
+        task = progress.add_task("answering in batches", total=None)
+
+        def on_progress(config: str, done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done, description=f"{BATCHED_RUN} {config}")
+
+        configs = collect_batched(
+            directory, model, probes=probes, sizes=tuple(range(1, max_batch + 1)), on_progress=on_progress
+        )
+    console.print(
+        f"{BATCHED_RUN}: {probes} {model} pool probes in batches of 1..{max_batch} "
+        f"on {len(configs)} configurations of {directory}"
+    )
+
+
 @dataset_app.command("search-splitting")
 def dataset_search_splitting(
     directory: Annotated[Path, typer.Argument(help="dataset directory")] = SHIPPED_DATASET,
