@@ -19,6 +19,7 @@ from hspi.api.schemas import (
     AgnosticSectionPublic,
     AnswerPublic,
     AuditReportPublic,
+    BatchingPublic,
     EvidenceBoundPublic,
     GuessPublic,
     HeadBoundPublic,
@@ -114,6 +115,7 @@ def report_public(report: AuditReport) -> AuditReportPublic:
             met=bound.met,
             heads={h: HeadBoundPublic(**r.model_dump()) for h, r in bound.heads.items()},
         ),
+        batching=None if report.batching is None else BatchingPublic(**report.batching.model_dump()),
     )
 
 

@@ -193,6 +193,16 @@ class EvidenceBoundPublic(BaseModel):
     heads: dict[str, HeadBoundPublic] = Field(default_factory=dict, description="per head (all but full)")
 
 
+class BatchingPublic(BaseModel):
+    """Whether the endpoint runs requests in batches, read against the matched class's answers under batching."""
+
+    state: str = Field(description="observed, not observed, or unknown")
+    answers: int = Field(description="answers that fit the leading class")
+    from_batches: int = Field(description="of them, answers that class gives only inside a batch of 2 or more")
+    sizes: list[int] = Field(description="the batch sizes that give those answers")
+    reason: str
+
+
 class AuditReportPublic(BaseModel):
     """What an audit found, in the shape `hspi audit --json` writes (dataset and classifier by name)."""
 
@@ -225,6 +235,9 @@ class AuditReportPublic(BaseModel):
     classifier: str = Field(description="the name of the classifier (its directory's name)")
     seconds: float
     evidence_bound: EvidenceBoundPublic | None = Field(description="null at the text tier")
+    batching: BatchingPublic | None = Field(
+        default=None, description="dynamic batching seen in the answers (null at the text tier and in older reports)"
+    )
 
 
 class AgnosticCheckPublic(BaseModel):

@@ -32,7 +32,6 @@ from hspi.audit.decision import (
     BoundReading,
     MatchBound,
     agreement_rates,
-    answer_agreement,
     answers_to_bound,
     answers_to_decide,
     candidate_log_evalues,
@@ -111,6 +110,17 @@ OUTSIDE_COLLECTION = (
 )
 
 
+class BatchingReading(BaseModel):
+    """Whether the endpoint runs requests in batches (dynamic batching), read from the answers against the
+    matched class's answers under batching (`hspi dataset collect-batched`)."""
+
+    state: Literal["observed", "not observed", "unknown"]
+    answers: int  # answers that fit the leading class
+    from_batches: int  # of them, answers that class gives only inside a batch of 2 or more
+    sizes: list[int]  # the batch sizes that give those answers (union)
+    reason: str
+
+
 class AuditReport(BaseModel):
     endpoint: str
     model: str
@@ -140,6 +150,8 @@ class AuditReport(BaseModel):
     seconds: float
     # the e-value against a platform never collected (audit.decision); None at the text tier
     evidence_bound: BoundReading | None = None
+    # dynamic batching seen in the answers; None in reports stored before it was read
+    batching: BatchingReading | None = None
 
 
 class AuditSettings(BaseModel):
@@ -171,6 +183,9 @@ class AuditSettings(BaseModel):
     avoid_probes: list[int] = Field(default_factory=list)
     # ask the model-agnostic determinism and engine checks after the verdict (up to 6 more queries, in budget)
     agnostic_checks: bool = False
+    # where the dataset holds answers under dynamic batching, ask only those probes and match each answer
+    # against the class's set of answers (`classifier.batched`); False: the stored answers only
+    batched_references: bool = True
 
     @property
     def api_kind(self) -> str:
@@ -273,6 +288,9 @@ class Audit:
         self.should_stop = should_stop or (lambda: False)
         self.on_record, self.sink = on_record, evidence_sink
         self.avoid = {int(p) for p in settings.avoid_probes}
+        if self.refs.batched is not None and settings.batched_references:
+            # a batching server's answer fits only where the class's answers under batching are known
+            self.avoid |= {int(p) for p in np.setdiff1d(self.refs.pool_ids, self.refs.batched.probe_ids)}
         self.rng = np.random.default_rng(settings.seed)
         self.state = AuditState()
         self.started = time.perf_counter()
@@ -479,7 +497,7 @@ class Audit:
                 np.asarray([r.values for r in scored], dtype=np.float32).reshape(len(scored), -1),
             )
         )
-        return self._rates, rows, answer_agreement(book.signatures, rows, shown)
+        return self._rates, rows, book.fits(rows, shown)
 
     def _bound_out_of_reach(self, reading: BoundReading) -> str | None:
         """Why the bound cannot be met by this audit (None while it can): even if every further answer
@@ -735,6 +753,49 @@ class Audit:
             classifier=str(self.classifier_dir),
             seconds=round(time.perf_counter() - self.started, 3),
             evidence_bound=bound,
+            batching=self._batching(head_posteriors),
+        )
+
+    def _batching(self, head_posteriors: dict[str, tuple[list[str], np.ndarray]]) -> BatchingReading | None:
+        evidence = self.state.evidence
+        if evidence is None or not evidence.used or "full" not in head_posteriors:
+            return None
+        batched = evidence.book.batched
+        if batched is None or not self.settings.batched_references:
+            return BatchingReading(
+                state="unknown",
+                answers=0,
+                from_batches=0,
+                sizes=[],
+                reason="the dataset holds no answers under batching for this model (hspi dataset collect-batched)",
+            )
+        values, post = head_posteriors["full"]
+        leader = next(i for i, c in enumerate(self.refs.classes) if c.name == values[int(np.argmax(post))])
+        readings = [r for r in evidence.readings if r is not None and r.fits[leader]]
+        single = 1 << batched.batch_sizes.index(1) if 1 in batched.batch_sizes else 0
+        # an answer the class gives only in batches of 2 or more, never alone
+        batched_masks = [int(r.masks[leader]) for r in readings if r.masks[leader] and not r.masks[leader] & single]
+        sizes = sorted({s for m in batched_masks for s in batched.sizes_of(m)})
+        name = self.refs.classes[leader].name
+        state: Literal["observed", "not observed", "unknown"]
+        if not any(c == leader for c, _ in evidence.book.alternates):
+            state, reason = "unknown", f"the leading class {name} has no answers under batching (a fixed batch size)"
+        elif not readings:
+            state, reason = "unknown", f"no answer fits the leading class {name}"
+        elif batched_masks:
+            state = "observed"
+            reason = (
+                f"{len(batched_masks)} of {len(readings)} answers fitting {name} are what it gives only inside a "
+                f"batch (sizes {', '.join(map(str, sizes))}), never alone"
+            )
+        elif all(r.masks[leader] == (1 << len(batched.batch_sizes)) - 1 for r in readings):
+            state = "unknown"
+            reason = f"{name} gives these answers at every batch size: batching cannot show on them"
+        else:
+            state = "not observed"
+            reason = f"all {len(readings)} answers fitting {name} are what it gives alone (batch size 1)"
+        return BatchingReading(
+            state=state, answers=len(readings), from_batches=len(batched_masks), sizes=sizes, reason=reason
         )
 
     def head_names(self) -> list[str]:

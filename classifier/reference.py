@@ -136,8 +136,10 @@ class ReferenceMatcher(ClassifierMixin, BaseEstimator):
         groups: np.ndarray,
         *,
         from_full: bool = True,
+        offset: np.ndarray | None = None,
     ) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per head: (label values, (G, L) posterior) for each group of probes answered by one target.
+        `offset` (G, C): log weights added to the `full` evidence (answers under batching, `classifier.batched`).
 
         With `from_full` (a known platform) a head's posterior is the `full` posterior summed over the
         candidates carrying each label: the closest stored answer decides.  Without it (nothing
@@ -145,6 +147,8 @@ class ReferenceMatcher(ClassifierMixin, BaseEstimator):
         show, say, its dtype.
         """
         full_evidence = group_sum(log_odds(probs["full"]), groups)  # (G, C)
+        if offset is not None:
+            full_evidence = full_evidence + offset
         full_post = softmax(full_evidence, axis=1)
         out = {}
         for head, p in probs.items():
@@ -215,8 +219,9 @@ class CalibratedMatcher(BaseEstimator):
         groups: np.ndarray,
         *,
         from_full: bool = True,
+        offset: np.ndarray | None = None,
     ) -> dict[str, tuple[list[str], np.ndarray]]:
-        return self._fitted_matcher().posteriors(probs, candidate_labels, groups, from_full=from_full)
+        return self._fitted_matcher().posteriors(probs, candidate_labels, groups, from_full=from_full, offset=offset)
 
     match_scores = staticmethod(ReferenceMatcher.match_scores)
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from hspi.classifier.batched import AnswerReading, BatchedAnswers, read_answer_signature
 from hspi.classifier.evidence import group_sum, log_odds, softmax
 from hspi.classifier.reference import SCORE_TOLERANCE, CalibratedMatcher, ReferenceMatcher
 from hspi.errors import ConfigError
@@ -44,9 +45,16 @@ class ReferenceBook:
     """Every candidate's stored answers at one tier, precomputed once and shared by many audits."""
 
     def __init__(
-        self, references: Sequence[np.ndarray], labels: Sequence[dict[str, str]], tier: str, pool_ids: np.ndarray
+        self,
+        references: Sequence[np.ndarray],
+        labels: Sequence[dict[str, str]],
+        tier: str,
+        pool_ids: np.ndarray,
+        *,
+        batched: BatchedAnswers | None = None,
     ) -> None:
-        """`references[c]` (n_pool, V): candidate c's stored outputs, rows in `pool_ids` order."""
+        """`references[c]` (n_pool, V): candidate c's stored outputs, rows in `pool_ids` order; `batched`:
+        their answers under dynamic batching, where collected (`classifier.batched`)."""
         if not references:
             raise ConfigError("no candidate platforms to compare with")
         self.labels, self.tier = list(labels), tier
@@ -58,6 +66,52 @@ class ReferenceBook:
         self.same = same_answers(self.signatures)  # (C, C, n_pool): candidates i and j answer alike
         self.agreement = self.same.mean(axis=2)  # (C, C): share of probes they answer alike
         self._prior_scores: np.ndarray | None = None
+        self.batched = batched
+        # per (candidate, row): signatures, size masks and tier-unit values of its answers under batching
+        self.alternates: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for c, rows in enumerate(batched.per_class if batched is not None else []):
+            for row, (values, masks) in rows.items():
+                self.alternates[(c, row)] = (
+                    answer_signatures(tier_view(values, tier)),
+                    masks,
+                    reference_values(values, tier),
+                )
+
+    @property
+    def batched_rows(self) -> np.ndarray | None:
+        """Pool rows with answers under batching (None: the dataset has none)."""
+        if self.batched is None:
+            return None
+        return np.array(sorted({row for _, row in self.alternates}), dtype=np.int64)
+
+    def read(self, row: int, shown: int) -> AnswerReading | None:
+        """One answer (its signature) read against every candidate's answers under batching; None without them."""
+        if self.batched is None:
+            return None
+        alternates = [self.alternates.get((c, row)) for c in range(len(self.labels))]
+        return read_answer_signature(
+            shown, self.signatures[:, row], [None if a is None else (a[0], a[1]) for a in alternates], self.batched
+        )
+
+    def fits(self, rows: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        """(n_answers, C): whether each answer equals candidate c's stored answer at its row, or one of its
+        answers under batching."""
+        agree = self.signatures[:, np.asarray(rows, dtype=np.int64)].T == np.asarray(shown)[:, None]
+        for i, (row, sig) in enumerate(zip(rows, shown)):
+            reading = self.read(int(row), int(sig))
+            if reading is not None:
+                agree[i] |= reading.fits
+        return agree
+
+    def reference_for(self, candidate: int, row: int, shown: int) -> np.ndarray:
+        """(1, V) the candidate's answer to compare an answer with: the one under batching equal to it,
+        else the stored one."""
+        alt = self.alternates.get((candidate, row))
+        if alt is not None and self.signatures[candidate, row] != shown:
+            hit = np.flatnonzero(alt[0] == shown)
+            if len(hit):
+                return alt[2][hit[0] : hit[0] + 1]
+        return self.reference_full[candidate][row : row + 1]
 
     def prior_split_scores(self) -> np.ndarray:
         """Split scores before any answer (uniform prior), computed once."""
@@ -100,6 +154,7 @@ class ReferenceEvidence:
         self.probs: dict[str, list[np.ndarray]] = {}
         self.used: list[int] = []
         self.asked: set[int] = set()  # probes asked whose answers could not be scored: not asked again
+        self.readings: list[AnswerReading | None] = []  # per used answer: read against answers under batching
 
     @property
     def n_candidates(self) -> int:
@@ -113,15 +168,32 @@ class ReferenceEvidence:
     def update(self, probe_id: int, view: TierView) -> None:
         """Add one complete answer (a one-row `TierView`) to the evidence."""
         row = self.row_of(probe_id)
-        features = np.stack([relative_features(view, ref[row : row + 1]) for ref in self.reference_full], axis=1)
-        self.add(probe_id, {head: p[0] for head, p in self.matcher.pair_probabilities(features).items()})
+        shown = int(answer_signatures(view)[0])
+        references = [self.book.reference_for(c, row, shown) for c in range(self.n_candidates)]
+        features = np.stack([relative_features(view, ref) for ref in references], axis=1)
+        self.add(
+            probe_id,
+            {head: p[0] for head, p in self.matcher.pair_probabilities(features).items()},
+            self.book.read(row, shown),
+        )
 
-    def add(self, probe_id: int, probabilities: Mapping[str, np.ndarray]) -> None:
-        """Add one answer already scored by the matcher: per head, (C,) match probabilities."""
+    def add(self, probe_id: int, probabilities: Mapping[str, np.ndarray], reading: AnswerReading | None = None) -> None:
+        """Add one answer already scored by the matcher: per head, (C,) match probabilities; `reading`: the
+        answer read against the candidates' answers under batching, where the book has them."""
         self.row_of(probe_id)
         for head, p in probabilities.items():
             self.probs.setdefault(head, []).append(np.asarray(p, dtype=np.float64))
         self.used.append(int(probe_id))
+        self.readings.append(reading)
+
+    def log_weights(self) -> np.ndarray:
+        """(C,) Σ over the answers of each candidate's log mixture weight (`classifier.batched`): 0 without
+        answers under batching."""
+        out = np.zeros(self.n_candidates)
+        for reading in self.readings:
+            if reading is not None:
+                out += reading.log_weight
+        return out
 
     def _stacked(self) -> dict[str, np.ndarray]:
         return {h: np.stack(v) for h, v in self.probs.items()}
@@ -131,7 +203,7 @@ class ReferenceEvidence:
         if not self.used:
             return np.full(self.n_candidates, 1.0 / self.n_candidates)
         evidence = group_sum(log_odds(self._stacked()["full"]), np.zeros(len(self.used), dtype=np.int64))[0]
-        return softmax(evidence)
+        return softmax(evidence + self.log_weights())
 
     def match_score(self) -> float:
         if not self.used:
@@ -153,7 +225,7 @@ class ReferenceEvidence:
         return {
             h: (values, post[0])
             for h, (values, post) in self.matcher.posteriors(
-                self._stacked(), self.labels, groups, from_full=known
+                self._stacked(), self.labels, groups, from_full=known, offset=self.log_weights()[None, :]
             ).items()
         }
 

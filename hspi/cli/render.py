@@ -82,6 +82,8 @@ def render_audit(report: AuditReport, console: Console) -> None:
             decided = [f"{h}={r.value}" for h, r in bound.heads.items() if r.met]
             if decided:
                 console.print(f"Decided by their own bound (another value excluded at α): {', '.join(decided)}")
+    if report.batching is not None:
+        console.print(f"Batching: {report.batching.state} ({report.batching.reason})")
     if report.heads:
         table = Table("head", "reading", "probability", "2nd guess", "claim")
         for head, h in report.heads.items():
