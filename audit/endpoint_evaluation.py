@@ -10,6 +10,7 @@ audit that stopped early keeps its decision).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -29,7 +30,7 @@ from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
 from hspi.errors import TargetError
 from hspi.loopback import free_port, serving_process
-from hspi.platform import HEADS
+from hspi.platform import HEADS, Platform
 from hspi.terms import Tier
 
 BUDGETS = (1, 4, 16, 64)
@@ -119,12 +120,37 @@ def decision_at(report: AuditReport, budget: int) -> dict[str, str]:
     return leading
 
 
-def score_audits(audits: Sequence[tuple[EquivalenceClass, AuditReport]], budgets: Sequence[int]) -> dict:
+def without_batch_size(platform_ids: Sequence[str]) -> set[str]:
+    """The platforms with their static batch size dropped: a dynamic batcher has none, so under it a `bs=8`
+    configuration and its batch-size-1 twin are one server."""
+    return {Platform.parse(p).model_copy(update={"batch_size": 1}).id for p in platform_ids}
+
+
+def head_right(
+    cls: EquivalenceClass, head: str, named: str | None, classes: Sequence[EquivalenceClass], batching: bool
+) -> bool:
+    """Whether the head's guess is the served class's label; under batching, the full head's guess is also
+    right when the named class differs from it by the static batch size only."""
+    if named == cls.labels[head]:
+        return True
+    if not batching or head != "full" or named is None:
+        return False
+    other = next((c for c in classes if c.labels["full"] == named), None)
+    return other is not None and bool(without_batch_size(other.members) & without_batch_size(cls.members))
+
+
+def score_audits(
+    audits: Sequence[tuple[EquivalenceClass, AuditReport]],
+    budgets: Sequence[int],
+    *,
+    classes: Sequence[EquivalenceClass] = (),
+    batching: bool = False,
+) -> dict:
     """Per head and budget: (correct, n)."""
     out: dict = {}
     for head in HEADS:
         for b in budgets:
-            correct = sum(decision_at(r, b).get(head) == cls.labels[head] for cls, r in audits)
+            correct = sum(head_right(cls, head, decision_at(r, b).get(head), classes, batching) for cls, r in audits)
             out[(head, b)] = (correct, len(audits))
     return out
 
@@ -161,15 +187,20 @@ def evaluate_endpoints(
     budgets: Sequence[int] = BUDGETS,
     only: Sequence[str] | None = None,
     target: str = "hspi-target",
+    background_clients: int = 3,
+    reference_modes: Sequence[bool] = (True,),
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
 
     `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
+    `reference_modes`: audit with the dataset's answers under batching (True) and/or without (False),
+    against the same server; rows say which in `batched_references`.
     """
     serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
     ds = Dataset(dataset_dir)
-    classes = [c for c in equivalence_classes(ds, model) if only is None or c.name in only]
+    every_class = equivalence_classes(ds, model)
+    classes = [c for c in every_class if only is None or c.name in only]
     # the shipped matcher learned from replayed answers on these pool probes: audits never ask them
     seen = sorted(
         {
@@ -178,8 +209,8 @@ def evaluate_endpoints(
             for p in ds.responses(cid, "replay", model).probe_ids
         }
     )
-    audits: dict[tuple[str, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
-    seconds: dict[tuple[str, bool], list[float]] = {}
+    audits: dict[tuple[str, bool, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
+    seconds: dict[tuple[str, bool, bool], list[float]] = {}
     failures: list[str] = []
     for i, cls in enumerate(classes):
         for dyn in batching:
@@ -188,29 +219,29 @@ def evaluate_endpoints(
             try:
                 with serve(cls.members[0], dyn) as url:
                     warm_up(url, model)
-                    with background_load(url, model) if dyn else _nothing():
-                        for tier in run_tiers:
-                            for seed in range(seeds):
-                                settings = AuditSettings(
-                                    endpoint=url,
-                                    model=model,
-                                    budget_queries=max(budgets),
-                                    max_tier=Tier(tier),
-                                    seed=1000 * i + seed,
-                                    dataset=dataset_dir,
-                                    classifier=classifier_dir,
-                                    timeout_s=30.0,
-                                    avoid_probes=seen,
-                                )
-                                report = run_audit(settings)
-                                audits.setdefault((tier, dyn), []).append((cls, report))
-                                seconds.setdefault((tier, dyn), []).append(report.seconds)
+                    with background_load(url, model, background_clients) if dyn else _nothing():
+                        for tier, batched_refs, seed in itertools.product(run_tiers, reference_modes, range(seeds)):
+                            settings = AuditSettings(
+                                endpoint=url,
+                                model=model,
+                                budget_queries=max(budgets),
+                                max_tier=Tier(tier),
+                                seed=1000 * i + seed,
+                                dataset=dataset_dir,
+                                classifier=classifier_dir,
+                                timeout_s=30.0,
+                                avoid_probes=seen,
+                                batched_references=batched_refs,
+                            )
+                            report = run_audit(settings)
+                            audits.setdefault((tier, dyn, batched_refs), []).append((cls, report))
+                            seconds.setdefault((tier, dyn, batched_refs), []).append(report.seconds)
             except TargetError as exc:
                 failures.append(f"{cls.name}: {exc}")
                 log(f"  failed: {exc}")
-    rows = []
-    for (tier, dyn), items in audits.items():
-        for (head, b), (correct, n) in score_audits(items, budgets).items():
+    rows, batching_rows = [], []
+    for (tier, dyn, batched_refs), items in audits.items():
+        for (head, b), (correct, n) in score_audits(items, budgets, classes=every_class, batching=dyn).items():
             rows.append(
                 {
                     "split": "endpoint",
@@ -223,20 +254,41 @@ def evaluate_endpoints(
                     "n_test": n,
                     "target": target,
                     "batching": dyn,
+                    "background_clients": background_clients if dyn else 0,
+                    "batched_references": batched_refs,
                 }
             )
+        readings = [r.batching.state if r.batching else "none" for _, r in items]
+        batching_rows.append(
+            {
+                "split": "endpoint",
+                "model": model,
+                "tier": tier,
+                "check": "batching",
+                "target": target,
+                "batching": dyn,
+                "background_clients": background_clients if dyn else 0,
+                "batched_references": batched_refs,
+                "queries": max(budgets),
+                # the audit's own reading of batching, right when it says observed under batching, not observed without
+                "accuracy": round(sum(x == ("observed" if dyn else "not observed") for x in readings) / len(items), 4),
+                "readings": {x: readings.count(x) for x in sorted(set(readings))},
+                "n_test": len(items),
+            }
+        )
     timing = [
         {
             "tier": t,
             "batching": d,
+            "batched_references": m,
             "audits": len(v),
             "seconds_p50": round(float(np.median(v)), 3),
             "seconds_max": round(float(np.max(v)), 3),
-            "queries_mean": round(float(np.mean([r.queries for _, r in audits[(t, d)]])), 2),
+            "queries_mean": round(float(np.mean([r.queries for _, r in audits[(t, d, m)]])), 2),
         }
-        for (t, d), v in seconds.items()
+        for (t, d, m), v in seconds.items()
     ]
-    return {"rows": rows, "timing": timing, "failures": failures}
+    return {"rows": rows, "timing": timing, "failures": failures, "batching_readings": batching_rows}
 
 
 @contextmanager
