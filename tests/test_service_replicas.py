@@ -127,7 +127,9 @@ def test_replicas_starting_together_make_one_admin_key(backend: str, tmp_path: P
 def raw_request(
     port: int, head: bytes, body_parts: list[bytes], every_s: float, timeout_s: float
 ) -> tuple[bytes, float]:
-    """Send `head`, then `body_parts` `every_s` apart; (everything the server sent until it closed, seconds)."""
+    """Send `head`, then `body_parts` `every_s` apart until the server answers; (everything the server sent
+    until it closed, seconds).  A part sent after the server closed is answered by a TCP reset, which ends
+    the reading too: what arrived before it was read already."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         sock.sendall(head)
@@ -137,17 +139,23 @@ def raw_request(
             try:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    break
+                    return received, time.monotonic() - started
                 received += chunk
+                break  # the server answered: a client stops sending the body
             except TimeoutError:
                 pass
+            except ConnectionResetError:
+                return received, time.monotonic() - started
             try:
                 sock.sendall(part)
             except OSError:
                 break
         sock.settimeout(max(0.1, timeout_s - (time.monotonic() - started)))
         while True:
-            chunk = sock.recv(65536)  # a TimeoutError here: the server kept the connection open
+            try:
+                chunk = sock.recv(65536)  # a TimeoutError here: the server kept the connection open
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 return received, time.monotonic() - started
             received += chunk
