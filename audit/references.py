@@ -16,6 +16,7 @@ import numpy as np
 
 from hspi.audit.decision import MatchBound, head_closeness
 from hspi.classifier.artifacts import load_matcher
+from hspi.classifier.batched import BatchedAnswers
 from hspi.classifier.greedy_vote import GreedyVote, load_text_vote, text_vote_path
 from hspi.classifier.reference import ReferenceMatcher
 from hspi.classifier.sequential import ReferenceBook
@@ -38,6 +39,8 @@ class ModelReferences:
     pool_ids: np.ndarray
     logits: list[np.ndarray]  # per class: its stored float32 outputs for every pool probe
     first_tokens: np.ndarray | None  # each pool probe's first token (prefix caches), token models only
+    # answers under dynamic batching (`collector.batched_collect`), where the dataset has them
+    batched: BatchedAnswers | None = None
     _books: dict[str, ReferenceBook] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,12 +58,17 @@ class ModelReferences:
         if any(not np.array_equal(r.probe_ids, pool_ids) for r in references):
             raise DatasetError(f"{dataset_dir}: reference runs of {model} cover different pool probes")
         first_tokens = pool.inputs(pool_ids)[:, 0] if spec.input_kind == "tokens" else None
-        return cls(dataset_dir, model, classes, pool, pool_ids, [r.as_float32() for r in references], first_tokens)
+        batched = BatchedAnswers.load(ds, model, classes, pool_ids)
+        return cls(
+            dataset_dir, model, classes, pool, pool_ids, [r.as_float32() for r in references], first_tokens, batched
+        )
 
     def book(self, tier: str) -> ReferenceBook:
         with self._lock:
             if tier not in self._books:
-                self._books[tier] = ReferenceBook(self.logits, [c.labels for c in self.classes], tier, self.pool_ids)
+                self._books[tier] = ReferenceBook(
+                    self.logits, [c.labels for c in self.classes], tier, self.pool_ids, batched=self.batched
+                )
             return self._books[tier]
 
 
