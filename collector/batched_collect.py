@@ -72,15 +72,7 @@ def collect_batched(
     """Answer `probes` pool probes in batches of every size on every batchable configuration of `model`
     (resumable); returns the configurations done."""
     ds = Dataset(dataset_dir)
-    if model not in ds.models:
-        raise ConfigError(f"model {model!r} is not in {dataset_dir}; it has: {', '.join(ds.models)}")
-    if not sizes or min(sizes) < 1:
-        raise ConfigError(f"batch sizes must be positive: {sizes}")
-    configs = batchable_configs(ds, model)
-    if not configs:
-        raise ConfigError(
-            f"{dataset_dir}: no configuration of {model} runs under a dynamic batcher (torch, batch size 1)"
-        )
+    configs = check_batched_request(ds, model, sizes)
     ids = [int(i) for i in batched_selection(ds, model, probes)]
     todo = [c for c in configs if not batched_done(ds, c, model, ids, sizes)]
     for number, cid in enumerate(todo):
@@ -99,6 +91,20 @@ def collect_batched(
         save_manifest(ds.directory, ds.manifest)
     if on_progress:
         on_progress("done", len(configs), len(configs))
+    return configs
+
+
+def check_batched_request(ds: Dataset, model: str, sizes: tuple[int, ...]) -> list[str]:
+    """The configurations to answer in batches; a clear error for a model or sizes the dataset cannot take."""
+    if model not in ds.models:
+        raise ConfigError(f"model {model!r} is not in {ds.directory}; it has: {', '.join(ds.models)}")
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"batch sizes must be positive: {sizes}")
+    configs = batchable_configs(ds, model)
+    if not configs:
+        raise ConfigError(
+            f"{ds.directory}: no configuration of {model} runs under a dynamic batcher (torch, batch size 1)"
+        )
     return configs
 
 

@@ -408,3 +408,50 @@ def test_collect_batched_bad_input_is_one_line(smoke: Path) -> None:
     proc = hspi("dataset", "collect-batched", str(smoke), "--model", "no-such-model")
     assert proc.returncode != 0 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_audit_under_dynamic_batching_matches_the_class_and_sees_batching(smoke: Path, tmp_path: Path) -> None:
+    from servers import serve_asgi
+
+    from hspi.audit import AuditSettings, run_audit
+    from hspi.audit.endpoint_evaluation import background_load
+    from hspi.collector.target_server import create_target_app
+    from hspi.dataset import Dataset
+    from hspi.equivalence import equivalence_classes
+    from hspi.platform import Platform
+    from hspi.terms import Tier
+
+    copy, classifier = tmp_path / "batched", tmp_path / "clf"
+    shutil.copytree(smoke, copy)
+    assert hspi("dataset", "collect-batched", str(copy), "--model", "lm-small", "--probes", "8").returncode == 0
+    proc = hspi("train", "--dataset", str(copy), "--out", str(classifier), "--tiers", "topk20")
+    assert proc.returncode == 0, proc.stderr
+    # fp32 through MKL: its answers change with the batch size (measured: 3 distinct per probe for sizes 1..8)
+    platform = "cpu:native/fp32/torch-eager"
+    # a 50 ms window: the audit's requests share batches with the strangers' on a busy CI machine too
+    app = create_target_app("lm-small", Platform.parse(platform), dynamic_batching=True, batch_window_ms=50.0)
+
+    def audit(url: str, batched: bool):
+        settings = AuditSettings(
+            endpoint=url,
+            model="lm-small",
+            budget_queries=8,
+            max_tier=Tier.TOPK20,
+            seed=3,
+            dataset=copy,
+            classifier=classifier,
+            false_match_rate=None,
+            batched_references=batched,
+        )
+        return run_audit(settings)
+
+    with serve_asgi(app) as url, background_load(url, "lm-small"):
+        with_sets, without = audit(url, True), audit(url, False)
+    assert max(app.state.runner.batch_sizes) > 1  # the server did batch the audit's requests with strangers'
+    assert {r.probe_id for r in with_sets.evidence} <= set(range(40))
+    served = next(c for c in equivalence_classes(Dataset(copy), "lm-small") if platform in c.members)
+    assert with_sets.heads["full"].guesses[0].label == served.labels["full"], with_sets.heads["full"]
+    assert with_sets.status == "match", with_sets.reason
+    assert with_sets.batching is not None and with_sets.batching.state == "observed", with_sets.batching
+    assert set(with_sets.batching.sizes) <= set(range(2, 9)) and with_sets.batching.from_batches >= 1
+    assert without.batching is not None and without.batching.state == "unknown"

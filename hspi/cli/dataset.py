@@ -76,18 +76,18 @@ def dataset_collect_batched(
 ) -> None:
     """Answer pool probes in batches of every size up to --max-batch (references under dynamic batching),
     one fresh process per configuration; resumable."""
-    from hspi.collector.batched_collect import collect_batched
-    from hspi.dataset import BATCHED_RUN
+    from hspi.collector.batched_collect import check_batched_request, collect_batched
+    from hspi.dataset import BATCHED_RUN, Dataset
 
+    sizes = tuple(range(1, max_batch + 1))
+    check_batched_request(Dataset(directory), model, sizes)  # bad input fails before any bar
     with progress_bar() as progress:
         task = progress.add_task("answering in batches", total=None)
 
         def on_progress(config: str, done: int, total: int) -> None:
             progress.update(task, total=total, completed=done, description=f"{BATCHED_RUN} {config}")
 
-        configs = collect_batched(
-            directory, model, probes=probes, sizes=tuple(range(1, max_batch + 1)), on_progress=on_progress
-        )
+        configs = collect_batched(directory, model, probes=probes, sizes=sizes, on_progress=on_progress)
     console.print(
         f"{BATCHED_RUN}: {probes} {model} pool probes in batches of 1..{max_batch} "
         f"on {len(configs)} configurations of {directory}"
