@@ -189,6 +189,7 @@ def evaluate_endpoints(
     target: str = "hspi-target",
     background_clients: int = 3,
     reference_modes: Sequence[bool] = (True,),
+    leave_out: Callable[[EquivalenceClass], Path] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
@@ -196,6 +197,8 @@ def evaluate_endpoints(
     `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
     `reference_modes`: audit with the dataset's answers under batching (True) and/or without (False),
     against the same server; rows say which in `batched_references`.
+    `leave_out`: a class's dataset without it (`leave_class_out`); with it, each served class is audited
+    again against it (an unseen platform), and `open_set` holds both audits' final e-values.
     """
     serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
     ds = Dataset(dataset_dir)
@@ -212,6 +215,7 @@ def evaluate_endpoints(
     audits: dict[tuple[str, bool, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
     seconds: dict[tuple[str, bool, bool], list[float]] = {}
     failures: list[str] = []
+    open_set: list[dict] = []
     for i, cls in enumerate(classes):
         for dyn in batching:
             run_tiers = batching_tiers if dyn else tiers
@@ -236,6 +240,22 @@ def evaluate_endpoints(
                             report = run_audit(settings)
                             audits.setdefault((tier, dyn, batched_refs), []).append((cls, report))
                             seconds.setdefault((tier, dyn, batched_refs), []).append(report.seconds)
+                            if leave_out is not None and batched_refs == reference_modes[0]:
+                                unseen = run_audit(settings.model_copy(update={"dataset": leave_out(cls)}))
+                                open_set.append(
+                                    {
+                                        "class": cls.name,
+                                        "tier": tier,
+                                        "batching": dyn,
+                                        "batched_references": batched_refs,
+                                        "known_log_evalue": final_log_evalue(report),
+                                        "unseen_log_evalue": final_log_evalue(unseen),
+                                        "unseen_status": str(unseen.status),
+                                        "unseen_full": unseen.heads["full"].guesses[0].label
+                                        if unseen.heads.get("full") and unseen.heads["full"].guesses
+                                        else None,
+                                    }
+                                )
             except TargetError as exc:
                 failures.append(f"{cls.name}: {exc}")
                 log(f"  failed: {exc}")
@@ -259,6 +279,11 @@ def evaluate_endpoints(
                 }
             )
         readings = [r.batching.state if r.batching else "none" for _, r in items]
+        per_class: dict[str, dict[str, int]] = {}
+        for c, r in items:
+            state = r.batching.state if r.batching else "none"
+            per_class.setdefault(c.name, {}).setdefault(state, 0)
+            per_class[c.name][state] += 1
         batching_rows.append(
             {
                 "split": "endpoint",
@@ -273,6 +298,7 @@ def evaluate_endpoints(
                 # the audit's own reading of batching, right when it says observed under batching, not observed without
                 "accuracy": round(sum(x == ("observed" if dyn else "not observed") for x in readings) / len(items), 4),
                 "readings": {x: readings.count(x) for x in sorted(set(readings))},
+                "per_class": per_class,
                 "n_test": len(items),
             }
         )
@@ -288,7 +314,35 @@ def evaluate_endpoints(
         }
         for (t, d, m), v in seconds.items()
     ]
-    return {"rows": rows, "timing": timing, "failures": failures, "batching_readings": batching_rows}
+    return {
+        "rows": rows,
+        "timing": timing,
+        "failures": failures,
+        "batching_readings": batching_rows,
+        "open_set": open_set,
+    }
+
+
+def final_log_evalue(report: AuditReport) -> float | None:
+    """The audit's final log e-value against a platform never collected (None: every candidate parted)."""
+    bound = report.evidence_bound
+    return None if bound is None else bound.log_evalue
+
+
+def leave_class_out(dataset_dir: Path, cls: EquivalenceClass, root: Path) -> Path:
+    """A view of the dataset without `cls`'s configurations (its manifest rewritten, the shards linked):
+    what an audit of that class's server meets when its platform was never collected."""
+    from hspi.dataset import load_manifest, save_manifest
+
+    out = root / cls.name.replace("/", "_").replace(":", "_")
+    if not (out / "dataset.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = load_manifest(dataset_dir)
+        manifest.configs = {c: r for c, r in manifest.configs.items() if c not in cls.members}
+        if not (out / "shards").exists():
+            (out / "shards").symlink_to((dataset_dir / "shards").resolve(), target_is_directory=True)
+        save_manifest(out, manifest)
+    return out
 
 
 @contextmanager

@@ -778,10 +778,19 @@ class Audit:
         sizes = sorted({s for m in batched_masks for s in batched.sizes_of(m)})
         name = self.refs.classes[leader].name
         state: Literal["observed", "not observed", "unknown"]
+        answered = [r for r in evidence.readings if r is not None]
+        misfits = len(answered) - len(readings)  # answers that fit none of the leader's collected answers
+        mates = bool(batched.mates_dependent and batched.mates_dependent[leader])
         if not any(c == leader for c, _ in evidence.book.alternates):
             state, reason = "unknown", f"the leading class {name} has no answers under batching (a fixed batch size)"
         elif not readings:
             state, reason = "unknown", f"no answer fits the leading class {name}"
+        elif mates and misfits and not batched_masks:
+            state = "observed"
+            reason = (
+                f"{misfits} of {len(answered)} answers fit none of {name}'s collected answers, whose answers change "
+                "with the batch-mates (measured at collection): what a batch with other requests gives"
+            )
         elif batched_masks:
             state = "observed"
             reason = (

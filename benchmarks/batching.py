@@ -94,7 +94,7 @@ def main() -> None:
         hspi("train", "--dataset", str(dataset), "--out", str(classifier), "--tiers", "topk20")
     prepared = time.perf_counter() - started
 
-    from hspi.audit.endpoint_evaluation import evaluate_endpoints
+    from hspi.audit.endpoint_evaluation import evaluate_endpoints, leave_class_out
     from hspi.provenance import cpu_info
 
     measured = evaluate_endpoints(
@@ -109,9 +109,11 @@ def main() -> None:
         only=args.only,
         background_clients=args.clients,
         reference_modes=(True, False),
+        leave_out=lambda cls: leave_class_out(dataset, cls, args.work / "leave-out"),
         log=lambda line: print(line, flush=True),
     )
     distinct, storage = distinct_answers(dataset)
+    varying = {d["config"] for d in distinct if d["share_varying"] > 0}
     cpu = cpu_info()
     result = {
         "benchmark": "batching",
@@ -130,6 +132,9 @@ def main() -> None:
         "batching_readings": measured["batching_readings"],
         "endpoint_timing": measured["timing"],
         "endpoint_failures": measured["failures"],
+        "open_set": measured["open_set"],
+        "open_set_auroc": open_set_auroc(measured["open_set"]),
+        "batching_reading_on_batch_variant_classes": variant_readings(measured["batching_readings"], dataset, varying),
         "distinct_answers": distinct,
         "storage": storage,
         "seconds_prepare": round(prepared, 1),
@@ -139,6 +144,63 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
+
+
+def open_set_auroc(rows: list[dict]) -> list[dict]:
+    """Per mode and left-out class: AUROC of the final log e-value, the class's server audited against
+    references without it (unseen) against every audit of a known class in that mode (seen)."""
+    from sklearn.metrics import roc_auc_score
+
+    def score(v: float | None) -> float:
+        return -1e9 if v is None else v
+
+    out = []
+    for batching in (False, True):
+        mine = [r for r in rows if r["batching"] == batching]
+        known = [score(r["known_log_evalue"]) for r in mine]
+        for name in sorted({r["class"] for r in mine}):
+            unseen = [score(r["unseen_log_evalue"]) for r in mine if r["class"] == name]
+            labels = [1] * len(known) + [0] * len(unseen)
+            out.append(
+                {
+                    "batching": batching,
+                    "left_out": name,
+                    "auroc": round(float(roc_auc_score(labels, known + unseen)), 4),
+                    "unseen_named_a_platform": sum(r["unseen_status"] == "match" for r in mine if r["class"] == name),
+                    "n_unseen": len(unseen),
+                    "n_known": len(known),
+                }
+            )
+    return out
+
+
+def variant_readings(rows: list[dict], dataset: Path, varying: set[str]) -> list[dict]:
+    """The audits' batching reading, on the classes whose answers change with the batch size only (the
+    others cannot show batching): observed under batching, not observed without."""
+    from hspi.dataset import Dataset
+    from hspi.equivalence import equivalence_classes
+
+    classes = {c.name: c for c in equivalence_classes(Dataset(dataset), MODEL)}
+    out = []
+    for row in rows:
+        if not row["batched_references"]:
+            continue
+        counts: dict[str, int] = {}
+        for name, readings in row["per_class"].items():
+            if set(classes[name].members) & varying:
+                for state, n in readings.items():
+                    counts[state] = counts.get(state, 0) + n
+        want = "observed" if row["batching"] else "not observed"
+        total = sum(counts.values())
+        out.append(
+            {
+                "batching": row["batching"],
+                "readings": counts,
+                "accuracy": round(counts.get(want, 0) / total, 4) if total else None,
+                "n_test": total,
+            }
+        )
+    return out
 
 
 def plot(result: dict, path: Path) -> None:

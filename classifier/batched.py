@@ -34,6 +34,9 @@ class BatchedAnswers:
     batch_sizes: list[int]
     probe_ids: np.ndarray  # sorted pool probe ids answered in batches
     per_class: list[dict[int, tuple[np.ndarray, np.ndarray]]]
+    # per class: whether the batch-mates, not only the size, changed an answer (measured at collection):
+    # then its answers under batching are not all collected, and an answer may fit none of them
+    mates_dependent: list[bool] | None = None
 
     @classmethod
     def load(
@@ -45,7 +48,9 @@ class BatchedAnswers:
         sizes: list[int] | None = None
         ids: set[int] = set()
         per_class: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        mates_dependent: list[bool] = []
         for c in classes:
+            mates_dependent.append(False)
             answers: dict[int, dict[bytes, tuple[np.ndarray, int]]] = {}
             for member in c.members:
                 run = ds.manifest.configs[member].runs.get(BATCHED_RUN)
@@ -58,6 +63,7 @@ class BatchedAnswers:
                         f"{ds.directory}: {member} answered {model} in batches of {run.batch_sizes}, others in {sizes}"
                     )
                 got = ds.responses(member, BATCHED_RUN, model)
+                mates_dependent[-1] |= run.batch_mates.get(model, {}).get("changed", 0) > 0
                 masks = run.answer_sizes.get(model, [])
                 if len(masks) != len(got.probe_ids):
                     raise DatasetError(f"{ds.directory}: {member} {BATCHED_RUN} of {model} lacks its batch-size masks")
@@ -78,7 +84,7 @@ class BatchedAnswers:
             )
         if sizes is None:
             return None
-        return cls(sizes, np.array(sorted(ids), dtype=np.int64), per_class)
+        return cls(sizes, np.array(sorted(ids), dtype=np.int64), per_class, mates_dependent)
 
     def share(self, masks: np.ndarray) -> np.ndarray:
         """The share of the batch sizes each mask covers."""

@@ -20,6 +20,7 @@ from hspi.errors import ConfigError, TargetError
 from hspi.responses import Responses
 
 MAX_BATCH = 64
+MATES_CHECKED = 16  # probes answered again in a batch of the largest size beside other batch-mates
 
 
 def batch_plan(n: int, size: int) -> list[np.ndarray]:
@@ -37,9 +38,12 @@ def batch_plan(n: int, size: int) -> list[np.ndarray]:
 
 def answer_in_batches(
     target: object, probes: ProbeSet, ids: np.ndarray, sizes: list[int]
-) -> tuple[Responses, list[int]]:
+) -> tuple[Responses, list[int], dict[str, int]]:
     """Each probe's distinct native answers over batches of `sizes` (rows sorted by probe id, then by
-    the first size that gave them) and, per row, a bit mask of the sizes that gave it."""
+    the first size that gave them), per row a bit mask of the sizes that gave it, and the batch-mates
+    check: how many of `MATES_CHECKED` probes, answered again in a batch of the largest size beside
+    other batch-mates, changed (dynamic int8 quantisation scales a whole batch by its largest value, so
+    there the batch-mates matter, not only the size)."""
     if not isinstance(target, LocalTarget):
         raise ConfigError(f"answers in batches of several sizes run torch or ONNX Runtime targets, not {target!r}")
     if len(set(sizes)) != len(sizes):
@@ -64,6 +68,9 @@ def answer_in_batches(
                     seen.add(int(index))
         assert got is not None
         answers.append(got)
+    mates = (
+        batch_mates_check(target, inputs, answers[-1], max(sizes)) if max(sizes) > 1 else {"checked": 0, "changed": 0}
+    )
     rows: list[np.ndarray] = []
     masks: list[int] = []
     row_ids: list[int] = []
@@ -82,4 +89,20 @@ def answer_in_batches(
     responses = Responses(probes.spec.name, probes.version, row_ids_array, native, target.native_dtype)
     if not np.isfinite(responses.as_float32()).all():
         raise TargetError(f"{target.platform.id} produced NaN/Inf outputs on {target.model} in a batch")
-    return responses, masks
+    return responses, masks, mates
+
+
+def batch_mates_check(target: LocalTarget, inputs: np.ndarray, at_largest: np.ndarray, size: int) -> dict[str, int]:
+    """Answer the first probes again, each first in a batch of `size` whose other rows are the probes
+    from the middle of the run (not the ones it had), and count the answers that changed."""
+    n = len(inputs)
+    checked = min(MATES_CHECKED, n)
+    changed = 0
+    others = np.roll(np.arange(n), -(n // 2))
+    for i in range(checked):
+        mates = [int(j) for j in others if j != i][: size - 1]
+        if len(mates) < size - 1:  # fewer probes than the batch: repeat them
+            mates = [int(j) for j in np.resize(np.array(mates or [i]), size - 1)]
+        out = target.run_inputs(inputs[np.array([i, *mates])])
+        changed += int(out[0].tobytes() != at_largest[i].tobytes())
+    return {"checked": checked, "changed": changed}

@@ -87,6 +87,7 @@ def collect_batched(
         if previous is not None and previous.batch_sizes == run.batch_sizes:  # other models' batched answers stay
             run.shards = {**previous.shards, **run.shards}
             run.answer_sizes = {**previous.answer_sizes, **run.answer_sizes}
+            run.batch_mates = {**previous.batch_mates, **run.batch_mates}
         record.runs[BATCHED_RUN] = run
         save_manifest(ds.directory, ds.manifest)
     if on_progress:
@@ -110,6 +111,6 @@ def check_batched_request(ds: Dataset, model: str, sizes: tuple[int, ...]) -> li
 
 def batched_done(ds: Dataset, config_id: str, model: str, ids: list[int], sizes: tuple[int, ...]) -> bool:
     run = ds.manifest.configs[config_id].runs.get(BATCHED_RUN)
-    if run is None or model not in run.shards or run.batch_sizes != list(sizes):
+    if run is None or model not in run.shards or model not in run.batch_mates or run.batch_sizes != list(sizes):
         return False
     return sorted(set(int(p) for p in ds.responses(config_id, BATCHED_RUN, model).probe_ids)) == ids

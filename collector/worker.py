@@ -66,6 +66,7 @@ def run_job(job: WorkerJob) -> WorkerResult:
     shards: dict[str, dict] = {plan.name: {} for plan in job.runs}
     native: dict[str, dict] = {}
     answer_sizes: dict[str, dict[str, list[int]]] = {plan.name: {} for plan in job.runs}
+    batch_mates: dict[str, dict[str, dict[str, int]]] = {plan.name: {} for plan in job.runs}
     llama_cpp = job.platform.engine == "llama.cpp"
     for model in job.models:
         target = make_target(model, job.platform, export_dir=Path(job.export_dir))
@@ -79,9 +80,10 @@ def run_job(job: WorkerJob) -> WorkerResult:
             probes = ProbeSet(spec, plan.probe_set, plan.size)
             ids = plan_ids(plan)
             if plan.batch_sizes:
-                responses, masks = answer_in_batches(target, probes, ids, plan.batch_sizes)
+                responses, masks, mates = answer_in_batches(target, probes, ids, plan.batch_sizes)
                 shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
                 answer_sizes[plan.name][model] = masks
+                batch_mates[plan.name][model] = mates
                 continue
             responses = target.answer(probes, ids)
             order = np.argsort(responses.probe_ids, kind="stable")  # stored sorted: same content, same shard
@@ -110,6 +112,7 @@ def run_job(job: WorkerJob) -> WorkerResult:
                 seconds=seconds,
                 batch_sizes=sizes[name],
                 answer_sizes=answer_sizes[name],
+                batch_mates=batch_mates[name],
             )
             for name, s in shards.items()
         }

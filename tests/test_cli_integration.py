@@ -369,6 +369,9 @@ def test_collect_batched_stores_each_probes_distinct_answers_per_batch_size(smok
         got = ds.responses(cid, BATCHED_RUN, "lm-small")
         masks = run.answer_sizes["lm-small"]
         assert run.batch_sizes == [1, 2, 3, 4] and len(masks) == len(got.probe_ids)
+        assert run.batch_mates["lm-small"]["checked"] == 8
+        if ds.manifest.configs[cid].platform.dtype == "fp32":  # MKL's row results do not depend on the other rows
+            assert run.batch_mates["lm-small"]["changed"] == 0
         reference = ds.responses(cid, "reference", "lm-small")
         for probe in ids:
             rows = np.flatnonzero(got.probe_ids == probe)
