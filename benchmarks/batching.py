@@ -70,6 +70,8 @@ def distinct_answers(dataset: Path) -> tuple[list[dict], dict]:
                 "distinct_max": int(counts.max()),
                 "share_varying": round(float((counts > 1).mean()), 4),
                 "share_alone_differs": round(alone_only / len(ids), 4),
+                # probes answered again beside other batch-mates, and how many answers changed
+                "batch_mates": dict(run.batch_mates.get(MODEL, {})),
             }
         )
         shards.add(run.shards[MODEL].shard)
