@@ -217,6 +217,7 @@ PUBLIC_REPORT_FIELDS = [  # the API's contract: changing it is a change of the p
     "endpoint", "model", "api", "tier", "status", "verdict", "reason", "stop", "queries", "tokens",
     "budget_queries", "budget_tokens", "answers_used", "match_score", "threshold", "claim", "heads",
     "matched_class", "caveat", "logit_precision", "agnostic", "evidence", "dataset", "classifier", "seconds", "evidence_bound",
+    "batching",
 ]  # fmt: skip
 
 
@@ -226,7 +227,7 @@ def engine_report(**changes: object):  # type: ignore[no-untyped-def]
     from hspi.audit.agnostic import AgnosticRecord, Check
     from hspi.audit.agnostic_section import AgnosticSection
     from hspi.audit.decision import BoundReading
-    from hspi.audit.engine import LogitPrecision, MatchedClass
+    from hspi.audit.engine import BatchingReading, LogitPrecision, MatchedClass
     from hspi.audit.identification import Guess
 
     fields: dict[str, object] = {
@@ -273,6 +274,7 @@ def engine_report(**changes: object):  # type: ignore[no-untyped-def]
         "seconds": 1.5,
         "evidence_bound": BoundReading(alpha=0.01, log_evalue=5.1, log_threshold=4.6, leader_log_evalue=6.0,
                                        leader=3, answers=2, met=True),
+        "batching": BatchingReading(state="observed", answers=2, from_batches=1, sizes=[2, 3], reason="r"),
     }  # fmt: skip
     return AuditReport.model_validate({**fields, **changes})
 
@@ -298,6 +300,11 @@ def test_the_public_report_is_the_engine_report_with_names_for_paths() -> None:
     stored.pop("agnostic")
     before = stored_report_public(stored)
     assert before is not None and before.agnostic is None
+    # a report stored before the batching reading has none
+    stored = report.model_dump(mode="json")
+    stored.pop("batching")
+    before = stored_report_public(stored)
+    assert before is not None and before.batching is None
 
 
 def test_a_field_the_engine_adds_stays_out_of_the_public_report() -> None:
