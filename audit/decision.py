@@ -65,7 +65,6 @@ __all__ = [
     "MatchBound",
     "agreement_rates",
     "level_rates",
-    "answer_agreement",
     "candidate_log_evalues",
     "decide",
     "answers_to_bound",
@@ -218,11 +217,6 @@ def agreement_rates(same: np.ndarray, bound: MatchBound) -> np.ndarray:
     )
     twins, levels = twin_levels(same, k, bound.twin_agreement)
     return level_rates(same, calibrated)[cell(twins[:, None], levels)]
-
-
-def answer_agreement(signatures: np.ndarray, rows: np.ndarray, answers: np.ndarray) -> np.ndarray:
-    """(n_answers, C): whether each answer (its signature) equals each candidate's stored one at its row."""
-    return np.asarray(signatures)[:, np.asarray(rows, dtype=np.int64)].T == np.asarray(answers)[:, None]
 
 
 def candidate_log_evalues(rates: np.ndarray, rows: np.ndarray, agree: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ so on a platform whose kernels block by batch size (fp32 through MKL on CPU) one
 answers.  `BatchedAnswers` holds, per class and pool probe, the distinct answers collected in
 batches of each size (`collector.batched_collect`), with the sizes that gave each.
 
-Reading an answer against a class (`BatchedBook`): it fits the class when it is its stored answer
+Reading an answer against a class (`ReferenceBook.read`): it fits the class when it is its stored answer
 or one of its answers under batching.  Among the classes it fits, the likelihood of the answer is a
 mixture of two servers, one that runs each request alone (the stored answer, probability 1) and one
 that batches (each answer as often as the batch sizes that gave it): P = (1[a = stored] + f(a)) / 2,
@@ -86,10 +86,9 @@ class BatchedAnswers:
             return None
         return cls(sizes, np.array(sorted(ids), dtype=np.int64), per_class, mates_dependent)
 
-    def share(self, masks: np.ndarray) -> np.ndarray:
-        """The share of the batch sizes each mask covers."""
-        counts = np.array([bin(int(m)).count("1") for m in np.atleast_1d(masks)], dtype=np.float64)
-        return counts / len(self.batch_sizes)
+    def share(self, mask: int) -> float:
+        """The share of the batch sizes a mask covers."""
+        return bin(int(mask)).count("1") / len(self.batch_sizes)
 
     def sizes_of(self, mask: int) -> list[int]:
         return [s for i, s in enumerate(self.batch_sizes) if mask >> i & 1]
@@ -123,7 +122,7 @@ def read_answer_signature(
         hit = np.flatnonzero(alt[0] == shown)
         if len(hit):
             masks[c] = int(alt[1][hit[0]])
-        share = float(batched.share(np.array([masks[c]]))[0]) if len(hit) else 0.0
+        share = batched.share(masks[c]) if len(hit) else 0.0
         likelihood[c] = (stored + share) / 2.0
     fits = likelihood > 0
     log_weight = np.zeros(n)

@@ -77,13 +77,6 @@ class ReferenceBook:
                     reference_values(values, tier),
                 )
 
-    @property
-    def batched_rows(self) -> np.ndarray | None:
-        """Pool rows with answers under batching (None: the dataset has none)."""
-        if self.batched is None:
-            return None
-        return np.array(sorted({row for _, row in self.alternates}), dtype=np.int64)
-
     def read(self, row: int, shown: int) -> AnswerReading | None:
         """One answer (its signature) read against every candidate's answers under batching; None without them."""
         if self.batched is None:

@@ -2,12 +2,11 @@
 
 A server that batches concurrent requests runs a probe with whatever batch-mates arrived with it,
 and on CPU and GPU alike another batch size can pick another GEMM blocking, so the same probe gets
-another answer.  Measured on this repository's `lm-small` (AMD EPYC, 40 probes, sizes 1-8, every
-position, two draws of batch-mates): fp32 through MKL gives 3 distinct answers per probe (size 1,
-and two groups of larger sizes), bf16 gives 1; neither the position in the batch nor the batch-mates
-changed an answer.  So each probe is answered once per batch size, at another position per size,
-beside the run's other probes, and what is kept is each probe's distinct answers with the sizes
-that gave each.
+another answer.  Each probe is answered once per batch size, at another position per size, beside
+the run's other probes, and what is kept is each probe's distinct answers with the sizes that gave
+each; a batch-mates check then answers some probes again beside other mates.  What that shows per
+configuration (`benchmarks/results/batching.json`, `lm-small`): fp32 through MKL 3 distinct answers
+per probe over sizes 1-8, eager bf16 1, and only dynamic int8's answers change with the batch-mates.
 """
 
 from __future__ import annotations

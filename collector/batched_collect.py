@@ -27,7 +27,6 @@ from hspi.features.tiers import tier_view
 
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 7, 8)  # `hspi target serve --dynamic-batching`'s default largest batch is 8
 PROBES = 200
-SEED = 31
 
 Progress = Callable[[str, int, int], None]  # (config, done, total)
 
@@ -79,7 +78,7 @@ def collect_batched(
         if on_progress:
             on_progress(cid, len(configs) - len(todo) + number, len(configs))
         plan = RunPlan(
-            name=BATCHED_RUN, probe_set="pool", size=pool_size(ds, [model]), ids=ids, batch_sizes=list(sizes), seed=SEED
+            name=BATCHED_RUN, probe_set="pool", size=pool_size(ds, [model]), ids=ids, batch_sizes=list(sizes)
         )
         record = ds.manifest.configs[cid]
         run = run_checked(ds, cid, [model], plan, "answers in batches")

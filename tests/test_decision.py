@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from hspi.audit.decision import (
     MatchBound,
     agreement_rates,
-    answer_agreement,
     answers_to_bound,
     answers_to_decide,
     candidate_log_evalues,
@@ -98,7 +97,7 @@ def test_a_parting_answer_zeroes_the_candidate() -> None:
     sig = signatures_with_twins()
     rates = agreement_rates(same_answers(sig), MatchBound())
     rows = np.array([5, 0])
-    agree = answer_agreement(sig, rows, np.array([6, 1]))  # candidate 0's answers
+    agree = sig[:, rows].T == np.array([6, 1])[:, None]  # candidate 0's answers (what ReferenceBook.fits reads)
     log_e = candidate_log_evalues(rates, rows, agree)
     assert np.isfinite(log_e[0]) and log_e[0] > 0
     assert log_e[1] == -np.inf  # 1 answers 7 on probe 5
