@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 
 from hspi.audit import AuditReport, AuditSettings, run_audit
-from hspi.collector.models import model_spec
+from hspi.collector.models import CHAT_SUFFIX, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import codec_for
 from hspi.dataset import Dataset
@@ -190,6 +190,7 @@ def evaluate_endpoints(
     background_clients: int = 3,
     reference_modes: Sequence[bool] = (True,),
     leave_out: Callable[[EquivalenceClass], Path] | None = None,
+    api: str = "completions",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
@@ -199,17 +200,19 @@ def evaluate_endpoints(
     against the same server; rows say which in `batched_references`.
     `leave_out`: a class's dataset without it (`leave_class_out`); with it, each served class is audited
     again against it (an unseen platform), and `open_set` holds both audits' final e-values.
+    `api` "chat": a registered model asked through its chat template, matched against `MODEL:chat`'s classes.
     """
     serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
     ds = Dataset(dataset_dir)
-    every_class = equivalence_classes(ds, model)
+    references = f"{model}{CHAT_SUFFIX}" if api == "chat" else model
+    every_class = equivalence_classes(ds, references)
     classes = [c for c in every_class if only is None or c.name in only]
     # the shipped matcher learned from replayed answers on these pool probes: audits never ask them
     seen = sorted(
         {
             int(p)
-            for cid in ds.complete_configs(model, ("replay",))
-            for p in ds.responses(cid, "replay", model).probe_ids
+            for cid in ds.complete_configs(references, ("replay",))
+            for p in ds.responses(cid, "replay", references).probe_ids
         }
     )
     audits: dict[tuple[str, bool, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
@@ -228,6 +231,7 @@ def evaluate_endpoints(
                             settings = AuditSettings(
                                 endpoint=url,
                                 model=model,
+                                api=api,  # type: ignore[arg-type]  # "completions" or "chat"
                                 budget_queries=max(budgets),
                                 max_tier=Tier(tier),
                                 seed=1000 * i + seed,
@@ -266,6 +270,7 @@ def evaluate_endpoints(
                 {
                     "split": "endpoint",
                     "model": model,
+                    "api": api,
                     "tier": tier,
                     "head": head,
                     "method": "lightgbm-sequential",
@@ -384,12 +389,16 @@ def plot_endpoint_accuracy(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result.get("results", []) if r["split"] == "endpoint"]
-    panels = sorted({(r["target"], r["model"], bool(r.get("batching"))) for r in rows})
+
+    def panel(r: dict) -> tuple[str, str, str, bool]:
+        return r["target"], r["model"], r.get("api", "completions"), bool(r.get("batching"))
+
+    panels = sorted({panel(r) for r in rows})
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (target, model, batching) in zip(axes[0], panels):
-        mine = [r for r in rows if (r["target"], r["model"], bool(r.get("batching"))) == (target, model, batching)]
+    for ax, (target, model, api, batching) in zip(axes[0], panels):
+        mine = [r for r in rows if panel(r) == (target, model, api, batching)]
         for tier in sorted({r["tier"] for r in mine}):
             for head, style in (("full", "-"), ("dtype", "--")):
                 pts = sorted((r["queries"], r["accuracy"]) for r in mine if r["tier"] == tier and r["head"] == head)
@@ -399,7 +408,8 @@ def plot_endpoint_accuracy(result: dict, path: Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("budget (queries)")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{target} / {model}{' / dynamic batching' if batching else ''}", fontsize=9)
+        via = "" if api == "completions" else f" / {api}"
+        ax.set_title(f"{target} / {model}{via}{' / dynamic batching' if batching else ''}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from hspi.audit.agnostic_section import AgnosticSection, SectionTarget, agnostic_section
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports, wrong_model_heads
@@ -42,7 +42,8 @@ from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.audit.references import ModelReferences, ReferenceStore
 from hspi.audit.text import TextEvidence
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, answer_signatures, most_splitting_probe
-from hspi.collector.models import model_spec
+from hspi.collector.models import CHAT_SUFFIX, is_chat_view, model_spec
+from hspi.collector.registry import registered_card
 from hspi.collector.targets.base import Target
 from hspi.collector.targets.http_client import BudgetExhausted, QueryBudget
 from hspi.collector.targets.json_logits import JSONLogitsTarget
@@ -186,6 +187,15 @@ class AuditSettings(BaseModel):
     # where the dataset holds answers under dynamic batching, ask only those probes and match each answer
     # against the class's set of answers (`classifier.batched`); False: the stored answers only
     batched_references: bool = True
+
+    @model_validator(mode="after")
+    def _chat_references(self) -> AuditSettings:
+        """A registered model asked through chat is matched against its chat view's references (`NAME:chat`,
+        computed on the template's ids); the endpoint is still asked for the model by its own name."""
+        if self.api == "chat" and not is_chat_view(self.model) and registered_card(self.model) is not None:
+            self.served_model = self.served_model or self.model
+            self.model = f"{self.model}{CHAT_SUFFIX}"
+        return self
 
     @property
     def api_kind(self) -> str:
@@ -362,6 +372,9 @@ class Audit:
 
     def _check_model(self, probe_id: int, answers: TierAnswers) -> str | None:
         """Read one answer for the right model (vocabulary and weights); why it is the wrong one, if it is."""
+        mismatch = self.target.prompt_mismatch() if self.target is not None else None
+        if mismatch is not None:
+            return f"wrong model: {mismatch}"
         row = int(np.searchsorted(self.refs.pool_ids, probe_id))
         if row >= len(self.refs.pool_ids) or self.refs.pool_ids[row] != probe_id:
             return None
@@ -924,7 +937,10 @@ def run_audit(
             from hspi.audit.reference_free import ReferenceFreeAudit  # it builds on this module
 
             with open_target(settings, budget, api_key=api_key, transport=transport) as target:
-                return ReferenceFreeAudit(settings, target, budget, evidence_sink=sink).run()
+                free = ReferenceFreeAudit(settings, target, budget, evidence_sink=sink).run()
+            return with_agnostic_section(
+                free, settings, budget, api_key=api_key, transport=transport, should_stop=should_stop
+            )
         with open_target(settings, budget, api_key=api_key, transport=transport) as target:
             audit = Audit(
                 settings,

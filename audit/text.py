@@ -21,10 +21,9 @@ class TextEvidence:
     ) -> None:
         self.vote = vote
         self.avoid_pool = set(avoid_pool)  # pool probes never to ask
-        self.probe_sets = {
-            "pool": ProbeSet(spec, "pool", pool_size),
-            "border": ProbeSet(spec, "border", BORDER_STREAM_SIZE),
-        }
+        self.probe_sets = {"pool": ProbeSet(spec, "pool", pool_size)}
+        if "border" in vote.probe_ids_:  # a registered model's vote has pool probes only
+            self.probe_sets["border"] = ProbeSet(spec, "border", BORDER_STREAM_SIZE)
         self.answers: dict[str, tuple[list[int], list[int]]] = {}
         self.last_first_token: int | None = None
 

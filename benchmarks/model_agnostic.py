@@ -6,7 +6,9 @@
 Each target is a real server started here: `hspi target serve` (lm-small on this CPU in fp32, bf16,
 fp16; static batching; bf16 also capped at 5 logprobs; fp32 also with --dynamic-batching while three
 background clients keep it busy) the real llama.cpp server (`python -m llama_cpp.server`, lm-gpt2
-GGUF exports F16 and Q8_0) and `transformers serve` (transformers 5).  Every audit is a full default audit (at most 8 queries) with no model
+GGUF exports F16 and Q8_0) and `transformers serve` (transformers 5); a model with a real tokenizer (a tiny Llama with a SentencePiece
+tokenizer trained here, registered with its GGUF) served by `hspi target serve` in bf16 and by llama.cpp in Q4_0.
+Every audit is a full default audit (at most 8 queries) with no model
 given and its own seeded prompts (two random strings of U+4E00..U+4FFF characters); its three checks
 are scored against the truth:
 
@@ -143,13 +145,46 @@ TARGETS: dict[str, tuple[str, str, int, bool, dict[str, str]]] = {
         False,
         {"precision": "none-of-these", "determinism": "deterministic", "engine": "hspi-target"},
     ),
+    # a model with a real tokenizer: a tiny Llama with a SentencePiece tokenizer trained here, registered
+    # (`hspi model add --hf --gguf`), served by hspi target serve and by llama.cpp from its own GGUF
+    "hspi-target bf16, registered Llama (SentencePiece)": (
+        "hspi-registered",
+        "cpu:native/bf16/torch-eager",
+        20,
+        False,
+        {"precision": "bf16", "determinism": "deterministic", "engine": "hspi-target"},
+    ),
+    "llama.cpp Q4_0, registered Llama GGUF (SentencePiece)": (
+        "llama.cpp-registered",
+        "cpu:native/Q4_0/llama.cpp/threads=1",
+        20,
+        False,
+        {"precision": "fp32", "determinism": "deterministic", "engine": "llama.cpp"},
+    ),
 }
+REGISTERED = "agnostic-llama"  # the registered model's name (under a temporary HSPI_HOME)
+
+
+def register_llama(directory: Path) -> str:
+    """A tiny Llama made here (random weights, a SentencePiece tokenizer trained here), registered with its GGUF."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from tiny_models import llama_dir, sharpen_output_layer, write_gguf
+
+    from hspi.collector.registry import ModelRegistry
+
+    os.environ["HSPI_HOME"] = str(directory / "home")  # never the user's registry; the servers inherit it
+    hf = sharpen_output_layer(llama_dir(directory / "llama", seed=20261201))
+    ModelRegistry().add(REGISTERED, hf=hf, gguf=write_gguf(hf, directory / "llama-F32.gguf", tokenizer=True))
+    return REGISTERED
 
 
 @contextmanager
 def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path, extra: tuple[str, ...]) -> Iterator[str]:
-    if kind == "llama.cpp":
-        with llama_cpp_server(Platform.parse(platform), export_dir=export_dir) as url:
+    if kind in ("llama.cpp", "llama.cpp-registered"):
+        model = register_llama(export_dir) if kind == "llama.cpp-registered" else "lm-gpt2"
+        with llama_cpp_server(Platform.parse(platform), model, export_dir=export_dir) as url:
             yield url
         return
     if kind == "transformers":
@@ -159,9 +194,10 @@ def serve(kind: str, platform: str, cap: int, dynamic: bool, export_dir: Path, e
         with transformers_server(gpt2_dir(export_dir / "gpt2")) as url:
             yield url
         return
-    with served_target("lm-small", platform, top_logprobs=cap, dynamic_batching=dynamic, extra_args=extra) as url:
-        warm_up(url, "lm-small")
-        load: AbstractContextManager = background_load(url, "lm-small") if dynamic else nullcontext()
+    model = register_llama(export_dir) if kind == "hspi-registered" else "lm-small"
+    with served_target(model, platform, top_logprobs=cap, dynamic_batching=dynamic, extra_args=extra) as url:
+        warm_up(url, model)
+        load: AbstractContextManager = background_load(url, model) if dynamic else nullcontext()
         with load:
             yield url
 

@@ -55,41 +55,65 @@ class TextData:
     first: dict[str, dict[str, TextAnswers]]  # kind -> config -> its first run (restricted to repeat ids)
     probe_sets: dict[str, str]
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The probe kinds answered: pool, and border where border prompts were searched."""
+        return tuple(self.expected)
 
-def load_text_data(dataset: Dataset, store: BorderStore, model: str) -> TextData:
+
+def fit_text_vote(dataset: Dataset, model: str, store: BorderStore | None = None) -> GreedyVote:
+    """The text-tier vote of `model` fitted on every repeat and calibrated on them (what an audit loads)."""
+    return full_vote(load_text_data(dataset, store, model))
+
+
+def full_vote(data: TextData) -> GreedyVote:
+    """The vote fitted on every repeat, its `unknown` calibrated on all of them."""
+    vote = fit_vote(data)
+    calibrate_vote(vote, data, {k: data.expected[k].probe_ids for k in data.kinds})
+    return vote
+
+
+def load_text_data(dataset: Dataset, store: BorderStore | None, model: str) -> TextData:
+    """The text tier's answers of `model`; without a border store (a model no border prompts were searched for,
+    e.g. a registered one), pool probes only."""
     classes = equivalence_classes(dataset, model)
     configs = [
         c
         for cls in classes
         for c in cls.members
-        if c in dataset.complete_configs(model, ("reference", "replay")) and c in store.complete_configs(model)
+        if c in dataset.complete_configs(model, ("reference", "replay"))
+        and (store is None or c in store.complete_configs(model))
     ]
     classes = [cls for cls in classes if any(m in configs for m in cls.members)]
     if len(classes) < 2:
-        raise DatasetError(f"{dataset.directory}: {model} has fewer than two classes with border answers")
+        what = "border answers" if store is not None else "reference and replay answers"
+        raise DatasetError(f"{dataset.directory}: {model} has fewer than two classes with {what}")
     class_of = {c: i for i, cls in enumerate(classes) for c in cls.members if c in configs}
     representatives = [next(m for m in cls.members if m in configs) for cls in classes]
-    pool = {c: _pool_answers(dataset, c, "reference", model) for c in representatives}
-    border = {c: store.answers(c, "border", model) for c in representatives}
+    kinds = KINDS if store is not None else ("pool",)
+
+    def answers(kind: str, config: str, repeat: bool) -> TextAnswers:
+        """A configuration's first run of a probe kind, or its independent repeat."""
+        if kind == "pool":
+            return _pool_answers(dataset, config, "replay" if repeat else "reference", model)
+        assert store is not None
+        return store.answers(config, "border-replay" if repeat else "border", model)
+
     expected, greedy, second = {}, {}, {}
-    for kind, answers in (("pool", pool), ("border", border)):
-        ids = answers[representatives[0]].probe_ids
-        rows = [answers[c] for c in representatives]
+    for kind in kinds:
+        rows = [answers(kind, c, repeat=False) for c in representatives]
+        ids = rows[0].probe_ids
         if any(not np.array_equal(r.probe_ids, ids) for r in rows):
             raise DatasetError(f"{dataset.directory}: {model} {kind} answers of the classes cover other probes")
         expected[kind] = rows[0]
         greedy[kind] = np.stack([r.greedy for r in rows])
         second[kind] = np.stack([r.second for r in rows])
-    repeat = {
-        "pool": {c: _pool_answers(dataset, c, "replay", model).sorted() for c in configs},
-        "border": {c: store.answers(c, "border-replay", model).sorted() for c in configs},
-    }
+    repeat = {kind: {c: answers(kind, c, repeat=True).sorted() for c in configs} for kind in kinds}
     first = {
-        "pool": {c: _pool_answers(dataset, c, "reference", model).select(repeat["pool"][c].probe_ids) for c in configs},
-        "border": {c: store.answers(c, "border", model).select(repeat["border"][c].probe_ids) for c in configs},
+        kind: {c: answers(kind, c, repeat=False).select(repeat[kind][c].probe_ids) for c in configs} for kind in kinds
     }
     vocab = int(dataset.responses(representatives[0], "reference", model).native.shape[1])
-    probe_sets = {"pool": expected["pool"].probe_set, "border": expected["border"].probe_set}
+    probe_sets = {kind: expected[kind].probe_set for kind in kinds}
     return TextData(model, classes, class_of, vocab, expected, greedy, second, repeat, first, probe_sets)
 
 
@@ -104,9 +128,9 @@ def fit_vote(
     """The vote over every class (but `exclude`), eps from the repeats on `train_ids` (default: all)."""
     keep = [i for i in range(len(data.classes)) if i != exclude]
     renumber = {old: new for new, old in enumerate(keep)}
-    expected = {k: (data.expected[k].probe_ids, data.greedy[k][keep], data.second[k][keep]) for k in KINDS}
+    expected = {k: (data.expected[k].probe_ids, data.greedy[k][keep], data.second[k][keep]) for k in data.kinds}
     repeated = {}
-    for kind in KINDS:
+    for kind in data.kinds:
         cls, ids, obs = [], [], []
         for config, answers in data.repeat[kind].items():
             if data.class_of[config] not in renumber:
@@ -141,7 +165,7 @@ def known_scores(
     for config in data.repeat["pool"]:
         if data.class_of[config] == exclude:
             continue
-        queue = _queue(data, config, probe_ids, KINDS)
+        queue = _queue(data, config, probe_ids, data.kinds)
         ll, unk = _query_scores(vote, queue)
         for _ in range(CALIBRATION_SEEDS):
             order = rng.permutation(len(queue))
@@ -363,8 +387,7 @@ def border_report(
         data = load_text_data(dataset, store, model)
         pairs = pair_table(data)
         sel = store.selection.models[model]
-        full = fit_vote(data)
-        calibrate_vote(full, data, {k: data.expected[k].probe_ids for k in KINDS})
+        full = full_vote(data)
         votes[model] = full
         log(f"{model}: evaluating the greedy vote")
         evaluation = evaluate_model(data, seeds=seeds, open_set=open_set, log=log)

@@ -123,6 +123,8 @@ def collect(
             on_progress(todo[0].id, done_before, len(platforms))
         for future in as_completed(futures):
             platform = futures[future]
+            if future.cancelled():  # not started after an earlier failure: a rerun resumes it
+                continue
             finished += 1
             try:
                 record = future.result()

@@ -20,6 +20,11 @@ token is 2 ends generation (no token, no logprobs) and one whose greedy token is
 llama-cpp-python's logprob loop; in the F32 torch reference neither is ever greedy on the first
 1,000 pool and 1,000 fresh probes.  In-process logits (LlamaCppTarget) are unaffected.
 
+A registered model (`hspi model add NAME --hf DIR --gguf FILE`) brings its own GGUF: every type of its
+llama.cpp grid, the float ones included, is made from that file by llama.cpp's own quantiser, so the
+files are what `llama-quantize` gives a user.  Its tokenizer is the one inside the GGUF (llama.cpp
+tokenizes the prompt text itself); `LlamaCppTarget` checks that it gives the probe's ids.
+
 Exports are deterministic (same bytes every time) and cached by file name in a directory that is
 never committed (`datasets/*/exports/`, or the user cache); they are regenerated on demand.
 """
@@ -33,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from hspi.collector.models import build_model, model_spec
+from hspi.collector.models import base_model, build_model, model_spec
 from hspi.collector.vocabulary import vocabulary
 from hspi.errors import ConfigError, TargetError
 from hspi.files import atomic_path
@@ -49,6 +54,9 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2  # SentencePiece defaults; see the module docst
 CONTEXT_LENGTH = 32
 LLAMA_QUANTISED = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}  # llama_ftype values (llama.h)
 _FILE_TYPE = {"F32": 0, "F16": 1, "BF16": 32}  # general.file_type of the files written here
+LLAMA_FTYPES = {**_FILE_TYPE, **LLAMA_QUANTISED}  # what llama.cpp's quantiser makes of a registered GGUF
+# GGML tensor types a registered GGUF's matrices may have for the quantiser to make every type from it
+_FLOAT_TENSOR_TYPES = {"F32", "F16", "BF16"}
 INSTALL_HINT = "llama.cpp support needs the llama extra: pip install 'hspi[llama]' (builds llama-cpp-python)"
 
 
@@ -59,9 +67,28 @@ def default_export_dir() -> Path:
 
 
 def check_gguf_model(model: str) -> None:
-    model_spec(model)
-    if model not in GGUF_MODELS:
-        raise ConfigError(f"model {model!r} has no GGUF export; llama.cpp runs only: {', '.join(GGUF_MODELS)}")
+    spec = model_spec(model)
+    if spec.source == "registered":
+        registered_gguf(model)
+    elif model not in GGUF_MODELS:
+        raise ConfigError(
+            f"model {model!r} has no GGUF export; llama.cpp runs {', '.join(GGUF_MODELS)} and registered models "
+            "with a GGUF"
+        )
+
+
+def registered_gguf(model: str) -> tuple[Path, Any]:
+    """The GGUF a registered model was added with, and its card; refused, naming the fix, when there is none."""
+    from hspi.collector.registry import registered_card
+
+    card = registered_card(base_model(model))
+    if card is None or card.sources.gguf is None or card.gguf is None:
+        raise ConfigError(
+            f"model {model!r} has no GGUF: convert its Hugging Face directory with llama.cpp's convert_hf_to_gguf.py "
+            "(in the llama.cpp source tree, e.g. vendor/llama.cpp of the llama-cpp-python sdist) to an F32 or F16 "
+            f"GGUF, then `hspi model add {model} --hf DIR --gguf FILE`"
+        )
+    return Path(card.sources.gguf), card.gguf
 
 
 def check_gguf_type(gguf_type: str) -> None:
@@ -70,8 +97,15 @@ def check_gguf_type(gguf_type: str) -> None:
 
 
 def gguf_path(model: str, gguf_type: str, directory: Path) -> Path:
-    """The cache file name: model version, export version, type, and (quantised) the quantiser's version."""
-    stem = f"{model_spec(model).version}-{GGUF_EXPORT_VERSION}-{gguf_type}"
+    """The cache file name: model version, export version (or the registered GGUF's hash), type, and (made by the
+    quantiser) the quantiser's version."""
+    spec = model_spec(model)
+    if spec.source == "registered":  # one set of files for the model and its chat view
+        spec, (_, card) = model_spec(base_model(model)), registered_gguf(model)
+        return (
+            Path(directory) / f"{spec.version}-g{card.file_sha256[:12]}-{gguf_type}-llama_cpp{llama_cpp_version()}.gguf"
+        )
+    stem = f"{spec.version}-{GGUF_EXPORT_VERSION}-{gguf_type}"
     if gguf_type in LLAMA_QUANTISED:
         stem += f"-llama_cpp{llama_cpp_version()}"
     return Path(directory) / f"{stem}.gguf"
@@ -86,11 +120,36 @@ def export_gguf(model: str, gguf_type: str, directory: Path | None = None) -> Pa
     if path.exists():
         return path
     with atomic_path(path) as tmp:
-        if gguf_type in LLAMA_QUANTISED:
+        if model_spec(model).source == "registered":
+            _quantise(_checked_registered_gguf(model), tmp, gguf_type)
+        elif gguf_type in LLAMA_QUANTISED:
             _quantise(export_gguf(model, "F32", directory), tmp, gguf_type)
         else:
             _write_float_gguf(model, gguf_type, tmp)
     return path
+
+
+def _checked_registered_gguf(model: str) -> Path:
+    """The registered GGUF, unchanged since `hspi model add` and with float matrices the quantiser can start from."""
+    source, card = registered_gguf(model)
+    if not source.is_file():
+        raise ConfigError(f"model {model!r}: its GGUF {source} is gone; register it again with `hspi model add`")
+    if file_sha256(source) != card.file_sha256:
+        raise TargetError(f"model {model!r}: {source} changed since it was registered; register it again")
+    from hspi.collector.model_files import open_gguf
+
+    if "tokenizer.ggml.model" not in open_gguf(source).fields:
+        raise ConfigError(
+            f"model {model!r}: {source.name} has no tokenizer (tokenizer.ggml.*), so llama.cpp cannot tokenize a "
+            "prompt; convert the model with llama.cpp's convert_hf_to_gguf.py, which writes it"
+        )
+    quantised = sorted(set(card.tensor_types) - _FLOAT_TENSOR_TYPES)
+    if quantised:
+        raise ConfigError(
+            f"model {model!r}: {source.name} holds {', '.join(quantised)} tensors; llama.cpp references are made "
+            "from an F32, F16 or BF16 GGUF (requantising would not be what a provider serves)"
+        )
+    return source
 
 
 def file_sha256(path: Path) -> str:
@@ -180,7 +239,7 @@ def _add_tokenizer(writer: Any, vocab_size: int) -> None:
 def _quantise(source: Path, path: Path, gguf_type: str) -> None:
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = LLAMA_QUANTISED[gguf_type]
+    params.ftype = LLAMA_FTYPES[gguf_type]
     params.nthread = 1  # per-row quantisation is deterministic anyway; one thread keeps it simple
     quiet_llama_logs()
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), params)

@@ -38,7 +38,7 @@ from hspi.platform import Platform
 STARTUP_TIMEOUT_S = 60.0  # loading a 4 MB GGUF takes about a second; a busy 2-core machine much longer
 
 
-def server_command(gguf: Path, platform: Platform, port: int) -> list[str]:
+def server_command(gguf: Path, platform: Platform, port: int, model: str = "lm-gpt2") -> list[str]:
     """`python -m llama_cpp.server` with the platform's knobs as its command-line settings."""
     args = [
         sys.executable,
@@ -55,7 +55,7 @@ def server_command(gguf: Path, platform: Platform, port: int) -> list[str]:
         "--verbose",
         "False",
     ]
-    for key, value in llama_kwargs(platform).items():
+    for key, value in llama_kwargs(platform, model).items():
         args += [f"--{key}", str(value)]
     return args
 
@@ -77,7 +77,7 @@ def llama_cpp_server(
     with (
         tempfile.TemporaryFile(mode="w+b") as log,
         serving_process(
-            server_command(gguf, platform, port),
+            server_command(gguf, platform, port, model),
             f"{base_url}/models",
             timeout_s=startup_timeout_s,
             log=log,

@@ -7,6 +7,8 @@ next-token logits at the last position).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,18 +55,41 @@ REGISTERED_PROMPT_TOKENS = 16  # a registered LM's probes: this many content tok
 REGISTERED_PROMPTS_VERSION = "rp1"  # how collector/registered_prompts.py draws prompts: bump when it changes
 
 
+# `NAME:chat`: a registered model asked through its chat template.  Its probes are the model's own, sent as
+# one user message; its references are computed on the ids the template renders (another input, so other
+# numbers: a reference set of its own, never mixed with the completions one)
+CHAT_SUFFIX = ":chat"
+
+
+def base_model(name: str) -> str:
+    """The model a name refers to: `NAME:chat` is NAME's chat view."""
+    return name.removesuffix(CHAT_SUFFIX)
+
+
+def is_chat_view(name: str) -> bool:
+    return name.endswith(CHAT_SUFFIX)
+
+
 def model_spec(name: str) -> ModelSpec:
     """A built-in reference model, or a model registered with `hspi model add` (its card fixes the spec)."""
     if name in MODEL_SPECS:
         return MODEL_SPECS[name]
     from hspi.collector.registry import registered_card
 
-    card = registered_card(name)
+    card = registered_card(base_model(name))
     if card is None:
+        if is_chat_view(name) and base_model(name) in MODEL_SPECS:
+            raise ConfigError(f"model {name!r}: built-in models have no chat template; use {base_model(name)!r}")
         raise ConfigError(
             f"unknown model {name!r}; built-in: {', '.join(MODEL_SPECS)}; or register one with `hspi model add`"
         )
-    return _registered_spec(card.name, card.weights_sha256, card.tokenizer_sha256, card.vocab_size)
+    spec = _registered_spec(card.name, card.weights_sha256, card.tokenizer_sha256, card.vocab_size)
+    if not is_chat_view(name):
+        return spec
+    if not card.chat_template:
+        raise ConfigError(f"model {card.name!r} has no chat template in its tokenizer files: audit it with completions")
+    template = hashlib.sha256(card.chat_template.encode("utf-8")).hexdigest()
+    return dataclasses.replace(spec, name=name, version=f"{spec.version}-chat{template[:8]}")
 
 
 def _registered_spec(name: str, weights: str, tokenizer: str | None, vocab: int | None) -> ModelSpec:
@@ -133,7 +158,7 @@ def _registered_module(name: str, attention: str) -> torch.nn.Module:
 
     if attention not in _HF_ATTENTION:
         raise ConfigError(f"unknown attention {attention!r}; allowed: {', '.join(_HF_ATTENTION)}")
-    card = registered_card(name)
+    card = registered_card(base_model(name))
     assert card is not None  # model_spec found it
     model, _ = load_registered(card)
     model.config._attn_implementation = _HF_ATTENTION[attention]

@@ -131,6 +131,56 @@ class HfCodec:
         return np.asarray(words, dtype=np.int64)
 
 
+class ChatCodec:
+    """A registered model asked through its chat template: the same vocabulary and prompts, but the ids the
+    model runs on are the template rendered around the prompt as one user message (with the generation
+    prompt), tokenized as a chat server does: special tokens parsed, nothing added (the template holds them)."""
+
+    def __init__(self, codec: HfCodec) -> None:
+        self.codec, self.vocab_size = codec, codec.vocab_size
+        self.tokenizer, self.special_ids = codec.tokenizer, codec.special_ids
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.codec.encode(text)
+
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        return self.codec.decode(ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.codec.token_text(token_id)
+
+    def token_id(self, text: str) -> int | None:
+        return self.codec.token_id(text)
+
+    def knows(self, text: str) -> bool:
+        return self.codec.knows(text)
+
+    def word_ids(self) -> np.ndarray:
+        return self.codec.word_ids()
+
+    def rendered(self, text: str) -> str:
+        """The template's text for one user message, ending where the assistant's answer starts."""
+        return str(
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    def chat_ids(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(self.rendered(text), add_special_tokens=False)["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
+
+    def model_input(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            return self.chat_ids(self.decode(ids))
+        rows = [self.chat_ids(self.decode(row)) for row in ids.reshape(-1, ids.shape[-1])]
+        if len({len(r) for r in rows}) > 1:
+            # a batch runs one shape; padding would be another computation than the server's
+            raise ConfigError("chat-templated prompts of different lengths cannot share a batch: use bs=1")
+        return np.stack(rows).reshape(*ids.shape[:-1], len(rows[0]))
+
+
 @functools.cache
 def codec_for(model: str) -> PromptCodec:
     """The codec of a language model known to hspi (built-in or registered)."""
@@ -141,6 +191,8 @@ def codec_for(model: str) -> PromptCodec:
         raise ConfigError(f"model {model} takes {spec.input_kind}s, not prompts")
     if spec.source == "builtin":
         return BuiltinCodec(spec.n_outputs)
+    from hspi.collector.models import base_model, is_chat_view
     from hspi.collector.registry import registered_tokenizer
 
-    return HfCodec(registered_tokenizer(model), spec.n_outputs)
+    codec = HfCodec(registered_tokenizer(base_model(model)), spec.n_outputs)
+    return ChatCodec(codec) if is_chat_view(model) else codec

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from hspi.collector.models import ModelSpec
+from hspi.collector.models import ModelSpec, base_model
 from hspi.collector.prompt_codec import HfCodec, codec_for
 from hspi.errors import ModelError
 
@@ -26,7 +26,7 @@ MAX_DRAWS = 64  # draws per probe before the tokenizer is declared unusable for 
 @functools.cache
 def _words(model: str, version: str) -> tuple[np.ndarray, np.ndarray]:
     """(word token ids, a seeded permutation of them for first tokens); `version` keys the cache."""
-    codec = codec_for(model)
+    codec = codec_for(base_model(model))  # a chat view draws from its model's vocabulary
     assert isinstance(codec, HfCodec)
     words = codec.word_ids()
     if len(words) < MIN_WORDS:

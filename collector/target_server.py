@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hspi.collector.models import model_spec
+from hspi.collector.models import CHAT_SUFFIX, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import codec_for
 from hspi.collector.targets.local import LocalTarget
@@ -224,15 +225,37 @@ def create_target_app(
             raise BadRequest(f"token ids must be in 0..{spec.n_outputs - 1}")
         return ids
 
-    async def generate(
-        ids: np.ndarray, max_tokens: int, temperature: float, seed: int | None
-    ) -> list[tuple[int, np.ndarray]]:
-        """(token, float32 log-probabilities it was drawn from) per generated token; a 16-token window."""
-        rng = np.random.default_rng(seed)
+    def completion_input(window: list[int]) -> np.ndarray:
         assert codec is not None
+        return codec.model_input(np.asarray(window[-max_prompt:], dtype=np.int64))
+
+    def chat_prompt(messages: list[ChatMessage]) -> tuple[np.ndarray, Callable[[list[int]], np.ndarray]]:
+        """A registered model's chat request: its chat template around one user message, the rendered ids being
+        what the model runs on (`NAME:chat`'s references are computed on the same ids)."""
+        if len(messages) != 1 or messages[0].role != "user":
+            raise BadRequest(f"{model}: chat is served for one user message")
+        if dynamic_batching:  # chat ids have another length than the batcher's completion-sized filler
+            raise BadRequest(f"{model}: chat is not served under --dynamic-batching; use /v1/completions")
+        try:
+            chat = codec_for(f"{model}{CHAT_SUFFIX}")
+        except ConfigError as exc:  # no chat template: the client's request cannot be served as asked
+            raise BadRequest(str(exc)) from None
+        prompt_ids(messages[0].content)  # the same checks as a completion's prompt
+        return chat.chat_ids(messages[0].content), lambda window: np.asarray(window, dtype=np.int64)  # type: ignore[attr-defined]
+
+    async def generate(
+        ids: np.ndarray,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        as_input: Callable[[list[int]], np.ndarray] = completion_input,
+    ) -> list[tuple[int, np.ndarray]]:
+        """(token, float32 log-probabilities it was drawn from) per generated token; `as_input` turns the
+        window (the prompt and the tokens so far) into the ids the model runs on (default: a 16-token window)."""
+        rng = np.random.default_rng(seed)
         window, out = list(ids), []
         for _ in range(max_tokens):
-            logits = await runner.run(codec.model_input(np.asarray(window[-max_prompt:], dtype=np.int64)))
+            logits = await runner.run(as_input(window))
             logits = served_logits(logits, logits_cast, temperature_before_softmax)
             logprobs = log_softmax_f32(logits[None])[0]
             if temperature == 0:
@@ -298,13 +321,12 @@ def create_target_app(
         if spec.input_kind != "tokens":
             raise BadRequest(f"{model} is not a language model: POST /v1/logits")
         if spec.source == "registered":
-            # its chat template would change the ids; references are collected for completions prompts only
-            raise BadRequest(f"{model}: chat is not served for registered models yet; use /v1/completions")
-        # no chat template: the messages' text is the prompt, so pool probes stay pool probes
-        ids = prompt_ids("".join(m.content for m in body.messages))
+            ids, as_input = chat_prompt(body.messages)
+        else:  # no chat template: the messages' text is the prompt, so pool probes stay pool probes
+            ids, as_input = prompt_ids("".join(m.content for m in body.messages)), completion_input
         if body.logprobs:
             check_logprobs(body.top_logprobs or 0)
-        generated = await generate(ids, body.max_tokens, body.temperature, body.seed)
+        generated = await generate(ids, body.max_tokens, body.temperature, body.seed, as_input)
         texts = [codec.token_text(t) for t, _ in generated]  # type: ignore[union-attr]  # an LM has a codec
         logprobs = None
         if body.logprobs:

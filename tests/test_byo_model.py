@@ -236,6 +236,8 @@ def test_collect_serve_audit_and_wrong_models(home: Path, collected: tuple[Path,
         report = audit(url, home / "no-dataset", classifier, 5, claim={"dtype": "bf16"})
         assert report.verdict == Verdict.CONSISTENT and report.queries <= 4, report.reason
         assert report.heads["dtype"].basis == "logit-precision" and not report.heads["full"].decided
+        # and its model-agnostic section, read free from the same answers
+        assert report.agnostic is not None and report.agnostic.checks["precision"].verdict == "bf16"
     # other weights behind the same tokenizer, and another tokenizer: wrong-model within two queries
     for served in ("byo-llama-other", "byo-qwen"):
         with served_target(served, "cpu:native/fp32/torch-eager", log_path=home / f"serve-{served}.log") as url:

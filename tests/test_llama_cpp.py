@@ -54,7 +54,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("cpu:native/fp32/llama.cpp", "lm-gpt2", "not 'fp32'"),
         ("cpu:native/Q8_0/torch-eager", "lm-gpt2", "GGUF type Q8_0 runs on engine llama.cpp only"),
         ("cpu:native/F16/onnxruntime-all", "lm-small", "GGUF type F16"),
-        ("cpu:native/F32/llama.cpp", "lm-small", "not 'lm-small'"),
+        ("cpu:native/F32/llama.cpp", "lm-small", "'lm-small' has no GGUF export"),
         ("cpu:native/F32/llama.cpp/kv=q8_0", "lm-gpt2", "kv=q8_0) needs flash attention"),
         ("cpu:native/F32/llama.cpp/kv=f16", "lm-gpt2", "kv=f16 is llama.cpp's default"),
         ("cpu:avx2/F32/llama.cpp", "lm-gpt2", "CPU profile 'avx2'"),

@@ -77,23 +77,36 @@ def byte_level_bpe(vocab_size: int = 300, seed: int = 0) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def llama_dir(directory: Path, seed: int = 0, vocab_size: int = 400) -> Path:
-    """A tiny LlamaForCausalLM (about 200k parameters) with a SentencePiece byte-fallback tokenizer."""
+SIMPLE_CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def llama_dir(
+    directory: Path,
+    seed: int = 0,
+    vocab_size: int = 400,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    tokenizer_seed: int = 0,
+    chat_template: str = SIMPLE_CHAT_TEMPLATE,
+) -> Path:
+    """A tiny LlamaForCausalLM (about 200k parameters at the default shape) with a SentencePiece byte-fallback
+    tokenizer trained on generated text (`tokenizer_seed`) and a chat template."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     spm_path = directory / "tokenizer.model"
-    spm_path.write_bytes(train_sentencepiece(vocab_size, seed=0))
+    spm_path.write_bytes(train_sentencepiece(vocab_size, seed=tokenizer_seed))
     tokenizer = LlamaTokenizer.from_pretrained(str(directory), local_files_only=True)  # reads tokenizer.model
     assert len(tokenizer) == vocab_size
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(directory)
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=round(2.5 * hidden),
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
@@ -151,9 +164,18 @@ def gpt2_dir(directory: Path, seed: int = 0, vocab_size: int = 300) -> Path:
     return directory
 
 
-def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f16: tuple[str, ...] = ()) -> Path:
+def write_gguf(
+    hf_directory: Path,
+    path: Path,
+    quantise: tuple[str, ...] = (),
+    f16: tuple[str, ...] = (),
+    *,
+    tokenizer: bool = False,
+) -> Path:
     """A GGUF of the HF model's tensors in F32, named and permuted as llama.cpp's converter does (tensors whose
-    GGUF name is in `f16` are written F16, those in `quantise` Q8_0)."""
+    GGUF name is in `f16` are written F16, those in `quantise` Q8_0).  `tokenizer`: also the SentencePiece
+    vocabulary of a Llama directory, read by gguf-py's own `SentencePieceVocab` and `SpecialVocab` (what
+    llama.cpp's converter writes for it), so llama.cpp can tokenize text prompts."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -183,6 +205,8 @@ def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f
     else:
         writer.add_layer_norm_eps(config["layer_norm_epsilon"])
     writer.add_file_type(0)
+    if tokenizer:
+        _add_sentencepiece_vocabulary(writer, hf_directory)
     for name in sorted(tensors):
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # GPT-2's causal-mask buffers: not weights
             continue
@@ -212,6 +236,21 @@ def write_gguf(hf_directory: Path, path: Path, quantise: tuple[str, ...] = (), f
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _add_sentencepiece_vocabulary(writer: Any, hf_directory: Path) -> None:
+    import gguf
+    from gguf.vocab import SentencePieceVocab, SpecialVocab
+
+    vocab = SentencePieceVocab(hf_directory)
+    tokens, scores, types = zip(*vocab.all_tokens(), strict=True)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(list(tokens))
+    writer.add_token_scores(list(scores))
+    writer.add_token_types([int(t) for t in types])
+    SpecialVocab(hf_directory, load_merges=False, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    assert isinstance(gguf.TokenType.NORMAL, int)
 
 
 def sharpen_output_layer(directory: Path, scale: float = 25.0) -> Path:

@@ -41,6 +41,11 @@ class Target:
         tier = Tier(self.tier) if most is None else most
         return tier, self.ask(probes, probe_id, tier)
 
+    def prompt_mismatch(self) -> str | None:
+        """Why the last prompt the target reports running is not the one the references ran on (None: it is,
+        or the target does not say)."""
+        return None
+
     def close(self) -> None:
         """Release what the target holds; the default holds nothing."""
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from hspi.collector.gguf_export import (
     CONTEXT_LENGTH,
-    GGUF_MODELS,
+    check_gguf_model,
     export_gguf,
     file_sha256,
     import_llama_cpp,
@@ -33,15 +33,19 @@ from hspi.platform import GGUF_TYPES, Platform
 from hspi.responses import Responses
 
 N_CTX = CONTEXT_LENGTH  # every position the GGUF declares; the server is started with the same
+# a registered model's context: room for a probe inside a chat template (an argument of the server too, so
+# references and server run the same KV-cache size)
+REGISTERED_N_CTX = 128
 KV_GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values (ggml.h) for type_k / type_v
 DEFAULT_KV_TYPE = "f16"  # llama.cpp's default: a platform states it by leaving kv out
 
 
 def check_llama_cpp_supported(platform: Platform, model: str) -> None:
     """Refuse what llama.cpp cannot run or what would name one configuration twice, naming the value."""
-    model_spec(model)
-    if model not in GGUF_MODELS:
-        raise ConfigError(f"{platform.id}: llama.cpp runs {', '.join(GGUF_MODELS)} only, not {model!r}")
+    try:
+        check_gguf_model(model)
+    except ConfigError as exc:
+        raise ConfigError(f"{platform.id}: {exc}") from None
     if platform.dtype not in GGUF_TYPES:
         raise ConfigError(
             f"{platform.id}: llama.cpp takes a GGUF type ({', '.join(GGUF_TYPES)}), not {platform.dtype!r}"
@@ -87,7 +91,9 @@ class LlamaCppTarget(Target):
         llama_cpp = import_llama_cpp()
         quiet_llama_logs()
         try:
-            return llama_cpp.Llama(model_path=str(self.gguf_file), verbose=False, **llama_kwargs(self.platform))
+            return llama_cpp.Llama(
+                model_path=str(self.gguf_file), verbose=False, **llama_kwargs(self.platform, self.model)
+            )
         except (ValueError, RuntimeError) as exc:  # llama.cpp refused the file or the context
             raise TargetError(f"{self.platform.id}: llama.cpp could not load {self.gguf_file.name}: {exc}") from exc
 
@@ -95,12 +101,67 @@ class LlamaCppTarget(Target):
         if probes.spec.name != self.model:
             raise ConfigError(f"probe set {probes.version} is not for model {self.model}")
         rows = np.empty((len(ids), self.spec.n_outputs), dtype=np.float32)
-        for row, tokens in enumerate(probes.inputs(ids)):
-            rows[row] = self.fresh_logits(tokens.tolist())
+        for row, (probe_id, tokens) in enumerate(zip(ids, probes.inputs(ids), strict=True)):
+            rows[row] = self.fresh_logits(self.engine_tokens(int(probe_id), tokens))
         responses = Responses(self.model, probes.version, ids.astype(np.int32), rows, "float32")
         if not np.isfinite(rows).all():
             raise TargetError(f"{self.platform.id} produced NaN/Inf outputs on {self.model}")
         return responses
+
+    def engine_tokens(self, probe_id: int, content: np.ndarray) -> list[int]:
+        """The ids llama.cpp evaluates for a probe: those its own tokenizer gives the prompt's text, as its server
+        tokenizes it (a BOS first where the GGUF says so).  A built-in model's probe is its ids (its GGUF's
+        single-character vocabulary is exact by construction).  For a registered model the engine's content ids
+        must be the probe's: otherwise the server would answer another prompt, and the probe is refused."""
+        if self.spec.source != "registered":
+            return content.tolist()
+        from hspi.collector.models import is_chat_view
+        from hspi.collector.prompt_codec import codec_for
+
+        if self._llama is None:
+            self._llama = self._load()
+        codec = codec_for(self.model)
+        text = codec.decode(content)
+        if is_chat_view(self.model):
+            return self._chat_tokens(probe_id, text, codec.rendered(text))  # type: ignore[attr-defined]
+        # as llama_cpp.server tokenizes a completion's prompt; add_bos=True adds a BOS only where the GGUF says so
+        engine = self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        start = len(engine) - len(content)
+        if start < 0 or engine[start:] != content.tolist() or engine[:start] not in ([], [self._llama.token_bos()]):
+            raise TargetError(
+                f"{self.platform.id}: probe {probe_id}'s text {text!r} tokenizes to other ids in llama.cpp than in "
+                f"the model's tokenizer ({engine[:8]}... against {content[:8].tolist()}...): the GGUF's tokenizer "
+                "is not the Hugging Face one"
+            )
+        return engine
+
+    def _chat_tokens(self, probe_id: int, text: str, rendered: str) -> list[int]:
+        """The ids llama_cpp.server evaluates for a chat request of this one user message: the GGUF's chat
+        template rendered by llama-cpp-python's own Jinja2 formatter, tokenized with special tokens parsed and
+        no BOS added (llama_chat_format's chat handler).  The rendered text must be the registered template's;
+        its ids are the engine's own (llama.cpp's SentencePiece tokenizer puts a space prefix after a special
+        token where transformers' does not: the server runs these ids, so the references do too)."""
+        from llama_cpp import llama_chat_format
+
+        llama = self._llama
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise TargetError(
+                f"{self.platform.id}: {self.gguf_file.name} has no tokenizer.chat_template, so llama.cpp's server "
+                "would wrap chat messages in its own default format, not the model's template"
+            )
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama._model.token_get_text(llama.token_eos()),
+            bos_token=llama._model.token_get_text(llama.token_bos()),
+        )
+        prompt = formatter(messages=[{"role": "user", "content": text}]).prompt
+        if prompt != rendered:
+            raise TargetError(
+                f"{self.platform.id}: probe {probe_id}'s chat prompt renders as {prompt!r} in llama.cpp and as "
+                f"{rendered!r} with the model's chat template: the GGUF's template is not the registered one"
+            )
+        return llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def fresh_logits(self, tokens: list[int]) -> np.ndarray:
         """Next-token logits after `tokens`, evaluated from an empty KV cache."""
@@ -124,15 +185,15 @@ class LlamaCppTarget(Target):
             "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
             "gguf_file": self.gguf_file.name,
             "gguf_sha256": file_sha256(self.gguf_file),
-            "context": llama_kwargs(self.platform),
+            "context": llama_kwargs(self.platform, self.model),
         }
 
 
-def llama_kwargs(platform: Platform) -> dict[str, Any]:
+def llama_kwargs(platform: Platform, model: str = "lm-gpt2") -> dict[str, Any]:
     """The `llama_cpp.Llama` settings of a platform; the server launcher passes the same ones."""
     kv = KV_GGML_TYPES[platform.kv_type or DEFAULT_KV_TYPE]
     return {
-        "n_ctx": N_CTX,
+        "n_ctx": REGISTERED_N_CTX if model_spec(model).source == "registered" else N_CTX,
         "n_batch": platform.batch_size,
         "n_ubatch": platform.batch_size,
         "n_threads": platform.threads,

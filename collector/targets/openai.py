@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import httpx
 import numpy as np
 
-from hspi.collector.models import model_spec
+from hspi.collector.models import CHAT_SUFFIX, is_chat_view, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import codec_for
 from hspi.collector.targets.base import Target
@@ -24,6 +24,10 @@ from hspi.errors import ConfigError, TargetError
 from hspi.responses import AMBIGUOUS_TOKEN, FOREIGN_TOKEN, MISSING_TOKEN, TierAnswers
 from hspi.terms import TIER_WIDTH, TOP_LOGPROBS, Tier
 
+# tokens a chat prompt's length may differ by between engines rendering the same template: llama.cpp's
+# SentencePiece tokenizer puts a space-prefix token after a special token (a template's BOS) where
+# transformers' does not
+ENGINE_PROMPT_SLACK = 1
 TIER_K = {t.value: k for t, k in TIER_WIDTH.items() if k is not None}
 
 
@@ -53,12 +57,12 @@ class OpenAICompatibleTarget(Target):
         self.spec = model_spec(model)
         if self.spec.input_kind != "tokens":
             raise ConfigError(f"model {model} takes {self.spec.input_kind}s, not prompts: use a JSON logits target")
-        if api == "chat" and self.spec.source == "registered":
-            raise ConfigError(
-                f"model {model}: references are collected for completions prompts, not chat-templated ones; "
-                "audit a registered model with --api completions"
-            )
+        if api == "chat" and self.spec.source == "registered" and not is_chat_view(model):
+            raise ConfigError(f"model {model}: its chat requests are matched against {model}{CHAT_SUFFIX}'s references")
+        if api == "completions" and is_chat_view(model):
+            raise ConfigError(f"model {model}: its references are chat-templated; audit it with --api chat")
         self.codec = codec_for(model)
+        self._prompt_tokens: tuple[int | None, int] = (None, 0)  # (the server's usage, the references' count)
         self.base_url, self.model, self.budget = base_url.rstrip("/"), model, budget
         self.served_model, self.api = served_model or model, api
         self.http = BudgetedHTTPClient(
@@ -98,7 +102,7 @@ class OpenAICompatibleTarget(Target):
             payload: dict = {"model": self.served_model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
             if top_logprobs is not None:
                 payload["logprobs"] = top_logprobs
-            return self._settled(parse_completion(self.http.post("/completions", payload, billed=billed)))
+            return self._settled(parse_completion(self.http.post("/completions", payload, billed=billed)), billed - 1)
         payload = {
             "model": self.served_model,
             "messages": [{"role": "user", "content": prompt}],
@@ -109,13 +113,30 @@ class OpenAICompatibleTarget(Target):
             payload["logprobs"] = True
             if top_logprobs > 0:
                 payload["top_logprobs"] = top_logprobs
-        return self._settled(parse_chat_completion(self.http.post("/chat/completions", payload, billed=billed)))
+        return self._settled(
+            parse_chat_completion(self.http.post("/chat/completions", payload, billed=billed)), billed - 1
+        )
 
-    def _settled(self, token: FirstToken) -> FirstToken:
-        """Count what the server says it billed (its `usage`) instead of hspi's estimate."""
+    def _settled(self, token: FirstToken, expected_prompt: int) -> FirstToken:
+        """Count what the server says it billed (its `usage`) instead of hspi's estimate, and keep how many prompt
+        tokens it says it ran against the count the references ran on."""
         if token.usage is not None and token.usage.total_tokens is not None:
             self.budget.settle(self.http.last_reserved, token.usage.total_tokens)
+        self._prompt_tokens = (token.usage.prompt_tokens if token.usage else None, expected_prompt)
         return token
+
+    def prompt_mismatch(self) -> str | None:
+        """A chat endpoint whose prompt has another length than the registered chat template renders wraps the
+        message in another template (or adds a system prompt): its answers are to another input.  Up to
+        ENGINE_PROMPT_SLACK tokens either way are the engine's tokenizer conventions, not another template.
+        Completions are not judged on it: a server's BOS is its tokenizer's business, and the billing learns it."""
+        reported, expected = self._prompt_tokens
+        if self.api != "chat" or reported is None or abs(reported - expected) <= ENGINE_PROMPT_SLACK:
+            return None
+        return (
+            f"the endpoint ran a chat prompt of {reported} tokens where {self.model}'s chat template renders "
+            f"{expected}: it wraps messages in another template (or adds a system prompt)"
+        )
 
     def detect_tier(self, prompt_ids: np.ndarray, most: str = "topk20") -> tuple[str, FirstToken]:
         """The richest tier the endpoint really gives, and its answer to this (pool) probe.

@@ -55,13 +55,19 @@ def collect(
 def train(
     dataset: Annotated[Path, typer.Option(help="dataset directory")] = SHIPPED_DATASET,
     out: Annotated[Path, typer.Option(help="where to write the classifier")] = SHIPPED_CLASSIFIER,
-    tiers: Annotated[str, typer.Option(help="comma-separated tiers")] = "logits,topk20,topk5,top1",
+    tiers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="comma-separated tiers (default: logits, topk20, topk5, top1, and text for models without border "
+            "prompts; with border prompts `hspi border report` fits the text vote)"
+        ),
+    ] = None,
 ) -> None:
-    """Fit the reference-match heads (LightGBM text + JSON) on a dataset."""
+    """Fit the reference-match heads (LightGBM text + JSON) and the text tier's vote (JSON) on a dataset."""
     from hspi.classifier.training import train as run_train
     from hspi.dataset import Dataset
 
-    written = run_train(Dataset(dataset), out, tiers=_split(tiers), log=lambda s: err.print(s))
+    written = run_train(Dataset(dataset), out, tiers=_split(tiers) if tiers else None, log=lambda s: err.print(s))
     console.print(f"wrote {len(written)} classifiers under {out}")
 
 
