@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llama
+LLAMA_SOURCE := $(VENV)/llama.cpp
+# the llama extra's pin (pyproject.toml), so the converter is the same llama.cpp as the binding
+LLAMA_CPP_PYTHON := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: setup run demo test test-fast lint typecheck package-copy evaluate collect bench-service clean
 
@@ -18,6 +21,13 @@ $(STAMP): pyproject.toml
 # without -march=native (gcc-12's native build crashes in the AMX path on quantised models)
 $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e '.[dev,llama]'
+	# llama.cpp's HF -> GGUF converter (`hspi model add --convert-gguf`) is not in the wheel: its files come
+	# from the same pinned sdist's vendored llama.cpp tree, into $(LLAMA_SOURCE) (a download, no build)
+	rm -rf $(VENV)/sdist $(LLAMA_SOURCE) && mkdir -p $(LLAMA_SOURCE)
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/sdist llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	tar -xzf $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_SOURCE) --strip-components=3 \
+	  $(addprefix llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
+	rm -rf $(VENV)/sdist
 	touch $(LLAMA_STAMP)
 
 setup: $(STAMP) $(LLAMA_STAMP)

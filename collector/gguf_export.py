@@ -129,6 +129,23 @@ def export_gguf(model: str, gguf_type: str, directory: Path | None = None) -> Pa
     return path
 
 
+def registered_head_size(model: str) -> int | None:
+    """The attention head size of a registered model's GGUF (key length, or embedding / heads); None if unstated."""
+    from hspi.collector.model_files import gguf_field, open_gguf
+
+    source, card = registered_gguf(model)
+    reader = open_gguf(source)
+    arch = card.architecture
+    key = gguf_field(reader, f"{arch}.attention.key_length")
+    if isinstance(key, int):
+        return key
+    width, heads = (
+        gguf_field(reader, f"{arch}.embedding_length"),
+        gguf_field(reader, f"{arch}.attention.head_count"),
+    )
+    return width // heads if isinstance(width, int) and isinstance(heads, int) and heads else None
+
+
 def _checked_registered_gguf(model: str) -> Path:
     """The registered GGUF, unchanged since `hspi model add` and with float matrices the quantiser can start from."""
     source, card = registered_gguf(model)

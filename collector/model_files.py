@@ -444,7 +444,7 @@ def import_gguf() -> Any:
     return gguf
 
 
-def _field_value(reader: Any, key: str) -> Any:
+def gguf_field(reader: Any, key: str) -> Any:
     """A scalar or string metadata value (None when absent)."""
     item = reader.fields.get(key)
     if item is None or not item.data:
@@ -479,12 +479,12 @@ def open_gguf(path: Path) -> Any:
 def inspect_gguf(path: Path) -> GgufInfo:
     reader = open_gguf(path)
     path = Path(path)
-    architecture = _field_value(reader, "general.architecture")
+    architecture = gguf_field(reader, "general.architecture")
     if not isinstance(architecture, str) or not architecture:
         raise ModelError(f"{path}: no general.architecture in the GGUF metadata")
-    vocab = _field_value(reader, f"{architecture}.vocab_size")
+    vocab = gguf_field(reader, f"{architecture}.vocab_size")
     if vocab is None:
-        vocab = _field_value(reader, "tokenizer.ggml.tokens")  # the array's length
+        vocab = gguf_field(reader, "tokenizer.ggml.tokens")  # the array's length
     types: dict[str, int] = {}
     digest = hashlib.sha256()
     for tensor in sorted(reader.tensors, key=lambda t: t.name):
@@ -496,7 +496,7 @@ def inspect_gguf(path: Path) -> GgufInfo:
         digest.update(raw.data)
 
     def optional_int(key: str) -> int | None:
-        value = _field_value(reader, f"{architecture}.{key}")
+        value = gguf_field(reader, f"{architecture}.{key}")
         return int(value) if isinstance(value, int | float) else None
 
     return GgufInfo(

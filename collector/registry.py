@@ -342,6 +342,14 @@ def load_registered(card: ModelCard) -> tuple[Any, Any]:
     return model_files.load_hf_model(directory)
 
 
+def converted_gguf_path(name: str, hf: Path) -> Path:
+    """Where `hspi model add --convert-gguf` writes the GGUF llama.cpp's converter makes of `hf` (outside the
+    user's directory; named by the weights it holds, so other weights never overwrite a registered file)."""
+    check_name(name)
+    weights = model_files.entries_sha256(model_files.safetensors_entries(Path(hf)))
+    return hspi_home() / "gguf" / f"{name}-w{weights[:12]}-F32.gguf"
+
+
 def registered_card(name: str, root: Path | None = None) -> ModelCard | None:
     """The card of a registered (not built-in) model, or None when no model is registered under `name`."""
     registry = ModelRegistry(root)

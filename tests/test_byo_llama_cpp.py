@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +100,18 @@ def test_models_without_a_usable_gguf_are_refused_with_the_fix(home: Path) -> No
         engine_answer("gg-quantised", "cpu:native/Q4_0/llama.cpp/threads=1")
 
 
+def test_a_q8_0_kv_cache_needs_whole_blocks_per_head(home: Path) -> None:
+    """llama.cpp cannot make a q8_0 KV cache for heads of 16 values: the configuration is skipped, named."""
+    from hspi.collector.collect import unsupported_platforms
+    from hspi.collector.grid import grid_platforms
+    from hspi.collector.targets.llama_cpp import check_llama_cpp_supported
+
+    with pytest.raises(ConfigError, match="divisible by 32; gg-llama's is 16"):
+        check_llama_cpp_supported(Platform.parse("cpu:native/F16/llama.cpp/fa=on/kv=q8_0"), "gg-llama")
+    skipped = unsupported_platforms(grid_platforms("llama-cpp"), ["gg-llama"])
+    assert skipped and all("kv=q8_0" in platform for platform in skipped)
+
+
 def test_a_gguf_tokenizer_other_than_the_models_is_caught_before_any_reference(home: Path) -> None:
     with pytest.raises(TargetError, match=r"probe \d+'s text .* tokenizes to other ids in llama\.cpp"):
         engine_answer("gg-other-vocab", "cpu:native/F32/llama.cpp/threads=1")
@@ -181,6 +195,52 @@ def test_audit_settings_send_chat_audits_to_the_chat_view(home: Path) -> None:
     assert AuditSettings(endpoint="http://127.0.0.1:9/v1", model="lm-small", api="chat").model == "lm-small"
 
 
+# ---------------------------------------------------------------- llama.cpp's own converter
+
+
+def _converter_installed() -> bool:
+    from hspi.collector.gguf_convert import converter_source
+
+    try:
+        converter_source()
+    except ConfigError:
+        return False
+    return True
+
+
+def hspi(*args: str) -> subprocess.CompletedProcess:
+    """The command line in a subprocess (its one-line errors and exit codes), under the module's HSPI_HOME."""
+    return subprocess.run([sys.executable, "-m", "hspi", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(
+    not _converter_installed(), reason="llama.cpp's converter is not installed (make setup extracts it)"
+)
+def test_model_add_converts_with_llama_cpps_converter_and_refuses_what_it_refuses(home: Path) -> None:
+    """`hspi model add --convert-gguf`: the SentencePiece Llama converts (and its tensors check against the HF
+    weights); a byte-level BPE trained here is refused by the converter (a pre-tokenizer it does not know)."""
+    from hspi.collector.registry import registered_card
+    from tests.tiny_models import qwen2_dir
+
+    made = hspi("model", "add", "gg-converted", "--hf", str(home / "llama"), "--convert-gguf")
+    assert made.returncode == 0 and "equal to the HF weights" in made.stdout, made.stderr
+    card, original = registered_card("gg-converted"), registered_card("gg-llama")
+    assert card is not None and card.gguf is not None and original is not None and original.gguf is not None
+    assert card.gguf.weights_sha256 == original.gguf.weights_sha256  # the same tensors as our own writer's
+    assert engine_answer("gg-converted", "cpu:native/Q8_0/llama.cpp/threads=1").shape == (3, 400)
+    refused = hspi("model", "add", "gg-bpe", "--hf", str(qwen2_dir(home / "qwen-bpe", seed=3)), "--convert-gguf")
+    assert refused.returncode == 4 and "llama.cpp's converter refused" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and registered_card("gg-bpe") is None
+
+
+def test_model_add_without_the_converter_says_how_to_get_it(home: Path, tmp_path: Path) -> None:
+    run = hspi(
+        "model", "add", "gg-none", "--hf", str(home / "llama"), "--convert-gguf", "--llama-cpp-source", str(tmp_path)
+    )
+    assert run.returncode == 2 and "no convert_hf_to_gguf.py in" in run.stderr and "make setup" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 # ---------------------------------------------------------------- collect, train, serve, audit
 
 
@@ -196,7 +256,7 @@ def collected(home: Path) -> tuple[Path, Path]:
     grid.write_text("platforms:\n  - cpu:native/fp32/torch-eager\n  - cpu:native/bf16/torch-eager\n")
     torch_dataset = home / "torch-dataset"
     collect(str(grid), "gg-llama:chat", torch_dataset, pool=48, fresh=16, replay=24)
-    train(Dataset(dataset), classifier, tiers=["topk5"])
+    train(Dataset(dataset), classifier, tiers=["topk5", "text"])
     train(Dataset(torch_dataset), home / "torch-classifier", tiers=["topk20"])
     return dataset, classifier
 
@@ -239,6 +299,12 @@ def test_llama_cpp_server_of_a_registered_gguf_is_audited_by_completions_and_cha
             assert report.model == ("gg-llama:chat" if api == "chat" else "gg-llama")
             report = audit(url, dataset, classifier, 2, {"dtype": "F32"}, api, "topk5")
             assert report.verdict == Verdict.INCONSISTENT, (api, report.reason)
+        # text only: the pool-only greedy vote (no border prompts for a registered model) never accuses the truth
+        report = audit(url, dataset, classifier, 3, {"dtype": "Q8_0"}, "completions", "text")
+        assert report.tier is not None and report.tier.value == "text"
+        assert report.verdict in (Verdict.CONSISTENT, Verdict.INCONCLUSIVE), report.reason
+    vote = json.loads((classifier / "gg-llama" / "text" / "greedy-vote.json").read_text())
+    assert list(vote["kinds"]) == ["pool"] and vote["metadata"]["kinds"] == ["pool"]
 
 
 @pytest.mark.slow

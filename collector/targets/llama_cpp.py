@@ -24,6 +24,7 @@ from hspi.collector.gguf_export import (
     file_sha256,
     import_llama_cpp,
     quiet_llama_logs,
+    registered_head_size,
 )
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
@@ -37,6 +38,7 @@ N_CTX = CONTEXT_LENGTH  # every position the GGUF declares; the server is starte
 # references and server run the same KV-cache size)
 REGISTERED_N_CTX = 128
 KV_GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values (ggml.h) for type_k / type_v
+Q8_0_BLOCK = 32  # values per q8_0 block: a quantised KV cache's rows are whole blocks
 DEFAULT_KV_TYPE = "f16"  # llama.cpp's default: a platform states it by leaving kv out
 
 
@@ -67,6 +69,13 @@ def check_llama_cpp_supported(platform: Platform, model: str) -> None:
         raise ConfigError(f"{platform.id}: kv={DEFAULT_KV_TYPE} is llama.cpp's default; leave kv out of the id")
     if platform.kv_type == "q8_0" and not platform.flash_attn:
         raise ConfigError(f"{platform.id}: a quantised V cache (kv=q8_0) needs flash attention (fa=on)")
+    if platform.kv_type == "q8_0" and model_spec(model).source == "registered":
+        head = registered_head_size(model)
+        if head is not None and head % Q8_0_BLOCK:  # llama.cpp cannot make the context (measured: "Failed to create")
+            raise ConfigError(
+                f"{platform.id}: a q8_0 KV cache needs an attention head size divisible by {Q8_0_BLOCK}; "
+                f"{model}'s is {head}"
+            )
     if platform.batch_size > N_CTX:
         raise ConfigError(f"{platform.id}: batch size {platform.batch_size} exceeds the context of {N_CTX}")
 

@@ -20,11 +20,32 @@ def model_add(
         Optional[Path], typer.Option("--hf", help="Hugging Face model directory (safetensors weights, tokenizer)")
     ] = None,
     gguf: Annotated[Optional[Path], typer.Option("--gguf", help="GGUF file of the same model")] = None,
+    convert_gguf: Annotated[
+        bool,
+        typer.Option(
+            "--convert-gguf", help="make the GGUF from --hf with llama.cpp's convert_hf_to_gguf.py (F32), for llama.cpp"
+        ),
+    ] = False,
+    llama_cpp_source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="llama.cpp source tree holding convert_hf_to_gguf.py (default: $HSPI_LLAMA_CPP_SOURCE, .venv)"
+        ),
+    ] = None,
 ) -> None:
     """Check a model's files and register them under NAME (the same weights again: nothing changes)."""
-    from hspi.collector.registry import ModelRegistry
+    from hspi.collector.registry import ModelRegistry, converted_gguf_path
+    from hspi.errors import ConfigError
 
     registry = ModelRegistry()
+    if convert_gguf:
+        from hspi.collector.gguf_convert import convert_hf_to_gguf, converter_source
+
+        if hf is None or gguf is not None:
+            raise ConfigError("--convert-gguf makes the GGUF from --hf: give --hf and no --gguf")
+        source = converter_source(llama_cpp_source)
+        with err.status(f"converting {hf} with llama.cpp's converter"):
+            gguf = convert_hf_to_gguf(hf, converted_gguf_path(name, hf), source)
     with err.status(f"checking {name}"):
         card, created = registry.add(name, hf=hf, gguf=gguf)
     verb = "registered" if created else "already registered (same weights)"
