@@ -307,7 +307,7 @@ def merge(rows: list[dict], run_id: str, audits: int, targets: list[str], second
             "targets": targets,
             "audits_per_target": audits,
             "seconds": seconds,
-            "note": "the live fp8 and post-processed targets (not_covered above names what the first run lacked)",
+            "note": "these targets alone, merged into the rows of earlier runs (not_covered above names what the first run lacked)",
         }
     )
     path.write_text(json.dumps(out, indent=1) + "\n")
