@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hspi.collector.models import CHAT_SUFFIX, model_spec
 from hspi.collector.probes import ProbeSet
-from hspi.collector.prompt_codec import codec_for
+from hspi.collector.prompt_codec import ChatCodec, codec_for
 from hspi.collector.targets.local import LocalTarget
 from hspi.errors import ConfigError, HspiError
 from hspi.features.tiers import log_softmax_f32, top_ids
@@ -240,8 +240,9 @@ def create_target_app(
             chat = codec_for(f"{model}{CHAT_SUFFIX}")
         except ConfigError as exc:  # no chat template: the client's request cannot be served as asked
             raise BadRequest(str(exc)) from None
+        assert isinstance(chat, ChatCodec)  # a chat view's codec (prompt_codec.codec_for)
         prompt_ids(messages[0].content)  # the same checks as a completion's prompt
-        return chat.chat_ids(messages[0].content), lambda window: np.asarray(window, dtype=np.int64)  # type: ignore[attr-defined]
+        return chat.chat_ids(messages[0].content), lambda window: np.asarray(window, dtype=np.int64)
 
     async def generate(
         ids: np.ndarray,

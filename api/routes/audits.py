@@ -196,8 +196,7 @@ def _agnostic_settings(body: AuditCreate) -> AgnosticSettings:
 def _reference_settings(body: AuditCreate, services: ServicesDep) -> AuditSettings:
     limits = services.settings
     claim = claim_of(body.claim)
-    services.catalog.check_model(body.model)
-    return AuditSettings(
+    settings = AuditSettings(
         endpoint=body.endpoint,
         model=body.model,
         claim=claim,
@@ -214,6 +213,9 @@ def _reference_settings(body: AuditCreate, services: ServicesDep) -> AuditSettin
         dataset=limits.dataset,
         classifier=limits.classifier,
     )
+    # the references the audit reads: a registered model asked through chat reads MODEL:chat's
+    services.catalog.check_model(settings.model)
+    return settings
 
 
 @router.get("", response_model=AuditList, summary="List audits, newest first", responses=ERRORS)

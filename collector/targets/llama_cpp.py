@@ -125,14 +125,15 @@ class LlamaCppTarget(Target):
         if self.spec.source != "registered":
             return content.tolist()
         from hspi.collector.models import is_chat_view
-        from hspi.collector.prompt_codec import codec_for
+        from hspi.collector.prompt_codec import ChatCodec, codec_for
 
         if self._llama is None:
             self._llama = self._load()
         codec = codec_for(self.model)
         text = codec.decode(content)
         if is_chat_view(self.model):
-            return self._chat_tokens(probe_id, text, codec.rendered(text))  # type: ignore[attr-defined]
+            assert isinstance(codec, ChatCodec)  # a chat view's codec (prompt_codec.codec_for)
+            return self._chat_tokens(probe_id, text, codec.rendered(text))
         # as llama_cpp.server tokenizes a completion's prompt; add_bos=True adds a BOS only where the GGUF says so
         engine = self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         start = len(engine) - len(content)
