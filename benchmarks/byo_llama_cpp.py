@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.tiny_models: the model makers the tests use
 
+from benchmarks.byo_model import score_wrong_model  # noqa: E402  (the same scoring as the HF-server rows)
 from tests.tiny_models import llama_dir, sharpen_output_layer, write_gguf  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -90,7 +91,7 @@ def main() -> None:
     from hspi.collector.registry import ModelRegistry
     from hspi.dataset import Dataset
     from hspi.platform import Platform
-    from hspi.terms import StopReason, Tier, Verdict
+    from hspi.terms import Tier
 
     registry = ModelRegistry()
     cards = {name: registry.add(name, hf=hf, gguf=gguf)[0] for name, (hf, gguf) in make_models(work / "models").items()}
@@ -147,36 +148,11 @@ def main() -> None:
                     )
                     for seed in range(WRONG_MODEL_AUDITS)
                 ]
-                right = [r.verdict == Verdict.WRONG_MODEL and r.stop == StopReason.WRONG_MODEL for r in reports]
-                for budget in (1, 2, 16):
-                    within = [ok and r.queries <= budget for ok, r in zip(right, reports, strict=True)]
-                    rows.append(
-                        {
-                            "split": "endpoint",
-                            "model_kind": "byo",
-                            "model": MODEL,
-                            "served": served,
-                            "target": "llama.cpp",
-                            "api": api,
-                            "tier": tier,
-                            "head": "model",
-                            "method": "model-check",
-                            "queries": budget,
-                            "accuracy": round(sum(within) / len(within), 4),
-                            "n_test": len(within),
-                            "batching": False,
-                        }
-                    )
-                wrong.append(
-                    {
-                        "served": served,
-                        "api": api,
-                        "tier": tier,
-                        "verdicts": sorted({str(r.verdict) for r in reports}),
-                        "queries": [r.queries for r in reports],
-                        "reasons": sorted({r.reason for r in reports})[:3],
-                    }
+                scored, summary = score_wrong_model(
+                    reports, model=MODEL, served=served, target="llama.cpp", tier=tier, api=api
                 )
+                rows += scored
+                wrong.append(summary)
     manifest = Dataset(dataset).manifest
     card = cards[MODEL]
     result = {

@@ -78,6 +78,45 @@ def make_models(root: Path) -> dict[str, Path]:
     }
 
 
+def score_wrong_model(
+    reports: list, *, model: str, served: str, target: str, tier: str, api: str = "completions"
+) -> tuple[list[dict], dict]:
+    """`"head": "model"` rows at budgets 1, 2, 16 (right: ended `wrong-model` within the budget) and a summary
+    of the audits of one endpoint serving another model than `model`."""
+    from hspi.terms import StopReason, Verdict
+
+    right = [r.verdict == Verdict.WRONG_MODEL and r.stop == StopReason.WRONG_MODEL for r in reports]
+    rows = []
+    for budget in (1, 2, 16):
+        within = [ok and r.queries <= budget for ok, r in zip(right, reports, strict=True)]
+        rows.append(
+            {
+                "split": "endpoint",
+                "model_kind": "byo",
+                "model": model,
+                "served": served,
+                "target": target,
+                "api": api,
+                "tier": tier,
+                "head": "model",
+                "method": "model-check",
+                "queries": budget,
+                "accuracy": round(sum(within) / len(within), 4),
+                "n_test": len(within),
+                "batching": False,
+            }
+        )
+    summary = {
+        "served": served,
+        "api": api,
+        "tier": tier,
+        "verdicts": sorted({str(r.verdict) for r in reports}),
+        "queries": [r.queries for r in reports],
+        "reasons": sorted({r.reason for r in reports})[:3],
+    }
+    return rows, summary
+
+
 def main() -> None:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="hspi-byo-bench-"))
@@ -88,7 +127,7 @@ def main() -> None:
     from hspi.collector.collect import collect
     from hspi.collector.registry import ModelRegistry
     from hspi.dataset import Dataset
-    from hspi.terms import StopReason, Tier, Verdict
+    from hspi.terms import Tier
 
     registry = ModelRegistry()
     cards = {name: registry.add(name, hf=path)[0] for name, path in make_models(work / "models").items()}
@@ -129,35 +168,11 @@ def main() -> None:
                     )
                     for seed in range(WRONG_MODEL_AUDITS)
                 ]
-                right = [r.verdict == Verdict.WRONG_MODEL and r.stop == StopReason.WRONG_MODEL for r in reports]
-                for budget in (1, 2, 16):
-                    within = [ok and r.queries <= budget for ok, r in zip(right, reports)]
-                    rows.append(
-                        {
-                            "split": "endpoint",
-                            "model_kind": "byo",
-                            "model": "bench-qwen",
-                            "served": served,
-                            "target": "hf-server",
-                            "api": "completions",
-                            "tier": tier,
-                            "head": "model",
-                            "method": "model-check",
-                            "queries": budget,
-                            "accuracy": round(sum(within) / len(within), 4),
-                            "n_test": len(within),
-                            "batching": False,
-                        }
-                    )
-                wrong.append(
-                    {
-                        "served": served,
-                        "tier": tier,
-                        "verdicts": sorted({str(r.verdict) for r in reports}),
-                        "queries": [r.queries for r in reports],
-                        "reasons": sorted({r.reason for r in reports})[:3],
-                    }
+                scored, summary = score_wrong_model(
+                    reports, model="bench-qwen", served=served, target="hf-server", tier=tier
                 )
+                rows += scored
+                wrong.append(summary)
     classes = Dataset(dataset).manifest
     result = {
         "benchmark": "byo-model",

@@ -9,8 +9,10 @@ subset of the configured vocabulary), so prompts are 16 word tokens, as for ever
 Each configuration below runs in a fresh worker process (`hspi.collector.worker`, as `hspi collect`
 does) over N_PROBES pool probes (default 200); the JSON gives the worker's seconds (loading the
 2 GB model included: the worker does not time it apart), probes per second on that basis, and the
-worker's peak resident memory (measured in the worker).  The wall time of the whole `cpu-default`
-grid is only *bounded* from these (see `grid_upper_bound_s`); it is not measured.
+worker's peak resident memory (measured in the worker).  A second, short run of SHORT_RUN probes per
+configuration gives, by difference, the time one more probe costs (`probes_per_second`) and the load
+(`load_seconds`).  The wall time of the whole `cpu-default` grid is only *bounded* from these (see
+`grid_upper_bound_s`); it is not measured.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.tiny_models import byte_level_bpe  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 N_PROBES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+SHORT_RUN = 8  # a second, short run per configuration: the two apart give the per-probe time and the load
 CONFIG = {
     "hidden_size": 896,
     "num_hidden_layers": 24,
@@ -81,29 +84,39 @@ def main() -> None:
     card, _ = ModelRegistry().add("realistic-0.5b", hf=make_model(work / "model"))
     make_seconds = time.perf_counter() - t0
     rows = []
-    for platform_id in PLATFORMS:
-        platform = Platform.parse(platform_id)
+    load_before = os.getloadavg()
+
+    def worker_seconds(platform: Platform, probes: int) -> tuple[float, float, int]:
+        """(worker seconds, wall seconds, peak RSS bytes) of one fresh worker answering `probes` pool probes."""
         job = WorkerJob(
             platform=platform,
             models=["realistic-0.5b"],
-            runs=[RunPlan(name="reference", probe_set="pool", size=N_PROBES)],
-            dataset_dir=str(work / "dataset"),
+            runs=[RunPlan(name="reference", probe_set="pool", size=probes)],
+            dataset_dir=str(work / f"dataset-{probes}"),
             export_dir=str(work / "exports"),
         )
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_worker(job, Path(tmp))
-        wall = time.perf_counter() - t0
-        record = result.runs["reference"]
+            record = run_worker(job, Path(tmp)).runs["reference"]
+        return record.seconds, time.perf_counter() - t0, int(record.provenance["peak_rss_bytes"])
+
+    for platform_id in PLATFORMS:
+        platform = Platform.parse(platform_id)
+        short, _, _ = worker_seconds(platform, SHORT_RUN)
+        full, wall, peak = worker_seconds(platform, N_PROBES)
+        per_probe = (full - short) / (N_PROBES - SHORT_RUN)  # two runs apart: what one more probe costs
         rows.append(
             {
                 "platform": platform_id,
                 "probes": N_PROBES,
                 # the worker's own time: loading the model, one batch under verbose dispatch output, the probes
-                "worker_seconds_including_load": round(record.seconds, 1),
+                "worker_seconds_including_load": round(full, 1),
                 "wall_seconds": round(wall, 1),
-                "probes_per_second_including_load": round(N_PROBES / record.seconds, 3),
-                "peak_rss_mb": round(record.provenance["peak_rss_bytes"] / 2**20),
+                "probes_per_second_including_load": round(N_PROBES / full, 3),
+                "probes_per_second": round(1 / per_probe, 3) if per_probe > 0 else None,
+                "load_seconds": round(full - N_PROBES * per_probe, 1),
+                "short_run": {"probes": SHORT_RUN, "worker_seconds": round(short, 1)},
+                "peak_rss_mb": round(peak / 2**20),
             }
         )
         print(rows[-1], flush=True)
@@ -111,7 +124,12 @@ def main() -> None:
     estimate = grid_upper_bound_s(rows, len(grid))
     result = {
         "benchmark": "byo-realistic",
-        "machine": "this 2-core development machine (shared with other sessions while it ran)",
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "model": {**CONFIG, "architecture": "Qwen2ForCausalLM", "seed": SEED, "parameters": card.parameter_count},
         "weights_bytes": card.weight_bytes,
         "make_and_register_seconds": round(make_seconds, 1),
@@ -127,6 +145,13 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "byo-realistic.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 if __name__ == "__main__":
