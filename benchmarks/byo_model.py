@@ -11,8 +11,9 @@ distributions spread like a trained model's.  Nothing is downloaded.
 It is registered under a temporary HSPI_HOME, collected with `hspi collect`'s code on a grid file
 (GRID below: dtypes, an ISA cap, an attention implementation, a batch size) in fresh processes,
 its heads trained on that collection, and each class's first member served by `hspi target serve`
-(the Hugging Face-based server: transformers in torch) on 127.0.0.1.  Audits at the topk20, topk5
-and top1 tiers ask only pool probes the heads never saw (`avoid_probes`), with SEEDS probe orders
+(the Hugging Face-based server: transformers in torch) on 127.0.0.1.  Audits at the topk20, topk5,
+top1 and text tiers (the text tier's vote on pool probes only: no border prompts are searched for a
+registered model) ask only pool probes the heads never saw (`avoid_probes`), with SEEDS probe orders
 per class and tier; accuracy within a budget is the decision held after at most that many queries.
 
 Wrong model: the same audits of endpoints serving another model (the same tokenizer with other
@@ -47,7 +48,7 @@ GRID = [
 ]
 POOL, FRESH, REPLAY = 300, 100, 150
 SEEDS = 4
-TIERS = ("topk20", "topk5", "top1")
+TIERS = ("topk20", "topk5", "top1", "text")
 WRONG_MODEL_AUDITS = 8
 
 
@@ -176,7 +177,7 @@ def main() -> None:
     classes = Dataset(dataset).manifest
     result = {
         "benchmark": "byo-model",
-        "machine": "this 2-core development machine (shared with other sessions while it ran)",
+        "machine": "this 2-core development machine (AMD EPYC, AVX2, no AVX-512)",
         "model_family": {
             **FAMILY,
             "untied_output": True,
@@ -201,9 +202,8 @@ def main() -> None:
         "endpoint_failures": measured["failures"],
         "wrong_model_audits": wrong,
         "not_measured": {
-            "text tier": "no border-prompt vote is searched for registered models yet",
-            "chat api": "references are collected for completions prompts only; chat is refused for registered models",
-            "llama.cpp target": "the llama.cpp grid for registered GGUFs is not built yet",
+            "chat api": "not asked of the HF-based server here; chat is measured on llama.cpp (byo-llama-cpp.json)",
+            "llama.cpp target": "benchmarks/byo_llama_cpp.py (results/byo-llama-cpp.json)",
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
