@@ -83,10 +83,11 @@ def registered_gguf(model: str) -> tuple[Path, Any]:
 
     card = registered_card(base_model(model))
     if card is None or card.sources.gguf is None or card.gguf is None:
+        name = base_model(model)
         raise ConfigError(
-            f"model {model!r} has no GGUF: convert its Hugging Face directory with llama.cpp's convert_hf_to_gguf.py "
-            "(in the llama.cpp source tree, e.g. vendor/llama.cpp of the llama-cpp-python sdist) to an F32 or F16 "
-            f"GGUF, then `hspi model add {model} --hf DIR --gguf FILE`"
+            f"model {model!r} has no GGUF: convert its Hugging Face directory with llama.cpp's convert_hf_to_gguf.py, "
+            f"`hspi model add {name} --hf DIR --convert-gguf`, or register an F32, F16 or BF16 GGUF of it: "
+            f"`hspi model add {name} --hf DIR --gguf FILE`"
         )
     return Path(card.sources.gguf), card.gguf
 
@@ -158,7 +159,8 @@ def _checked_registered_gguf(model: str) -> Path:
     if "tokenizer.ggml.model" not in open_gguf(source).fields:
         raise ConfigError(
             f"model {model!r}: {source.name} has no tokenizer (tokenizer.ggml.*), so llama.cpp cannot tokenize a "
-            "prompt; convert the model with llama.cpp's convert_hf_to_gguf.py, which writes it"
+            "prompt; convert the model with llama.cpp's convert_hf_to_gguf.py (`hspi model add --convert-gguf`), "
+            "which writes it"
         )
     quantised = sorted(set(card.tensor_types) - _FLOAT_TENSOR_TYPES)
     if quantised:

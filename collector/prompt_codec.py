@@ -194,5 +194,8 @@ def codec_for(model: str) -> PromptCodec:
     from hspi.collector.models import base_model, is_chat_view
     from hspi.collector.registry import registered_tokenizer
 
-    codec = HfCodec(registered_tokenizer(base_model(model)), spec.n_outputs)
-    return ChatCodec(codec) if is_chat_view(model) else codec
+    if is_chat_view(model):  # the model's own codec (cached), rendered through its template
+        base = codec_for(base_model(model))
+        assert isinstance(base, HfCodec)
+        return ChatCodec(base)
+    return HfCodec(registered_tokenizer(model), spec.n_outputs)

@@ -91,7 +91,10 @@ def engine_answer(model: str, platform: str) -> np.ndarray:
 def test_models_without_a_usable_gguf_are_refused_with_the_fix(home: Path) -> None:
     from hspi.collector.collect import collect
 
-    with pytest.raises(ConfigError, match=r"'hf-only' has no GGUF: convert .*convert_hf_to_gguf\.py.*--gguf FILE"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'hf-only' has no GGUF: .*convert_hf_to_gguf\.py, `hspi model add hf-only --hf DIR --convert-gguf`.*--gguf FILE",
+    ):
         collect("llama-cpp-smoke", "hf-only", home / "never")
     assert not (home / "never" / "dataset.json").exists()
     with pytest.raises(ConfigError, match=r"no-vocab\.gguf has no tokenizer"):

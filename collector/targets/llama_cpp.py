@@ -26,8 +26,9 @@ from hspi.collector.gguf_export import (
     quiet_llama_logs,
     registered_head_size,
 )
-from hspi.collector.models import model_spec
+from hspi.collector.models import is_chat_view, model_spec
 from hspi.collector.probes import ProbeSet
+from hspi.collector.prompt_codec import ChatCodec, codec_for
 from hspi.collector.targets.base import Target
 from hspi.errors import ConfigError, TargetError
 from hspi.platform import GGUF_TYPES, Platform
@@ -71,7 +72,7 @@ def check_llama_cpp_supported(platform: Platform, model: str) -> None:
         raise ConfigError(f"{platform.id}: a quantised V cache (kv=q8_0) needs flash attention (fa=on)")
     if platform.kv_type == "q8_0" and model_spec(model).source == "registered":
         head = registered_head_size(model)
-        if head is not None and head % Q8_0_BLOCK:  # llama.cpp cannot make the context (measured: "Failed to create")
+        if head is not None and head % Q8_0_BLOCK:  # llama.cpp fails to create the context ("Failed to create")
             raise ConfigError(
                 f"{platform.id}: a q8_0 KV cache needs an attention head size divisible by {Q8_0_BLOCK}; "
                 f"{model}'s is {head}"
@@ -124,9 +125,6 @@ class LlamaCppTarget(Target):
         must be the probe's: otherwise the server would answer another prompt, and the probe is refused."""
         if self.spec.source != "registered":
             return content.tolist()
-        from hspi.collector.models import is_chat_view
-        from hspi.collector.prompt_codec import ChatCodec, codec_for
-
         if self._llama is None:
             self._llama = self._load()
         codec = codec_for(self.model)
