@@ -28,7 +28,7 @@ from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import codec_for
 from hspi.dataset import Dataset
 from hspi.equivalence import EquivalenceClass, equivalence_classes
-from hspi.errors import TargetError
+from hspi.errors import ConfigError, TargetError
 from hspi.loopback import free_port, serving_process
 from hspi.platform import HEADS, Platform
 from hspi.terms import Tier
@@ -85,8 +85,9 @@ def warm_up(url: str, model: str) -> None:
 
 
 @contextmanager
-def background_load(url: str, model: str, clients: int = 3) -> Iterator[None]:
-    """Strangers' traffic (fresh probes, never pool ones) so dynamic batches mix audited and other requests."""
+def background_load(url: str, model: str, clients: int = 3, *, generate: int = 1) -> Iterator[None]:
+    """Strangers' traffic (fresh probes, never pool ones) so dynamic batches mix audited and other requests;
+    each asks for 1..`generate` tokens (a continuous batcher then holds generating requests too)."""
     fresh, codec = ProbeSet(model_spec(model), "fresh", 400), codec_for(model)
     stop = threading.Event()
 
@@ -95,8 +96,9 @@ def background_load(url: str, model: str, clients: int = 3) -> Iterator[None]:
         with httpx.Client(timeout=10.0) as http:
             while not stop.is_set():
                 prompt = codec.decode(fresh.inputs(np.array([int(rng.integers(0, 400))]))[0])
+                tokens = int(rng.integers(1, generate + 1))
                 try:
-                    http.post(url + "/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0})
+                    http.post(url + "/completions", json={"prompt": prompt, "max_tokens": tokens, "temperature": 0})
                 except httpx.HTTPError:
                     time.sleep(0.05)
 
@@ -175,6 +177,25 @@ def llama_cpp_target_server(model: str) -> Callable[[str, bool], AbstractContext
     return serve
 
 
+def llama_server_target(model: str) -> Callable[[str, bool], AbstractContextManager[str]]:
+    """llama.cpp's C++ `llama-server` with the class's slots: it batches concurrent requests by itself, so
+    the same server is measured with and without background clients."""
+    from hspi.collector.llama_server import llama_server
+
+    def serve(platform_id: str, dynamic_batching: bool) -> AbstractContextManager[str]:
+        return llama_server(Platform.parse(platform_id), model)
+
+    return serve
+
+
+SERVERS = {
+    "hspi-target": hspi_target_server,
+    "llama.cpp": llama_cpp_target_server,
+    "llama-server": llama_server_target,
+}
+GENERATED_BY_BACKGROUND = {"llama-server": 8}  # a continuous batcher mixes prompts with generating requests
+
+
 def evaluate_endpoints(
     dataset_dir: Path,
     classifier_dir: Path,
@@ -195,14 +216,18 @@ def evaluate_endpoints(
 ) -> dict:
     """Rows of the `endpoint` split plus audit timings, for every class of `model` (or those in `only`).
 
-    `target` is "hspi-target" (`hspi target serve`) or "llama.cpp" (the real `llama_cpp.server`).
+    `target` is "hspi-target" (`hspi target serve`), "llama.cpp" (the real `llama_cpp.server`) or "llama-server"
+    (llama.cpp's C++ server, for classes with slots).
     `reference_modes`: audit with the dataset's answers under batching (True) and/or without (False),
     against the same server; rows say which in `batched_references`.
     `leave_out`: a class's dataset without it (`leave_class_out`); with it, each served class is audited
     again against it (an unseen platform), and `open_set` holds both audits' final e-values.
     `api` "chat": a registered model asked through its chat template, matched against `MODEL:chat`'s classes.
     """
-    serve = llama_cpp_target_server(model) if target == "llama.cpp" else hspi_target_server(model)
+    if target not in SERVERS:
+        raise ConfigError(f"unknown endpoint target {target!r}; known: {', '.join(SERVERS)}")
+    serve = SERVERS[target](model)
+    generate = GENERATED_BY_BACKGROUND.get(target, 1)
     ds = Dataset(dataset_dir)
     references = f"{model}{CHAT_SUFFIX}" if api == "chat" else model
     every_class = equivalence_classes(ds, references)
@@ -226,7 +251,8 @@ def evaluate_endpoints(
             try:
                 with serve(cls.members[0], dyn) as url:
                     warm_up(url, model)
-                    with background_load(url, model, background_clients) if dyn else _nothing():
+                    load = background_load(url, model, background_clients, generate=generate)
+                    with load if dyn else _nothing():
                         for tier, batched_refs, seed in itertools.product(run_tiers, reference_modes, range(seeds)):
                             settings = AuditSettings(
                                 endpoint=url,

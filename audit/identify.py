@@ -29,7 +29,7 @@ def identify(
         ref = dataset.pool_references(cls.members[0], responses.model)
         if ref.probe_set != responses.probe_set:
             raise DatasetError(f"probe-set mismatch: answers to {responses.probe_set}, references of {ref.probe_set}")
-        full = reference_values(ref.select(responses.probe_ids).as_float32(), tier)
+        full = reference_values(ref.select(responses.probe_ids).as_float32(), tier, cls.convention)
         features.append(relative_features(view, full))
     X = np.stack(features, axis=1)
     groups = np.zeros(len(responses.probe_ids), dtype=np.int64)

@@ -67,7 +67,12 @@ class ModelReferences:
         with self._lock:
             if tier not in self._books:
                 self._books[tier] = ReferenceBook(
-                    self.logits, [c.labels for c in self.classes], tier, self.pool_ids, batched=self.batched
+                    self.logits,
+                    [c.labels for c in self.classes],
+                    tier,
+                    self.pool_ids,
+                    batched=self.batched,
+                    conventions=[c.convention for c in self.classes],
                 )
             return self._books[tier]
 

@@ -121,7 +121,7 @@ def sequential_pool(
     for cid in data.replay:
         parts = [feats[cid][rows]]
         if extra.any():
-            view = tier_view(data.targeted[cid][extra], tier)
+            view = tier_view(data.targeted[cid][extra], tier, data.convention(cid))
             parts.append(
                 np.stack(
                     [
@@ -247,7 +247,7 @@ class Evaluation:
         train, calib, test = split_replay(len(data.replay_ids))
         candidates = list(range(len(data.classes)))
         cand_labels = [c.labels for c in data.classes]
-        ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
+        ref_full = {c: reference_values(data.reference[c], tier, data.classes[c].convention) for c in candidates}
         configs = list(data.replay)
         t0 = time.perf_counter()
         feats = {
@@ -277,9 +277,11 @@ class Evaluation:
         # exact-match lookup and the baseline share the same test groups
         baselines = self._fit_baselines(
             np.concatenate(
-                [tier_view(data.replay[c][train], tier).values for c in configs]
+                [tier_view(data.replay[c][train], tier, data.convention(c)).values for c in configs]
                 + [
-                    tier_view(data.reference[data.class_of[c]][data.rows(data.replay_ids[train])], tier).values
+                    tier_view(
+                        data.reference[data.class_of[c]][data.rows(data.replay_ids[train])], tier, data.convention(c)
+                    ).values
                     for c in configs
                 ]
             ),
@@ -312,7 +314,7 @@ class Evaluation:
                 for h in HEADS:
                     predicted = np.array([data.classes[e].labels[h] if e >= 0 else "no-match" for e in exact])
                     correct.setdefault((h, "exact-match"), []).append(predicted == truth[h])
-                shown = tier_view(data.replay[cid][test[keep]], tier).values
+                shown = tier_view(data.replay[cid][test[keep]], tier, data.convention(cid)).values
                 for h in HEADS:
                     best = self._baseline_predictions(baselines[h], shown, groups[keep])
                     correct.setdefault((h, "hspi-ld-svm"), []).append({e: best[e] == truth[h] for e in best})
@@ -366,6 +368,7 @@ class Evaluation:
             cand_labels,
             tier,
             pool.probe_ids,
+            conventions=[c.convention for c in data.classes],
         )
         correct: dict[tuple[str, int], list[bool]] = {}
         for k, cid in enumerate(data.replay):
@@ -399,11 +402,11 @@ class Evaluation:
         ref_full: dict[int, np.ndarray],
     ) -> np.ndarray:
         """Per group: the class whose stored answer is bit-identical on most probes (-1: none)."""
-        view = tier_view(data.replay[cid][rows], tier)
+        view = tier_view(data.replay[cid][rows], tier, data.convention(cid))
         probe_ids = data.replay_ids[rows]
         hits = np.zeros((len(rows), len(data.classes)), dtype=bool)
         for c in range(len(data.classes)):
-            ref_view = tier_view(data.reference[c][data.rows(probe_ids)], tier)
+            ref_view = tier_view(data.reference[c][data.rows(probe_ids)], tier, data.classes[c].convention)
             hits[:, c] = (view.ids == ref_view.ids).all(axis=1) & (
                 view.values.view(np.uint32) == ref_view.values.view(np.uint32)
             ).all(axis=1)
@@ -543,7 +546,11 @@ class Evaluation:
 
             def audits(source: SequentialPool, configs: list[str]) -> dict[int, np.ndarray]:
                 book = ReferenceBook(
-                    [data.reference[c][data.rows(source.probe_ids)] for c in keep_c], labels, tier, source.probe_ids
+                    [data.reference[c][data.rows(source.probe_ids)] for c in keep_c],
+                    labels,
+                    tier,
+                    source.probe_ids,
+                    conventions=[data.classes[c].convention for c in keep_c],
                 )
                 out: dict[int, list[float]] = {}
                 for cid in configs:
@@ -566,8 +573,10 @@ class Evaluation:
 
     # -- intrinsic splits ------------------------------------------------------------------
     @staticmethod
-    def _intrinsic_rows(logits: np.ndarray, f64_logits: np.ndarray, tier: str) -> tuple[np.ndarray, np.ndarray]:
-        view = tier_view(logits, tier)
+    def _intrinsic_rows(
+        logits: np.ndarray, f64_logits: np.ndarray, tier: str, convention: str = "numpy"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        view = tier_view(logits, tier, convention)
         if tier == "logits":
             f64 = f64_logits
         else:
@@ -580,7 +589,7 @@ class Evaluation:
         X, V, probe_of, weight, target = [], [], [], [], []
         y: dict[str, list[Any]] = {h: [] for h in HEADS}
         for c, cls in enumerate(data.classes):
-            f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier)
+            f, v = self._intrinsic_rows(data.reference[c][probes], data.pool_f64[probes], tier, cls.convention)
             X.append(f)
             V.append(v)
             probe_of.append(probes)
@@ -597,7 +606,9 @@ class Evaluation:
             targets=np.concatenate(target),
         )
         baselines = self._fit_baselines(np.concatenate(V), [{h: y[h][i] for h in HEADS} for i in range(len(y["full"]))])
-        test_feats = {cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier) for cid in data.fresh}
+        test_feats = {
+            cid: self._intrinsic_rows(data.fresh[cid], data.fresh_f64, tier, data.convention(cid)) for cid in data.fresh
+        }
         for q in QUERIES:
             groups = query_groups(len(data.fresh_ids), q)
             keep = groups >= 0
@@ -639,7 +650,9 @@ class Evaluation:
                 continue
             probes = np.random.default_rng(SPLIT_SEED).permutation(d.pool_size)[: INTRINSIC_TRAIN_PROBES // 3]
             for cid in d.replay:
-                f, v = self._intrinsic_rows(d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier)
+                f, v = self._intrinsic_rows(
+                    d.reference[d.class_of[cid]][probes], d.pool_f64[probes], tier, d.convention(cid)
+                )
                 X.append(f)
                 V.append(v)
                 source += [other] * len(probes)
@@ -677,7 +690,7 @@ class Evaluation:
                 continue
             correct: dict[tuple[str, str], list] = {}
             for cid, logits in target.fresh.items():
-                f, v = self._intrinsic_rows(logits[keep], target.fresh_f64[keep], tier)
+                f, v = self._intrinsic_rows(logits[keep], target.fresh_f64[keep], tier, target.convention(cid))
                 post = clf.posteriors(f, groups[keep], prior=target_prior)
                 # a class merges configs; in transfer the truth is this config's own label
                 truth = self.dataset.manifest.configs[cid].labels

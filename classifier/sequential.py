@@ -52,17 +52,25 @@ class ReferenceBook:
         pool_ids: np.ndarray,
         *,
         batched: BatchedAnswers | None = None,
+        conventions: Sequence[str] | None = None,
     ) -> None:
         """`references[c]` (n_pool, V): candidate c's stored outputs, rows in `pool_ids` order; `batched`:
-        their answers under dynamic batching, where collected (`classifier.batched`)."""
+        their answers under dynamic batching, where collected (`classifier.batched`); `conventions[c]`: how
+        candidate c's server shows logprobs (default numpy's)."""
         if not references:
             raise ConfigError("no candidate platforms to compare with")
         self.labels, self.tier = list(labels), tier
+        self.conventions = list(conventions) if conventions is not None else ["numpy"] * len(references)
+        if len(self.conventions) != len(references):
+            raise ConfigError(f"{len(self.conventions)} logprob conventions for {len(references)} candidates")
         self.pool_ids = np.asarray(pool_ids)
         self.row = {int(p): i for i, p in enumerate(self.pool_ids)}
-        self.reference_full = [reference_values(r, tier) for r in references]  # tier units (logits or logprobs)
+        # tier units (logits or logprobs), as each candidate's server shows them
+        self.reference_full = [reference_values(r, tier, c) for r, c in zip(references, self.conventions)]
         # what each candidate would show for each probe, hashed: where candidates split
-        self.signatures = np.stack([answer_signatures(tier_view(r, tier)) for r in references])  # (C, n_pool)
+        self.signatures = np.stack(
+            [answer_signatures(tier_view(r, tier, c)) for r, c in zip(references, self.conventions)]
+        )  # (C, n_pool)
         self.same = same_answers(self.signatures)  # (C, C, n_pool): candidates i and j answer alike
         self.agreement = self.same.mean(axis=2)  # (C, C): share of probes they answer alike
         self._prior_scores: np.ndarray | None = None
@@ -72,9 +80,9 @@ class ReferenceBook:
         for c, rows in enumerate(batched.per_class if batched is not None else []):
             for row, (values, masks) in rows.items():
                 self.alternates[(c, row)] = (
-                    answer_signatures(tier_view(values, tier)),
+                    answer_signatures(tier_view(values, tier, self.conventions[c])),
                     masks,
-                    reference_values(values, tier),
+                    reference_values(values, tier, self.conventions[c]),
                 )
 
     def read(self, row: int, shown: int) -> AnswerReading | None:

@@ -41,7 +41,7 @@ def train(
         for tier in matcher_tiers:
             check_tier(tier)
             log(f"training {model} / {tier}")
-            ref_full = {c: reference_values(data.reference[c], tier) for c in candidates}
+            ref_full = {c: reference_values(data.reference[c], tier, data.classes[c].convention) for c in candidates}
             X, same = [], []
             calib_scores = []
             feats = {

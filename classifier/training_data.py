@@ -42,6 +42,10 @@ class ModelData:
     targeted_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     targeted: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def convention(self, config: str) -> str:
+        """How this config's server shows logprobs (its class's convention)."""
+        return self.classes[self.class_of[config]].convention
+
     def rows(self, probe_ids: np.ndarray) -> np.ndarray:
         """Rows of `reference` (and `pool_f64`) holding these pool probe ids."""
         rows = np.searchsorted(self.pool_ids, probe_ids)
@@ -139,6 +143,6 @@ def pair_features(
     data: ModelData, tier: str, config: str, rows: np.ndarray, candidates: list[int], ref_full: dict[int, np.ndarray]
 ) -> np.ndarray:
     """(len(rows), C, F) features of one config's replayed answers against each candidate class."""
-    view = tier_view(data.replay[config][rows], tier)
+    view = tier_view(data.replay[config][rows], tier, data.convention(config))
     probe_ids = data.replay_ids[rows]
     return np.stack([relative_features(view, ref_full[c][data.rows(probe_ids)]) for c in candidates], axis=1)

@@ -77,6 +77,32 @@ def _llama_cpp_smoke() -> list[Platform]:
     return [_llama("F32", threads=1), _llama("Q8_0", threads=1), _llama("F32", batch_size=8, threads=1)]
 
 
+# llama-server's defaults on CPU: micro-batches of 512, flash attention ("auto" turns it on for the CPU
+# backend), an f16 KV cache; 4 slots is a serving setup (`--parallel 4`)
+SERVER_SLOTS = 4
+SERVER_BATCH = 512
+
+
+def _server(dtype: str, **knobs: object) -> Platform:
+    settings: dict[str, object] = {"batch_size": SERVER_BATCH, "flash_attn": True, "slots": SERVER_SLOTS, **knobs}
+    return _llama(dtype, **settings)
+
+
+def _llama_server() -> list[Platform]:
+    """llama.cpp's C++ `llama-server` with 4 slots (continuous batching) on the lm-gpt2 GGUF export: every GGUF
+    type at the server's defaults, then the knobs a provider sets: flash attention off and a q8_0 KV cache
+    for one float and one quantised type."""
+    grid = [_server(t) for t in GGUF_TYPES]
+    grid += [_server("F16", flash_attn=False), _server("Q4_0", flash_attn=False)]
+    grid += [_server("F16", kv_type="q8_0"), _server("Q4_0", kv_type="q8_0")]
+    return grid
+
+
+def _llama_server_smoke() -> list[Platform]:
+    """Three llama-server configurations for tests (one thread, as `_llama_cpp_smoke`)."""
+    return [_server("F32", threads=1), _server("Q8_0", threads=1), _server("F32", flash_attn=False, threads=1)]
+
+
 def _cuda(dtype: str = "fp32", **knobs: object) -> Platform:
     return Platform(device="cuda", dtype=dtype, **knobs)  # type: ignore[arg-type]
 
@@ -114,6 +140,8 @@ GRIDS = {
     "cpu-smoke": _cpu_smoke,
     "llama-cpp": _llama_cpp,
     "llama-cpp-smoke": _llama_cpp_smoke,
+    "llama-server": _llama_server,
+    "llama-server-smoke": _llama_server_smoke,
     "gpu-default": _gpu_default,
 }
 

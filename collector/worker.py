@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from hspi.collector.batch_compositions import answer_in_batches
+from hspi.collector.llama_cpp_compositions import answer_in_compositions
 from hspi.collector.models import model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.targets.local import make_target
@@ -36,6 +37,9 @@ class RunPlan(BaseModel):
     # answer every probe once inside a batch of each of these sizes (batch-mates: the run's other
     # probes, each probe at another position per size); stored: each probe's distinct answers
     batch_sizes: list[int] | None = None
+    # a llama-server platform's batches instead (`collector.llama_cpp_compositions`); batch_sizes then
+    # holds the requests of each
+    compositions: list[str] | None = None
 
 
 class WorkerJob(BaseModel):
@@ -79,6 +83,11 @@ def run_job(job: WorkerJob) -> WorkerResult:
         for plan in job.runs:
             probes = ProbeSet(spec, plan.probe_set, plan.size)
             ids = plan_ids(plan)
+            if plan.compositions:
+                responses, masks = answer_in_compositions(target, probes, ids, plan.compositions)
+                shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
+                answer_sizes[plan.name][model] = masks
+                continue
             if plan.batch_sizes:
                 responses, masks, mates = answer_in_batches(target, probes, ids, plan.batch_sizes)
                 shards[plan.name][model] = write_shard(Path(job.dataset_dir), responses)
@@ -92,7 +101,7 @@ def run_job(job: WorkerJob) -> WorkerResult:
     # the process's peak resident memory (Linux reports KiB): what a configuration needs to be collected
     provenance["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if llama_cpp:
-        return _llama_cpp_result(job, provenance, native, shards, started)
+        return _llama_cpp_result(job, provenance, native, shards, answer_sizes, started)
     import torch
 
     # a tiny fp32 convolution always goes through oneDNN: it makes the library state its ISA
@@ -119,15 +128,28 @@ def run_job(job: WorkerJob) -> WorkerResult:
     )
 
 
-def _llama_cpp_result(job: WorkerJob, provenance: dict, native: dict, shards: dict, started: float) -> WorkerResult:
+def _llama_cpp_result(
+    job: WorkerJob, provenance: dict, native: dict, shards: dict, answer_sizes: dict, started: float
+) -> WorkerResult:
     first = native[job.models[0]]
     provenance["native_dispatch"] = native
     # process-wide facts at top level, for labelling (hspi.platform.measured_isa_level reads them)
     provenance["llama_cpp_system_info"] = first["llama_cpp_system_info"]
     provenance["llama_cpp_python"] = first["llama_cpp_python"]
     seconds = time.perf_counter() - started
+    plans = {plan.name: plan for plan in job.runs}
     return WorkerResult(
-        runs={name: RunRecord(shards=s, provenance=provenance, seconds=seconds) for name, s in shards.items()}
+        runs={
+            name: RunRecord(
+                shards=s,
+                provenance=provenance,
+                seconds=seconds,
+                batch_sizes=plans[name].batch_sizes or [],
+                answer_sizes=answer_sizes[name],
+                compositions=plans[name].compositions or [],
+            )
+            for name, s in shards.items()
+        }
     )
 
 

@@ -6,7 +6,10 @@
 | topk5  | the 5 highest                                      |
 | top1   | the greedy token's log-probability only            |
 
-Log-probabilities are computed in float32 (max-shifted log-softmax), ties broken by the lower id.
+Log-probabilities are computed in float32 (max-shifted log-softmax), ties broken by the lower id:
+the "numpy" convention, which hspi's own server and llama-cpp-python's use.  A platform whose server
+computes them another way names its convention (`Platform.logprob_convention`), and its views follow
+that server's arithmetic bit for bit (`features.logprob_conventions`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from hspi.errors import ConfigError
+from hspi.features.logprob_conventions import llama_server_logprobs
 from hspi.terms import TIER_WIDTH, Tier
 
 # the tiers a reference-match classifier reads (the text tier has its own vote), with their widths
 TIERS: dict[str, int | None] = {t.value: TIER_WIDTH[t] for t in Tier if t is not Tier.TEXT}
+
+
+CONVENTIONS = ("numpy", "llama-server")
 
 
 def check_tier(tier: str) -> str:
@@ -67,18 +74,34 @@ def top_ids(values: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(ids, order, axis=1).astype(np.int32)
 
 
-def tier_view(logits: np.ndarray, tier: str) -> TierView:
+def tier_view(logits: np.ndarray, tier: str, convention: str = "numpy") -> TierView:
+    """What a server of this logprob `convention` shows at `tier` for these logits."""
     check_tier(tier)
     logits = np.asarray(logits, dtype=np.float32)
     n, width = logits.shape
     if tier == "logits":
         return TierView(tier, np.broadcast_to(np.arange(width, dtype=np.int32), (n, width)), logits)
     k = min(int(TIERS[tier] or width), width)
-    logprobs = log_softmax_f32(logits)
-    ids = top_ids(logprobs, k)
+    if _check_convention(convention) == "llama-server":  # its order and sum depend on how many it was asked
+        ids, logprobs = llama_server_logprobs(logits, k)
+    else:
+        logprobs = log_softmax_f32(logits)
+        ids = top_ids(logprobs, k)
     return TierView(tier, ids, np.take_along_axis(logprobs, ids, axis=1))
 
 
-def reference_values(logits: np.ndarray, tier: str) -> np.ndarray:
-    """The full vector a reference compares in: raw logits, or float32 log-probabilities."""
-    return np.asarray(logits, dtype=np.float32) if tier == "logits" else log_softmax_f32(logits)
+def reference_values(logits: np.ndarray, tier: str, convention: str = "numpy") -> np.ndarray:
+    """The full vector a reference compares in: raw logits, or float32 log-probabilities as a server of
+    this `convention` computes them when asked for the tier's k."""
+    if tier == "logits":
+        return np.asarray(logits, dtype=np.float32)
+    if _check_convention(convention) == "llama-server":
+        width = np.shape(logits)[-1]
+        return llama_server_logprobs(logits, min(int(TIERS[check_tier(tier)] or width), width))[1]
+    return log_softmax_f32(logits)
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown logprob convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    return convention

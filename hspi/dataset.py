@@ -59,6 +59,9 @@ class RunRecord(BaseModel):
     # answer), a bit mask of the sizes (bit i: batch_sizes[i]) in which it appeared
     batch_sizes: list[int] = Field(default_factory=list)
     answer_sizes: dict[str, list[int]] = Field(default_factory=dict)
+    # batched runs of a llama-server platform: bit i is the batch `compositions[i]`
+    # (`collector.llama_cpp_compositions`), and batch_sizes[i] the requests it holds (1: alone)
+    compositions: list[str] = Field(default_factory=list)
     # batched runs only, per model: probes answered again beside other batch-mates ("checked"), and how
     # many answers changed ("changed": the batch-mates, not only the size, change this platform's answers)
     batch_mates: dict[str, dict[str, int]] = Field(default_factory=dict)

@@ -21,6 +21,9 @@ class EquivalenceClass:
     name: str
     members: tuple[str, ...]
     labels: dict[str, str]  # head -> label (full -> name)
+    # how the members' server turns logits into logprobs (`Platform.logprob_convention`): one per class,
+    # since equal logits shown by two conventions are two answers
+    convention: str = "numpy"
 
 
 def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
@@ -35,6 +38,7 @@ def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
             runs["reference"].shards[model].shard,
             runs["fresh"].shards[model].shard,
             runs[SEARCHED_REFERENCE_RUN].shards[model].shard if searched else "",
+            dataset.manifest.configs[cid].platform.logprob_convention,
         )
         groups.setdefault(key, []).append(cid)
     classes = []
@@ -43,7 +47,8 @@ def equivalence_classes(dataset: Dataset, model: str) -> list[EquivalenceClass]:
             h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"
         }
         labels["full"] = members[0]
-        classes.append(EquivalenceClass(members[0], tuple(members), labels))
+        convention = dataset.manifest.configs[members[0]].platform.logprob_convention
+        classes.append(EquivalenceClass(members[0], tuple(members), labels, convention))
     return classes
 
 
@@ -62,7 +67,8 @@ def joint_classes(dataset: Dataset) -> list[EquivalenceClass]:
             h: "|".join(sorted({dataset.manifest.configs[m].labels[h] for m in members})) for h in HEADS if h != "full"
         }
         labels["full"] = members[0]
-        out.append(EquivalenceClass(members[0], tuple(members), labels))
+        convention = dataset.manifest.configs[members[0]].platform.logprob_convention
+        out.append(EquivalenceClass(members[0], tuple(members), labels, convention))
     return out
 
 

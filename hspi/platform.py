@@ -53,6 +53,7 @@ Attentions = Literal["sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-
 CUDA_ATTENTIONS: tuple[str, ...] = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 QuantEngines = Literal["x86", "onednn", "qnnpack"]
 MatmulPrecisions = Literal["highest", "medium"]
+MAX_SLOTS = 64  # llama-server's parallel slots a platform may name
 
 
 class Platform(BaseModel):
@@ -73,6 +74,10 @@ class Platform(BaseModel):
     # llama.cpp only: flash attention and the KV-cache type (batch_size is its n_batch = n_ubatch)
     flash_attn: bool = False
     kv_type: KVTypes | None = None
+    # llama.cpp only: 0 runs a prompt alone with logits for every position (llama-cpp-python, its server);
+    # N > 0 runs it as llama.cpp's C++ llama-server with N parallel slots does: one KV stream per slot,
+    # logits of the last prompt position only, continuous batching beside the other slots' tokens
+    slots: int = 0
     # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (torch's allow_tf32 flags)
     tf32: bool = False
 
@@ -89,6 +94,18 @@ class Platform(BaseModel):
         if value < 1:
             raise ValueError(f"must be >= 1, got {value}")
         return value
+
+    @field_validator("slots")
+    @classmethod
+    def _slots(cls, value: int) -> int:
+        if not 0 <= value <= MAX_SLOTS:
+            raise ValueError(f"slots must be in 0..{MAX_SLOTS}, got {value}")
+        return value
+
+    @property
+    def logprob_convention(self) -> str:
+        """How the platform's server turns logits into the logprobs it sends (`features.logprob_conventions`)."""
+        return "llama-server" if self.engine == "llama.cpp" and self.slots else "numpy"
 
     @property
     def id(self) -> str:
@@ -109,6 +126,8 @@ class Platform(BaseModel):
             parts.append("fa=on")
         if self.kv_type is not None:
             parts.append(f"kv={self.kv_type}")
+        if self.slots:
+            parts.append(f"slots={self.slots}")
         if self.tf32:
             parts.append("tf32=on")
         return "/".join(parts)
@@ -134,6 +153,7 @@ class Platform(BaseModel):
             "threads": "threads",
             "fa": "flash_attn",
             "kv": "kv_type",
+            "slots": "slots",
             "tf32": "tf32",
         }
         for knob in knobs:
@@ -169,6 +189,8 @@ class Platform(BaseModel):
             knobs = [f"attn={self.attention}", f"bs={self.batch_size}", f"tf32={'on' if self.tf32 else 'off'}"]
         if self.engine == "llama.cpp":
             knobs = [f"bs={self.batch_size}", f"fa={'on' if self.flash_attn else 'off'}", f"kv={self.kv_type or 'f16'}"]
+            if self.slots:
+                knobs.append(f"slots={self.slots}")
         return ",".join(knobs)
 
 

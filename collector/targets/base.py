@@ -32,9 +32,14 @@ class Target:
     def ask(self, probes: ProbeSet, probe_id: int, tier: Tier) -> TierAnswers:
         """One probe's answer as `tier` shows it (one billed query for a remote target)."""
         responses = self.answer(probes, np.array([probe_id]))
-        view = tier_view(responses.as_float32(), Tier.TOP1 if tier is Tier.TEXT else tier)
+        view = tier_view(responses.as_float32(), Tier.TOP1 if tier is Tier.TEXT else tier, self.logprob_convention)
         values = np.full_like(view.values, np.nan) if tier is Tier.TEXT else view.values  # the token only
         return TierAnswers(responses.model, probes.version, responses.probe_ids, tier, view.ids, values)
+
+    @property
+    def logprob_convention(self) -> str:
+        """How this target's answers turn logits into logprobs (`features.tiers.CONVENTIONS`)."""
+        return "numpy"
 
     def probe_tier(self, probes: ProbeSet, probe_id: int, most: Tier | None = None) -> tuple[Tier, TierAnswers]:
         """The richest tier up to `most` (default: all it gives) that this target gives, and its answer."""

@@ -8,6 +8,10 @@ numbers, so an answer would depend on the probe asked before it.
 The context is built exactly as `python -m llama_cpp.server` builds it for the same platform
 (`logits_all=True`, the same n_ctx, n_batch = n_ubatch, flash attention, KV-cache type, threads),
 so these logits are the ones the server turns into logprobs (`features/logprob_conventions.py`).
+
+A platform with slots (`/slots=N`) is llama.cpp's C++ `llama-server --parallel N` instead: a context of N
+sequences, one KV stream each, logits of a prompt's last position only (`collector.llama_cpp_slots`),
+shown through that server's own logprob arithmetic (`Platform.logprob_convention`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from hspi.collector.gguf_export import (
     quiet_llama_logs,
     registered_head_size,
 )
+from hspi.collector.llama_cpp_slots import SlotContext
 from hspi.collector.models import is_chat_view, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import ChatCodec, codec_for
@@ -77,7 +82,7 @@ def check_llama_cpp_supported(platform: Platform, model: str) -> None:
                 f"{platform.id}: a q8_0 KV cache needs an attention head size divisible by {Q8_0_BLOCK}; "
                 f"{model}'s is {head}"
             )
-    if platform.batch_size > N_CTX:
+    if platform.batch_size > N_CTX and not platform.slots:  # llama-server's slots share a larger context
         raise ConfigError(f"{platform.id}: batch size {platform.batch_size} exceeds the context of {N_CTX}")
 
 
@@ -89,7 +94,12 @@ class LlamaCppTarget(Target):
         self.model, self.platform, self.export_dir = model, platform, export_dir
         self.spec = model_spec(model)
         self._llama: Any = None
+        self._slots: SlotContext | None = None
         self._gguf: Path | None = None
+
+    @property
+    def logprob_convention(self) -> str:
+        return self.platform.logprob_convention
 
     @property
     def gguf_file(self) -> Path:
@@ -172,9 +182,12 @@ class LlamaCppTarget(Target):
         return llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def fresh_logits(self, tokens: list[int]) -> np.ndarray:
-        """Next-token logits after `tokens`, evaluated from an empty KV cache."""
+        """Next-token logits after `tokens`, evaluated from an empty KV cache (as llama-server's slot reads a
+        prompt alone, for a platform with slots)."""
         if self._llama is None:
             self._llama = self._load()
+        if self.platform.slots:
+            return self.slot_context().alone(tokens)
         llama = self._llama
         llama.reset()  # forget the previous prompt: no prefix reuse
         # and free every KV cell (reset alone measured the same; this keeps cell placement out of it)
@@ -184,6 +197,21 @@ class LlamaCppTarget(Target):
         except RuntimeError as exc:
             raise TargetError(f"{self.platform.id} failed on {self.model}: {exc}") from exc
         return np.array(llama.scores[len(tokens) - 1], dtype=np.float32)
+
+    def slot_context(self) -> SlotContext:
+        """The libllama context llama-server would build for this platform's slots."""
+        if self._llama is None:
+            self._llama = self._load()
+        if self._slots is None:
+            kv = KV_GGML_TYPES[self.platform.kv_type or DEFAULT_KV_TYPE]
+            self._slots = SlotContext(self._llama, self.platform, slot_context_length(self.model), kv)
+        return self._slots
+
+    def close(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
+        self._llama = None
 
     def provenance(self) -> dict[str, Any]:
         """What llama.cpp says it is and runs with: version, compiled CPU features, the GGUF's hash."""
@@ -197,11 +225,16 @@ class LlamaCppTarget(Target):
         }
 
 
+def slot_context_length(model: str) -> int:
+    """Positions per sequence: the GGUF's own for a built-in model, room for a chat template otherwise."""
+    return REGISTERED_N_CTX if model_spec(model).source == "registered" else N_CTX
+
+
 def llama_kwargs(platform: Platform, model: str = "lm-gpt2") -> dict[str, Any]:
     """The `llama_cpp.Llama` settings of a platform; the server launcher passes the same ones."""
     kv = KV_GGML_TYPES[platform.kv_type or DEFAULT_KV_TYPE]
     return {
-        "n_ctx": REGISTERED_N_CTX if model_spec(model).source == "registered" else N_CTX,
+        "n_ctx": slot_context_length(model),
         "n_batch": platform.batch_size,
         "n_ubatch": platform.batch_size,
         "n_threads": platform.threads,
@@ -209,7 +242,7 @@ def llama_kwargs(platform: Platform, model: str = "lm-gpt2") -> dict[str, Any]:
         "flash_attn": platform.flash_attn,
         "type_k": kv,
         "type_v": kv,
-        "logits_all": True,
+        "logits_all": not platform.slots,  # a slot platform reads its logits through `SlotContext`
     }
 
 

@@ -33,8 +33,8 @@ def check_supported(platform: Platform, model: str) -> None:
         raise ConfigError(
             f"{platform.id}: GGUF type {platform.dtype} runs on engine llama.cpp only, not {platform.engine}"
         )
-    if platform.flash_attn or platform.kv_type is not None:
-        knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}"
+    if platform.flash_attn or platform.kv_type is not None or platform.slots:
+        knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}" if platform.kv_type else "slots"
         raise ConfigError(f"{platform.id}: knob {knob} is a llama.cpp knob; {platform.engine} has no such setting")
     _check_device(platform)
     if platform.engine.startswith("onnxruntime") and platform.dtype != "fp32":

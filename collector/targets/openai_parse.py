@@ -110,7 +110,8 @@ def _first_choice(payload: Any) -> dict:
 
 
 def parse_completion(body: bytes) -> FirstToken:
-    """A `/v1/completions` body: `choices[0].logprobs` has tokens, token_logprobs, top_logprobs."""
+    """A `/v1/completions` body: `choices[0].logprobs` has tokens, token_logprobs, top_logprobs (OpenAI's
+    legacy format), or a `content` list as in a chat completion (llama.cpp's llama-server)."""
     payload = load_json(body)
     token = _completion_token(payload)
     return FirstToken(token.text, token.logprob, token.top, parse_usage(payload))
@@ -124,6 +125,9 @@ def _completion_token(payload: Any) -> FirstToken:
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
         return FirstToken(text=text or None, logprob=None, top=None)
+    content = logprobs.get("content")
+    if "tokens" not in logprobs and isinstance(content, list) and content:  # llama-server's completions
+        return _content_entry(content[0])
     tokens = logprobs.get("tokens") or []
     token_logprobs = logprobs.get("token_logprobs") or []
     for name, value in (("tokens", tokens), ("token_logprobs", token_logprobs)):
@@ -159,7 +163,12 @@ def _chat_token(payload: Any) -> FirstToken:
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return FirstToken(text=text if isinstance(text, str) and text else None, logprob=None, top=None)
-    entry = content[0]
+    return _content_entry(content[0])
+
+
+def _content_entry(entry: Any) -> FirstToken:
+    """`logprobs.content[0]`: the token, its logprob and its `top_logprobs` list (the chat format, which
+    llama.cpp's llama-server also sends for completions)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
         raise TargetError("target-error: logprobs.content[0] has no token string")
     logprob = _logprob(entry.get("logprob"), "logprobs.content[0].logprob") if "logprob" in entry else None

@@ -72,10 +72,12 @@ def dataset_collect_batched(
     directory: Annotated[Path, typer.Argument(help="dataset directory")] = SHIPPED_DATASET,
     model: Annotated[str, typer.Option(help="the model whose answers under batching to collect")] = "lm-small",
     probes: Annotated[int, typer.Option(min=1, help="pool probes answered in batches")] = 200,
-    max_batch: Annotated[int, typer.Option(min=1, max=64, help="batch sizes 1..max-batch")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, max=64, help="batch sizes 1..max-batch (torch, ONNX Runtime)")] = 8,
 ) -> None:
-    """Answer pool probes in batches of every size up to --max-batch (references under dynamic batching),
-    one fresh process per configuration; resumable."""
+    """Answer pool probes in batches (references under batching), one fresh process per configuration;
+    resumable.  torch and ONNX Runtime configurations: batches of every size up to --max-batch, as a dynamic
+    batcher forms them; llama.cpp platforms with slots: the batches llama-server forms beside its other slots'
+    requests (collector.llama_cpp_compositions)."""
     from hspi.collector.batched_collect import check_batched_request, collect_batched
     from hspi.dataset import BATCHED_RUN, Dataset
 
@@ -88,10 +90,11 @@ def dataset_collect_batched(
             progress.update(task, total=total, completed=done, description=f"{BATCHED_RUN} {config}")
 
         configs = collect_batched(directory, model, probes=probes, sizes=sizes, on_progress=on_progress)
-    console.print(
-        f"{BATCHED_RUN}: {probes} {model} pool probes in batches of 1..{max_batch} "
-        f"on {len(configs)} configurations of {directory}"
-    )
+    ds = Dataset(directory)
+    slots = sum(1 for c in configs if ds.manifest.configs[c].platform.slots)
+    how = [f"in batches of 1..{max_batch} on {len(configs) - slots}"] if len(configs) > slots else []
+    how += [f"in llama-server's batch compositions on {slots}"] if slots else []
+    console.print(f"{BATCHED_RUN}: {probes} {model} pool probes {' and '.join(how)} configurations of {directory}")
 
 
 @dataset_app.command("search-splitting")
