@@ -17,17 +17,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# the llama.cpp engine (tests and collection of its grid): llama-cpp-python builds from source,
-# without -march=native (gcc-12's native build crashes in the AMX path on quantised models)
+# the llama.cpp engine: one build of the llama.cpp tree that the pinned llama-cpp-python sdist vendors gives
+# both llama-cpp-python's libraries and the C++ llama-server (continuous batching), so the in-process
+# references run the server's own kernels.  Without -march=native (gcc-12's native build crashes in the AMX
+# path on quantised models).  The binding itself is installed from the same sdist without building
+# libraries (LLAMA_BUILD=OFF), and the tree's libraries and llama-server go into its lib/ ($ORIGIN rpath).
+LLAMA_SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLAMA_BUILD := $(VENV)/llama.cpp-build
+LLAMA_CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON \
+  -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF
 $(LLAMA_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e '.[dev,llama]'
-	# llama.cpp's HF -> GGUF converter (`hspi model add --convert-gguf`) is not in the wheel: its files come
-	# from the same pinned sdist's vendored llama.cpp tree, into $(LLAMA_SOURCE) (a download, no build)
-	rm -rf $(VENV)/sdist $(LLAMA_SOURCE) && mkdir -p $(LLAMA_SOURCE)
+	rm -rf $(VENV)/sdist $(LLAMA_SOURCE) $(LLAMA_BUILD) && mkdir -p $(VENV)/sdist $(LLAMA_SOURCE)
 	$(PY) -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/sdist llama-cpp-python==$(LLAMA_CPP_PYTHON)
-	tar -xzf $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_SOURCE) --strip-components=3 \
-	  $(addprefix llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
-	rm -rf $(VENV)/sdist
+	tar -xzf $(LLAMA_SDIST).tar.gz -C $(VENV)/sdist
+	$(PY) -m pip install --quiet cmake ninja  # wheels: no system build tools beyond a C++ compiler
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S $(LLAMA_SDIST)/vendor/llama.cpp -B $(LLAMA_BUILD) $(LLAMA_CMAKE_FLAGS) >/dev/null
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(LLAMA_BUILD) --target llama-server
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet --no-deps --no-cache-dir \
+	  $(LLAMA_SDIST).tar.gz
+	$(PY) -m pip install --quiet -e '.[dev,llama]'
+	LIB=$$($(PY) -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib")') \
+	  && mkdir -p $$LIB && cp -P $(LLAMA_BUILD)/bin/*.so* $(LLAMA_BUILD)/bin/llama-server $$LIB/
+	# llama.cpp's HF -> GGUF converter (`hspi model add --convert-gguf`) is not in the wheel: from the same tree
+	cp -r $(addprefix $(LLAMA_SDIST)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE) $(LLAMA_SOURCE)/
+	rm -rf $(VENV)/sdist $(LLAMA_BUILD)
 	touch $(LLAMA_STAMP)
 
 setup: $(STAMP) $(LLAMA_STAMP)

@@ -226,9 +226,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("budget (queries)")
+        server = result.get("server", "dynamic batching")  # llama_server_batching.py names its server
         ax.set_title(
-            f"{result['model']} topk20, "
-            + (f"dynamic batching, {result['background_clients']} background clients" if batching else "no batching"),
+            f"{result['model']} {result.get('tier', 'topk20')}, "
+            + (f"{server}, {result['background_clients']} background clients" if batching else "no batching"),
             fontsize=9,
         )
         ax.grid(alpha=0.3)

@@ -192,7 +192,7 @@ def main() -> None:
         leave_out=lambda cls: leave_class_out(dataset, cls, args.work / "leave-out"),
         log=log,
     )
-    from batching import open_set_auroc  # the same AUROC as the dynamic-batching benchmark
+    from batching import open_set_auroc, plot  # the same AUROC and figure as the dynamic-batching benchmark
 
     distinct, storage = distinct_answers(dataset)
     cpu = cpu_info()
@@ -201,6 +201,7 @@ def main() -> None:
         "benchmark": "llama-server-batching",
         "model": MODEL,
         "tier": TIER,
+        "server": "llama-server with 4 slots",
         "machine": {
             "cpu_model": cpu.get("cpu_model"),
             "cpu_vendor": cpu.get("cpu_vendor"),
@@ -230,37 +231,6 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, batching in zip(axes, (False, True)):
-        for refs, style in ((True, "-"), (False, ":")):
-            for head, marker in (("full", "o"), ("dtype", "s")):
-                pts = sorted(
-                    (r["queries"], r["accuracy"])
-                    for r in result["results"]
-                    if r["batching"] == batching and r["batched_references"] == refs and r["head"] == head
-                )
-                if pts:
-                    label = f"{'GGUF type' if head == 'dtype' else 'full class'}, {'with' if refs else 'without'} sets"
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("budget (queries)")
-        load = f"{result['background_clients']} background clients" if batching else "no load"
-        ax.set_title(f"{result['model']} on llama-server (4 slots), {result['tier']}, {load}", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("audits right")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
