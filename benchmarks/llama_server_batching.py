@@ -38,17 +38,14 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# the same steps, AUROC and figure as the dynamic-batching benchmark
+from benchmarks.batching import hspi, open_set_auroc, plot  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "lm-gpt2"
 TIER = "topk5"
 BUDGETS = (1, 4, 16)
-
-
-def hspi(*args: str) -> None:
-    started = time.perf_counter()
-    print("hspi", *args, flush=True)
-    subprocess.run([sys.executable, "-m", "hspi", *args], check=True)
-    print(f"  {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def distinct_answers(dataset: Path) -> tuple[list[dict], dict]:
@@ -192,7 +189,6 @@ def main() -> None:
         leave_out=lambda cls: leave_class_out(dataset, cls, args.work / "leave-out"),
         log=log,
     )
-    from batching import open_set_auroc, plot  # the same AUROC and figure as the dynamic-batching benchmark
 
     distinct, storage = distinct_answers(dataset)
     cpu = cpu_info()
@@ -234,5 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

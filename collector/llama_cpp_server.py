@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,14 +73,6 @@ def llama_cpp_server(
     gguf = export_gguf(model, platform.dtype, export_dir)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    with (
-        tempfile.TemporaryFile(mode="w+b") as log,
-        serving_process(
-            server_command(gguf, platform, port, model),
-            f"{base_url}/models",
-            timeout_s=startup_timeout_s,
-            log=log,
-            what="llama.cpp server",
-        ),
-    ):
+    command = server_command(gguf, platform, port, model)
+    with serving_process(command, f"{base_url}/models", timeout_s=startup_timeout_s, what="llama.cpp server"):
         yield base_url

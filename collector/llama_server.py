@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,14 +109,6 @@ def llama_server(
     gguf = export_gguf(model, platform.dtype, export_dir)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with (
-        tempfile.TemporaryFile(mode="w+b") as log,
-        serving_process(
-            llama_server_command(binary, gguf, platform, port, model),
-            f"{base}/health",
-            timeout_s=startup_timeout_s,
-            log=log,
-            what="llama-server",
-        ),
-    ):
+    command = llama_server_command(binary, gguf, platform, port, model)
+    with serving_process(command, f"{base}/health", timeout_s=startup_timeout_s, what="llama-server"):
         yield f"{base}/v1"

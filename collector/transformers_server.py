@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,12 +53,7 @@ def transformers_server(model_dir: Path, *, startup_timeout_s: float = STARTUP_T
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the child inherits them: nothing is fetched from a hub
     try:
-        with (
-            tempfile.TemporaryFile(mode="w+b") as log,
-            serving_process(
-                command, f"{base_url}/models", timeout_s=startup_timeout_s, log=log, what="transformers serve"
-            ),
-        ):
+        with serving_process(command, f"{base_url}/models", timeout_s=startup_timeout_s, what="transformers serve"):
             yield base_url
     finally:
         for k, v in saved.items():

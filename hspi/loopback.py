@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
@@ -50,30 +51,30 @@ def wait_for_http(
 def serving_process(
     command: Sequence[str], ready_url: str, *, timeout_s: float, log: IO[bytes] | None = None, what: str = "the server"
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command` while the block runs, once `ready_url` answers; always stop it (SIGTERM, then kill)."""
-    out = log if log is not None else subprocess.DEVNULL
-    proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
+    """Run `command` while the block runs, once `ready_url` answers; always stop it (SIGTERM, then kill).
+    Its output goes to `log`, by default a temporary file, whose last line a failed start names."""
+    with contextlib.ExitStack() as stack:
+        out = log if log is not None else stack.enter_context(tempfile.TemporaryFile(mode="w+b"))
+        proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_for_http(ready_url, timeout_s, alive=lambda: proc.poll() is None, what=what)
-        except TargetError as exc:
-            code = proc.poll()
-            raise TargetError(
-                f"{exc}" + (f" (exit code {code}{_last_line(log)})" if code is not None else "")
-            ) from None
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            try:
+                wait_for_http(ready_url, timeout_s, alive=lambda: proc.poll() is None, what=what)
+            except TargetError as exc:
+                code = proc.poll()
+                raise TargetError(
+                    f"{exc}" + (f" (exit code {code}{_last_line(out)})" if code is not None else "")
+                ) from None
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def _last_line(log: IO[bytes] | None) -> str:
-    if log is None:
-        return ""
+def _last_line(log: IO[bytes]) -> str:
     log.seek(0)
     lines = log.read().decode("utf-8", "replace").strip().splitlines()
     return f": {lines[-1]}" if lines else ""
