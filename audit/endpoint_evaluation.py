@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 
 from hspi.audit import AuditReport, AuditSettings, run_audit
+from hspi.audit.references import ReferenceStore
 from hspi.collector.models import CHAT_SUFFIX, model_spec
 from hspi.collector.probes import ProbeSet
 from hspi.collector.prompt_codec import codec_for
@@ -240,6 +241,9 @@ def evaluate_endpoints(
             for p in ds.responses(cid, "replay", references).probe_ids
         }
     )
+    # one store for every audit: each dataset's reference views are computed once (a llama-server class's
+    # views follow its own logprob arithmetic, row by row: seconds per dataset, not per audit)
+    store = ReferenceStore()
     audits: dict[tuple[str, bool, bool], list[tuple[EquivalenceClass, AuditReport]]] = {}
     seconds: dict[tuple[str, bool, bool], list[float]] = {}
     failures: list[str] = []
@@ -267,11 +271,13 @@ def evaluate_endpoints(
                                 avoid_probes=seen,
                                 batched_references=batched_refs,
                             )
-                            report = run_audit(settings)
+                            report = run_audit(settings, references=store)
                             audits.setdefault((tier, dyn, batched_refs), []).append((cls, report))
                             seconds.setdefault((tier, dyn, batched_refs), []).append(report.seconds)
                             if leave_out is not None and batched_refs == reference_modes[0]:
-                                unseen = run_audit(settings.model_copy(update={"dataset": leave_out(cls)}))
+                                unseen = run_audit(
+                                    settings.model_copy(update={"dataset": leave_out(cls)}), references=store
+                                )
                                 open_set.append(
                                     {
                                         "class": cls.name,

@@ -5,11 +5,9 @@
 Two servers on loopback, each serving hspi's `lm-gpt2` GGUF exports (F32, Q8_0):
 - `python -m llama_cpp.server` (llama-cpp-python, as `hspi` audits it): one model behind a lock, so
   concurrent requests run one after another;
-- llama.cpp's own C++ `llama-server` with 4 parallel slots (continuous batching), when --llama-server
-  names a binary.  It is not built by `make`: build it from the llama.cpp tree that the pinned
-  llama-cpp-python sdist vendors (`pip download llama-cpp-python==0.3.36 --no-binary :all:`, then
-  `cmake -S vendor/llama.cpp -B build -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON` and
-  `cmake --build build --target llama-server`).
+- llama.cpp's own C++ `llama-server` with 4 parallel slots (continuous batching): the one `make setup`
+  builds from the llama.cpp tree that the pinned llama-cpp-python sdist vendors (found by
+  `hspi.collector.llama_server.llama_server_binary`), or the binary --llama-server names.
 
 Per server and GGUF type: 16 pool prompts asked alone, again alone, then in bursts of 4 concurrent
 requests (max_tokens 1, temperature 0, top-5 logprobs, no prompt cache); how many answers (the whole
@@ -114,6 +112,12 @@ def main() -> None:
     servers: dict[str, Callable[[str], contextlib.AbstractContextManager[str]]] = {
         "llama_cpp.server": lambda t: llama_cpp_server(Platform.parse(f"cpu:native/{t}/llama.cpp"), MODEL)
     }
+    if args.llama_server is None:
+        from hspi.collector.llama_server import llama_server_binary
+        from hspi.errors import ConfigError
+
+        with contextlib.suppress(ConfigError):
+            args.llama_server = llama_server_binary()
     if args.llama_server is not None:
         exports = Path("/tmp/hspi-llama-cpp-batching")
         servers["llama-server"] = lambda t: cpp_server(

@@ -171,9 +171,14 @@ def main() -> None:
     from hspi.provenance import cpu_info
 
     log = lambda line: print(line, flush=True)  # noqa: E731
-    t0 = time.perf_counter()
-    covered = coverage(dataset, args.repeats, args.clients, log)
-    seconds_coverage = time.perf_counter() - t0
+    saved = args.work / "coverage.json"  # resumable: the coverage run is kept in --work
+    if saved.is_file():
+        covered, seconds_coverage = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        t0 = time.perf_counter()
+        covered = coverage(dataset, args.repeats, args.clients, log)
+        seconds_coverage = time.perf_counter() - t0
+        saved.write_text(json.dumps([covered, seconds_coverage]), encoding="utf-8")
     measured = evaluate_endpoints(
         dataset,
         classifier,
