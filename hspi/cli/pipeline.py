@@ -15,7 +15,12 @@ from hspi.errors import ConfigError
 
 @app.command()
 def collect(
-    grid: Annotated[str, typer.Option(help="named grid: cpu-default, cpu-smoke")] = "cpu-default",
+    grid: Annotated[
+        str,
+        typer.Option(
+            help="named grid (cpu-default, cpu-smoke, llama-cpp, llama-server, gpu-default, ...) or a YAML grid file"
+        ),
+    ] = "cpu-default",
     models: Annotated[
         str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")
     ] = "all",
