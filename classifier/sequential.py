@@ -25,7 +25,7 @@ from hspi.classifier.evidence import group_sum, log_odds, softmax
 from hspi.classifier.reference import SCORE_TOLERANCE, CalibratedMatcher, ReferenceMatcher
 from hspi.errors import ConfigError
 from hspi.features.relative import relative_features
-from hspi.features.tiers import TierView, reference_values, tier_view
+from hspi.features.tiers import TierView, shown_and_full
 
 # Below this chance that two likely candidates answer any probe differently, the candidates are
 # settled and further probes verify the leader instead of splitting.
@@ -65,12 +65,11 @@ class ReferenceBook:
             raise ConfigError(f"{len(self.conventions)} logprob conventions for {len(references)} candidates")
         self.pool_ids = np.asarray(pool_ids)
         self.row = {int(p): i for i, p in enumerate(self.pool_ids)}
+        shown = [shown_and_full(r, tier, c) for r, c in zip(references, self.conventions)]
         # tier units (logits or logprobs), as each candidate's server shows them
-        self.reference_full = [reference_values(r, tier, c) for r, c in zip(references, self.conventions)]
+        self.reference_full = [full for _, full in shown]
         # what each candidate would show for each probe, hashed: where candidates split
-        self.signatures = np.stack(
-            [answer_signatures(tier_view(r, tier, c)) for r, c in zip(references, self.conventions)]
-        )  # (C, n_pool)
+        self.signatures = np.stack([answer_signatures(view) for view, _ in shown])  # (C, n_pool)
         self.same = same_answers(self.signatures)  # (C, C, n_pool): candidates i and j answer alike
         self.agreement = self.same.mean(axis=2)  # (C, C): share of probes they answer alike
         self._prior_scores: np.ndarray | None = None
@@ -79,11 +78,8 @@ class ReferenceBook:
         self.alternates: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for c, rows in enumerate(batched.per_class if batched is not None else []):
             for row, (values, masks) in rows.items():
-                self.alternates[(c, row)] = (
-                    answer_signatures(tier_view(values, tier, self.conventions[c])),
-                    masks,
-                    reference_values(values, tier, self.conventions[c]),
-                )
+                view, full = shown_and_full(values, tier, self.conventions[c])
+                self.alternates[(c, row)] = (answer_signatures(view), masks, full)
 
     def read(self, row: int, shown: int) -> AnswerReading | None:
         """One answer (its signature) read against every candidate's answers under batching; None without them."""

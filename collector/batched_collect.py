@@ -6,7 +6,8 @@ configuration of a model that a dynamic batcher can serve (torch or ONNX Runtime
 batcher decides the size, so the `bs=8` configurations are the same server), this run answers a
 subset of the pool once per batch size (`collector.batch_compositions`); for a llama.cpp platform with
 slots (llama.cpp's `llama-server`), once per batch composition its continuous batching forms
-(`collector.llama_cpp_compositions`); each in a fresh worker with the platform's load-time caps, after the bit-for-bit check that this machine reproduces the stored
+(`collector.llama_cpp_compositions`); each in a fresh worker with the platform's load-time caps,
+after the bit-for-bit check that this machine reproduces the stored
 references (`collector.reproduction`).  The subset is the pool probes that split the model's classes
 best at the top-20 tier, leaving out the `replay` probes the matcher learned from.  The manifest is
 saved after each configuration: an interrupted run resumes and loses nothing.

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hspi.collector.gguf_export import export_gguf, import_llama_cpp
 from hspi.collector.targets.llama_cpp import check_llama_cpp_supported, llama_kwargs
+from hspi.errors import ConfigError
 from hspi.loopback import free_port, serving_process
 from hspi.platform import Platform
 
@@ -69,6 +70,8 @@ def llama_cpp_server(
 ) -> Iterator[str]:
     """Run the server for `platform` while the block runs; yield its base URL; always stop it."""
     check_llama_cpp_supported(platform, model)
+    if platform.slots:  # another server, with its own batching and logprob arithmetic
+        raise ConfigError(f"{platform.id}: a platform with slots is llama.cpp's llama-server (collector.llama_server)")
     import_llama_cpp()  # a missing install fails here with the install hint, not in the child
     gguf = export_gguf(model, platform.dtype, export_dir)
     port = free_port()

@@ -76,29 +76,30 @@ def top_ids(values: np.ndarray, k: int) -> np.ndarray:
 
 def tier_view(logits: np.ndarray, tier: str, convention: str = "numpy") -> TierView:
     """What a server of this logprob `convention` shows at `tier` for these logits."""
+    return shown_and_full(logits, tier, convention)[0]
+
+
+def reference_values(logits: np.ndarray, tier: str, convention: str = "numpy") -> np.ndarray:
+    """The full vector a reference compares in: raw logits, or float32 log-probabilities as a server of
+    this `convention` computes them when asked for the tier's k."""
+    return shown_and_full(logits, tier, convention)[1]
+
+
+def shown_and_full(logits: np.ndarray, tier: str, convention: str = "numpy") -> tuple[TierView, np.ndarray]:
+    """`tier_view` and `reference_values` of the same logits from one pass (llama-server's arithmetic runs
+    row by row in Python: a reference book needs both, and computes them once)."""
     check_tier(tier)
     logits = np.asarray(logits, dtype=np.float32)
     n, width = logits.shape
     if tier == "logits":
-        return TierView(tier, np.broadcast_to(np.arange(width, dtype=np.int32), (n, width)), logits)
+        return TierView(tier, np.broadcast_to(np.arange(width, dtype=np.int32), (n, width)), logits), logits
     k = min(int(TIERS[tier] or width), width)
     if _check_convention(convention) == "llama-server":  # its order and sum depend on how many it was asked
         ids, logprobs = llama_server_logprobs(logits, k)
     else:
         logprobs = log_softmax_f32(logits)
         ids = top_ids(logprobs, k)
-    return TierView(tier, ids, np.take_along_axis(logprobs, ids, axis=1))
-
-
-def reference_values(logits: np.ndarray, tier: str, convention: str = "numpy") -> np.ndarray:
-    """The full vector a reference compares in: raw logits, or float32 log-probabilities as a server of
-    this `convention` computes them when asked for the tier's k."""
-    if tier == "logits":
-        return np.asarray(logits, dtype=np.float32)
-    if _check_convention(convention) == "llama-server":
-        width = np.shape(logits)[-1]
-        return llama_server_logprobs(logits, min(int(TIERS[check_tier(tier)] or width), width))[1]
-    return log_softmax_f32(logits)
+    return TierView(tier, ids, np.take_along_axis(logprobs, ids, axis=1)), logprobs
 
 
 def _check_convention(convention: str) -> str:

@@ -134,6 +134,15 @@ def test_compositions_name_their_mates() -> None:
         mate_lengths("beside:3", 16)
 
 
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
+def test_llama_cpp_python_server_refuses_a_slots_platform(tmp_path: Path) -> None:
+    from hspi.collector.llama_cpp_server import llama_cpp_server
+
+    with pytest.raises(ConfigError, match="slots=4: a platform with slots is llama.cpp's llama-server"):
+        with llama_cpp_server(Platform.parse(F32_SLOTS), export_dir=tmp_path):
+            pass
+
+
 def test_a_missing_llama_server_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from hspi.collector.llama_server import LLAMA_SERVER_ENV, llama_server_binary
 
