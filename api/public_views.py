@@ -46,6 +46,7 @@ def answer_public(record: QueryRecord) -> AnswerPublic:
         queries_so_far=record.queries_so_far,
         leading=dict(record.leading),
         note=record.note,
+        repeat=record.repeat,
     )
 
 
@@ -116,6 +117,7 @@ def report_public(report: AuditReport) -> AuditReportPublic:
             heads={h: HeadBoundPublic(**r.model_dump()) for h, r in bound.heads.items()},
         ),
         batching=None if report.batching is None else BatchingPublic(**report.batching.model_dump()),
+        determinism=None if report.determinism is None else check_public(report.determinism),
     )
 
 

@@ -136,6 +136,10 @@ class AnswerPublic(BaseModel):
     queries_so_far: int = Field(description="billed requests up to and including this answer")
     leading: dict[str, str] = Field(description="each head's leading guess after this answer")
     note: str = Field(description="why the answer is incomplete, if it is")
+    repeat: bool = Field(
+        default=False,
+        description="a probe asked again because nothing known fit: compared with its first answer, not scored",
+    )
 
 
 class GuessPublic(BaseModel):
@@ -237,6 +241,11 @@ class AuditReportPublic(BaseModel):
     evidence_bound: EvidenceBoundPublic | None = Field(description="null at the text tier")
     batching: BatchingPublic | None = Field(
         default=None, description="dynamic batching seen in the answers (null at the text tier and in older reports)"
+    )
+    determinism: AgnosticCheckPublic | None = Field(
+        default=None,
+        description="when the answers fit nothing known: one prompt asked again, its answers compared bit for bit "
+        "(nondeterministic when no two agree); null when the answers fit",
     )
 
 

@@ -17,8 +17,13 @@ Verdicts (each from bitwise comparisons only; nothing is averaged):
                       path for a repeated prompt.  Either the alone repeats agree and a burst differs, or
                       some answers coincide exactly while others do not.
     nondeterministic  answers differ and no two agree: every call took another path (atomics, sampling,
-                      a different replica each time), or the paths are too many to see twice.
-    unknown           fewer than two comparable answers, or text only (no logprobs to compare bitwise).
+                      a different replica each time), or the paths are too many to see twice.  Also
+                      when the generated token changes between answers whose logprobs for it differ
+                      by more than GREEDY_SLACK nats: a greedy choice flips only between tokens that
+                      nearly tie, so the endpoint samples (temperature > 0 whatever was asked), even
+                      though a sampler's answers repeat whenever it draws the same token.
+    unknown           fewer than two comparable answers, or greedy texts only that all agree (no
+                      logprobs to compare bitwise; greedy texts that differ are grouped as bits are).
 
 The probability of the two "differ" verdicts is the rule of succession over the comparisons that
 support the grouping (pairs that agree for batch-variant, pairs that differ for nondeterministic);
@@ -38,6 +43,8 @@ from typing import Any, Literal
 import numpy as np
 
 VERDICTS = ("deterministic", "batch-variant", "nondeterministic", "unknown")
+# a code path moves a logprob by rounding (bf16's step at |logit| 16 is 0.125): far less than this
+GREEDY_SLACK = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,19 +111,51 @@ def _difference(a: Observation, b: Observation) -> dict[str, Any]:
     return out
 
 
-def read_determinism(observations: Sequence[Observation]) -> DeterminismReading:
+def _not_greedy(answers: Sequence[Observation]) -> list[tuple[Observation, Observation]]:
+    """Pairs of answers whose generated tokens differ while those tokens' logprobs are more than
+    GREEDY_SLACK apart: each was the argmax of its own call, so both calls cannot be greedy choices
+    from numbers that differ by rounding."""
+    first = [(o, o.texts[0], float(o.values[0])) for o in answers]
+    return [
+        (a, b)
+        for i, (a, ta, va) in enumerate(first)
+        for b, tb, vb in first[i + 1 :]
+        if ta != tb and abs(va - vb) > GREEDY_SLACK
+    ]
+
+
+def _read_texts(usable: Sequence[Observation]) -> DeterminismReading:
+    """Greedy answers without logprobs: texts that agree prove nothing (the numbers may still differ in
+    their last bits), but a greedy text that differs proves the numbers did, so differing texts are read
+    with the same grouping as bits."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for o in usable:
+        groups.setdefault(o.texts, []).append(o.label)
+    n = len(usable)
+    if len(groups) == 1:
+        return DeterminismReading(
+            "unknown",
+            0.0,
+            f"text only: no logprobs to compare bit by bit (the {n} greedy answers agree in their text)",
+            list(groups.values()),
+        )
+    agreeing_pairs = sum(math.comb(len(g), 2) for g in groups.values())
+    if agreeing_pairs:
+        reason = f"text only: {len(groups)} groups of identical greedy texts among {n} (a few code paths)"
+        return DeterminismReading("batch-variant", _succession(agreeing_pairs), reason, list(groups.values()))
+    reason = f"text only: no two of the {n} greedy answers to one prompt have the same text"
+    return DeterminismReading("nondeterministic", _succession(math.comb(n, 2)), reason, list(groups.values()))
+
+
+def read_determinism(observations: Sequence[Observation], *, generated_first: bool = True) -> DeterminismReading:
+    """`generated_first`: each answer's first text is the generated token (False: the best of the
+    alternatives shown, so the greedy-flip tell for a sampler does not apply)."""
     usable = [o for o in observations if o.texts]
     if len(usable) < 2:
         return DeterminismReading("unknown", 0.0, f"{len(usable)} answer(s) to the repeated prompt: nothing to compare")
     with_values = [o for o in usable if o.values and len(o.values) == len(o.texts)]
     if len(with_values) < 2:
-        agree = len({o.texts for o in usable}) == 1
-        return DeterminismReading(
-            "unknown",
-            0.0,
-            "text only: no logprobs to compare bit by bit (the "
-            f"{len(usable)} greedy answers {'agree' if agree else 'differ'} in their text)",
-        )
+        return _read_texts(usable)
     if any(not np.isfinite(np.asarray(o.values, dtype=np.float64)).all() for o in with_values):
         return DeterminismReading("unknown", 0.0, "a logprob is not a finite number: answers cannot be compared")
     groups: dict[tuple, list[Observation]] = {}
@@ -148,7 +187,17 @@ def read_determinism(observations: Sequence[Observation]) -> DeterminismReading:
         and alone[0].key() != repeats[0].key()
         and all(o.key() == repeats[0].key() for o in burst)
     )
-    if len(alone) >= 2 and len(alone_groups) == 1 and burst:
+    flips = _not_greedy(with_values) if generated_first else []
+    if flips:
+        a, b = flips[0]
+        verdict = "nondeterministic"
+        reason = (
+            f"the generated token changes ({a.label}: {a.texts[0]!r} at {a.values[0]:.3f}, {b.label}: "
+            f"{b.texts[0]!r} at {b.values[0]:.3f}): no greedy choice flips between tokens more than "
+            f"{GREEDY_SLACK:g} nat apart; the endpoint samples"
+        )
+        probability = _succession(len(flips))
+    elif len(alone) >= 2 and len(alone_groups) == 1 and burst:
         verdict = "batch-variant"
         reason = (
             f"the {len(alone)} answers asked alone are bit-identical; {sum(o.key() not in alone_groups for o in burst)}"

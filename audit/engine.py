@@ -26,6 +26,7 @@ from typing import IO, Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from hspi.audit.agnostic import Check
 from hspi.audit.agnostic_section import AgnosticSection, SectionTarget, agnostic_section
 from hspi.audit.claims import HeadReport, audit_verdict, head_reports, wrong_model_heads
 from hspi.audit.decision import (
@@ -38,8 +39,10 @@ from hspi.audit.decision import (
     decide,
     decide_heads,
 )
+from hspi.audit.determinism import GREEDY_SLACK
 from hspi.audit.model_check import ModelReading, read_answer, wrong_model_reason
 from hspi.audit.references import ModelReferences, ReferenceStore
+from hspi.audit.repeat_check import REPEATS, repeat_reading
 from hspi.audit.text import TextEvidence
 from hspi.classifier.sequential import ReferenceBook, ReferenceEvidence, answer_signatures, most_splitting_probe
 from hspi.collector.models import CHAT_SUFFIX, is_chat_view, model_spec
@@ -86,6 +89,8 @@ class QueryRecord(BaseModel):
     queries_so_far: int = 0  # billed requests up to and including this answer
     leading: dict[str, str] = Field(default_factory=dict)  # each head's best guess after this answer
     note: str = ""
+    # a probe asked again because nothing known fit (audit.repeat_check): compared, never scored
+    repeat: bool = False
 
 
 class MatchedClass(BaseModel):
@@ -153,6 +158,8 @@ class AuditReport(BaseModel):
     evidence_bound: BoundReading | None = None
     # dynamic batching seen in the answers; None in reports stored before it was read
     batching: BatchingReading | None = None
+    # one prompt asked again when the answers fit nothing known (audit.repeat_check); None when they fit
+    determinism: Check | None = None
 
 
 class AuditSettings(BaseModel):
@@ -265,6 +272,7 @@ class AuditState:
     previous: int | None = None  # the last probe answered (its first token is not asked again next)
     records: list[QueryRecord] = field(default_factory=list)
     model_readings: list[ModelReading] = field(default_factory=list)  # is it this model at all (model_check)
+    repeats_stopped: str = ""  # why fewer than REPEATS repeats were asked (audit.repeat_check)
 
 
 def incomplete_note(ids: np.ndarray) -> str:
@@ -306,6 +314,7 @@ class Audit:
         self.started = time.perf_counter()
         self.match_bound = MatchBound(alpha=settings.false_match_rate or DEFAULT_FALSE_MATCH_RATE)
         self._rates: np.ndarray | None = None  # a_p per candidate and pool probe, once the tier is known
+        self._margins: dict[int, float] = {}  # a pool probe's top-two gap, smallest over the classes (repeat check)
 
     # -- evidence ----------------------------------------------------------------------------
     def _keep(self, record: QueryRecord, replayed: bool = False) -> None:
@@ -436,6 +445,11 @@ class Audit:
         Replayed answers go to `on_record` (not to the evidence sink, which holds them already)."""
         state = self.state
         for record in stored:
+            if record.repeat:  # compared when the report is read, never scored
+                self.budget.queries = max(self.budget.queries, record.queries_so_far)
+                self.budget.tokens = self.budget.queries * self.per_query
+                self._keep(record.model_copy(update={"index": len(state.records)}), replayed=True)
+                continue
             if record.tier == Tier.TEXT:
                 state.tier = Tier.TEXT
                 text = self._text_evidence()
@@ -501,7 +515,7 @@ class Audit:
             if self.match_bound not in cache:
                 cache[self.match_bound] = agreement_rates(book.same, self.match_bound)
             self._rates = cache[self.match_bound]
-        scored = [r for r in self.state.records if r.complete and r.tier == tier]
+        scored = [r for r in self.state.records if r.complete and r.tier == tier and not r.repeat]
         rows = np.array([evidence.row_of(r.probe_id) for r in scored], dtype=np.int64)
         shown = answer_signatures(
             TierView(
@@ -611,6 +625,101 @@ class Audit:
             free = [p for p in free if first_tokens[int(np.flatnonzero(refs.pool_ids == p)[0])] != prev_first] or free
         return int(self.rng.choice(free)) if free else None
 
+    # -- one prompt again, when nothing known fits (audit.repeat_check) ----------------------
+    def _repeated(self) -> QueryRecord | None:
+        """The answer whose probe is asked again; None once the repeats are done (or cannot be asked)."""
+        records = self.state.records
+        if self.state.repeats_stopped or sum(r.repeat for r in records) >= REPEATS:
+            return None
+        return self._repeat_source()
+
+    def _repeat_source(self) -> QueryRecord | None:
+        """The answered probe to ask again: the one already repeated, else the pool probe answered whose top
+        two outputs are the least far apart, but beyond GREEDY_SLACK, on every collected class
+        (audit.repeat_check), else the first answered."""
+        records = self.state.records
+        answered = [r for r in records if r.complete and not r.repeat and r.tier != UNSCORED]
+        repeated = next((r for r in records if r.repeat), None)
+        if repeated is not None:
+            return next(
+                (r for r in answered if (r.probe_id, r.probe_set) == (repeated.probe_id, repeated.probe_set)), None
+            )
+        # a margin beyond rounding proves a changed greedy token to be a draw; of those probes, one whose shown
+        # token no collected class puts first (a sampler's draw, most likely: asked again it draws the top one),
+        # else the smallest margin (the one a sampler draws another token on most often)
+        clear = [
+            r for r in answered if r.probe_set == self.refs.pool.version and self._margin(r.probe_id) > GREEDY_SLACK
+        ]
+        if clear:
+            drawn = [r for r in clear if self._not_first_anywhere(r)]
+            return min(drawn or clear, key=lambda r: self._margin(r.probe_id))  # the first of equals: min keeps it
+        return answered[0] if answered else None
+
+    def _not_first_anywhere(self, record: QueryRecord) -> bool:
+        """A top1 or text answer's token is no collected class's top output for its probe."""
+        if record.tier not in (Tier.TOP1, Tier.TEXT) or not record.ids:
+            return False
+        row = int(np.searchsorted(self.refs.pool_ids, record.probe_id))
+        return all(int(np.argmax(logits[row])) != record.ids[0] for logits in self.refs.logits)
+
+    def _margin(self, probe_id: int) -> float:
+        """The gap between a pool probe's top two outputs, the smallest over the collected classes."""
+        if probe_id not in self._margins:
+            row = int(np.searchsorted(self.refs.pool_ids, probe_id))
+            top_two = [np.partition(np.asarray(logits[row], dtype=np.float64), -2)[-2:] for logits in self.refs.logits]
+            self._margins[probe_id] = min(float(top[1] - top[0]) for top in top_two)
+        return self._margins[probe_id]
+
+    def _ask_repeat(self) -> None:
+        state, first = self.state, self._repeated()
+        assert first is not None and self.target is not None
+        tier = Tier(first.tier)
+        probe_set = self.refs.pool
+        if tier is Tier.TEXT:
+            text = self._text_evidence()
+            probe_set = text.probe_sets[text.kind_of(first.probe_set)]
+        try:
+            answers = self.target.ask(probe_set, first.probe_id, tier)
+        except BudgetExhausted:
+            state.repeats_stopped = "the budget ended the repeats"
+            return
+        except TargetError as exc:
+            state.repeats_stopped = f"the endpoint failed on a repeat: {exc}"
+            return
+        ids = [int(answers.greedy()[0])] if tier is Tier.TEXT else [int(i) for i in answers.ids[0]]
+        values = [] if tier is Tier.TEXT else answers.values[0]
+        self._keep(
+            QueryRecord(
+                index=len(state.records),
+                probe_set=first.probe_set,
+                probe_id=first.probe_id,
+                tier=tier,
+                complete=bool(answers.complete[0]) if tier is not Tier.TEXT else ids[0] >= 0,
+                ids=ids,
+                values=[float(v) for v in values] if np.isfinite(values).all() else [],
+                queries_so_far=self.budget.queries,
+                leading={head: label for head, (label, _) in self.head_leaders().items()},
+                note=f"probe {first.probe_id} asked again: nothing known fits (is its answer stable?)",
+                repeat=True,
+            )
+        )
+
+    def _determinism(self) -> Check | None:
+        """The reading of the repeated probe's answers; None where none was asked (the answers fit)."""
+        repeats = [r for r in self.state.records if r.repeat]
+        if not repeats:
+            if self.state.stop is StopReason.NO_MATCH and self.state.repeats_stopped:
+                return Check(verdict="unknown", probability=0.0, reason=f"not read: {self.state.repeats_stopped}")
+            return None
+        first = self._repeat_source()
+        assert first is not None  # a repeat is of an answered probe
+        margin = self._margin(first.probe_id) if first.probe_set == self.refs.pool.version else None
+        answers = [(f"answer {r.index}", r.ids, r.values) for r in (first, *repeats) if r.complete and r.ids]
+        generated_first = first.tier in (Tier.TOP1, Tier.TEXT)  # one token shown: the one generated
+        return repeat_reading(
+            answers, generated_first=generated_first, margin=margin, not_asked=self.state.repeats_stopped
+        )
+
     def _text_step(self, target: Target) -> None:
         text = self._text_evidence()
         nxt = text.next_probe()
@@ -645,6 +754,9 @@ class Audit:
         try:
             if state.previous is not None or state.records:
                 decided = self._decided()
+                if decided is not None and decided[0] is StopReason.NO_MATCH and self._repeated() is not None:
+                    self._ask_repeat()  # before naming no platform: is one prompt's answer even stable?
+                    return not self.finished
                 if decided is not None:
                     self._end(*decided)
                     return False
@@ -739,6 +851,11 @@ class Audit:
             settled=stop is StopReason.CONFIDENT,
         )
         matched_class = self._matched_class(head_posteriors) if matched else None
+        determinism = self._determinism()
+        if status is MatchStatus.UNKNOWN and determinism is not None and determinism.verdict == "nondeterministic":
+            # answers that change with every call fit nothing for that reason: no platform to look for
+            verdict = Verdict.NONDETERMINISTIC
+            reason = f"the answers to one prompt vary from call to call ({determinism.reason}); {reason}"
         if not reason:
             reason = {
                 StopReason.CONFIDENT: "one candidate is certain and matches",
@@ -767,6 +884,7 @@ class Audit:
             seconds=round(time.perf_counter() - self.started, 3),
             evidence_bound=bound,
             batching=self._batching(head_posteriors),
+            determinism=determinism,
         )
 
     def _batching(self, head_posteriors: dict[str, tuple[list[str], np.ndarray]]) -> BatchingReading | None:
@@ -838,7 +956,7 @@ class Audit:
         tier = self.state.tier
         if tier not in (Tier.TOPK20, Tier.TOPK5):
             return None
-        rows = [r.values for r in self.state.records if r.complete and r.tier == tier]
+        rows = [r.values for r in self.state.records if r.complete and r.tier == tier and not r.repeat]
         reading = read_precision(rows, tier.value) if rows else None
         if reading is None:
             return None

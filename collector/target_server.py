@@ -10,6 +10,9 @@ Two options change what the server does to the model's logits before its float32
 known targets of the model-agnostic precision check: `logits_cast` rounds them through one of torch's
 float8 dtypes on this CPU (a server whose logits are fp8 values), `temperature_before_softmax` divides
 them by a temperature in float32 (a post-processing server: the values then fit no format's grid).
+`sampling_temperature` makes the server sample every token at its own temperature whatever the request
+asks, from one generator for the server's life (`sampling_seed` makes a run repeatable) (a provider that overrides the client's temperature): a known target whose answers vary from
+call to call, for the audit's repeat check (audit.repeat_check).
 
 The platform's load-time knobs (ISA caps) must be in this process's environment before torch loads:
 the CLI re-executes itself with them.
@@ -169,6 +172,8 @@ def create_target_app(
     batch_window_ms: float = 5.0,
     logits_cast: str | None = None,
     temperature_before_softmax: float | None = None,
+    sampling_temperature: float | None = None,
+    sampling_seed: int | None = None,
 ) -> FastAPI:
     spec = model_spec(model)
     if top_logprobs not in TIER_CAPS:
@@ -177,7 +182,11 @@ def create_target_app(
         raise ConfigError(f"logits cast {logits_cast!r} is not one of {', '.join(LOGITS_CASTS)}")
     if temperature_before_softmax is not None and not 0.05 <= temperature_before_softmax <= 20:
         raise ConfigError(f"temperature before the softmax {temperature_before_softmax:g} is not in 0.05..20")
+    if sampling_temperature is not None and not 0.05 <= sampling_temperature <= 2:
+        raise ConfigError(f"sampling temperature {sampling_temperature:g} is not in 0.05..2")
     target = LocalTarget(model, platform)
+    # one generator for the server's life: draws differ from call to call, and a seed makes a run repeatable
+    server_rng = np.random.default_rng(sampling_seed)
     codec = codec_for(model) if spec.input_kind == "tokens" else None
     max_prompt = REGISTERED_MAX_PROMPT if spec.source == "registered" else spec.input_shape[0]
     filler = ProbeSet(spec, "pool", 1).inputs(np.array([0]))[0]
@@ -254,6 +263,8 @@ def create_target_app(
         """(token, float32 log-probabilities it was drawn from) per generated token; `as_input` turns the
         window (the prompt and the tokens so far) into the ids the model runs on (default: a 16-token window)."""
         rng = np.random.default_rng(seed)
+        if sampling_temperature is not None:  # the server's own temperature and draws, whatever was asked
+            temperature, rng = sampling_temperature, server_rng
         window, out = list(ids), []
         for _ in range(max_tokens):
             logits = await runner.run(as_input(window))

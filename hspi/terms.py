@@ -58,6 +58,8 @@ class Verdict(StrEnum):
     UNKNOWN_PLATFORM = "unknown-platform"
     IDENTIFIED = "identified"  # no claim: the answers match a known class
     WRONG_MODEL = "wrong-model"  # the endpoint serves another model (or another tokenizer) than the one named
+    # the answers fit nothing known, and one prompt asked again never gives the same answer twice
+    NONDETERMINISTIC = "nondeterministic"
 
 
 class AuditStatus(StrEnum):

@@ -217,7 +217,7 @@ PUBLIC_REPORT_FIELDS = [  # the API's contract: changing it is a change of the p
     "endpoint", "model", "api", "tier", "status", "verdict", "reason", "stop", "queries", "tokens",
     "budget_queries", "budget_tokens", "answers_used", "match_score", "threshold", "claim", "heads",
     "matched_class", "caveat", "logit_precision", "agnostic", "evidence", "dataset", "classifier", "seconds", "evidence_bound",
-    "batching",
+    "batching", "determinism",
 ]  # fmt: skip
 
 
@@ -275,6 +275,8 @@ def engine_report(**changes: object):  # type: ignore[no-untyped-def]
         "evidence_bound": BoundReading(alpha=0.01, log_evalue=5.1, log_threshold=4.6, leader_log_evalue=6.0,
                                        leader=3, answers=2, met=True),
         "batching": BatchingReading(state="observed", answers=2, from_batches=1, sizes=[2, 3], reason="r"),
+        "determinism": Check(verdict="nondeterministic", probability=0.875, reason="r",
+                             evidence={"answers": 4, "groups": [["answer 0"], ["answer 2"]]}),
     }  # fmt: skip
     return AuditReport.model_validate({**fields, **changes})
 
@@ -305,6 +307,13 @@ def test_the_public_report_is_the_engine_report_with_names_for_paths() -> None:
     stored.pop("batching")
     before = stored_report_public(stored)
     assert before is not None and before.batching is None
+    # and one stored before the repeat check, none
+    stored = report.model_dump(mode="json")
+    stored.pop("determinism")
+    for answer in stored["evidence"]:
+        answer.pop("repeat")
+    before = stored_report_public(stored)
+    assert before is not None and before.determinism is None and not any(a.repeat for a in before.evidence)
 
 
 def test_a_field_the_engine_adds_stays_out_of_the_public_report() -> None:

@@ -225,7 +225,10 @@ def list_audits(
     status: AuditStatus | None = None,
     model: str | None = None,
     verdict: Annotated[
-        str | None, Query(description="consistent, inconsistent, inconclusive, unknown-platform")
+        str | None,
+        Query(
+            description="consistent, inconsistent, inconclusive, identified, unknown-platform, wrong-model, nondeterministic"
+        ),
     ] = None,
     endpoint: str | None = None,
     label: str | None = None,

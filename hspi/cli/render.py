@@ -48,6 +48,7 @@ def render_audit(report: AuditReport, console: Console) -> None:
         "inconsistent": "red",
         "unknown-platform": "yellow",
         "wrong-model": "red",
+        "nondeterministic": "yellow",
     }.get(report.verdict or "", "white")
     console.print(
         f"[bold]Platform audit[/bold] of {report.endpoint} ([cyan]{report.model}[/cyan]), tier {report.tier or 'none'}"
@@ -84,6 +85,8 @@ def render_audit(report: AuditReport, console: Console) -> None:
                 console.print(f"Decided by their own bound (another value excluded at α): {', '.join(decided)}")
     if report.batching is not None:
         console.print(f"Batching: {report.batching.state} ({report.batching.reason})")
+    if report.determinism is not None:
+        console.print(f"One prompt asked again: {report.determinism.verdict} ({report.determinism.reason})")
     if report.heads:
         table = Table("head", "reading", "probability", "2nd guess", "claim")
         for head, h in report.heads.items():

@@ -30,6 +30,13 @@ def target_serve(
     temperature_before_softmax: Annotated[
         Optional[float], typer.Option(help="divide the logits by this temperature before the log-softmax")
     ] = None,
+    sampling_temperature: Annotated[
+        Optional[float],
+        typer.Option(help="sample every token at this temperature, ignoring the request's (and its seed)"),
+    ] = None,
+    sampling_seed: Annotated[
+        Optional[int], typer.Option(help="seed the sampler's one generator (default: fresh entropy)")
+    ] = None,
 ) -> None:
     """An OpenAI-compatible endpoint running a reference model on one platform of the grid."""
     import os
@@ -66,9 +73,13 @@ def target_serve(
         batch_window_ms=batch_window_ms,
         logits_cast=logits_dtype,
         temperature_before_softmax=temperature_before_softmax,
+        sampling_temperature=sampling_temperature,
+        sampling_seed=sampling_seed,
     )
-    post = (f", logits as {logits_dtype}" if logits_dtype else "") + (
-        f", logits / {temperature_before_softmax:g} before the softmax" if temperature_before_softmax else ""
+    post = (
+        (f", logits as {logits_dtype}" if logits_dtype else "")
+        + (f", logits / {temperature_before_softmax:g} before the softmax" if temperature_before_softmax else "")
+        + (f", sampling at temperature {sampling_temperature:g} whatever is asked" if sampling_temperature else "")
     )
     err.print(
         f"serving {model} on {parsed.id} at http://{host}:{port}/v1 (logprobs cap {top_logprobs}"
