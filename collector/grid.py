@@ -22,6 +22,12 @@ def _cpu_default() -> list[Platform]:
     return grid
 
 
+def _cpu_jax() -> list[Platform]:
+    """JAX/XLA on the built-in models' weights (collector.jax_models): each float dtype, and a batch of 8."""
+    grid = [Platform(dtype=dtype, engine="jax") for dtype in ("fp32", "bf16", "fp16")]
+    return [*grid, Platform(engine="jax", batch_size=8)]
+
+
 def _cpu_smoke() -> list[Platform]:
     """A four-configuration grid for tests and quick checks (three classes at least)."""
     return [
@@ -121,8 +127,9 @@ GPU_SDPA_DTYPES = {
 def _gpu_default() -> list[Platform]:
     """One CUDA GPU: every precision at PyTorch's defaults (batch 1, SDPA picking its backend, eager);
     then each knob against that baseline per precision: batch 8 and 32, each SDPA backend the
-    precision admits, torch.compile.  28 configurations; a knob for every combination would be
-    hundreds, mostly bit-identical to one listed (shards are content-addressed: those cost nothing)."""
+    precision admits, torch.compile; then JAX/XLA on the same weights in each dtype.  31 configurations;
+    a knob for every combination would be hundreds, mostly bit-identical to one listed (shards are
+    content-addressed: those cost nothing)."""
     grid = [_cuda(dtype, tf32=tf32) for dtype, tf32 in GPU_PRECISIONS]
     grid += [_cuda(dtype, tf32=tf32, batch_size=bs) for bs in (8, 32) for dtype, tf32 in GPU_PRECISIONS]
     grid += [
@@ -132,12 +139,14 @@ def _gpu_default() -> list[Platform]:
         if dtype in dtypes
     ]
     grid += [_cuda(dtype, tf32=tf32, engine="torch-compile") for dtype, tf32 in GPU_PRECISIONS]
+    grid += [_cuda(dtype, engine="jax") for dtype in ("fp32", "bf16", "fp16")]  # XLA has no TF32 knob here
     return grid
 
 
 GRIDS = {
     "cpu-default": _cpu_default,
     "cpu-smoke": _cpu_smoke,
+    "cpu-jax": _cpu_jax,
     "llama-cpp": _llama_cpp,
     "llama-cpp-smoke": _llama_cpp_smoke,
     "llama-server": _llama_server,

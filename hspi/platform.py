@@ -46,7 +46,7 @@ ISA_LEVELS: tuple[str, ...] = ("sse42", "avx2", "avx512", "avx512_bf16", "amx")
 # torch/ONNX dtypes, then llama.cpp's GGUF tensor types (named as GGUF names them)
 DTypes = Literal["fp32", "bf16", "fp16", "int8-dyn", "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M"]
 GGUF_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M")
-Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all", "llama.cpp"]
+Engines = Literal["torch-eager", "torch-compile", "onnxruntime-basic", "onnxruntime-all", "llama.cpp", "jax"]
 KVTypes = Literal["f32", "f16", "q8_0"]
 # sdpa: PyTorch picks the SDPA backend; sdpa-<backend>: that backend only (flash, efficient and cudnn run on CUDA)
 Attentions = Literal["sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "manual"]
@@ -187,6 +187,8 @@ class Platform(BaseModel):
             knobs.append(f"mkl-cbwr={self.mkl_cbwr.lower()}")
         if self.device == "cuda":
             knobs = [f"attn={self.attention}", f"bs={self.batch_size}", f"tf32={'on' if self.tf32 else 'off'}"]
+        if self.engine == "jax":  # XLA has none of torch's attention, matmul or TF32 knobs (collector.jax_models)
+            knobs = [f"bs={self.batch_size}"]
         if self.engine == "llama.cpp":
             knobs = [f"bs={self.batch_size}", f"fa={'on' if self.flash_attn else 'off'}", f"kv={self.kv_type or 'f16'}"]
             if self.slots:

@@ -22,6 +22,8 @@ _VERSIONED = (
     "torch",
     "numpy",
     "onnxruntime",
+    "jax",
+    "jaxlib",
     "onnx",
     "lightgbm",
     "scikit-learn",

@@ -30,13 +30,13 @@ def _script():
 
 def test_gpu_default_covers_the_knobs() -> None:
     grid = grid_platforms("gpu-default")
-    assert len(grid) == len({p.id for p in grid}) == 28
+    assert len(grid) == len({p.id for p in grid}) == 31
     assert all(p.device == "cuda" for p in grid)
     fp32 = [p for p in grid if p.dtype == "fp32"]
     assert {p.tf32 for p in fp32} == {False, True}
     assert {p.dtype for p in grid} == {"fp32", "bf16", "fp16"}
     assert {p.attention for p in grid} == {"sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn"}
-    assert {p.engine for p in grid} == {"torch-eager", "torch-compile"}
+    assert {p.engine for p in grid} == {"torch-eager", "torch-compile", "jax"}
     assert {p.batch_size for p in grid} == {1, 8, 32}
     assert not [p for p in grid if p.attention in ("sdpa-flash", "sdpa-cudnn") and p.dtype == "fp32"]
     for platform in grid:
@@ -58,7 +58,7 @@ def test_cuda_platform_ids_labels_and_rules() -> None:
     refused = {
         "cpu:native/fp32/torch-eager/tf32=on": "tf32=on is a CUDA knob",
         "cpu:native/bf16/torch-eager/attn=sdpa-flash": "runs on CUDA only",
-        "cuda:native/fp32/onnxruntime-all": "engines are torch-eager and torch-compile",
+        "cuda:native/fp32/onnxruntime-all": "engines are torch-eager, torch-compile and jax",
         "cuda:avx2/fp32/torch-eager": "CPU knobs",
         "cuda:native/bf16/torch-eager/tf32=on": "changes fp32 arithmetic only",
     }

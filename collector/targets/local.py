@@ -37,6 +37,9 @@ def check_supported(platform: Platform, model: str) -> None:
         knob = "fa=on" if platform.flash_attn else f"kv={platform.kv_type}" if platform.kv_type else "slots"
         raise ConfigError(f"{platform.id}: knob {knob} is a llama.cpp knob; {platform.engine} has no such setting")
     _check_device(platform)
+    if platform.engine == "jax":
+        _check_jax(platform, model)
+        return
     if platform.engine.startswith("onnxruntime") and platform.dtype != "fp32":
         raise ConfigError(f"{platform.id}: ONNX Runtime runs the fp32 export only, not {platform.dtype}")
     if platform.dtype == "int8-dyn" and platform.engine != "torch-eager":
@@ -47,6 +50,29 @@ def check_supported(platform: Platform, model: str) -> None:
         raise ConfigError(f"{platform.id}: registered model {model} runs on torch (transformers), not ONNX Runtime")
 
 
+def _check_jax(platform: Platform, model: str) -> None:
+    """JAX/XLA (collector.jax_models): float dtypes on the built-in models; XLA compiles for the CPU it runs
+    on and sizes its own thread pool, so torch's ISA caps, MKL and matmul knobs, attention choices and
+    thread counts are not its knobs (refused rather than silently ignored)."""
+    from hspi.collector.jax_models import JAX_MODELS
+
+    if platform.dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"{platform.id}: engine jax runs fp32, bf16 and fp16, not {platform.dtype}")
+    if model not in JAX_MODELS:
+        raise ConfigError(f"{platform.id}: engine jax runs the built-in models {', '.join(JAX_MODELS)}, not {model}")
+    refused = [
+        (platform.profile != "native", f"ISA profile {platform.profile}"),
+        (platform.attention != "sdpa", f"attn={platform.attention}"),
+        (platform.mkl_cbwr is not None, "mkl-cbwr"),
+        (platform.matmul_precision != "highest", f"mm={platform.matmul_precision}"),
+        (platform.threads != 2, f"threads={platform.threads}"),
+        (platform.tf32, "tf32=on"),
+    ]
+    for present, knob in refused:
+        if present:
+            raise ConfigError(f"{platform.id}: knob {knob} is torch's; engine jax has no such setting")
+
+
 def _check_device(platform: Platform) -> None:
     """CUDA platforms: torch engines, float dtypes, no CPU caps; CUDA-only knobs only on CUDA."""
     if platform.device == "cpu":
@@ -55,8 +81,8 @@ def _check_device(platform: Platform) -> None:
         if platform.attention in CUDA_ATTENTIONS:
             raise ConfigError(f"{platform.id}: SDPA backend {platform.attention} runs on CUDA only")
         return
-    if not platform.engine.startswith("torch-"):
-        raise ConfigError(f"{platform.id}: on {platform.device} the engines are torch-eager and torch-compile")
+    if not platform.engine.startswith("torch-") and platform.engine != "jax":
+        raise ConfigError(f"{platform.id}: on {platform.device} the engines are torch-eager, torch-compile and jax")
     if platform.dtype not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"{platform.id}: on {platform.device} the dtypes are fp32, bf16 and fp16")
     if platform.profile != "native" or platform.mkl_cbwr is not None or platform.matmul_precision != "highest":
@@ -92,6 +118,8 @@ class LocalTarget(Target):
         torch.set_num_threads(p.threads)
         torch.set_float32_matmul_precision(p.matmul_precision)
         module = build_model(self.model, attention=p.attention)
+        if p.engine == "jax":
+            return self._jax_runner(module)
         device = self._device(torch)
         if p.engine.startswith("onnxruntime"):
             return self._onnx_runner(module)
@@ -154,6 +182,19 @@ class LocalTarget(Target):
 
         def run(batch: np.ndarray) -> np.ndarray:
             return session.run(["y"], {"x": batch})[0]
+
+        return run
+
+    def _jax_runner(self, module: Any) -> Any:
+        from hspi.collector.jax_models import jax_runner
+
+        run_jax = jax_runner(module, self.model, self.platform.dtype, self.platform.device)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            y = run_jax(batch)
+            if self.platform.dtype == "bf16":  # stored as bf16 bits, as torch's bf16 outputs are
+                return float32_to_bfloat16_bits(y.astype(np.float32))
+            return y
 
         return run
 
