@@ -323,9 +323,10 @@ def test_exit_codes_follow_the_verdict() -> None:
             ("match", "inconclusive", "budget"),
             ("no-evidence", "inconclusive", "target-error"),
             ("match", "inconclusive", "interrupted"),
+            ("unknown", "nondeterministic", "no-match"),
         ]
     }
-    assert list(codes.values()) == [0, 0, 10, 11, 12, 5, 130]
+    assert list(codes.values()) == [0, 0, 10, 11, 12, 5, 130, 14]
 
 
 def test_chat_is_refused_before_sending_for_a_model_without_a_chat_template() -> None:

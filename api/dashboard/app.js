@@ -11,7 +11,7 @@ const COLOURS = { hardware: "#1565c0", dtype: "#c62828", engine: "#2e7d32", kern
 const DRAW_ORDER = ["full", "hardware", "engine", "kernel", "dtype"];
 const WIDTHS = { full: 9, hardware: 7, engine: 5, kernel: 3, dtype: 1.5 };
 const STATUSES = ["queued", "running", "done", "failed", "cancelled", "interrupted"];
-const VERDICTS = ["consistent", "inconsistent", "inconclusive", "unknown-platform", "identified", "wrong-model"];
+const VERDICTS = ["consistent", "inconsistent", "inconclusive", "unknown-platform", "identified", "wrong-model", "nondeterministic"];
 const ACTIVE = ["queued", "running"];
 const REFRESH_MS = 3000; // an audit or scan still running is read again this often
 const MAX_ANSWERS_SHOWN = 1000;
@@ -356,6 +356,8 @@ async function auditPage(id) {
       ["reason", report ? report.reason : null],
       ["tier", report ? report.tier : null],
       ["matched class", report && report.matched_class ? `${report.matched_class.name} (${report.matched_class.members.length} platforms)` : null],
+      // one prompt asked again when nothing known fit (audit/repeat_check.py)
+      ["one prompt again", report && report.determinism ? `${report.determinism.verdict}: ${report.determinism.reason}` : null],
       ["error", audit.error],
     ]),
   ];

@@ -85,7 +85,7 @@ def audit(
 
     The API key, if any, is read from the HSPI_TARGET_API_KEY environment variable, never from argv.
     Exit codes: 0 consistent or identified, 10 inconsistent, 11 unknown-platform, 12 inconclusive, 13 wrong-model,
-    130 interrupted; 2 bad input, 3 dataset, 4 classifier, 5 the target failed before any answer.
+    14 nondeterministic, 130 interrupted; 2 bad input, 3 dataset, 4 classifier, 5 the target failed before any answer.
     """
     import os
 
@@ -199,7 +199,7 @@ def agnostic_audit(
 
 # Exit codes for scripts (README, "Exit codes"): 0 the answers match (a claim holds, or a class is
 # identified), 10 the claim is contradicted, 11 no known platform matches, 12 inconclusive, 13 the endpoint
-# serves another model; errors
+# serves another model, 14 its answers to one prompt vary from call to call; errors
 # keep their own codes (2 bad input, 3 dataset, 4 classifier, 5 the target failed before answering).
 EXIT_CODES = {
     Verdict.CONSISTENT: 0,
