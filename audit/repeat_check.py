@@ -7,7 +7,7 @@ whose answers are reproducible, or an endpoint whose answers change from call to
 with temperature > 0 whatever the request asks, a nondeterministic reduction, batch-mates that
 change every answer).  Naming the second `unknown-platform` would send the auditor looking for a
 platform to collect that does not exist.  Telling them apart costs `REPEATS` more queries: the
-audit asks its first scored probe again, alone, and the answers to that one prompt are compared
+audit asks one probe it answered again, alone, and the answers to that one prompt are compared
 bit for bit by `audit.determinism` (texts only at the text tier, where a greedy text that differs
 proves the numbers did).  No two identical: `nondeterministic`, and the audit names no platform.
 The probe asked again is, of those answered, one whose top two outputs are more than GREEDY_SLACK
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from hspi.audit.agnostic import Check
 from hspi.audit.determinism import GREEDY_SLACK, Observation, read_determinism
 
-REPEATS = 3  # the first scored probe asked again: 4 answers to one prompt
+REPEATS = 3  # one answered probe asked again: 4 answers to one prompt
 # (label, ids shown best first, their values: empty at the text tier) per answer, the first one first
 RepeatedAnswer = tuple[str, Sequence[int], Sequence[float]]
 
