@@ -12,7 +12,7 @@ does) over N_PROBES pool probes (default 200); the JSON gives the worker's secon
 worker's peak resident memory (measured in the worker).  A second, short run of SHORT_RUN probes per
 configuration gives, by difference, the time one more probe costs (`probes_per_second`) and the load
 (`load_seconds`).  The wall time of the whole `cpu-default` grid is only *bounded* from these (see
-`grid_upper_bound_s`); it is not measured.
+`grid_upper_bound_s`); `byo_realistic_grid.py` measures it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 from tests.tiny_models import byte_level_bpe  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-N_PROBES = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 SHORT_RUN = 8  # a second, short run per configuration: the two apart give the per-probe time and the load
 CONFIG = {
     "hidden_size": 896,
@@ -71,6 +70,7 @@ def make_model(directory: Path) -> Path:
 
 
 def main() -> None:
+    n_probes = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="hspi-byo-realistic-"))
     os.environ["HSPI_HOME"] = str(work / "home")
@@ -103,18 +103,18 @@ def main() -> None:
     for platform_id in PLATFORMS:
         platform = Platform.parse(platform_id)
         short, _, _ = worker_seconds(platform, SHORT_RUN)
-        full, wall, peak = worker_seconds(platform, N_PROBES)
-        per_probe = (full - short) / (N_PROBES - SHORT_RUN)  # two runs apart: what one more probe costs
+        full, wall, peak = worker_seconds(platform, n_probes)
+        per_probe = (full - short) / (n_probes - SHORT_RUN)  # two runs apart: what one more probe costs
         rows.append(
             {
                 "platform": platform_id,
-                "probes": N_PROBES,
+                "probes": n_probes,
                 # the worker's own time: loading the model, one batch under verbose dispatch output, the probes
                 "worker_seconds_including_load": round(full, 1),
                 "wall_seconds": round(wall, 1),
-                "probes_per_second_including_load": round(N_PROBES / full, 3),
+                "probes_per_second_including_load": round(n_probes / full, 3),
                 "probes_per_second": round(1 / per_probe, 3) if per_probe > 0 else None,
-                "load_seconds": round(full - N_PROBES * per_probe, 1),
+                "load_seconds": round(full - n_probes * per_probe, 1),
                 "short_run": {"probes": SHORT_RUN, "worker_seconds": round(short, 1)},
                 "peak_rss_mb": round(peak / 2**20),
             }

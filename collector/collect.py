@@ -31,6 +31,16 @@ REPLAY_SIZE = 300  # pool probes re-run in an independent process: the targets o
 REPLAY_SEED = 7
 
 
+def check_sizes(pool: int, fresh: int, replay: int) -> None:
+    """Refuse probe counts a collection cannot run, before any model is loaded."""
+    for name, size in (("pool", pool), ("fresh", fresh), ("replay", replay)):
+        # every configuration's record holds the three runs that training and evaluation read
+        if size < 1:
+            raise ConfigError(f"--{name} {size}: a collection needs at least 1 {name} probe")
+    if replay > pool:
+        raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
+
+
 def process_plans(pool: int, fresh: int, replay: int) -> dict[str, list[RunPlan]]:
     return {
         "reference": [RunPlan(name="reference", probe_set="pool", size=pool)],
@@ -75,8 +85,7 @@ def collect(
         require_cuda(grid)
     skipped = unsupported_platforms(platforms, names)
     platforms = [p for p in platforms if p.id not in skipped]
-    if replay > pool:
-        raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
+    check_sizes(pool, fresh, replay)
     probe_sets = plan_probe_sets(names, pool, fresh)
     if (out / "dataset.json").exists():
         manifest = load_manifest(out)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hspi.collector.collect import config_done, plan_probe_sets, process_plans
+from hspi.collector.collect import check_sizes, config_done, plan_probe_sets, process_plans
 from hspi.collector.fleet_kinds import MachineKind, kinds_in_cluster, select_kinds
 from hspi.collector.fleet_local import LOOPBACK_SWITCH, is_loopback
 from hspi.collector.fleet_store import ShardStore, StoreError
@@ -67,8 +67,7 @@ def fleet_collect(
     for platform in platforms:
         for name in names:
             check_supported(platform, name)
-    if replay > pool:
-        raise ConfigError(f"replay subset {replay} is larger than the pool {pool}")
+    check_sizes(pool, fresh, replay)
     devices = sorted({p.device for p in platforms})
     store = ShardStore(store_url)
     store.check_writable()

@@ -29,9 +29,9 @@ def collect(
     kinds: Annotated[
         Optional[str], typer.Option(help="comma-separated machine kinds (default: every kind in the cluster)")
     ] = None,
-    pool: Annotated[int, typer.Option(help="reference-pool probes per model")] = 1000,
-    fresh: Annotated[int, typer.Option(help="fresh (held-out) probes per model")] = 400,
-    replay: Annotated[int, typer.Option(help="pool probes re-run in an independent process")] = 300,
+    pool: Annotated[int, typer.Option(min=1, help="reference-pool probes per model")] = 1000,
+    fresh: Annotated[int, typer.Option(min=1, help="fresh (held-out) probes per model")] = 400,
+    replay: Annotated[int, typer.Option(min=1, help="pool probes re-run in an independent process")] = 300,
 ) -> None:
     """One Ray task per (configuration, machine kind); resumable; a dataset per kind in the store."""
     from hspi.collector.fleet import check_reachable, fleet_collect

@@ -25,9 +25,9 @@ def collect(
         str, typer.Option(help="'all' or comma-separated: mlp,cnn,lm-small or registered models (hspi model add)")
     ] = "all",
     out: Annotated[Path, typer.Option(help="dataset directory (resumed if it exists)")] = SHIPPED_DATASET,
-    pool: Annotated[int, typer.Option(help="reference-pool probes per model")] = 1000,
-    fresh: Annotated[int, typer.Option(help="fresh (held-out) probes per model")] = 400,
-    replay: Annotated[int, typer.Option(help="pool probes re-run in an independent process")] = 300,
+    pool: Annotated[int, typer.Option(min=1, help="reference-pool probes per model")] = 1000,
+    fresh: Annotated[int, typer.Option(min=1, help="fresh (held-out) probes per model")] = 400,
+    replay: Annotated[int, typer.Option(min=1, help="pool probes re-run in an independent process")] = 300,
     parallel: Annotated[int, typer.Option(min=1, help="configurations run at once (each in its own processes)")] = 1,
     keep_going: Annotated[bool, typer.Option(help="run the other configurations after one fails")] = False,
 ) -> None:
