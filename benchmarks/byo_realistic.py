@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -124,15 +125,7 @@ def main() -> None:
     estimate = grid_upper_bound_s(rows, len(grid))
     result = {
         "benchmark": "byo-realistic",
-        "machine": {
-            "cpu": _cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
-            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "model": {**CONFIG, "architecture": "Qwen2ForCausalLM", "seed": SEED, "parameters": card.parameter_count},
-        "weights_bytes": card.weight_bytes,
-        "make_and_register_seconds": round(make_seconds, 1),
+        **machine_and_model(card, load_before, make_seconds),
         "configurations": rows,
         "cpu_default_grid": {
             "configurations_for_a_registered_model": len(grid),
@@ -145,6 +138,21 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "byo-realistic.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def machine_and_model(card: Any, load_before: tuple[float, float, float], make_seconds: float) -> dict:
+    """The JSON's machine (load average before and now) and model fields, shared with byo_realistic_grid.py."""
+    return {
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "model": {**CONFIG, "architecture": "Qwen2ForCausalLM", "seed": SEED, "parameters": card.parameter_count},
+        "weights_bytes": card.weight_bytes,
+        "make_and_register_seconds": round(make_seconds, 1),
+    }
 
 
 def _cpu_model() -> str:

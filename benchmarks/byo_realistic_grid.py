@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from byo_realistic import CONFIG, SEED, _cpu_model, make_model  # noqa: E402
+from byo_realistic import machine_and_model, make_model  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 POOL = 200
@@ -59,34 +59,28 @@ def main() -> None:
     grid_started = time.perf_counter()
 
     def write(complete: bool) -> None:
-        measured = rows
+        shared = machine_and_model(card, load_before, make_seconds)
+        shared["machine"]["isa"] = _isa_flags()
+        # rewritten after every configuration: the load average is the one at this write
+        shared["machine"]["load_average_1_5_15_now"] = shared["machine"].pop("load_average_1_5_15_after")
         result = {
             "benchmark": "byo-realistic-grid",
             "complete": complete,
-            "machine": {
-                "cpu": _cpu_model(),
-                "isa": _isa_flags(),
-                "cores": os.cpu_count(),
-                "load_average_1_5_15_before": [round(x, 2) for x in load_before],
-                "load_average_1_5_15_now": [round(x, 2) for x in os.getloadavg()],
-            },
-            "model": {**CONFIG, "architecture": "Qwen2ForCausalLM", "seed": SEED, "parameters": card.parameter_count},
-            "weights_bytes": card.weight_bytes,
-            "make_and_register_seconds": round(make_seconds, 1),
+            **shared,
             "grid": "cpu-default",
             "pool_probes": POOL,
             "what": "the reference process of hspi collect (model load + the pool's probes, one fresh worker per "
             "configuration, one configuration at a time); the replay and fresh processes are not run",
             "configurations_in_grid": len(grid),
             "skipped_by_the_collector": skipped,
-            "configurations": measured,
+            "configurations": rows,
             "failed": failed,
             "not_run": [p.id for p in platforms[len(rows) + len(failed) :]],
             "summary": {
-                "configurations_measured": len(measured),
+                "configurations_measured": len(rows),
                 "grid_wall_seconds": round(time.perf_counter() - grid_started, 1),
-                "sum_worker_seconds": round(sum(r["worker_seconds"] for r in measured), 1),
-                "max_peak_rss_mb": max((r["peak_rss_mb"] for r in measured), default=None),
+                "sum_worker_seconds": round(sum(r["worker_seconds"] for r in rows), 1),
+                "max_peak_rss_mb": max((r["peak_rss_mb"] for r in rows), default=None),
             },
             "seconds": round(time.perf_counter() - started, 1),
         }
