@@ -13,7 +13,9 @@ and classifier (`lm-small`, default settings, budget 64) at each tier listed, on
   entropy per server), as is, and with its logits divided by 1.5 (flatter) or 0.5 (sharper) so that
   no value fits;
 - batch-mates: dynamic int8 (its activation scale is the whole batch's) and fp32 under
-  `--dynamic-batching` with 3 background clients sending strangers' prompts.
+  `--dynamic-batching` with 3 background clients sending strangers' prompts, audited with the dataset's
+  answers under batching (`hspi dataset collect-batched`, where it has them) and without
+  (`batched_references: false`: the stored answers only).
 
 Reported per row: the verdicts, the repeat check's readings, how many audits asked it, queries
 spent (mean, max), and how many audits named a platform (identified, or a matched class).
@@ -97,7 +99,7 @@ def main() -> None:
     from hspi.audit.references import ReferenceStore
     from hspi.audit.repeat_check import REPEATS
     from hspi.collector.reproduction import first_identified
-    from hspi.dataset import Dataset
+    from hspi.dataset import BATCHED_RUN, Dataset
     from hspi.provenance import cpu_info
     from hspi.shipped import CPU_DATASET
 
@@ -112,11 +114,19 @@ def main() -> None:
         with served_target(MODEL, spec["platform"], dynamic_batching=dynamic, extra_args=tuple(spec["args"])) as url:
             warm_up(url, MODEL)
             with background_load(url, MODEL, 3) if dynamic else nullcontext():
-                for tier in spec["tiers"]:
+                # under batching, also without the dataset's answers under batching: what the sets change
+                for tier, batched_refs in [
+                    (t, b) for t in spec["tiers"] for b in ((True, False) if dynamic else (True,))
+                ]:
                     reports = []
                     for seed in range(args.seeds):
                         settings = AuditSettings(
-                            endpoint=url, model=MODEL, max_tier=tier, budget_queries=BUDGET, seed=seed
+                            endpoint=url,
+                            model=MODEL,
+                            max_tier=tier,
+                            budget_queries=BUDGET,
+                            seed=seed,
+                            batched_references=batched_refs,
                         )
                         reports.append(run_audit(settings, references=store))
                     queries = [r.queries for r in reports]
@@ -127,6 +137,7 @@ def main() -> None:
                         "batching": dynamic,
                         "background_clients": 3 if dynamic else 0,
                         "tier": tier,
+                        "batched_references": batched_refs,
                         "audits": len(reports),
                         "verdicts": dict(Counter(str(r.verdict) for r in reports)),
                         "stops": dict(Counter(str(r.stop) for r in reports)),
@@ -148,6 +159,8 @@ def main() -> None:
         "benchmark": "nondeterminism",
         "model": MODEL,
         "dataset": Path(CPU_DATASET).name,
+        "dataset_has_answers_under_batching": BATCHED_RUN
+        in {run for config in Dataset(CPU_DATASET).manifest.configs.values() for run in config.runs},
         "stable_platform": stable,
         "stable_platform_answers_as": stable_as,
         "machine": {
@@ -186,7 +199,10 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    labels = [f"{r['server']} @ {r['tier']}" for r in rows]
+    labels = [
+        f"{r['server']} @ {r['tier']}" + ("" if r.get("batched_references", True) else ", stored answers only")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     left = [0.0] * len(rows)
     for verdict, colour in VERDICT_COLOURS.items():
