@@ -142,9 +142,11 @@ def main() -> None:
 
 def machine_and_model(card: Any, load_before: tuple[float, float, float], make_seconds: float) -> dict:
     """The JSON's machine (load average before and now) and model fields, shared with byo_realistic_grid.py."""
+    from hspi.provenance import cpu_info
+
     return {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_info()["cpu_model"],
             "cores": os.cpu_count(),
             "load_average_1_5_15_before": [round(x, 2) for x in load_before],
             "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
@@ -153,13 +155,6 @@ def machine_and_model(card: Any, load_before: tuple[float, float, float], make_s
         "weights_bytes": card.weight_bytes,
         "make_and_register_seconds": round(make_seconds, 1),
     }
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def main() -> None:
     from hspi.collector.local_run import run_worker
     from hspi.collector.registry import ModelRegistry
     from hspi.collector.worker import RunPlan, WorkerJob
+    from hspi.errors import CollectionError
     from hspi.platform import platform_labels
+    from hspi.provenance import cpu_info
 
     t0 = time.perf_counter()
     card, _ = ModelRegistry().add(MODEL, hf=make_model(work / "model"))
@@ -60,7 +62,7 @@ def main() -> None:
 
     def write(complete: bool) -> None:
         shared = machine_and_model(card, load_before, make_seconds)
-        shared["machine"]["isa"] = _isa_flags()
+        shared["machine"]["cpu_flags"] = cpu_info()["cpu_flags"]  # the flags every collection's provenance keeps
         # rewritten after every configuration: the load average is the one at this write
         shared["machine"]["load_average_1_5_15_now"] = shared["machine"].pop("load_average_1_5_15_after")
         result = {
@@ -101,7 +103,7 @@ def main() -> None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 record = run_worker(job, Path(tmp)).runs["reference"]
-        except Exception as exc:  # a configuration this machine cannot run is a result, not the end of the run
+        except CollectionError as exc:  # a configuration this machine cannot run is a result, not the end of the run
             failed.append({"platform": platform.id, "error": str(exc)[:300]})
             print(failed[-1], flush=True)
             write(False)
@@ -151,13 +153,6 @@ def plot() -> None:
     )
     fig.tight_layout()
     fig.savefig(RESULTS / "byo-realistic-grid.png", dpi=110)
-
-
-def _isa_flags() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx")))
-    return []
 
 
 if __name__ == "__main__":
